@@ -1,0 +1,144 @@
+"""The universal projection module (UPM): routed projection experts with per-modality queries.
+
+For modality m with encoder features f (B, S+1, W):
+    z = [queries_m ; in_proj_m(f)]                      (B, Q+S+1, W)
+    w = router_m(z[:, :Q])                              (B, Q, K)
+    y = sum_k w[..., k] * Expert_k(z)[:, :Q]            (B, Q, W)
+    out = out_proj_m(y)                                 (B, Q, D)   D = LLM width
+Each expert is N LLaMA-style blocks at the encoder width, bidirectional, without rotary
+positions (OneLLM's `resample_layers`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from experts.routers import ROUTERS
+
+
+def llama_ffn_hidden(width: int, multiple_of: int) -> int:
+    """LLaMA's FFN size rule: 2/3 of 4 x width, rounded up to a multiple of `multiple_of`."""
+    h = int(2 * 4 * width / 3)
+    return multiple_of * ((h + multiple_of - 1) // multiple_of)
+
+
+class ExpertBlock(nn.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then h + SwiGLU(RMSNorm(h)); no bias, no mask."""
+
+    def __init__(self, *, width: int, num_heads: int, ffn_hidden: int, eps: float) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"expert width {width} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.attn_norm = LlamaRMSNorm(width, eps=eps)
+        self.q_proj = nn.Linear(width, width, bias=False)
+        self.k_proj = nn.Linear(width, width, bias=False)
+        self.v_proj = nn.Linear(width, width, bias=False)
+        self.o_proj = nn.Linear(width, width, bias=False)
+        self.mlp_norm = LlamaRMSNorm(width, eps=eps)
+        self.gate_proj = nn.Linear(width, ffn_hidden, bias=False)
+        self.up_proj = nn.Linear(width, ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(ffn_hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) -> (B, L, W)."""
+        n = self.attn_norm(x)
+        q, k, v = (
+            rearrange(p(n), "b l (h d) -> b h l d", h=self.num_heads)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        a = F.scaled_dot_product_attention(q, k, v)  # bidirectional, scale 1/sqrt(d)
+        h = x + self.o_proj(rearrange(a, "b h l d -> b l (h d)"))
+        n = self.mlp_norm(h)
+        return h + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
+
+
+class ProjectionExpert(nn.Module):
+    """N `ExpertBlock`s in sequence."""
+
+    def __init__(self, *, num_layers: int, **block_kwargs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(ExpertBlock(**block_kwargs) for _ in range(num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _in_out(width_in: int, width_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width_in, width_out), nn.LayerNorm(width_out))
+
+
+class UniversalProjection(nn.Module):
+    """Shared experts plus, per modality: queries, router, in/out projections, start/end tags."""
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        llm_width: int,
+        num_experts: int,
+        layers_per_expert: int,
+        num_heads: int,
+        num_queries: int,
+        ffn_hidden: int,
+        router_hidden: int,
+        router: dict,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.width, self.llm_width, self.num_queries = width, llm_width, num_queries
+        self.router_hidden, self.router_spec = router_hidden, dict(router)
+        self.experts = nn.ModuleList(
+            ProjectionExpert(
+                num_layers=layers_per_expert,
+                width=width,
+                num_heads=num_heads,
+                ffn_hidden=ffn_hidden,
+                eps=norm_eps,
+            )
+            for _ in range(num_experts)
+        )
+        self.queries = nn.ParameterDict()
+        self.routers = nn.ModuleDict()
+        self.in_proj = nn.ModuleDict()
+        self.out_proj = nn.ModuleDict()
+        self.start_tag = nn.ParameterDict()
+        self.end_tag = nn.ParameterDict()
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    def add_modality(self, name: str) -> None:
+        """Create modality `name`'s queries, router, projections and tags (random init)."""
+        spec = dict(self.router_spec)
+        kind = spec.pop("type", "soft")
+        self.queries[name] = nn.Parameter(torch.randn(1, self.num_queries, self.width) * 0.02)
+        self.routers[name] = ROUTERS.build(
+            kind, width=self.width, hidden=self.router_hidden, num_experts=self.num_experts, **spec
+        )
+        self.in_proj[name] = _in_out(self.width, self.width)
+        self.out_proj[name] = _in_out(self.width, self.llm_width)
+        self.start_tag[name] = nn.Parameter(torch.rand(1, 1, self.llm_width))
+        self.end_tag[name] = nn.Parameter(torch.rand(1, 1, self.llm_width))
+
+    def route(self, features: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S+1, W) -> the expert input z (B, Q+S+1, W) and routing weights (B, Q, K)."""
+        f = self.in_proj[modality](features)
+        q = self.queries[modality].to(f.dtype).expand(f.shape[0], -1, -1)
+        z = torch.cat([q, f], dim=1)
+        # only the query rows are kept, so the router runs on those alone
+        return z, self.routers[modality](z[:, : self.num_queries])
+
+    def forward(self, features: torch.Tensor, modality: str) -> torch.Tensor:
+        """(B, S+1, W) encoder features -> (B, Q, D) tokens for the LLM."""
+        z, weights = self.route(features, modality)
+        q = self.num_queries
+        y = sum(expert(z)[:, :q] * weights[..., k, None] for k, expert in enumerate(self.experts))
+        return self.out_proj[modality](y)

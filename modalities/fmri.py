@@ -1,0 +1,55 @@
+"""fMRI: one voxel vector per scan, (1, voxels) (OneLLM's NSD loader: 15724 voxels).
+
+Tokens: a Linear to `tokens` x W, read channel-major as OneLLM does (token t takes
+channel c from output c * tokens + t), plus a learned positional embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from onellm.errors import InputError
+from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, load_array_file
+
+
+class FMRITokenizer(nn.Module):
+    """(B, 1, F) or (B, F) -> (B, 1, tokens, W)."""
+
+    def __init__(self, *, width: int, voxels: int, tokens: int) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.proj = nn.Linear(voxels, tokens * width)
+        self.position_embedding = nn.Parameter(torch.randn(tokens + 1, width) * 0.02)
+
+    def forward(self, x: torch.Tensor, encoder: Any) -> torch.Tensor:
+        y = self.proj(x.reshape(x.shape[0], -1))
+        return rearrange(y, "b (w t) -> b 1 t w", t=self.tokens)  # channel-major, as OneLLM
+
+
+class FMRIModality:
+    name = "fmri"
+
+    def __init__(self, *, voxels: int = 15724, tokens: int = 8) -> None:
+        self.voxels, self.tokens = voxels, tokens
+
+    def input_shape(self) -> tuple[int | None, ...]:
+        return (1, self.voxels)
+
+    def preprocess(self, raw: Any) -> torch.Tensor:
+        path = as_path(raw)
+        if path is not None:
+            raw = load_array_file(self.name, path)
+        x = as_float_array(self.name, raw, f"a voxel vector ({self.voxels},)").reshape(-1)
+        if x.shape[0] != self.voxels:
+            raise InputError(f"{self.name}: expected {self.voxels} voxels, got {x.shape[0]}")
+        return torch.from_numpy(x).unsqueeze(0)
+
+    def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
+        return FMRITokenizer(width=encoder.width, voxels=self.voxels, tokens=self.tokens)
+
+
+MODALITIES.register("fmri", FMRIModality)

@@ -1,0 +1,84 @@
+"""Video: T frames, each CLIP-transformed like an image; frames are encoded, then mean-pooled.
+
+Raw forms: a folder of frame images, an animated GIF, a list of frames (paths / PIL /
+arrays), a (T, H, W, 3) or (T, 3, H, W) array or tensor. `frames` are sampled uniformly.
+OneLLM's loader gives 15 (5 clips x 3 crops); here the count comes from the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageSequence
+from torch import nn
+
+from modalities.image import (
+    IMAGE_SUFFIXES,
+    ClipPatchTokenizer,
+    ImageModality,
+    clip_transform,
+    load_image,
+    to_image_tensor,
+)
+from onellm.errors import InputError
+from onellm.modality import MODALITIES, EncoderInfo, as_path, check_readable
+
+
+def load_frames(name: str, raw: Any) -> list[Any]:
+    """Split a raw video into a list of raw frames."""
+    path = as_path(raw)
+    if path is not None:
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise InputError(
+                    f"{name}: expected a folder of frame images, got {str(path)!r} with none"
+                )
+            return files
+        check_readable(name, path, (".gif", ".npy"))
+        if path.suffix.lower() == ".npy":
+            return list(np.load(path, allow_pickle=False))
+        load_image(name, path)  # raises a clear error if corrupt
+        with Image.open(path) as im:
+            return [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+    if isinstance(raw, (list, tuple)):
+        if not raw:
+            raise InputError(f"{name}: expected at least one frame, got an empty list")
+        return list(raw)
+    if isinstance(raw, (np.ndarray, torch.Tensor)) and raw.ndim == 4:
+        return list(raw)
+    shape = tuple(getattr(raw, "shape", ()))
+    raise InputError(
+        f"{name}: expected frames (folder, GIF, list, or a (T, H, W, 3) array), "
+        f"got {type(raw).__name__} {shape}"
+    )
+
+
+class VideoModality(ImageModality):
+    """`frames` frames of (3, size, size): (frames, 3, size, size)."""
+
+    name = "video"
+
+    def __init__(self, *, frames: int = 15, size: int | None = None) -> None:
+        super().__init__(size=size)
+        if frames < 1:
+            raise InputError(f"{self.name}: frames must be >= 1, got {frames}")
+        self.frames = frames
+
+    def input_shape(self) -> tuple[int | None, ...]:
+        return (None, 3, self.size, self.size)  # any frame count is accepted by the model
+
+    def preprocess(self, raw: Any) -> torch.Tensor:
+        frames = load_frames(self.name, raw)
+        idx = np.linspace(0, len(frames) - 1, self.frames).round().astype(int)
+        return torch.stack(
+            [clip_transform(to_image_tensor(self.name, frames[i]), self.size) for i in idx]
+        )
+
+    def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
+        return ClipPatchTokenizer()
+
+
+MODALITIES.register("video", VideoModality)

@@ -1,0 +1,251 @@
+"""The composition root: modality tokenizers -> universal encoder -> UPM -> LLaMA.
+
+x (B, *input_shape) --tokenizer_m--> (B, T, S, W) --encoder--> (B, S+1, W)
+  --projection(m)--> (B, Q, D);  LLM input: [BOS, start_m, Q tokens, end_m, text[1:]]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from experts.projection import UniversalProjection, llama_ffn_hidden
+from onellm.config import ModelConfig, check_kwargs, load_config
+from onellm.encoder import UniversalEncoder
+from onellm.errors import InputError
+from onellm.llm import DTYPES, build_llm, build_text_tokenizer
+from onellm.modality import MODALITIES, Modality, check_batch
+
+IGNORE_INDEX = -100
+
+
+def build_modality(name: str, spec: Mapping[str, Any]) -> Modality:
+    """`{type: <registry name>, **kwargs}` (type defaults to `name`) -> a Modality."""
+    import modalities  # noqa: F401  (registers the shipped modalities)
+
+    kwargs = dict(spec or {})
+    kind = kwargs.pop("type", name)
+    cls = MODALITIES.get(kind)
+    check_kwargs(cls, kwargs, f"modalities.{name}")
+    return cls(**kwargs)
+
+
+class OneLLM(nn.Module):
+    """One multimodal LLM. Build with `OneLLM.from_config(...)`.
+
+    Parts (module names, used by trainable patterns): `tokenizers.<m>`, `encoder`,
+    `projection` (experts, routers, queries, in/out projections, tags), `llm`.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ModelConfig,
+        modalities: Mapping[str, Modality],
+        tokenizers: nn.ModuleDict,
+        encoder: UniversalEncoder,
+        projection: UniversalProjection,
+        llm: LlamaForCausalLM,
+        text_tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.modalities = dict(modalities)
+        self.tokenizers = tokenizers
+        self.encoder = encoder
+        self.projection = projection
+        self.llm = llm
+        self.text_tokenizer = text_tokenizer
+        self._names = self._name_table()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(
+        cls, config: str | os.PathLike | Mapping | ModelConfig, overrides: Iterable[str] = ()
+    ) -> OneLLM:
+        """Build from a YAML path, a mapping, or a `ModelConfig` (+ `key=value` overrides)."""
+        cfg = config if isinstance(config, ModelConfig) else load_config(config, overrides)
+        dtype = DTYPES[cfg.dtype] if cfg.dtype in DTYPES else None
+        if dtype is None:
+            raise InputError(f"config: dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+        encoder = UniversalEncoder.build(cfg.encoder)
+        llm = build_llm(cfg.llm, dtype)
+        p = cfg.projection
+        width = encoder.width
+        projection = UniversalProjection(
+            width=width,
+            llm_width=llm.config.hidden_size,
+            num_experts=p.num_experts,
+            layers_per_expert=p.layers_per_expert,
+            num_heads=p.num_heads,
+            num_queries=p.num_queries,
+            ffn_hidden=p.ffn_hidden_size or llama_ffn_hidden(width, p.multiple_of),
+            router_hidden=p.router_hidden_size or 4 * width,
+            router=p.router,
+            norm_eps=p.norm_eps,
+        )
+        mods: dict[str, Modality] = {}
+        tokenizers = nn.ModuleDict()
+        for name, spec in cfg.modalities.items():
+            mod = build_modality(name, spec)
+            if hasattr(mod, "bind"):  # image-like modalities take their size from the encoder
+                mod.bind(encoder)
+            mods[name] = mod
+            tokenizers[name] = mod.build_tokenizer(encoder=encoder)
+            projection.add_modality(name)
+        llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
+        model = cls(
+            config=cfg,
+            modalities=mods,
+            tokenizers=tokenizers,
+            encoder=encoder,
+            projection=projection,
+            llm=llm,
+            text_tokenizer=build_text_tokenizer(cfg.llm),
+        )
+        return model.to(dtype)
+
+    def _name_table(self) -> dict[str, str]:
+        """Every accepted name (config key, registry type, its aliases) -> config key."""
+        table: dict[str, str] = {}
+        for key, mod in self.modalities.items():
+            kind = getattr(mod, "name", key)
+            aliases = [a for a, c in MODALITIES._aliases.items() if c == kind]
+            for n in (kind, *aliases):
+                table.setdefault(n, key)
+        table.update({k: k for k in self.modalities})
+        return table
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.device
+
+    def modality_key(self, modality: str) -> str:
+        """The config key for `modality` (or an alias such as rgbd/rgbn); `InputError` if absent."""
+        if modality not in self._names:
+            raise InputError(
+                f"unknown modality {modality!r}: expected one of {', '.join(sorted(self._names))}"
+            )
+        return self._names[modality]
+
+    def preprocess(self, raw: Any, modality: str) -> torch.Tensor:
+        """One raw input -> its (1, *input_shape) batch on the model's device and dtype."""
+        key = self.modality_key(modality)
+        x = self.modalities[key].preprocess(raw)
+        return x.unsqueeze(0).to(self.device, self.dtype)
+
+    # ------------------------------------------------------------------ forward pieces
+    def encode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """Preprocessed batch (B, *input_shape) -> the Q modality tokens in LLM space (B, Q, D)."""
+        key = self.modality_key(modality)
+        check_batch(key, x, self.modalities[key].input_shape())
+        tokenizer = self.tokenizers[key]
+        needs_grad = any(p.requires_grad for m in (tokenizer, self.encoder) for p in m.parameters())
+        # keep the frozen encoder out of autograd when nothing before it trains
+        with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
+            tokens = tokenizer(x.to(self.encoder.clip.dtype), self.encoder)
+            features = self.encoder(tokens, tokenizer.position_embedding)
+        return self.projection(features, key)
+
+    def modality_block(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """(B, *input_shape) -> [start tag, Q tokens, end tag] embeddings (B, Q+2, D)."""
+        key = self.modality_key(modality)
+        tokens = self.encode(x, key)
+        b = tokens.shape[0]
+        start = self.projection.start_tag[key].to(tokens.dtype).expand(b, -1, -1)
+        end = self.projection.end_tag[key].to(tokens.dtype).expand(b, -1, -1)
+        return torch.cat([start, tokens, end], dim=1)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        inputs: torch.Tensor | None = None,
+        modality: str | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | int | None]:
+        """Token ids (B, L) [+ modality batch] -> LLM inputs.
+
+        With a modality the sequence is [BOS, start, Q tokens, end, text[1:]] (OneLLM's
+        layout): `inputs_embeds` (B, L+Q+2, D), and `attention_mask` / `labels` widened to
+        match (the modality block is attended to and never a target). `prefix_len` is Q+2.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise InputError(
+                f"text: expected input_ids (B, L) with L >= 1, got {tuple(input_ids.shape)}"
+            )
+        text = self.llm.get_input_embeddings()(input_ids)
+        if inputs is None:
+            if modality is not None:
+                raise InputError(f"{modality}: a modality was named but no input was given")
+            return {
+                "inputs_embeds": text,
+                "attention_mask": attention_mask,
+                "labels": labels,
+                "prefix_len": 0,
+            }
+        if modality is None:
+            raise InputError("input given without a modality: pass modality=...")
+        block = self.modality_block(inputs, modality)
+        if block.shape[0] != text.shape[0]:
+            raise InputError(
+                f"{modality}: expected a batch of {text.shape[0]} inputs to match input_ids, got {block.shape[0]}"
+            )
+        n = block.shape[1]
+        embeds = torch.cat([text[:, :1], block.to(text.dtype), text[:, 1:]], dim=1)
+        if attention_mask is not None:
+            ones = attention_mask.new_ones(attention_mask.shape[0], n)
+            attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+        if labels is not None:
+            ignore = labels.new_full((labels.shape[0], n), IGNORE_INDEX)
+            labels = torch.cat([labels[:, :1], ignore, labels[:, 1:]], dim=1)
+        return {
+            "inputs_embeds": embeds,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "prefix_len": n,
+        }
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        inputs: torch.Tensor | None = None,
+        modality: str | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **llm_kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """The LLM's output over [BOS, modality block, text]; `loss` is CE on `labels` != -100."""
+        e = self.embed(input_ids, inputs, modality, attention_mask, labels)
+        return self.llm(
+            inputs_embeds=e["inputs_embeds"],
+            attention_mask=e["attention_mask"],
+            labels=e["labels"],
+            **llm_kwargs,
+        )
+
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        inputs: torch.Tensor | None = None,
+        modality: str | None = None,
+    ) -> torch.Tensor:
+        """Logits aligned as OneLLM's forward returns them: (B, L, V).
+
+        With a modality, row 0 is the end-tag position and rows 1.. are text tokens 1..;
+        BOS, the start tag and the modality tokens get no logits.
+        """
+        e = self.embed(input_ids, inputs, modality)
+        out = self.llm(inputs_embeds=e["inputs_embeds"], use_cache=False)
+        return out.logits[:, e["prefix_len"] :]
