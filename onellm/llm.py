@@ -54,11 +54,18 @@ def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> LlamaForCau
     return LlamaForCausalLM(config).to(dtype)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
 def build_text_tokenizer(cfg: LLMConfig) -> PreTrainedTokenizerBase | None:
-    """The LLM's tokenizer from `cfg.tokenizer` (or `cfg.path`); None for a random tiny LLM."""
-    source = cfg.tokenizer or cfg.path
-    if source is None:
-        return None
-    if not Path(source).is_dir():
-        raise CheckpointError(f"llm: tokenizer directory not found: {source}")
-    return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    """The LLM's tokenizer from `cfg.tokenizer`, else from `cfg.path` if that dir holds one.
+
+    None when there is none: the model still works on token ids.
+    """
+    if cfg.tokenizer is not None:
+        if not Path(cfg.tokenizer).is_dir():
+            raise CheckpointError(f"llm: tokenizer directory not found: {cfg.tokenizer}")
+        return AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
+    if cfg.path is not None and any((Path(cfg.path) / f).is_file() for f in TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
+    return None

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny constants, a seed, a tiny random model, the conformance fixture dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+FIXTURE_A = ROOT.parent / "shared" / "conformance" / "onellm-reference-A"
+
+
+@pytest.fixture(autouse=True)
+def seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny random model, built once; tests that change it must restore it."""
+    from onellm import OneLLM
+
+    torch.manual_seed(0)
+    return OneLLM.from_config(TINY).eval()
+
+
+def random_input(model, modality: str, batch: int = 2, frames: int = 2) -> torch.Tensor:
+    """A random preprocessed batch of `modality` at the model's input shape."""
+    shape = model.modalities[model.modality_key(modality)].input_shape()
+    return torch.randn(batch, *(frames if s is None else s for s in shape))
+
+
+def fixture_a() -> Path:
+    if not (FIXTURE_A / "weights.safetensors").is_file():
+        pytest.skip(f"conformance fixture not found at {FIXTURE_A} (it lives in ../shared)")
+    return FIXTURE_A

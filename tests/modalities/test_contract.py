@@ -1,0 +1,56 @@
+"""Every shipped modality through the same suite: raw forms -> input_shape -> tokens."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from onellm.errors import InputError
+from tests.conftest import random_input
+
+rng = np.random.default_rng(0)
+RAW = {
+    "image": lambda: Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)),
+    "video": lambda: rng.integers(0, 255, (5, 40, 60, 3), dtype=np.uint8),
+    "audio": lambda: rng.standard_normal(16000).astype(np.float32) * 0.1,
+    "point": lambda: rng.standard_normal((500, 6)).astype(np.float32),
+    "depth": lambda: (rng.random((40, 40, 3)).astype(np.float32), rng.random((40, 40)) * 5),
+    "normal": lambda: {"rgb": rng.random((40, 40, 3)).astype(np.float32), "normal": rng.uniform(-1, 1, (40, 40, 3))},
+    "imu": lambda: rng.standard_normal((80, 6)).astype(np.float32),
+    "fmri": lambda: rng.standard_normal(48).astype(np.float32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW))
+def test_preprocess_gives_the_input_shape_and_the_model_accepts_it(tiny_model, name):
+    mod = tiny_model.modalities[name]
+    x = mod.preprocess(RAW[name]())
+    want = tuple(x.shape[i] if s is None else s for i, s in enumerate(mod.input_shape()))
+    assert x.dtype == torch.float32 and tuple(x.shape) == want
+    assert torch.isfinite(x).all()
+    with torch.no_grad():
+        out = tiny_model.encode(x.unsqueeze(0), name)
+    assert out.shape == (1, tiny_model.config.projection.num_queries, tiny_model.llm.config.hidden_size)
+
+
+@pytest.mark.parametrize("name", sorted(RAW))
+def test_tokenizer_output_fits_its_positional_embedding(tiny_model, name):
+    tok = tiny_model.tokenizers[name]
+    x = random_input(tiny_model, name)
+    with torch.no_grad():
+        t = tok(x, tiny_model.encoder)
+    assert t.dim() == 4 and t.shape[0] == 2 and t.shape[-1] == tiny_model.encoder.width
+    pos = tok.position_embedding if tok.position_embedding is not None else tiny_model.encoder.position_embedding
+    assert pos.shape[0] == t.shape[2] + 1
+
+
+@pytest.mark.parametrize("name", sorted(RAW))
+def test_unusable_raw_input_names_the_modality(tiny_model, name):
+    with pytest.raises(InputError, match=f"^{name}: expected"):
+        tiny_model.modalities[name].preprocess(object())
+
+
+@pytest.mark.parametrize("name", ["image", "audio", "imu", "fmri", "point", "video"])
+def test_missing_file_is_an_input_error(tiny_model, tmp_path, name):
+    with pytest.raises(InputError, match=f"^{name}: expected .*no such file"):
+        tiny_model.modalities[name].preprocess(tmp_path / "missing.npy")

@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from onellm import OneLLM
+from tests.conftest import TINY, random_input
+
+MODALITIES = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+
+
+def ids(batch=2, length=7):
+    x = torch.randint(3, 512, (batch, length))
+    x[:, 0] = 1
+    return x
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return OneLLM.from_config(TINY).train()
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_forward_and_backward_through_the_whole_chain(model, modality):
+    x = random_input(model, modality)
+    out = model(ids(), inputs=x, modality=modality, labels=ids())
+    q = model.config.projection.num_queries
+    assert out.logits.shape == (2, 7 + q + 2, 512)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    # frozen parts get no gradient
+    for name, p in [*model.encoder.named_parameters(), *model.llm.named_parameters()]:
+        assert p.grad is None, name
+    # the modality's own trainable parts do
+    proj = model.projection
+    assert proj.queries[modality].grad is not None and proj.queries[modality].grad.abs().sum() > 0
+    assert proj.out_proj[modality][0].weight.grad.abs().sum() > 0
+    assert proj.routers[modality].mlp.fc1.weight.grad.abs().sum() > 0
+    assert all(e.layers[0].q_proj.weight.grad is not None for e in proj.experts)
+    for p in model.tokenizers[modality].parameters():  # gradients flow through the frozen encoder
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    # other modalities' parameters are untouched
+    other = next(m for m in MODALITIES if m != modality)
+    assert proj.queries[other].grad is None
+
+
+def test_defaults_freeze_encoder_and_llm_and_train_the_rest(model):
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert not any(p.requires_grad for p in model.llm.parameters())
+    assert all(p.requires_grad for p in model.projection.parameters())
+    assert all(p.requires_grad for p in model.tokenizers.parameters())
+
+
+def test_sequence_layout_is_bos_start_queries_end_text(model):
+    x = random_input(model, "image")
+    text = ids()
+    e = model.embed(text, x, "image")
+    emb = model.llm.get_input_embeddings()(text)
+    q = model.config.projection.num_queries
+    got = e["inputs_embeds"]
+    torch.testing.assert_close(got[:, 0], emb[:, 0])
+    torch.testing.assert_close(got[:, 1], model.projection.start_tag["image"][0, 0].expand(2, -1))
+    torch.testing.assert_close(got[:, 2 : 2 + q], model.encode(x, "image"))
+    torch.testing.assert_close(got[:, q + 2], model.projection.end_tag["image"][0, 0].expand(2, -1))
+    torch.testing.assert_close(got[:, q + 3 :], emb[:, 1:])
+
+
+def test_loss_only_on_target_text_tokens(model):
+    x = random_input(model, "audio")
+    text = ids()
+    labels = text.clone()
+    labels[:, :4] = -100  # prompt
+    out = model(text, inputs=x, modality="audio", labels=labels)
+    n = model.config.projection.num_queries + 2
+    # recompute CE by hand over the text targets only
+    logits = out.logits[:, n + 3 : n + 6]  # positions predicting text tokens 4..6
+    manual = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), text[:, 4:].reshape(-1))
+    torch.testing.assert_close(out.loss, manual)
+
+
+def test_logits_are_aligned_like_onellm(model):
+    x = random_input(model, "imu")
+    text = ids()
+    full = model(text, inputs=x, modality="imu").logits
+    n = model.config.projection.num_queries + 2
+    torch.testing.assert_close(model.logits(text, x, "imu"), full[:, n:])
+    assert model.logits(text).shape == (2, 7, 512)
+
+
+def test_frozen_image_path_runs_outside_autograd(model):
+    x = random_input(model, "image")
+    feats_need_grad = []
+    h = model.encoder.register_forward_hook(lambda m, i, o: feats_need_grad.append(o.requires_grad))
+    model.encode(x, "image")
+    model.encode(random_input(model, "audio"), "audio")
+    h.remove()
+    assert feats_need_grad == [False, True]  # image: nothing before the encoder trains
+
+
+def test_video_frames_are_encoded_then_mean_pooled(model):
+    x = random_input(model, "video", frames=3)
+    tok = model.tokenizers["video"]
+    pooled = model.encoder(tok(x, model.encoder), None)
+    per_frame = torch.stack([model.encoder(tok(x[:, t : t + 1], model.encoder), None) for t in range(3)])
+    torch.testing.assert_close(pooled, per_frame.mean(0))
+
+
+def test_rgbd_and_rgbn_are_accepted_names(model):
+    x = random_input(model, "depth")
+    torch.testing.assert_close(model.encode(x, "rgbd"), model.encode(x, "depth"))
+    y = random_input(model, "normal")
+    torch.testing.assert_close(model.encode(y, "rgbn"), model.encode(y, "normal"))
+
+
+def test_topk_router_from_config():
+    m = OneLLM.from_config(TINY, ["projection.router={type: topk, k: 1}"])
+    _, w = m.projection.route(torch.randn(2, 17, 64), "image")
+    assert ((w > 0).sum(-1) == 1).all()

@@ -1,0 +1,39 @@
+import pytest
+
+from onellm.errors import RegistryError
+from onellm.registry import Registry
+
+
+def test_register_lookup_and_aliases():
+    r = Registry("thing")
+    r.register("alpha", 1, aliases=("a",))
+    assert r.get("alpha") == 1 and r.get("a") == 1
+    assert r.canonical("a") == "alpha"
+    assert "a" in r and list(r) == ["alpha"]
+
+
+def test_duplicates_and_bad_names_are_refused():
+    r = Registry("thing")
+    r.register("alpha", 1)
+    with pytest.raises(RegistryError, match="already registered"):
+        r.register("alpha", 2)
+    with pytest.raises(RegistryError, match="invalid name"):
+        r.register("Bad Name", 3)
+    assert r.get("alpha") == 1  # the refused registration changed nothing
+
+
+def test_failed_lookup_lists_what_is_registered():
+    r = Registry("router")
+    r.register("soft", 1)
+    r.register("topk", 2)
+    with pytest.raises(RegistryError, match="unknown router 'dense'; registered: soft, topk"):
+        r.get("dense")
+
+
+def test_shipped_modalities_are_registered():
+    import modalities  # noqa: F401
+    from onellm.modality import MODALITIES
+
+    expected = {"image", "video", "audio", "point", "depth", "normal", "imu", "fmri"}
+    assert expected <= set(MODALITIES.names())
+    assert MODALITIES.canonical("rgbd") == "depth" and MODALITIES.canonical("rgbn") == "normal"
