@@ -17,6 +17,14 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    from onellm.conformance import compare, report
+
+    errors = compare(args.fixture)
+    print(report(errors, args.tol))
+    return 0 if all(e <= args.tol for e in errors.values()) else 1
+
+
 def summary(model) -> str:
     """A table of the model's parts: parameters, trainable parameters, and each modality's input."""
     rows = [("part", "params", "trainable")]
@@ -42,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="model YAML, e.g. configs/tiny.yaml")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=_info)
+    p = sub.add_parser("conformance", help="compare with a OneLLM reference fixture dir")
+    p.add_argument("fixture", help="e.g. ../shared/conformance/onellm-reference-A")
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.set_defaults(func=_conformance)
     return parser
 
 
