@@ -34,7 +34,13 @@ def summary(model) -> str:
         train = sum(p.numel() for p in part.parameters() if p.requires_grad)
         rows.append((name, f"{total:,}", f"{train:,}"))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width, strict=True))) for r in rows]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, width, strict=True))
+        )
+        for r in rows
+    ]
     lines.append("")
     lines.append("modality  input (per sample)")
     for key, mod in model.modalities.items():
@@ -44,7 +50,9 @@ def summary(model) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onellm", description="One multimodal LLM: build, chat, train.")
+    parser = argparse.ArgumentParser(
+        prog="onellm", description="One multimodal LLM: build, chat, train."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="build a model from a config and show its parts")
     p.add_argument("config", help="model YAML, e.g. configs/tiny.yaml")

@@ -79,6 +79,23 @@ class ProjectionConfig:
 
 
 @dataclasses.dataclass
+class ChatConfig:
+    """The conversation layout, used the same way in training and in inference.
+
+    A prompt renders as `system`, then per turn `user + question + separator + assistant`
+    followed (in history and in training) by `answer + separator`. Generation stops at EOS
+    or at any of `stop`. With no prompt and no history the model captions its input (the
+    alignment stages' layout: the modality block, then the caption).
+    """
+
+    system: str = ""
+    user: str = "### Human: "
+    assistant: str = "### Assistant: "
+    separator: str = "\n"
+    stop: list[str] = dataclasses.field(default_factory=lambda: ["###"])
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """The whole model. `modalities` maps a name to `{type: <registry name>, **kwargs}`."""
 
@@ -86,6 +103,7 @@ class ModelConfig:
     llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
     projection: ProjectionConfig = dataclasses.field(default_factory=ProjectionConfig)
     modalities: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    chat: ChatConfig = dataclasses.field(default_factory=ChatConfig)
     dtype: str = "float32"
     vars: dict[str, Any] = dataclasses.field(default_factory=dict)  # free-form, for ${vars.x}
 

@@ -28,7 +28,9 @@ def compare(fixture: str | os.PathLike) -> dict[str, float]:
     for ref in meta["modalities_with_outputs"]:
         x = inputs[ref]
         errors[f"encode.{ref}"] = _err(model.encode(x, ref), outputs[f"encode.{ref}"])
-        errors[f"logits.{ref}"] = _err(model.logits(inputs["tokens"], x, ref), outputs[f"logits.{ref}"])
+        errors[f"logits.{ref}"] = _err(
+            model.logits(inputs["tokens"], x, ref), outputs[f"logits.{ref}"]
+        )
     return errors
 
 
@@ -42,5 +44,8 @@ def report(errors: dict[str, float], tol: float = 1e-4) -> str:
     lines = [f"{'output':<18} {'max abs':>10}  (tolerance {tol:g})"]
     for name, e in errors.items():
         ours = MODALITY_NAMES.get(name.split(".")[1], "")
-        lines.append(f"{name:<18} {e:>10.2e}  {'ok' if e <= tol else 'FAIL'}" + (f"  ({ours})" if ours else ""))
+        lines.append(
+            f"{name:<18} {e:>10.2e}  {'ok' if e <= tol else 'FAIL'}"
+            + (f"  ({ours})" if ours else "")
+        )
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from onellm.config import LLMConfig
+from onellm.config import ChatConfig, LLMConfig
 from onellm.errors import CheckpointError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,11 +57,19 @@ def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> LlamaForCau
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
-def build_text_tokenizer(cfg: LLMConfig) -> PreTrainedTokenizerBase | None:
-    """The LLM's tokenizer from `cfg.tokenizer`, else from `cfg.path` if that dir holds one.
+def build_text_tokenizer(
+    cfg: LLMConfig, chat: ChatConfig | None = None
+) -> PreTrainedTokenizerBase | None:
+    """The LLM's tokenizer from `cfg.tokenizer`, else from `cfg.path` if that dir holds one;
+    for a random LLM (no path), the tiny BPE tokenizer trained on the shapes world's language.
 
-    None when there is none: the model still works on token ids.
+    None when a checkpoint dir has no tokenizer: the model still works on token ids.
     """
+    if cfg.path is None and cfg.tokenizer is None:
+        from onellm.text_tokenizer import tiny_tokenizer
+
+        chat = chat or ChatConfig()
+        return tiny_tokenizer(cfg.vocab_size, (chat.system, chat.user, chat.assistant, *chat.stop))
     if cfg.tokenizer is not None:
         if not Path(cfg.tokenizer).is_dir():
             raise CheckpointError(f"llm: tokenizer directory not found: {cfg.tokenizer}")

@@ -63,6 +63,7 @@ class OneLLM(nn.Module):
         self.llm = llm
         self.text_tokenizer = text_tokenizer
         self._names = self._name_table()
+        self.placeholder_ids = self._placeholders()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -107,9 +108,23 @@ class OneLLM(nn.Module):
             encoder=encoder,
             projection=projection,
             llm=llm,
-            text_tokenizer=build_text_tokenizer(cfg.llm),
+            text_tokenizer=build_text_tokenizer(cfg.llm, cfg.chat),
         )
         return model.to(dtype)
+
+    def _placeholders(self) -> dict[str, int]:
+        """Each modality's placeholder id: `<m>` in the tokenizer, else one past the LLM vocab.
+
+        Placeholder ids are never embedded (their positions are filled by modality blocks).
+        """
+        tok = self.text_tokenizer
+        if tok is None:
+            base = self.llm.config.vocab_size
+            return {key: base + i for i, key in enumerate(self.modalities)}
+        new = [f"<{k}>" for k in self.modalities if f"<{k}>" not in tok.get_vocab()]
+        if new:
+            tok.add_tokens(new, special_tokens=True)
+        return {key: tok.convert_tokens_to_ids(f"<{key}>") for key in self.modalities}
 
     def _name_table(self) -> dict[str, str]:
         """Every accepted name (config key, registry type, its aliases) -> config key."""
@@ -167,55 +182,76 @@ class OneLLM(nn.Module):
         end = self.projection.end_tag[key].to(tokens.dtype).expand(b, -1, -1)
         return torch.cat([start, tokens, end], dim=1)
 
-    def embed(
+    @property
+    def block_len(self) -> int:
+        """Positions one modality input takes in the LLM sequence: start tag, Q tokens, end tag."""
+        return self.projection.num_queries + 2
+
+    def insert_placeholders(
         self,
         input_ids: torch.Tensor,
-        inputs: torch.Tensor | None = None,
-        modality: str | None = None,
+        modality: str,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor | int | None]:
-        """Token ids (B, L) [+ modality batch] -> LLM inputs.
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Put one modality block's placeholder run right after BOS (OneLLM's layout).
 
-        With a modality the sequence is [BOS, start, Q tokens, end, text[1:]] (OneLLM's
-        layout): `inputs_embeds` (B, L+Q+2, D), and `attention_mask` / `labels` widened to
-        match (the modality block is attended to and never a target). `prefix_len` is Q+2.
+        `attention_mask` and `labels` are widened to match; the block is never a target.
         """
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise InputError(
                 f"text: expected input_ids (B, L) with L >= 1, got {tuple(input_ids.shape)}"
             )
-        text = self.llm.get_input_embeddings()(input_ids)
-        if inputs is None:
-            if modality is not None:
-                raise InputError(f"{modality}: a modality was named but no input was given")
-            return {
-                "inputs_embeds": text,
-                "attention_mask": attention_mask,
-                "labels": labels,
-                "prefix_len": 0,
-            }
-        if modality is None:
-            raise InputError("input given without a modality: pass modality=...")
-        block = self.modality_block(inputs, modality)
-        if block.shape[0] != text.shape[0]:
-            raise InputError(
-                f"{modality}: expected a batch of {text.shape[0]} inputs to match input_ids, got {block.shape[0]}"
-            )
-        n = block.shape[1]
-        embeds = torch.cat([text[:, :1], block.to(text.dtype), text[:, 1:]], dim=1)
+        n = self.block_len
+        run = input_ids.new_full(
+            (input_ids.shape[0], n), self.placeholder_ids[self.modality_key(modality)]
+        )
+        input_ids = torch.cat([input_ids[:, :1], run, input_ids[:, 1:]], dim=1)
         if attention_mask is not None:
             ones = attention_mask.new_ones(attention_mask.shape[0], n)
             attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
         if labels is not None:
             ignore = labels.new_full((labels.shape[0], n), IGNORE_INDEX)
             labels = torch.cat([labels[:, :1], ignore, labels[:, 1:]], dim=1)
-        return {
-            "inputs_embeds": embeds,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "prefix_len": n,
-        }
+        return input_ids, attention_mask, labels
+
+    def embed(
+        self, input_ids: torch.Tensor, blocks: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Token ids (B, L) with placeholder runs -> `inputs_embeds` (B, L, D).
+
+        `blocks[m]` (N, Q+2, D) fills modality m's placeholder positions in reading order
+        (sample by sample), after a count check; every placeholder must be filled.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise InputError(
+                f"text: expected input_ids (B, L) with L >= 1, got {tuple(input_ids.shape)}"
+            )
+        blocks = dict(blocks or {})
+        ids = torch.tensor(list(self.placeholder_ids.values()), device=input_ids.device)
+        is_placeholder = torch.isin(input_ids, ids)
+        pad = self.llm.config.pad_token_id or 0
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_placeholder, pad))
+        filled = torch.zeros_like(is_placeholder)
+        for modality, block in blocks.items():
+            key = self.modality_key(modality)
+            where = input_ids == self.placeholder_ids[key]
+            given, needed = block.shape[0] * block.shape[1], int(where.sum())
+            if given != needed:
+                raise InputError(
+                    f"{key}: expected {needed // self.block_len} input(s) for the {key} placeholders "
+                    f"in the text, got {block.shape[0]}"
+                )
+            embeds = embeds.masked_scatter(where.unsqueeze(-1), block.to(embeds.dtype))
+            filled |= where
+        if (is_placeholder & ~filled).any():
+            missing = sorted(
+                k for k, i in self.placeholder_ids.items() if ((input_ids == i) & ~filled).any()
+            )
+            raise InputError(
+                f"{missing[0]}: expected an input for its placeholder in the text, got none"
+            )
+        return embeds
 
     def forward(
         self,
@@ -226,12 +262,36 @@ class OneLLM(nn.Module):
         labels: torch.Tensor | None = None,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """The LLM's output over [BOS, modality block, text]; `loss` is CE on `labels` != -100."""
-        e = self.embed(input_ids, inputs, modality, attention_mask, labels)
+        """The LLM's output over [BOS, start, Q tokens, end, text[1:]] (or text alone).
+
+        `loss` is the cross-entropy on `labels` != -100; the modality block is never a target.
+        The logits (and labels) cover the widened sequence, block included.
+        """
+        blocks = None
+        if inputs is not None or modality is not None:
+            if inputs is None or modality is None:
+                raise InputError(
+                    "input and modality go together: got "
+                    + (
+                        "an input without a modality"
+                        if modality is None
+                        else f"modality {modality!r} without an input"
+                    )
+                )
+            key = self.modality_key(modality)
+            input_ids, attention_mask, labels = self.insert_placeholders(
+                input_ids, key, attention_mask, labels
+            )
+            block = self.modality_block(inputs, key)
+            if block.shape[0] != input_ids.shape[0]:
+                raise InputError(
+                    f"{key}: expected a batch of {input_ids.shape[0]} inputs to match input_ids, got {block.shape[0]}"
+                )
+            blocks = {key: block}
         return self.llm(
-            inputs_embeds=e["inputs_embeds"],
-            attention_mask=e["attention_mask"],
-            labels=e["labels"],
+            inputs_embeds=self.embed(input_ids, blocks),
+            attention_mask=attention_mask,
+            labels=labels,
             **llm_kwargs,
         )
 
@@ -246,6 +306,6 @@ class OneLLM(nn.Module):
         With a modality, row 0 is the end-tag position and rows 1.. are text tokens 1..;
         BOS, the start tag and the modality tokens get no logits.
         """
-        e = self.embed(input_ids, inputs, modality)
-        out = self.llm(inputs_embeds=e["inputs_embeds"], use_cache=False)
-        return out.logits[:, e["prefix_len"] :]
+        out = self(input_ids, inputs, modality, use_cache=False)
+        prefix = self.block_len if inputs is not None else 0
+        return out.logits[:, prefix:]

@@ -58,7 +58,10 @@ def test_wrong_type_is_named():
 def test_interpolation_and_defaults(monkeypatch):
     monkeypatch.delenv("NOPE", raising=False)
     cfg = load_config(
-        {"vars": {"w": 32, "p": "${env:NOPE,/x}"}, "encoder": {"hidden_size": "${vars.w}", "path": "${vars.p}/clip"}}
+        {
+            "vars": {"w": 32, "p": "${env:NOPE,/x}"},
+            "encoder": {"hidden_size": "${vars.w}", "path": "${vars.p}/clip"},
+        }
     )
     assert cfg.encoder.hidden_size == 32
     assert cfg.encoder.path == "/x/clip"

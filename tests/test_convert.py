@@ -23,7 +23,9 @@ def reference():
 @torch.no_grad()
 def test_fixture_a_encode_and_logits(reference, modality):
     model, inputs, outputs = reference
-    torch.testing.assert_close(model.encode(inputs[modality], modality), outputs[f"encode.{modality}"], **TOL)
+    torch.testing.assert_close(
+        model.encode(inputs[modality], modality), outputs[f"encode.{modality}"], **TOL
+    )
     logits = model.logits(inputs["tokens"], inputs[modality], modality)
     torch.testing.assert_close(logits, outputs[f"logits.{modality}"], **TOL)
 
@@ -49,12 +51,25 @@ def test_sizes_are_read_from_the_weights(reference):
     model, _, _ = reference
     cfg = model.config
     assert (cfg.llm.hidden_size, cfg.llm.vocab_size, cfg.llm.intermediate_size) == (64, 512, 192)
-    assert (cfg.encoder.hidden_size, cfg.encoder.image_size, cfg.encoder.patch_size) == (64, 224, 14)
+    assert (cfg.encoder.hidden_size, cfg.encoder.image_size, cfg.encoder.patch_size) == (
+        64,
+        224,
+        14,
+    )
     p = cfg.projection
     assert (p.num_experts, p.layers_per_expert, p.num_queries, p.ffn_hidden_size) == (3, 8, 30, 192)
     assert cfg.modalities["fmri"] == {"voxels": 300, "tokens": 8}
     assert cfg.modalities["audio"]["frames"] == 1024 and cfg.modalities["imu"]["length"] == 400
-    assert set(model.modalities) == {"image", "video", "audio", "point", "depth", "normal", "fmri", "imu"}
+    assert set(model.modalities) == {
+        "image",
+        "video",
+        "audio",
+        "point",
+        "depth",
+        "normal",
+        "fmri",
+        "imu",
+    }
 
 
 def test_pth_checkpoints_load_weights_only(tmp_path, reference):
@@ -94,10 +109,28 @@ def test_rotary_permutation_turns_interleaved_pairs_into_halves():
     assert rows[1].tolist() == [8, 10, 12, 14, 9, 11, 13, 15]
 
 
-def onellm_state_dict(*, dim, layers, vocab, width, clip_layers, patch, grid, experts, expert_layers, queries, voxels, fmri_tokens):
+def onellm_state_dict(
+    *,
+    dim,
+    layers,
+    vocab,
+    width,
+    clip_layers,
+    patch,
+    grid,
+    experts,
+    expert_layers,
+    queries,
+    voxels,
+    fmri_tokens,
+):
     """Random tensors in OneLLM's key layout at the given sizes (as its Transformer makes them)."""
     ffn = lambda d: 32 * ((int(8 * d / 3) + 31) // 32)  # noqa: E731
-    sd = {"tok_embeddings.weight": (vocab, dim), "norm.weight": (dim,), "output.weight": (vocab, dim)}
+    sd = {
+        "tok_embeddings.weight": (vocab, dim),
+        "norm.weight": (dim,),
+        "output.weight": (vocab, dim),
+    }
     for i in range(layers):
         for w in "qkvo":
             sd[f"layers.{i}.attention.w{w}.weight"] = (dim, dim)
@@ -136,7 +169,12 @@ def onellm_state_dict(*, dim, layers, vocab, width, clip_layers, patch, grid, ex
                f"routers.{m}.fc1.bias": (4 * width,), f"routers.{m}.fc2.weight": (experts, 4 * width),
                f"routers.{m}.fc2.bias": (experts,), f"start_tag.{m}": (1, 1, dim), f"end_tag.{m}": (1, 1, dim)}  # fmt: skip
         for p, out in (("clip_proj1", width), ("clip_proj2", dim)):
-            sd |= {f"{p}.{m}.0.weight": (out, width), f"{p}.{m}.0.bias": (out,), f"{p}.{m}.1.weight": (out,), f"{p}.{m}.1.bias": (out,)}
+            sd |= {
+                f"{p}.{m}.0.weight": (out, width),
+                f"{p}.{m}.0.bias": (out,),
+                f"{p}.{m}.1.weight": (out,),
+                f"{p}.{m}.1.bias": (out,),
+            }
     g = torch.Generator().manual_seed(1)
     return {f"llma.{k}": torch.randn(s, generator=g) * 0.05 for k, s in sd.items()}
 
@@ -148,17 +186,28 @@ def test_other_sizes_are_read_from_the_weights(tmp_path):
                  experts=2, expert_layers=3, queries=10, voxels=100, fmri_tokens=4)  # fmt: skip
     sd = onellm_state_dict(**sizes)
     save_file(sd, tmp_path / "other.safetensors")
-    m = from_onellm(tmp_path / "other.safetensors", llm_heads=6, encoder_heads=3, expert_heads=8).eval()
+    m = from_onellm(
+        tmp_path / "other.safetensors", llm_heads=6, encoder_heads=3, expert_heads=8
+    ).eval()
     cfg = m.config
     assert (cfg.llm.hidden_size, cfg.llm.num_hidden_layers, cfg.llm.vocab_size) == (96, 3, 300)
-    assert (cfg.encoder.hidden_size, cfg.encoder.num_hidden_layers, cfg.encoder.image_size) == (48, 3, 64)
+    assert (cfg.encoder.hidden_size, cfg.encoder.num_hidden_layers, cfg.encoder.image_size) == (
+        48,
+        3,
+        64,
+    )
     p = cfg.projection
     assert (p.num_experts, p.layers_per_expert, p.num_queries, p.num_heads) == (2, 3, 10, 8)
     # the loaded tensors are the checkpoint's (spot checks, one per part)
     torch.testing.assert_close(m.projection.queries["depth"], sd["llma.resample_tokens.rgbd"])
     torch.testing.assert_close(m.tokenizers["fmri"].proj.weight, sd["llma.conv1.fmri.weight"])
-    torch.testing.assert_close(m.encoder.clip.encoder.layers[2].self_attn.v_proj.bias, sd["llma.clip.visual.transformer.resblocks.2.attn.in_proj_bias"][96:])
-    torch.testing.assert_close(m.llm.model.layers[2].mlp.down_proj.weight, sd["llma.layers.2.feed_forward.w2.weight"])
+    torch.testing.assert_close(
+        m.encoder.clip.encoder.layers[2].self_attn.v_proj.bias,
+        sd["llma.clip.visual.transformer.resblocks.2.attn.in_proj_bias"][96:],
+    )
+    torch.testing.assert_close(
+        m.llm.model.layers[2].mlp.down_proj.weight, sd["llma.layers.2.feed_forward.w2.weight"]
+    )
     with torch.no_grad():
         ids = torch.tensor([[1, 5, 7]])
         assert m.logits(ids, torch.randn(1, 3, 64, 64), "image").shape == (1, 3, 300)

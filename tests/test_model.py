@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from onellm import OneLLM
+from onellm.errors import InputError
 from tests.conftest import TINY, random_input
 
 MODALITIES = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
@@ -53,10 +54,10 @@ def test_defaults_freeze_encoder_and_llm_and_train_the_rest(model):
 def test_sequence_layout_is_bos_start_queries_end_text(model):
     x = random_input(model, "image")
     text = ids()
-    e = model.embed(text, x, "image")
+    with_block, _, _ = model.insert_placeholders(text, "image")
+    got = model.embed(with_block, {"image": model.modality_block(x, "image")})
     emb = model.llm.get_input_embeddings()(text)
     q = model.config.projection.num_queries
-    got = e["inputs_embeds"]
     torch.testing.assert_close(got[:, 0], emb[:, 0])
     torch.testing.assert_close(got[:, 1], model.projection.start_tag["image"][0, 0].expand(2, -1))
     torch.testing.assert_close(got[:, 2 : 2 + q], model.encode(x, "image"))
@@ -100,7 +101,9 @@ def test_video_frames_are_encoded_then_mean_pooled(model):
     x = random_input(model, "video", frames=3)
     tok = model.tokenizers["video"]
     pooled = model.encoder(tok(x, model.encoder), None)
-    per_frame = torch.stack([model.encoder(tok(x[:, t : t + 1], model.encoder), None) for t in range(3)])
+    per_frame = torch.stack(
+        [model.encoder(tok(x[:, t : t + 1], model.encoder), None) for t in range(3)]
+    )
     torch.testing.assert_close(pooled, per_frame.mean(0))
 
 
@@ -115,3 +118,25 @@ def test_topk_router_from_config():
     m = OneLLM.from_config(TINY, ["projection.router={type: topk, k: 1}"])
     _, w = m.projection.route(torch.randn(2, 17, 64), "image")
     assert ((w > 0).sum(-1) == 1).all()
+
+
+def test_placeholder_count_is_checked(model):
+    x = random_input(model, "image")
+    text, _, _ = model.insert_placeholders(ids(), "image")
+    block = model.modality_block(x, "image")
+    with pytest.raises(
+        InputError,
+        match=r"^image: expected 2 input\(s\) for the image placeholders in the text, got 1",
+    ):
+        model.embed(text, {"image": block[:1]})
+    with pytest.raises(
+        InputError, match=r"^image: expected an input for its placeholder in the text, got none"
+    ):
+        model.embed(text)
+
+
+def test_placeholders_are_single_tokenizer_ids(model):
+    tok = model.text_tokenizer
+    for key, pid in model.placeholder_ids.items():
+        assert tok(f"<{key}>", add_special_tokens=False).input_ids == [pid]
+    assert len(set(model.placeholder_ids.values())) == len(model.modalities)

@@ -14,14 +14,18 @@ def test_saved_clip_and_llama_dirs_load_as_the_same_model(tmp_path):
     a = OneLLM.from_config(TINY).eval()
     a.encoder.clip.save_pretrained(tmp_path / "clip")
     a.llm.save_pretrained(tmp_path / "llama")
-    b = OneLLM.from_config(TINY, [f"encoder.path={tmp_path / 'clip'}", f"llm.path={tmp_path / 'llama'}"]).eval()
+    b = OneLLM.from_config(
+        TINY, [f"encoder.path={tmp_path / 'clip'}", f"llm.path={tmp_path / 'llama'}"]
+    ).eval()
     # the base models came from disk; copy the (random) trainable parts across
     b.projection.load_state_dict(a.projection.state_dict())
     b.tokenizers.load_state_dict(a.tokenizers.state_dict())
     ids = torch.tensor([[1, 5, 9, 11]])
     for modality in ["image", "audio"]:
         x = random_input(a, modality, batch=1)
-        torch.testing.assert_close(b.logits(ids, x, modality), a.logits(ids, x, modality), rtol=0, atol=0)
+        torch.testing.assert_close(
+            b.logits(ids, x, modality), a.logits(ids, x, modality), rtol=0, atol=0
+        )
     assert not any(p.requires_grad for p in b.encoder.parameters())
     assert not any(p.requires_grad for p in b.llm.parameters())
 
@@ -41,7 +45,8 @@ def test_full_clip_model_dir_loads_its_vision_tower(tmp_path):
     theirs = full.vision_model.embeddings.patch_embedding.weight
     torch.testing.assert_close(m.encoder.clip.embeddings.patch_embedding.weight, theirs)
     torch.testing.assert_close(
-        m.encoder.clip.encoder.layers[1].mlp.fc2.weight, full.vision_model.encoder.layers[1].mlp.fc2.weight
+        m.encoder.clip.encoder.layers[1].mlp.fc2.weight,
+        full.vision_model.encoder.layers[1].mlp.fc2.weight,
     )
 
 

@@ -15,7 +15,10 @@ RAW = {
     "audio": lambda: rng.standard_normal(16000).astype(np.float32) * 0.1,
     "point": lambda: rng.standard_normal((500, 6)).astype(np.float32),
     "depth": lambda: (rng.random((40, 40, 3)).astype(np.float32), rng.random((40, 40)) * 5),
-    "normal": lambda: {"rgb": rng.random((40, 40, 3)).astype(np.float32), "normal": rng.uniform(-1, 1, (40, 40, 3))},
+    "normal": lambda: {
+        "rgb": rng.random((40, 40, 3)).astype(np.float32),
+        "normal": rng.uniform(-1, 1, (40, 40, 3)),
+    },
     "imu": lambda: rng.standard_normal((80, 6)).astype(np.float32),
     "fmri": lambda: rng.standard_normal(48).astype(np.float32),
 }
@@ -30,7 +33,11 @@ def test_preprocess_gives_the_input_shape_and_the_model_accepts_it(tiny_model, n
     assert torch.isfinite(x).all()
     with torch.no_grad():
         out = tiny_model.encode(x.unsqueeze(0), name)
-    assert out.shape == (1, tiny_model.config.projection.num_queries, tiny_model.llm.config.hidden_size)
+    assert out.shape == (
+        1,
+        tiny_model.config.projection.num_queries,
+        tiny_model.llm.config.hidden_size,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(RAW))
@@ -40,7 +47,11 @@ def test_tokenizer_output_fits_its_positional_embedding(tiny_model, name):
     with torch.no_grad():
         t = tok(x, tiny_model.encoder)
     assert t.dim() == 4 and t.shape[0] == 2 and t.shape[-1] == tiny_model.encoder.width
-    pos = tok.position_embedding if tok.position_embedding is not None else tiny_model.encoder.position_embedding
+    pos = (
+        tok.position_embedding
+        if tok.position_embedding is not None
+        else tiny_model.encoder.position_embedding
+    )
     assert pos.shape[0] == t.shape[2] + 1
 
 

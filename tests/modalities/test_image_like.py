@@ -2,10 +2,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modalities.image import CLIP_MEAN, CLIP_STD, ImageModality
-from modalities.video import VideoModality
 from modalities.depth import PairedMapModality
+from modalities.image import CLIP_MEAN, CLIP_STD, ImageModality
 from modalities.normal import NormalModality
+from modalities.video import VideoModality
 
 
 def image(size=28):
