@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/onellm demo
+	$(BIN)/onellm chat configs/tiny.yaml "What is this?"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,14 +6,36 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from onellm.errors import OneLLMError
+from onellm.errors import ConfigError, OneLLMError
+
+
+def load_model(run: str, overrides: Sequence[str] = ()):
+    """A saved run directory (`from_pretrained`) or a model YAML (`from_config`)."""
+    from onellm.model import OneLLM
+
+    if run.endswith((".yaml", ".yml")):
+        return OneLLM.from_config(run, overrides)
+    if overrides:
+        raise ConfigError("key=value overrides apply to a YAML config, not a saved run")
+    return OneLLM.from_pretrained(run)
 
 
 def _info(args: argparse.Namespace) -> int:
-    from onellm.model import OneLLM
+    print(summary(load_model(args.run, args.overrides)))
+    return 0
 
-    model = OneLLM.from_config(args.config, args.overrides)
-    print(summary(model))
+
+def _chat(args: argparse.Namespace) -> int:
+    model = load_model(args.run).eval()
+    opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    if args.prompt is not None or args.once:
+        reply = model.chat(args.input, modality=args.modality if args.input else None,
+                           prompt=args.prompt or None, **opts)  # fmt: skip
+        print(reply.text)
+        return 0
+    from onellm.interactive import session
+
+    session(model, modality=args.modality, source=args.input, **opts)
     return 0
 
 
@@ -54,10 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="onellm", description="One multimodal LLM: build, chat, train."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="build a model from a config and show its parts")
-    p.add_argument("config", help="model YAML, e.g. configs/tiny.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p = sub.add_parser("info", help="build a model and show its parts")
+    p.add_argument("run", help="a saved run dir, or a model YAML such as configs/tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (YAML only)")
     p.set_defaults(func=_info)
+    p = sub.add_parser("chat", help="ask a model about an input; no prompt opens a session")
+    p.add_argument("run", help="a saved run dir, or a model YAML such as configs/tiny.yaml")
+    p.add_argument("prompt", nargs="?", help="the question; omit it for an interactive session")
+    p.add_argument("--modality", help="the input's modality (image, audio, ...)")
+    p.add_argument("--input", help="the input file (or folder of frames)")
+    p.add_argument("--once", action="store_true", help="caption the input once, no session")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.set_defaults(func=_chat)
     p = sub.add_parser("conformance", help="compare with a OneLLM reference fixture dir")
     p.add_argument("fixture", help="e.g. ../shared/conformance/onellm-reference-A")
     p.add_argument("--tol", type=float, default=1e-4)
@@ -66,7 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse (3.11) leaves a positional prompt given after the options unparsed
+    if getattr(args, "prompt", "") is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.prompt, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except OneLLMError as e:  # a user mistake: one clear line, no traceback

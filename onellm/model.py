@@ -112,6 +112,39 @@ class OneLLM(nn.Module):
         )
         return model.to(dtype)
 
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, trainable_lora: bool = False
+    ) -> OneLLM:
+        """Load a model saved with `save_pretrained` (safetensors + HF dirs, nothing pickled)."""
+        from onellm.checkpoint import from_pretrained
+
+        return from_pretrained(directory, trainable_lora=trainable_lora)
+
+    def save_pretrained(self, directory: str | os.PathLike, *, base: str = "store"):
+        """Save config, weights and tokenizer; `base="reference"` keeps base models as paths."""
+        from onellm.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, base=base)  # type: ignore[arg-type]
+
+    def add_lora(
+        self,
+        *,
+        r: int = 8,
+        alpha: int = 16,
+        dropout: float = 0.0,
+        target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    ) -> None:
+        """Wrap the LLM with peft LoRA adapters (only they train in the LLM afterwards)."""
+        from peft import LoraConfig, get_peft_model
+
+        if hasattr(self.llm, "peft_config"):
+            raise InputError("llm: LoRA is already on")
+        cfg = LoraConfig(
+            r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
+        )
+        self.llm = get_peft_model(self.llm, cfg)
+
     def _placeholders(self) -> dict[str, int]:
         """Each modality's placeholder id: `<m>` in the tokenizer, else one past the LLM vocab.
 
@@ -309,3 +342,40 @@ class OneLLM(nn.Module):
         out = self(input_ids, inputs, modality, use_cache=False)
         prefix = self.block_len if inputs is not None else 0
         return out.logits[:, prefix:]
+
+    # ------------------------------------------------------------------ talking to it
+    def chat(
+        self,
+        inputs: Any = None,
+        modality: str | None = None,
+        prompt: str | None = None,
+        history: list[tuple[str, str]] | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stream: bool = False,
+        **generate_kwargs: Any,
+    ):
+        """Answer `prompt` about `inputs` (greedy unless `temperature` > 0).
+
+        `inputs`: a raw input of `modality` (path, PIL, array, tensor), a list of them (a
+        batch: returns a list), a dict `{modality: raw}` for several modalities in one
+        prompt (placed at their `<m>` placeholders, else first), or None for text only.
+        No prompt: the model captions its input. `history`: earlier (prompt, reply) turns.
+        `stream=True` returns an iterator of text pieces. Other keyword arguments go to
+        transformers' `generate` (`use_cache=False`, `num_beams`, ...).
+        """
+        from onellm.chat import chat
+
+        return chat(
+            self,
+            inputs,
+            modality,
+            prompt,
+            history,
+            max_new_tokens,
+            temperature,
+            top_p,
+            stream,
+            **generate_kwargs,
+        )

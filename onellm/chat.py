@@ -1,0 +1,203 @@
+"""`model.chat(...)`: raw inputs + prompt -> text, through transformers' `generate`.
+
+inputs (raw | [raw, ...] | {modality: raw} | [{...}, ...])
+  -> preprocess -> modality blocks (B_m, Q+2, D)
+prompt + history -> template text with <m> placeholders -> ids (placeholders expanded
+  to Q+2 positions, batch left-padded) -> inputs_embeds (masked_scatter of the blocks)
+  -> llm.generate (KV cache, sampling options) -> text, cut at the template's stop strings
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import TextIteratorStreamer
+
+from onellm.errors import InputError
+from onellm.template import Turn, cut_at_stop, render_prompt, stream_visible
+
+if TYPE_CHECKING:
+    from onellm.model import OneLLM
+
+
+@dataclass
+class ChatResponse:
+    """One reply: `.text`; `.masks` / `.images` when output experts produce them."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def normalise_inputs(
+    model: OneLLM, inputs: Any, modality: str | None
+) -> tuple[list[dict[str, Any]], bool]:
+    """-> one {modality key: raw} dict per sample, and whether the caller passed a batch."""
+    if inputs is None:
+        if modality is not None:
+            raise InputError(f"{modality}: a modality was named but no input was given")
+        return [{}], False
+    batched = isinstance(inputs, list) and not (inputs and _is_scalar_list(inputs))
+    samples = inputs if batched else [inputs]
+    if batched and not samples:
+        raise InputError("inputs: expected at least one input in the list, got an empty list")
+    out = []
+    for raw in samples:
+        if isinstance(raw, Mapping) and not _is_paired_raw(raw):
+            if modality is not None:
+                raise InputError("inputs: a dict names its modalities; drop modality=")
+            out.append({model.modality_key(m): v for m, v in raw.items()})
+        else:
+            if modality is None:
+                raise InputError(
+                    "inputs: expected modality=... with a single input (or a dict {modality: input})"
+                )
+            out.append({model.modality_key(modality): raw})
+    return out, batched
+
+
+def _is_scalar_list(x: list) -> bool:
+    return all(isinstance(v, (int, float)) for v in x)  # a waveform given as a list
+
+
+def _is_paired_raw(x: Mapping) -> bool:
+    return "rgb" in x  # depth / normal raw form {"rgb": ..., "depth": ...}
+
+
+def prompt_ids(model: OneLLM, text: str, given: Sequence[str]) -> list[int]:
+    """Tokenise `text`, put missing placeholders first, check counts, expand each to Q+2 ids."""
+    tok = model.text_tokenizer
+    lead = "".join(f"<{k}>" for k in given if f"<{k}>" not in text)
+    ids = tok(lead + text, add_special_tokens=True).input_ids
+    if tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
+        ids = [tok.bos_token_id, *ids]
+    out: list[int] = []
+    counts = {k: ids.count(pid) for k, pid in model.placeholder_ids.items()}
+    for key, n in counts.items():
+        if key in given and n != 1:
+            raise InputError(
+                f"{key}: expected one <{key}> placeholder for the {key} input, got {n}"
+            )
+        if key not in given and n:
+            raise InputError(
+                f"{key}: the prompt has a <{key}> placeholder, expected a {key} input, got none"
+            )
+    by_id = {pid: key for key, pid in model.placeholder_ids.items()}
+    for i in ids:
+        out.extend([i] * model.block_len if i in by_id else [i])
+    return out
+
+
+@torch.no_grad()
+def chat(
+    model: OneLLM,
+    inputs: Any = None,
+    modality: str | None = None,
+    prompt: str | None = None,
+    history: Sequence[Turn] | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stream: bool = False,
+    **generate_kwargs: Any,
+) -> ChatResponse | list[ChatResponse] | Iterator[str]:
+    """See `OneLLM.chat`."""
+    tok = model.text_tokenizer
+    if tok is None:
+        raise InputError("text: this model has no tokenizer; set llm.tokenizer to a tokenizer dir")
+    if prompt is not None and not prompt.strip():
+        prompt = None
+    if prompt is None and inputs is None:
+        raise InputError("text: expected a prompt or an input, got an empty prompt and no input")
+    samples, batched = normalise_inputs(model, inputs, modality)
+    text = render_prompt(model.config.chat, prompt, list(history or ()))
+    ids = [prompt_ids(model, text, list(s)) for s in samples]
+    blocks = {}
+    for key in dict.fromkeys(k for s in samples for k in s):  # modalities in first-seen order
+        batch = torch.cat([model.preprocess(s[key], key) for s in samples if key in s])
+        blocks[key] = model.modality_block(batch, key)
+    input_ids, attention_mask = _left_pad(ids, tok.pad_token_id or 0, model.device)
+    embeds = model.embed(input_ids, blocks)
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        do_sample=temperature > 0,
+    )
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    stops = list(model.config.chat.stop)
+    if stops:
+        kwargs.update(stop_strings=stops, tokenizer=tok)
+    kwargs.update(generate_kwargs)
+    if stream:
+        if len(samples) > 1:
+            raise InputError(f"inputs: streaming takes one input, got a batch of {len(samples)}")
+        return _stream(model, embeds, attention_mask, kwargs, stops)
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+    replies = [
+        ChatResponse(
+            text=cut_at_stop(tok.decode(row, skip_special_tokens=True), stops),
+            token_ids=_trim(row, tok),
+        )
+        for row in out.tolist()
+    ]
+    return replies if batched else replies[0]
+
+
+def _left_pad(
+    rows: list[list[int]], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding, as decoder-only generation wants; positions follow the attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _trim(row: list[int], tok) -> list[int]:
+    """Generated ids up to (not including) EOS / padding."""
+    out = []
+    for i in row:
+        if i == tok.eos_token_id:
+            break
+        out.append(i)
+    return out
+
+
+def _stream(model: OneLLM, embeds, attention_mask, kwargs, stops) -> Iterator[str]:
+    """Yield reply pieces as they are generated; their concatenation is the final `.text`."""
+    streamer = TextIteratorStreamer(
+        model.text_tokenizer, skip_prompt=True, skip_special_tokens=True
+    )
+
+    def run() -> None:
+        with torch.no_grad():
+            model.llm.generate(
+                inputs_embeds=embeds, attention_mask=attention_mask, streamer=streamer, **kwargs
+            )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    text, sent = "", ""
+    for piece in streamer:
+        text += piece
+        visible = stream_visible(text, stops)
+        if len(visible) > len(sent):
+            yield visible[len(sent) :]
+            sent = visible
+    thread.join()
+    final = cut_at_stop(text, stops)
+    if len(final) > len(sent):
+        yield final[len(sent) :]
