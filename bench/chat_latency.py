@@ -1,6 +1,6 @@
 """Chat latency: time to first token and decode tokens/s of `model.chat` (median of runs).
 
-    .venv/bin/python bench/chat_latency.py [--config configs/tiny.yaml] [--tokens 64] [--runs 5]
+.venv/bin/python bench/chat_latency.py [--config configs/tiny.yaml] [--tokens 64] [--runs 5]
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def main() -> None:
             "ttft_ms": 1000 * statistics.median(r[0] for r in runs),
             "decode_tok_s": statistics.median(r[1] for r in runs),
         }
-        print(f"{name:<6} time to first token {rows[name]['ttft_ms']:7.1f} ms   decode {rows[name]['decode_tok_s']:7.1f} tokens/s")
+        print(
+            f"{name:<6} time to first token {rows[name]['ttft_ms']:7.1f} ms   decode {rows[name]['decode_tok_s']:7.1f} tokens/s"
+        )
     print(json.dumps({"config": args.config, "threads": torch.get_num_threads(), **rows}))
 
 

@@ -19,6 +19,8 @@ from einops import rearrange
 from torch import nn
 from transformers import ASTFeatureExtractor
 
+from onellm.data.draw import Scene
+from onellm.data.language import PATTERNS, PITCHES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, check_readable
 
@@ -131,6 +133,25 @@ class AudioModality:
             num_tokens=self.num_tokens(),
             kernel=self.kernel,
             stride=self.stride,
+        )
+
+    def render(self, rng: np.random.Generator) -> Scene:
+        """A tone, low (~400 Hz) or high (~2.4 kHz), steady / rising / falling / beeping."""
+        pitch, pattern = rng.choice(PITCHES), rng.choice(PATTERNS)
+        seconds = (self.frames * 160 + 240) / SAMPLE_RATE  # just enough samples for `frames`
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+        f0 = (400.0 if pitch == "low" else 2400.0) * rng.uniform(0.9, 1.1)
+        sweep = {"rising": 1.8, "falling": 1 / 1.8}.get(pattern, 1.0)
+        freq = f0 * sweep ** (t / t[-1])  # exponential glide
+        wave = np.sin(2 * np.pi * np.cumsum(freq) / SAMPLE_RATE)
+        if pattern == "beeping":
+            wave *= np.floor(t * rng.uniform(7, 9)) % 2 == 0
+        wave = 0.5 * wave + rng.normal(0, 0.01, len(t))
+        return Scene(
+            input=wave.astype(np.float32),
+            caption=f"a {pitch} {pattern} tone",
+            qa=[("Is it low or high?", pitch), ("How does it sound?", pattern)],
+            attrs={"pitch": pitch, "pattern": pattern},
         )
 
 

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from modalities.image import ClipPatchTokenizer, ImageModality, clip_transform, to_image_tensor
+from onellm.data.draw import Scene, canvas, paint, shape_mask
+from onellm.data.language import COLOURS, DISTANCES, SHAPES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array
 
@@ -59,6 +61,33 @@ class PairedMapModality(ImageModality):
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return ClipPatchTokenizer()
+
+    def render_map(
+        self, rng: np.random.Generator, mask: np.ndarray, near: bool, size: int
+    ) -> np.ndarray:
+        """A depth map: a floor receding upwards (4 to 10) and the shape at 1.5 or 6."""
+        depth = np.linspace(10.0, 4.0, size)[:, None].repeat(size, 1) + rng.normal(
+            0, 0.05, (size, size)
+        )
+        depth[mask] = (1.5 if near else 6.0) + rng.uniform(-0.2, 0.2)
+        return depth
+
+    def render(self, rng: np.random.Generator) -> Scene:
+        """A shape near (large, close) or far (small, distant): "a near circle"."""
+        size = self.size or 64
+        shape, colour, distance = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(DISTANCES)
+        near = distance == "near"
+        radius = size * (rng.uniform(0.22, 0.27) if near else rng.uniform(0.1, 0.14))
+        cx, cy = size / 2 + rng.uniform(-4, 4, 2)
+        mask = shape_mask(shape, size, cx, cy, radius)
+        rgb = canvas(rng, size)
+        paint(rgb, mask, colour, rng)
+        return Scene(
+            input={"rgb": rgb, self.second: self.render_map(rng, mask, near, size)},
+            caption=f"a {distance} {shape}",
+            qa=[("Is it near or far?", distance), ("What shape is it?", shape)],
+            attrs={"shape": shape, "distance": distance},
+        )
 
 
 MODALITIES.register("depth", PairedMapModality, aliases=("rgbd",))

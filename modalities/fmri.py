@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
+from modalities.image import scene_of
+from onellm.data.draw import Scene
+from onellm.data.language import COLOURS, PLACES, SHAPES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, load_array_file
 
@@ -50,6 +54,24 @@ class FMRIModality:
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return FMRITokenizer(width=encoder.width, voxels=self.voxels, tokens=self.tokens)
+
+    def render(self, rng: np.random.Generator) -> Scene:
+        """A voxel response to an image scene: a fixed random mixing of the scene's
+        attributes (one-hot colour, shape, place) plus noise; captioned as that scene."""
+        shape, colour, place = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(list(PLACES))
+        code = np.zeros(len(COLOURS) + len(SHAPES) + len(PLACES), dtype=np.float32)
+        code[
+            [
+                COLOURS.index(colour),
+                len(COLOURS) + SHAPES.index(shape),
+                len(COLOURS) + len(SHAPES) + list(PLACES).index(place),
+            ]
+        ] = 1
+        mixing = (
+            np.random.default_rng(1234).normal(0, 1, (self.voxels, code.size)).astype(np.float32)
+        )
+        voxels = mixing @ code + rng.normal(0, 0.3, self.voxels).astype(np.float32)
+        return scene_of(voxels, shape, colour, place)
 
 
 MODALITIES.register("fmri", FMRIModality)

@@ -15,6 +15,8 @@ from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from onellm.data.draw import Scene, canvas, paint, place_centre, shape_mask
+from onellm.data.language import COLOURS, PLACES, SHAPES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_path, check_readable
 
@@ -118,6 +120,26 @@ class ImageModality:
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return ClipPatchTokenizer()
+
+    def render(self, rng: np.random.Generator) -> Scene:
+        """One shape of a colour at a place: "a red circle on the left"."""
+        size = self.size or 64
+        shape, colour, place = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(list(PLACES))
+        img = canvas(rng, size)
+        cx, cy = place_centre(rng, place, size)
+        paint(img, shape_mask(shape, size, cx, cy, size * rng.uniform(0.12, 0.17)), colour, rng)
+        return scene_of(img, shape, colour, place)
+
+
+def scene_of(raw: Any, shape: str, colour: str, place: str) -> Scene:
+    """The caption and questions of a one-shape scene (shared by image and fMRI)."""
+    where = PLACES[place]
+    return Scene(
+        input=raw,
+        caption=f"a {colour} {shape} {where}",
+        qa=[("What colour is it?", colour), ("What shape is it?", shape), ("Where is it?", where)],
+        attrs={"shape": shape, "colour": colour, "place": place},
+    )
 
 
 MODALITIES.register("image", ImageModality)

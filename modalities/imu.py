@@ -14,6 +14,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from onellm.data.draw import Scene
+from onellm.data.language import ACTIVITIES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, load_array_file
 
@@ -62,6 +64,29 @@ class IMUModality:
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return IMUTokenizer(
             width=encoder.width, channels=self.channels, length=self.length, kernel=self.kernel
+        )
+
+    def render(self, rng: np.random.Generator, rate: float = 200.0) -> Scene:
+        """Accelerometer (m/s^2) + gyroscope (rad/s) of standing, walking, running or turning."""
+        activity = rng.choice(ACTIVITIES)
+        t = np.arange(self.length) / rate
+        phase = rng.uniform(0, 2 * np.pi)
+        x = rng.normal(0, 0.05, (6, self.length))
+        x[2] += 9.81  # gravity on the vertical axis
+        if activity in ("walking", "running"):
+            freq, amp = (2.0, 2.0) if activity == "walking" else (3.2, 6.0)
+            freq *= rng.uniform(0.9, 1.1)
+            x[2] += amp * np.sin(2 * np.pi * freq * t + phase)
+            x[0] += 0.4 * amp * np.sin(2 * np.pi * freq * t + phase + 1.0)
+            x[4] += 0.1 * amp * np.sin(2 * np.pi * freq * t + phase)
+        elif activity == "turning":
+            x[5] += rng.choice([-1.0, 1.0]) * rng.uniform(1.2, 1.8)
+            x[0] += 0.3 * np.sin(2 * np.pi * 0.8 * t + phase)
+        return Scene(
+            input=x.T.astype(np.float32),
+            caption=f"a person {activity}",
+            qa=[("What is the person doing?", activity)],
+            attrs={"activity": activity},
         )
 
 

@@ -21,6 +21,23 @@ class NormalModality(PairedMapModality):
     name = "normal"
     second = "normal"
 
+    def render_map(
+        self, rng: np.random.Generator, mask: np.ndarray, near: bool, size: int
+    ) -> np.ndarray:
+        """Surface normals in [-1, 1]: the floor faces up, the shape bulges towards the camera."""
+        n = np.zeros((size, size, 3), dtype=np.float32)
+        n[..., 1] = -0.9  # floor
+        n[..., 2] = 0.43
+        ys, xs = np.nonzero(mask)
+        cy, cx = ys.mean(), xs.mean()
+        extent = max(ys.max() - ys.min(), xs.max() - xs.min(), 1) / 2
+        bx, by = (xs - cx) / extent * 0.8, (ys - cy) / extent * 0.8
+        bz = np.sqrt(np.clip(1 - bx**2 - by**2, 0.05, 1))
+        n[ys, xs] = np.stack([bx, by, bz], 1) / np.linalg.norm(
+            np.stack([bx, by, bz], 1), axis=1, keepdims=True
+        )
+        return np.clip(n + rng.normal(0, 0.02, n.shape), -1, 1)
+
     def map_to_image(self, raw: Any) -> torch.Tensor:
         is_float = isinstance(raw, (np.ndarray, torch.Tensor)) and raw.dtype not in (
             np.uint8,

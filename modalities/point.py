@@ -16,6 +16,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from onellm.data.draw import RGB, Scene
+from onellm.data.language import COLOURS, SOLIDS
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, load_array_file
 
@@ -96,6 +98,41 @@ class PointModality:
         return PointTokenizer(
             width=encoder.width, groups=self.groups, neighbours=self.neighbours, coords=self.coords
         )
+
+    def render(self, rng: np.random.Generator) -> Scene:
+        """Coloured points on a sphere, cube, cylinder or cone: "a red sphere"."""
+        solid, colour = rng.choice(SOLIDS), rng.choice(COLOURS)
+        n = max(self.points, 512)
+        xyz = surface(solid, n, rng) * rng.uniform(0.8, 1.2) + rng.normal(0, 0.01, (n, 3))
+        xyz = xyz @ rotation_about_z(rng.uniform(0, 2 * np.pi)).T
+        rgb = np.clip(np.array(RGB[colour]) + rng.normal(0, 10, (n, 3)), 0, 255)
+        return Scene(
+            input=np.concatenate([xyz, rgb], 1).astype(np.float32),
+            caption=f"a {colour} {solid}",
+            qa=[("What shape is it?", solid), ("What colour is it?", colour)],
+            attrs={"solid": solid, "colour": colour},
+        )
+
+
+def rotation_about_z(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def surface(solid: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` points on the surface of a unit-sized `solid`, (n, 3)."""
+    if solid == "sphere":
+        v = rng.normal(size=(n, 3))
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+    if solid == "cube":
+        p = rng.uniform(-1, 1, (n, 3))
+        axis = rng.integers(0, 3, n)
+        p[np.arange(n), axis] = rng.choice([-1.0, 1.0], n)
+        return p
+    theta = rng.uniform(0, 2 * np.pi, n)
+    z = rng.uniform(-1, 1, n)
+    r = np.ones(n) if solid == "cylinder" else (1 - z) / 2  # cone: apex at z = 1
+    return np.stack([r * np.cos(theta), r * np.sin(theta), z], 1)
 
 
 MODALITIES.register("point", PointModality)

@@ -22,8 +22,12 @@ from modalities.image import (
     load_image,
     to_image_tensor,
 )
+from onellm.data.draw import Scene, canvas, paint, shape_mask
+from onellm.data.language import COLOURS, MOTIONS, SHAPES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_path, check_readable
+
+STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
 def load_frames(name: str, raw: Any) -> list[Any]:
@@ -79,6 +83,40 @@ class VideoModality(ImageModality):
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return ClipPatchTokenizer()
+
+    def render(self, rng: np.random.Generator, frames: int = 4) -> Scene:
+        """A shape moving left/right/up/down, drawn with a faint trail so that every frame
+        (not only their order, which the frame mean discards) shows the direction."""
+        size = self.size or 64
+        shape, colour, motion = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(MOTIONS)
+        dx, dy = STEP[motion]
+        speed, radius = size * 0.09, size * rng.uniform(0.11, 0.14)
+        x0 = size / 2 - dx * speed * (frames - 1) / 2 + rng.uniform(-2, 2)
+        y0 = size / 2 - dy * speed * (frames - 1) / 2 + rng.uniform(-2, 2)
+        background = canvas(rng, size)
+        out = []
+        for t in range(frames):
+            img = background.copy()
+            for back, alpha in ((2, 0.25), (1, 0.5)):  # the trail behind the shape
+                cx, cy = x0 + dx * speed * (t - back), y0 + dy * speed * (t - back)
+                paint(img, shape_mask(shape, size, cx, cy, radius * 0.8), colour, rng, alpha)
+            paint(
+                img,
+                shape_mask(shape, size, x0 + dx * speed * t, y0 + dy * speed * t, radius),
+                colour,
+                rng,
+            )
+            out.append(img)
+        return Scene(
+            input=np.stack(out),
+            caption=f"a {colour} {shape} moving {motion}",
+            qa=[
+                ("Which way does it move?", motion),
+                ("What colour is it?", colour),
+                ("What shape is it?", shape),
+            ],
+            attrs={"shape": shape, "colour": colour, "motion": motion},
+        )
 
 
 MODALITIES.register("video", VideoModality)

@@ -194,17 +194,26 @@ class OneLLM(nn.Module):
         return x.unsqueeze(0).to(self.device, self.dtype)
 
     # ------------------------------------------------------------------ forward pieces
-    def encode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        """Preprocessed batch (B, *input_shape) -> the Q modality tokens in LLM space (B, Q, D)."""
-        key = self.modality_key(modality)
+    def _features(self, x: torch.Tensor, key: str) -> torch.Tensor:
+        """Checked batch -> tokenizer -> universal encoder -> features (B, S+1, W)."""
         check_batch(key, x, self.modalities[key].input_shape())
         tokenizer = self.tokenizers[key]
         needs_grad = any(p.requires_grad for m in (tokenizer, self.encoder) for p in m.parameters())
         # keep the frozen encoder out of autograd when nothing before it trains
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
             tokens = tokenizer(x.to(self.encoder.clip.dtype), self.encoder)
-            features = self.encoder(tokens, tokenizer.position_embedding)
-        return self.projection(features, key)
+            return self.encoder(tokens, tokenizer.position_embedding)
+
+    def encode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """Preprocessed batch (B, *input_shape) -> the Q modality tokens in LLM space (B, Q, D)."""
+        key = self.modality_key(modality)
+        return self.projection(self._features(x, key), key)
+
+    @torch.no_grad()
+    def routing(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """Routing weights over the projection experts for each query token: (B, Q, K)."""
+        key = self.modality_key(modality)
+        return self.projection.route(self._features(x, key), key)[1]
 
     def modality_block(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         """(B, *input_shape) -> [start tag, Q tokens, end tag] embeddings (B, Q+2, D)."""

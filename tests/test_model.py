@@ -9,7 +9,7 @@ MODALITIES = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmr
 
 
 def ids(batch=2, length=7):
-    x = torch.randint(3, 512, (batch, length))
+    x = torch.randint(3, 400, (batch, length))  # below the placeholder ids
     x[:, 0] = 1
     return x
 

@@ -1,0 +1,83 @@
+"""Training sources: where a stage's examples come from, deterministic by (seed, position).
+
+Example number p of a source is scene `perm(seed, p // pool)[p % pool]`: shuffled passes
+over a fixed pool, so a run resumed at step s sees exactly what an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from onellm.data import shapes
+from onellm.data.manifest import read_manifest
+from onellm.stage import SourceConfig
+
+
+@dataclass
+class Example:
+    """One training example before tokenisation."""
+
+    input: torch.Tensor | None  # preprocessed (1, *input_shape), or None for text-only
+    caption: str | None
+    turns: list[tuple[str, str]]
+    raw: Any = None  # the raw input (kept for the contrastive stage's images)
+
+
+class Source:
+    """A pool of examples of one modality (or text), indexable by position."""
+
+    def __init__(self, model: Any, key: str, cfg: SourceConfig, seed: int) -> None:
+        self.cfg, self.seed = cfg, seed
+        self.modality = (
+            None
+            if cfg.task == "lm" and cfg.modality is None
+            else model.modality_key(cfg.modality or key)
+        )
+        self._model = model
+        self._cache: dict[int, Example] = {}
+        if cfg.data == "synthetic":
+            self.records = None
+            self.size = cfg.pool
+            kinds = [self.modality] if self.modality else list(model.modalities)
+            self._kinds = [shapes.modality_instance(k, model) for k in kinds]
+        else:
+            self.records = [
+                r
+                for r in read_manifest(cfg.data)
+                if model.modality_key(r.modality) == self.modality
+            ]
+            self.size = len(self.records)
+
+    def index(self, position: int) -> int:
+        epoch, k = divmod(position, self.size)
+        return int(np.random.default_rng([self.seed, epoch]).permutation(self.size)[k])
+
+    def __getitem__(self, position: int) -> Example:
+        i = self.index(position)
+        if i not in self._cache:
+            self._cache[i] = self._load(i)
+        return self._cache[i]
+
+    def _load(self, i: int) -> Example:
+        if self.records is not None:
+            r = self.records[i]
+            return Example(
+                self._model.preprocess(r.input, self.modality), r.caption, r.turns, r.input
+            )
+        mod = self._kinds[i % len(self._kinds)]
+        scene = shapes.render(mod, i, "train", self.seed)
+        rng = np.random.default_rng([self.seed, i, 7])
+        turns = conversation(scene, rng)
+        x = None if self.cfg.task == "lm" else self._model.preprocess(scene.input, self.modality)
+        return Example(x, scene.caption, turns, scene.input)
+
+
+def conversation(scene: shapes.Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """1-3 turns about a scene: a description request and its attribute questions, shuffled."""
+    pool = [(str(rng.choice(["What is this?", "Describe it."])), scene.caption), *scene.qa]
+    order = rng.permutation(len(pool))[: int(rng.integers(1, min(3, len(pool)) + 1))]
+    return [pool[j] for j in order]

@@ -1,0 +1,73 @@
+"""Held-out captioning metrics: exact match, BLEU-4 and CIDEr (pycocoevalcap's scorers)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from onellm.data import shapes
+from onellm.data.manifest import read_manifest
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower().strip().rstrip(".")).strip()
+
+
+def caption_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Exact match (after normalising case, spaces and a final period), BLEU-4, CIDEr."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(
+            f"expected equal, non-empty lists, got {len(predictions)} and {len(references)}"
+        )
+    preds = {i: [normalise(p) or "<empty>"] for i, p in enumerate(predictions)}
+    refs = {i: [normalise(r)] for i, r in enumerate(references)}
+    with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their progress
+        bleu, _ = Bleu(4).compute_score(refs, preds)
+        cider, _ = Cider().compute_score(refs, preds)
+    exact = sum(preds[i][0] == refs[i][0] for i in preds) / len(preds)
+    return {"exact_match": exact, "bleu4": float(bleu[3]), "cider": float(cider)}
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any,
+    modality: str,
+    *,
+    samples: int = 50,
+    seed: int = 0,
+    data: str | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 16,
+) -> dict[str, Any]:
+    """Greedy captions of held-out inputs (the shapes world's test split, or a manifest)."""
+    key = model.modality_key(modality)
+    if data is None:
+        scenes = shapes.sample(key, samples, split="test", seed=seed, model=model)
+        inputs, refs = [s.input for s in scenes], [s.caption for s in scenes]
+    else:
+        records = [
+            r for r in read_manifest(data) if model.modality_key(r.modality) == key and r.caption
+        ]
+        inputs, refs = [r.input for r in records], [r.caption for r in records]
+    was_training = model.training
+    model.eval()
+    preds: list[str] = []
+    for i in range(0, len(inputs), batch_size):
+        replies = model.chat(
+            inputs[i : i + batch_size], modality=key, max_new_tokens=max_new_tokens
+        )
+        preds += [r.text for r in replies]
+    model.train(was_training)
+    result: dict[str, Any] = {"modality": key, "n": len(refs), **caption_metrics(preds, refs)}
+    result["examples"] = [
+        {"reference": r, "prediction": p} for r, p in list(zip(refs, preds, strict=True))[:5]
+    ]
+    return result

@@ -1,0 +1,113 @@
+"""Stage recipes: one YAML per training stage, validated into `StageConfig`.
+
+Stages differ only in these fields (data, trainable patterns, schedule), never in code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from onellm.config import load_config
+from onellm.errors import ConfigError
+
+TASKS = ("caption", "instruct", "lm", "clip")
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    """One data source. A step samples a source by `weight`; a batch holds one source."""
+
+    modality: str | None = None  # default: the source's key; none for task lm
+    task: str = "caption"  # caption | instruct | lm | clip
+    weight: float = 1.0
+    data: str = "synthetic"  # "synthetic" (the shapes world) or a JSONL manifest path
+    pool: int = 2048  # synthetic: distinct training scenes, reshuffled every pass
+    caption_mix: float = 0.25  # instruct: share of plain captioning examples kept in the mix
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` x lr."""
+
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    every: int = 0  # steps between held-out evaluations (0: only at the end)
+    samples: int = 50  # held-out scenes per modality
+    modalities: list[str] | None = None  # default: every modality the stage trains
+    max_new_tokens: int = 16
+
+
+@dataclasses.dataclass
+class StageConfig:
+    name: str
+    init_from: str  # a model YAML (configs/tiny.yaml) or a saved run dir
+    output_dir: str
+    data: dict[str, SourceConfig]
+    trainable: list[str]  # parameter-name globs; everything else is frozen
+    steps: int = 100
+    batch_size: int = 16
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    seed: int = 0
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    lora: LoraConfig | None = None
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    checkpoint_every: int = 0  # steps between resumable checkpoints (0: none)
+    log_every: int = 10
+    model_overrides: list[str] = dataclasses.field(default_factory=list)  # when init_from is a YAML
+    vars: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def load_stage(path: str | os.PathLike, overrides: Iterable[str] = ()) -> StageConfig:
+    """Read and validate a stage YAML (`key=value` overrides reach any key)."""
+    cfg = load_config(path, overrides, schema=StageConfig)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: StageConfig) -> None:
+    if not cfg.data:
+        raise ConfigError("data: a stage needs at least one data source")
+    for key, src in cfg.data.items():
+        if src.task not in TASKS:
+            raise ConfigError(
+                f"data.{key}.task: expected one of {', '.join(TASKS)}, got {src.task!r}"
+            )
+        if src.weight < 0:
+            raise ConfigError(f"data.{key}.weight: expected >= 0, got {src.weight}")
+    if sum(s.weight for s in cfg.data.values()) <= 0:
+        raise ConfigError("data: the weights sum to zero")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision: expected fp32 or bf16, got {cfg.precision!r}")
+    for name in ("steps", "batch_size", "grad_accum"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}: expected >= 1, got {getattr(cfg, name)}")
+    if not cfg.trainable:
+        raise ConfigError("trainable: name at least one parameter pattern")
