@@ -115,8 +115,13 @@ class UniversalProjection(nn.Module):
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def add_modality(self, name: str) -> None:
-        """Create modality `name`'s queries, router, projections and tags (random init)."""
+    def add_modality(self, name: str, *, output_scale: float = 1.0) -> None:
+        """Create modality `name`'s queries, router, projections and tags (random init).
+
+        `output_scale`: the RMS of the LLM's word embeddings. The output LayerNorm's gain
+        and the tags start at that scale, so modality tokens enter the LLM at the size its
+        own tokens have (OneLLM starts at gain 1: ~40x larger, which a tiny LLM cannot absorb).
+        """
         spec = dict(self.router_spec)
         kind = spec.pop("type", "soft")
         self.queries[name] = nn.Parameter(torch.randn(1, self.num_queries, self.width) * 0.02)
@@ -125,8 +130,10 @@ class UniversalProjection(nn.Module):
         )
         self.in_proj[name] = _in_out(self.width, self.width)
         self.out_proj[name] = _in_out(self.width, self.llm_width)
-        self.start_tag[name] = nn.Parameter(torch.rand(1, 1, self.llm_width))
-        self.end_tag[name] = nn.Parameter(torch.rand(1, 1, self.llm_width))
+        with torch.no_grad():
+            self.out_proj[name][1].weight.fill_(output_scale)
+        self.start_tag[name] = nn.Parameter(torch.randn(1, 1, self.llm_width) * output_scale)
+        self.end_tag[name] = nn.Parameter(torch.randn(1, 1, self.llm_width) * output_scale)
 
     def route(self, features: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S+1, W) -> the expert input z (B, Q+S+1, W) and routing weights (B, Q, K)."""

@@ -47,6 +47,49 @@ def _conformance(args: argparse.Namespace) -> int:
     return 0 if all(e <= args.tol for e in errors.values()) else 1
 
 
+def _train(args: argparse.Namespace) -> int:
+    from onellm.stage import load_stage
+    from onellm.train import train
+
+    final = train(load_stage(args.stage, args.overrides), resume=args.resume)
+    print(f"saved {final}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from onellm.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from onellm.evaluate import evaluate
+
+    model = load_model(args.run).eval()
+    mods = args.modality or sorted(model.modalities)
+    results = {
+        m: evaluate(model, m, samples=args.samples, data=args.data, seed=args.seed) for m in mods
+    }
+    print(f"{'modality':<9} {'n':>5} {'exact':>7} {'BLEU-4':>7} {'CIDEr':>7}")
+    for m, r in results.items():
+        print(
+            f"{m:<9} {r['n']:>5} {100 * r['exact_match']:>6.1f}% {r['bleu4']:>7.3f} {r['cider']:>7.3f}"
+        )
+    out = (
+        Path(args.json)
+        if args.json
+        else (Path(args.run) / "eval.json" if Path(args.run).is_dir() else None)
+    )
+    if out is not None:
+        out.write_text(json.dumps(results, indent=1))
+        print(f"wrote {out}")
+    return 0
+
+
 def summary(model) -> str:
     """A table of the model's parts: parameters, trainable parameters, and each modality's input."""
     rows = [("part", "params", "trainable")]
@@ -90,6 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.set_defaults(func=_chat)
+    p = sub.add_parser("train", help="run one training stage from its YAML recipe")
+    p.add_argument("stage", help="a stage YAML, e.g. configs/stages/stage1_image.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (any key)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="held-out captioning: exact match, BLEU-4, CIDEr")
+    p.add_argument("run", help="a saved run dir (or a model YAML)")
+    p.add_argument("--modality", action="append", help="repeatable; default: every modality")
+    p.add_argument(
+        "--data", help="a JSONL manifest with captions; default: the shapes world's test split"
+    )
+    p.add_argument("--samples", type=int, default=100, help="shapes-world scenes per modality")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="where to write the results (default: RUN/eval.json)")
+    p.set_defaults(func=_eval)
+    p = sub.add_parser(
+        "demo", help="staged alignment of the tiny model on the shapes world, then chats"
+    )
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=_demo)
     p = sub.add_parser("conformance", help="compare with a OneLLM reference fixture dir")
     p.add_argument("fixture", help="e.g. ../shared/conformance/onellm-reference-A")
     p.add_argument("--tol", type=float, default=1e-4)

@@ -93,13 +93,14 @@ class OneLLM(nn.Module):
         )
         mods: dict[str, Modality] = {}
         tokenizers = nn.ModuleDict()
+        scale = float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
         for name, spec in cfg.modalities.items():
             mod = build_modality(name, spec)
             if hasattr(mod, "bind"):  # image-like modalities take their size from the encoder
                 mod.bind(encoder)
             mods[name] = mod
             tokenizers[name] = mod.build_tokenizer(encoder=encoder)
-            projection.add_modality(name)
+            projection.add_modality(name, output_scale=scale)
         llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
         model = cls(
             config=cfg,

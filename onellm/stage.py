@@ -26,6 +26,7 @@ class SourceConfig:
     data: str = "synthetic"  # "synthetic" (the shapes world) or a JSONL manifest path
     pool: int = 2048  # synthetic: distinct training scenes, reshuffled every pass
     caption_mix: float = 0.25  # instruct: share of plain captioning examples kept in the mix
+    context_mix: float = 0.0  # lm: share of examples that first read the scene's caption as context
 
 
 @dataclasses.dataclass
@@ -34,6 +35,9 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
+    lr_scale: dict[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # name glob -> lr multiplier
 
 
 @dataclasses.dataclass

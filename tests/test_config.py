@@ -11,6 +11,16 @@ CONFIGS = sorted((ROOT / "configs").glob("**/*.yaml"))
 def test_every_yaml_in_configs_loads_and_validates(path, monkeypatch):
     monkeypatch.setenv("ONELLM_CLIP_DIR", "/models/clip")
     monkeypatch.setenv("ONELLM_LLAMA_DIR", "/models/llama")
+    if "stages" in path.parts:
+        from onellm.stage import StageConfig, load_stage
+
+        stage = load_stage(path)
+        assert isinstance(stage, StageConfig)
+        first = path.read_text().splitlines()[0]
+        assert first == f"# onellm train configs/stages/{path.name}", (
+            "a stage YAML starts with its run command"
+        )
+        return
     cfg = load_config(path)
     assert isinstance(cfg, ModelConfig)
     assert cfg.modalities, "a model config names its modalities"

@@ -31,11 +31,11 @@ CASES = {
     ),
     "wrong shape": (
         lambda m: m.encode(torch.randn(2, 3, 32, 32), "image"),
-        r"^image: expected shape \(B, 3, 56, 56\), got \(2, 3, 32, 32\)",
+        r"^image: expected shape \(B, 3, 64, 64\), got \(2, 3, 32, 32\)",
     ),
     "wrong rank": (
-        lambda m: m.encode(torch.randn(3, 56, 56), "image"),
-        r"^image: expected rank 4 \(B, 3, 56, 56\), got rank 3",
+        lambda m: m.encode(torch.randn(3, 64, 64), "image"),
+        r"^image: expected rank 4 \(B, 3, 64, 64\), got rank 3",
     ),
     "wrong dtype": (
         lambda m: m.encode(torch.zeros(2, 6, 64, dtype=torch.long), "imu"),
@@ -60,8 +60,8 @@ CASES = {
         r"^fmri: expected a tensor of shape \(B, 1, 48\), got ndarray",
     ),
     "wrong frame count for depth": (
-        lambda m: m.encode(torch.randn(2, 3, 3, 56, 56), "depth"),
-        r"^depth: expected shape \(B, 2, 3, 56, 56\)",
+        lambda m: m.encode(torch.randn(2, 3, 3, 64, 64), "depth"),
+        r"^depth: expected shape \(B, 2, 3, 64, 64\)",
     ),
     "batch mismatch": (
         lambda m: m.logits(torch.ones(3, 4, dtype=torch.long), good(m), "image"),

@@ -34,7 +34,7 @@ def test_full_clip_model_dir_loads_its_vision_tower(tmp_path):
     """Real CLIP releases (openai/clip-vit-large-patch14) are CLIPModel dirs with a text tower."""
     cfg = CLIPConfig(
         vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                           image_size=56, patch_size=14, hidden_act="quick_gelu"),
+                           image_size=64, patch_size=8, hidden_act="quick_gelu"),
         text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                          vocab_size=99, max_position_embeddings=16),
         projection_dim=16,

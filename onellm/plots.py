@@ -1,0 +1,100 @@
+"""Plots a person can look at: RUN/plots/{loss,accuracy,routing}.png from metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_run(run: str | Path) -> list[Path]:
+    run = Path(run)
+    records = [
+        json.loads(line)
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    out = run / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+    train = [r for r in records if r["event"] == "train"]
+    if train:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for source in sorted({r["source"] for r in train}):
+            pts = [(r["step"], r["loss"]) for r in train if r["source"] == source]
+            ax.plot(*zip(*pts, strict=True), ".-", label=source, alpha=0.8)
+        ax.set(
+            xlabel="step",
+            ylabel="loss (last step logged)",
+            title=f"{run.name}: training loss",
+            yscale="log",
+        )
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / "loss.png"))
+    evals = [r for r in records if r["event"] == "eval"]
+    if evals:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for m in sorted({m for r in evals for m in r["results"]}):
+            pts = [(r["step"], r["results"][m]["exact_match"]) for r in evals if m in r["results"]]
+            ax.plot(*zip(*pts, strict=True), "o-", label=m)
+        ax.set(
+            xlabel="step",
+            ylabel="held-out exact match",
+            ylim=(-0.02, 1.02),
+            title=f"{run.name}: accuracy",
+        )
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / "accuracy.png"))
+        routing = evals[-1].get("routing", {})
+        if routing:
+            written.append(
+                plot_routing(
+                    routing, out / "routing.png", f"{run.name}: mean routing weight per expert"
+                )
+            )
+    return written
+
+
+def plot_routing(routing: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Stacked bars: for each modality, its mean weight on each projection expert."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(routing)
+    bottom = [0.0] * len(names)
+    for k in range(len(next(iter(routing.values())))):
+        vals = [routing[m][k] for m in names]
+        ax.bar(names, vals, bottom=bottom, label=f"expert {k}")
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set(ylabel="mean routing weight", title=title, ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_table(stages: list[dict], path: Path) -> Path:
+    """The demo's stage x modality accuracy table as a heat map."""
+    mods = sorted({m for s in stages for m in s["accuracy"]}, key=lambda m: min(
+        i for i, s in enumerate(stages) if m in s["accuracy"]))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(1.1 * len(mods) + 2, 0.6 * len(stages) + 1.5))
+    grid = [[s["accuracy"].get(m, float("nan")) for m in mods] for s in stages]
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:
+                ax.text(
+                    j, i, f"{100 * v:.0f}", ha="center", va="center", color="w" if v < 0.6 else "k"
+                )
+    ax.set_xticks(range(len(mods)), mods, rotation=30)
+    ax.set_yticks(range(len(stages)), [s["name"] for s in stages])
+    ax.set_title("held-out exact match (%) after each stage")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

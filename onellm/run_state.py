@@ -1,0 +1,137 @@
+"""A stage's output directory: metrics, plots, resumable checkpoints, the final model.
+
+    RUN/stage.yaml          the resolved stage config
+    RUN/metrics.jsonl       one JSON object per line (train / eval / start events)
+    RUN/plots/*.png         loss, held-out accuracy, routing weights
+    RUN/checkpoints/step_N/ trainable.safetensors, optimizer.pt, trainer.json (atomic)
+    RUN/final/              the model, `OneLLM.from_pretrained`-able
+Only rank 0 writes. Checkpoints are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from onellm.distributed import Dist
+from onellm.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from onellm.train import Trainer
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+class RunFiles:
+    def __init__(self, root: Path, d: Dist) -> None:
+        self.root, self.d = root, d
+        self.ckpts = root / "checkpoints"
+
+    # ------------------------------------------------------------------ metrics
+    def start(self, cfg: Any, trainable: int, total: int, resumed_at: int) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "stage.yaml").write_text(
+            yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+        )
+        self.log({"event": "start", "stage": cfg.name, "step": resumed_at, "trainable_params": trainable,
+                  "total_params": total, "processes": self.d.world, "time": time.time()})  # fmt: skip
+        print(
+            f"[{cfg.name}] training {trainable:,} of {total:,} parameters on {self.d.world} process(es)"
+        )
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.d.main:
+            return
+        with open(self.root / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def plot(self) -> None:
+        from onellm.plots import plot_run
+
+        plot_run(self.root)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, t: Trainer) -> tuple[dict, dict]:
+        model_sd, optim_sd = get_state_dict(
+            t.root, t.optimizer, options=FULL
+        )  # collective under FSDP
+        names = {n for n, p in t.root.named_parameters() if p.requires_grad}
+        return {k: v for k, v in model_sd.items() if k in names}, optim_sd
+
+    def checkpoint(self, t: Trainer) -> Path:
+        trainable, optim = self._state(t)
+        target = self.ckpts / f"step_{t.step:07d}"
+        if self.d.main:
+            tmp = self.ckpts / f".tmp_step_{t.step:07d}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file(
+                {k: v.contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors"
+            )
+            torch.save(
+                {"optimizer": optim, "scheduler": t.scheduler.state_dict()}, tmp / "optimizer.pt"
+            )
+            (tmp / "trainer.json").write_text(json.dumps({"step": t.step, "stage": t.cfg.name}))
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)  # atomic: a checkpoint dir is complete or absent
+            self.log({"event": "checkpoint", "step": t.step, "path": str(target)})
+        return target
+
+    def latest(self) -> Path | None:
+        done = sorted(p for p in self.ckpts.glob("step_*") if (p / "trainer.json").is_file())
+        return done[-1] if done else None
+
+    def resume(self, t: Trainer) -> int:
+        """Load the newest complete checkpoint into the trainer; returns its step (0: none)."""
+        ckpt = self.latest()
+        if ckpt is None:
+            return 0
+        meta = json.loads((ckpt / "trainer.json").read_text())
+        if meta.get("stage") != t.cfg.name:
+            raise CheckpointError(
+                f"{ckpt}: belongs to stage {meta.get('stage')!r}, not {t.cfg.name!r}"
+            )
+        trainable = load_file(ckpt / "trainable.safetensors")
+        state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        set_state_dict(t.root, t.optimizer, model_state_dict=trainable, optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True, strict=False))  # fmt: skip
+        t.scheduler.load_state_dict(state["scheduler"])
+        if self.d.main:
+            print(f"[{t.cfg.name}] resumed from {ckpt} at step {meta['step']}")
+        return int(meta["step"])
+
+    # ------------------------------------------------------------------ the result
+    def save_final(self, t: Trainer) -> Path:
+        final = self.root / "final"
+        if self.d.world == 1:
+            t.model.save_pretrained(final)
+            return final
+        from onellm.train import load_initial_model
+
+        full, _ = get_state_dict(t.root, t.optimizer, options=FULL)  # collective
+        if self.d.main:
+            clean = load_initial_model(t.cfg)
+            if t.cfg.lora is not None and not hasattr(clean.llm, "peft_config"):
+                lo = t.cfg.lora
+                clean.add_lora(
+                    r=lo.r,
+                    alpha=lo.alpha,
+                    dropout=lo.dropout,
+                    target_modules=tuple(lo.target_modules),
+                )
+            clean.load_state_dict(
+                {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+            )
+            clean.save_pretrained(final)
+        torch.distributed.barrier()
+        return final

@@ -1,0 +1,313 @@
+"""The one training recipe for every stage: setup, train, save, cleanup.
+
+    onellm train configs/stages/stage1_image.yaml [key=value ...] [--resume]
+    torchrun --nproc_per_node=2 -m onellm.cli train STAGE.yaml     (FSDP2, gloo on CPU)
+
+Step s draws its source and examples from (seed, s) alone, so a resumed run replays
+exactly what an uninterrupted one would. Losses are summed over target tokens and divided
+by the global token count, so N processes match one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from onellm import distributed
+from onellm.data.batches import collate, tokens
+from onellm.data.sources import Source
+from onellm.errors import ConfigError
+from onellm.evaluate import evaluate
+from onellm.run_state import RunFiles
+from onellm.stage import StageConfig
+
+
+def load_initial_model(cfg: StageConfig):
+    from onellm.model import OneLLM
+
+    src = cfg.init_from
+    if src.endswith((".yaml", ".yml")):
+        return OneLLM.from_config(src, cfg.model_overrides)
+    return OneLLM.from_pretrained(src, trainable_lora=True)
+
+
+def set_trainable(root: nn.Module, patterns: list[str]) -> tuple[int, int]:
+    """Freeze everything, then unfreeze parameters whose name matches a glob. -> (trainable, total)."""
+    root.requires_grad_(False)
+    matched = set()
+    for name, p in root.named_parameters():
+        for pat in patterns:
+            if fnmatch.fnmatchcase(name, pat):
+                p.requires_grad_(True)
+                matched.add(pat)
+    unused = [p for p in patterns if p not in matched]
+    if unused:
+        raise ConfigError(f"trainable: pattern {unused[0]!r} matches no parameter")
+    params = list(root.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def param_groups(root: nn.Module, lr: float, scales: dict[str, float]) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by the first `lr_scale` glob their name matches."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in root.named_parameters():
+        if p.requires_grad:
+            bare = name.removeprefix("model.")
+            scale = next(
+                (
+                    s
+                    for pat, s in scales.items()
+                    if fnmatch.fnmatchcase(bare, pat) or fnmatch.fnmatchcase(name, pat)
+                ),
+                1.0,
+            )
+            groups.setdefault(scale, []).append(p)
+    return [{"params": ps, "lr": lr * s} for s, ps in groups.items()]
+
+
+def choose_source(weights: dict[str, float], seed: int, step: int) -> str:
+    """The source step `step` draws from, with probability proportional to its weight."""
+    keys = list(weights)
+    w = np.array([weights[k] for k in keys], dtype=float)
+    return keys[int(np.random.default_rng([seed, step, 1]).choice(len(keys), p=w / w.sum()))]
+
+
+def lr_lambda(cfg: StageConfig):
+    warm, total, floor = cfg.schedule.warmup_steps, cfg.steps, cfg.schedule.min_lr_ratio
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: StageConfig, *, resume: bool = False, quiet: bool = False) -> None:
+        self.cfg, self.quiet = cfg, quiet
+        self.d = distributed.init()
+        torch.manual_seed(cfg.seed)
+        self.model = load_initial_model(cfg)
+        if cfg.lora is not None and not hasattr(self.model.llm, "peft_config"):
+            lo = cfg.lora
+            self.model.add_lora(
+                r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=tuple(lo.target_modules)
+            )
+        self.sources = {k: Source(self.model, k, s, cfg.seed) for k, s in cfg.data.items()}
+        self.aux = self._aux_modules()
+        # one root so that names (for patterns and checkpoints) are "model.*" / "aux.*"
+        self.root = nn.ModuleDict({"model": self.model, "aux": self.aux})
+        patterns = [p if p.startswith(("model.", "aux.")) else f"model.{p}" for p in cfg.trainable]
+        self.n_trainable, self.n_total = set_trainable(
+            self.root, patterns + ["aux.*"] * bool(len(self.aux))
+        )
+        self.model.train()
+        if self.d.world > 1:
+            if cfg.batch_size % self.d.world:
+                raise ConfigError(
+                    f"batch_size {cfg.batch_size} must divide by the {self.d.world} processes"
+                )
+            distributed.shard(self.model)
+        self.params = [p for p in self.root.parameters() if p.requires_grad]
+        o = cfg.optimizer
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.root, o.lr, o.lr_scale), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+            weight_decay=o.weight_decay,
+        )  # fmt: skip
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.files = RunFiles(Path(cfg.output_dir), self.d)
+        self.step = self.files.resume(self) if resume else 0
+        if self.d.main:
+            self.files.start(cfg, self.n_trainable, self.n_total, resumed_at=self.step)
+
+    def _aux_modules(self) -> nn.ModuleDict:
+        aux = nn.ModuleDict()
+        if any(s.task == "clip" for s in self.cfg.data.values()):
+            from onellm.contrastive import ContrastiveHead
+
+            aux["clip"] = ContrastiveHead(
+                width=self.model.encoder.width, vocab_size=len(self.model.text_tokenizer)
+            )
+        return aux
+
+    # ------------------------------------------------------------------ data
+    def source_for(self, step: int) -> str:
+        return choose_source({k: s.weight for k, s in self.cfg.data.items()}, self.cfg.seed, step)
+
+    def micro_batches(self, step: int, key: str) -> list[dict[str, Any]]:
+        """This process's share of step `step`'s batches (grad_accum of them)."""
+        cfg, src = self.cfg, self.sources[key]
+        local = cfg.batch_size // self.d.world
+        out = []
+        for a in range(cfg.grad_accum):
+            first = (step * cfg.grad_accum + a) * cfg.batch_size + self.d.rank * local
+            examples = [src[first + j] for j in range(local)]
+            rows = [
+                tokens(
+                    ex,
+                    src.cfg.task,
+                    self.model.text_tokenizer,
+                    self.model.config.chat,
+                    np.random.default_rng([cfg.seed, first + j, 3]),
+                    src.cfg.caption_mix,
+                    src.cfg.context_mix,
+                )  # fmt: skip
+                for j, ex in enumerate(examples)
+            ]
+            batch = collate(rows, self.model.text_tokenizer.pad_token_id or 0)
+            if src.modality is not None and src.cfg.task != "clip":
+                batch["inputs"] = torch.cat([ex.input for ex in examples])
+            if src.cfg.task == "clip":
+                batch["pixels"] = torch.cat([ex.input for ex in examples])
+                batch["captions"] = [ex.caption for ex in examples]
+            out.append(batch)
+        return out
+
+    # ------------------------------------------------------------------ one step
+    def loss(self, batch: dict[str, Any], key: str, items: torch.Tensor) -> torch.Tensor:
+        src = self.sources[key]
+        if src.cfg.task == "clip":
+            ids, mask = batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:]  # no BOS
+            return (
+                self.aux["clip"].loss(self.model, batch["pixels"], ids, mask, batch["captions"])
+                * batch["pixels"].shape[0]
+                / items
+            )
+        out = self.model(
+            batch["input_ids"], inputs=batch.get("inputs"), modality=src.modality if "inputs" in batch else None,
+            attention_mask=batch["attention_mask"], labels=batch["labels"], num_items_in_batch=items,
+        )  # fmt: skip
+        return out.loss
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        key = self.source_for(step)
+        batches = self.micro_batches(step, key)
+        task = self.sources[key].cfg.task
+        count = sum(
+            b["pixels"].shape[0] if task == "clip" else int((b["labels"][:, 1:] != -100).sum())
+            for b in batches
+        )
+        total = self.d.all_sum(torch.tensor(float(count)))
+        items = (
+            total / self.d.world
+        )  # per-process normaliser: FSDP averages gradients over processes
+        logged = torch.zeros(())
+        autocast = torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16,
+                                  enabled=self.cfg.precision == "bf16")  # fmt: skip
+        for batch in batches:
+            with autocast:
+                loss = self.loss(batch, key, items)
+            loss.backward()
+            logged += loss.detach().float()
+        distributed.sync_replicated_grads(self.params, self.d.world)
+        norm = distributed.clip_grad_norm(self.params, self.cfg.grad_clip, self.d)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = float(self.d.all_sum(logged)) / self.d.world
+        return {
+            "loss": loss_value,
+            "source": key,
+            "grad_norm": norm,
+            "lr": max(self.scheduler.get_last_lr()),
+        }
+
+    # ------------------------------------------------------------------ the loop
+    def eval_modalities(self) -> list[str]:
+        if self.cfg.eval.modalities is not None:
+            return [self.model.modality_key(m) for m in self.cfg.eval.modalities]
+        return sorted(
+            {s.modality for s in self.sources.values() if s.modality and s.cfg.task != "clip"}
+        )
+
+    def run_eval(self) -> dict[str, Any]:
+        e = self.cfg.eval
+        results = {m: evaluate(self.model, m, samples=e.samples, seed=self.cfg.seed + 1, max_new_tokens=e.max_new_tokens)
+                   for m in self.eval_modalities()}  # fmt: skip
+        routing = {}
+        for m in results:
+            from onellm.data import shapes
+
+            x = torch.cat(
+                [self.model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=self.model)]
+            )
+            routing[m] = self.model.routing(x, m).mean(dim=(0, 1)).tolist()
+        return {"results": results, "routing": routing}
+
+    def train(self) -> Path:
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not self.d.main or self.quiet,
+                   dynamic_ncols=True)  # fmt: skip
+        tick, seen = time.perf_counter(), 0
+        while self.step < cfg.steps:
+            stats = self.train_step(self.step)
+            self.step += 1
+            seen += cfg.batch_size * cfg.grad_accum
+            if self.d.main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                rate = seen / (time.perf_counter() - tick)
+                tick, seen = time.perf_counter(), 0
+                self.files.log(
+                    {"event": "train", "step": self.step, "samples_per_s": rate, **stats}
+                )
+                bar.set_postfix(
+                    loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}", sps=f"{rate:.0f}"
+                )
+            bar.update(1)
+            if (
+                cfg.eval.every
+                and self.step % cfg.eval.every == 0
+                and self.step < cfg.steps
+                and self.d.world == 1
+            ):
+                self.files.log({"event": "eval", "step": self.step, **self.run_eval()})
+            if (
+                cfg.checkpoint_every
+                and self.step % cfg.checkpoint_every == 0
+                and self.step < cfg.steps
+            ):
+                self.files.checkpoint(self)
+        bar.close()
+        final = self.files.save_final(self)
+        if self.d.main and self.eval_modalities():
+            model = self.model if self.d.world == 1 else _load(final)
+            self.files.log(
+                {"event": "eval", "step": self.step, "final": True, **_eval_with(self, model)}
+            )
+        if self.d.main:
+            self.files.plot()
+        return final
+
+
+def _load(path: Path):
+    from onellm.model import OneLLM
+
+    return OneLLM.from_pretrained(path)
+
+
+def _eval_with(trainer: Trainer, model) -> dict[str, Any]:
+    saved, trainer.model = trainer.model, model
+    try:
+        return trainer.run_eval()
+    finally:
+        trainer.model = saved
+
+
+def train(cfg: StageConfig, *, resume: bool = False, quiet: bool = False) -> Path:
+    """Run one stage; returns the directory of the final saved model."""
+    return Trainer(cfg, resume=resume, quiet=quiet).train()
+
+
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    path = Path(run) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

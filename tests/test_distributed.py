@@ -1,0 +1,58 @@
+"""The same recipe under torchrun: 2 gloo processes with FSDP2 == 1 process, same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+ARGS = ["init_from=configs/tiny.yaml", "steps=4", "batch_size=4", "grad_accum=2", "log_every=1",
+        "eval.modalities=[]", "data={image: {pool: 32}, audio: {pool: 32}}", "trainable=[projection.*, tokenizers.*]"]  # fmt: skip
+
+
+def run(cmd, env=None):
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+
+def losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["event"] == "train"]
+
+
+def test_two_gloo_processes_give_the_losses_of_one(tmp_path):
+    stage = "configs/stages/stage2_video_audio_point.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run(
+        [
+            sys.executable,
+            "-m",
+            "onellm.cli",
+            "train",
+            stage,
+            f"output_dir={tmp_path / 'one'}",
+            *ARGS,
+        ],
+        env,
+    )
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "onellm.cli", "train", stage, f"output_dir={tmp_path / 'two'}", *ARGS], env)  # fmt: skip
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two, strict=True):
+        assert abs(a - b) <= 1e-4, (one, two)
+    start = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["processes"] == 2
+    # only rank 0 wrote: one metrics file with one start event, and a loadable final model
+    assert (
+        sum(
+            json.loads(line)["event"] == "start"
+            for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+        )
+        == 1
+    )
+    from onellm import OneLLM
+
+    assert OneLLM.from_pretrained(tmp_path / "two" / "final") is not None

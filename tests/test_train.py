@@ -1,0 +1,122 @@
+"""Staged training on the tiny model: short stages, resume, sampling, freezing."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from onellm.errors import ConfigError
+from onellm.stage import load_stage
+from onellm.train import Trainer, choose_source, read_metrics
+from tests.conftest import ROOT
+
+STAGE1 = ROOT / "configs" / "stages" / "stage1_image.yaml"
+
+
+def short(tmp_path, *extra):
+    return load_stage(STAGE1, [
+        "init_from=configs/tiny.yaml", f"output_dir={tmp_path / 'run'}", "steps=12", "batch_size=8",
+        "log_every=1", "eval.samples=4", "schedule.warmup_steps=2", "data.image.pool=64", *extra,
+    ])  # fmt: skip
+
+
+def trainable_state(trainer):
+    return {n: p.detach().clone() for n, p in trainer.root.named_parameters() if p.requires_grad}
+
+
+def test_a_short_stage_lowers_the_loss_and_keeps_frozen_parts(tmp_path):
+    cfg = short(tmp_path, "steps=40", "optimizer.lr=3e-3")
+    t = Trainer(cfg, quiet=True)
+    frozen = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
+    first = [t.train_step(s)["loss"] for s in range(3)]
+    t.step = 3
+    final = t.train()
+    losses = [r["loss"] for r in read_metrics(cfg.output_dir) if r["event"] == "train"]
+    assert sum(losses[-5:]) / 5 < 0.93 * sum(first) / 3  # from a random frozen LLM: 6.1 -> 5.5
+    for n, p in t.model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+    assert (final / "config.yaml").is_file()
+    assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} >= {
+        "loss.png",
+        "accuracy.png",
+        "routing.png",
+    }
+    events = [r["event"] for r in read_metrics(cfg.output_dir)]
+    assert events[0] == "start" and "eval" in events
+
+
+def test_trainable_count_is_logged_and_patterns_must_match(tmp_path):
+    t = Trainer(short(tmp_path), quiet=True)
+    start = read_metrics(tmp_path / "run")[0]
+    n = sum(p.numel() for p in t.model.projection.parameters())
+    assert start["trainable_params"] == n
+    with pytest.raises(ConfigError, match=r"pattern 'model.nothing\.\*' matches no parameter"):
+        Trainer(short(tmp_path, "trainable=[nothing.*]"), quiet=True)
+
+
+def test_sampling_proportions_follow_the_weights():
+    weights = {"image": 1.0, "audio": 3.0, "imu": 0.0}
+    counts = Counter(choose_source(weights, seed=0, step=s) for s in range(4000))
+    assert counts["imu"] == 0
+    assert abs(counts["audio"] / 4000 - 0.75) < 0.03
+    assert choose_source(weights, 0, 17) == choose_source(weights, 0, 17)
+
+
+def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, monkeypatch):
+    straight = Trainer(short(tmp_path / "a"), quiet=True)
+    straight.train()
+    expected = trainable_state(straight)
+
+    cfg = short(tmp_path / "b", "checkpoint_every=5")
+    killed = Trainer(cfg, quiet=True)
+    real = Trainer.train_step
+
+    def dies_at_step_7(self, step):
+        if step == 7:
+            raise KeyboardInterrupt("killed")
+        return real(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    monkeypatch.setattr(Trainer, "train_step", real)
+    assert (tmp_path / "b" / "run" / "checkpoints" / "step_0000005" / "trainer.json").is_file()
+    assert not list((tmp_path / "b" / "run" / "checkpoints").glob(".tmp*"))
+    resumed = Trainer(cfg, resume=True, quiet=True)
+    assert resumed.step == 5
+    resumed.train()
+    got = trainable_state(resumed)
+    for n, v in expected.items():
+        torch.testing.assert_close(got[n], v, atol=1e-6, rtol=0)
+
+
+def test_instruction_stage_trains_lora_only(tmp_path):
+    cfg = load_stage(ROOT / "configs" / "stages" / "stage4_instruct.yaml", [
+        "init_from=configs/tiny.yaml", f"output_dir={tmp_path / 'run'}", "steps=3", "batch_size=4",
+        "eval.modalities=[]", "data={image: {task: instruct, pool: 16}, imu: {task: instruct, pool: 16}}",
+    ])  # fmt: skip
+    t = Trainer(cfg, quiet=True)
+    names = [n for n, p in t.root.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    before = {n: p.detach().clone() for n, p in t.model.projection.named_parameters()}
+    final = t.train()
+    assert all(
+        torch.equal(p, before[n]) for n, p in t.model.projection.named_parameters()
+    )  # UPM frozen
+    assert (final / "lora" / "adapter_config.json").is_file()
+
+
+def test_unknown_stage_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'optimizer.learning_rate'"):
+        short(tmp_path, "optimizer.learning_rate=1")
+    with pytest.raises(ConfigError, match=r"data.image.task: expected one of"):
+        short(tmp_path, "data.image.task=dance")
+
+
+def test_metrics_lines_are_json(tmp_path):
+    t = Trainer(short(tmp_path, "steps=2", "eval.modalities=[]"), quiet=True)
+    t.train()
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
