@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/onellm chat configs/tiny.yaml "What is this?"
+	$(BIN)/onellm demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

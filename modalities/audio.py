@@ -23,6 +23,7 @@ from onellm.data.draw import Scene
 from onellm.data.language import PATTERNS, PITCHES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, check_readable
+from onellm.positions import sincos_2d, with_class_slot
 
 SAMPLE_RATE = 16000
 
@@ -57,10 +58,10 @@ def resample(x: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
 class AudioTokenizer(nn.Module):
     """(B, 1, mel, frames) -> (B, 1, S, W) by a strided Conv2d; S = grid_mel * grid_time."""
 
-    def __init__(self, *, width: int, num_tokens: int, kernel: int, stride: int) -> None:
+    def __init__(self, *, width: int, grid: tuple[int, int], kernel: int, stride: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(1, width, kernel_size=kernel, stride=stride)
-        self.position_embedding = nn.Parameter(torch.randn(num_tokens + 1, width) * 0.02)
+        self.position_embedding = nn.Parameter(with_class_slot(sincos_2d(*grid, width)))
 
     def forward(self, x: torch.Tensor, encoder: Any) -> torch.Tensor:
         return rearrange(self.proj(x), "b w h t -> b 1 (h t) w")
@@ -104,9 +105,10 @@ class AudioModality:
     def input_shape(self) -> tuple[int | None, ...]:
         return (1, self.mel_bins, self.frames)
 
-    def num_tokens(self) -> int:
-        grid = lambda n: (n - self.kernel) // self.stride + 1  # noqa: E731
-        return grid(self.mel_bins) * grid(self.frames)
+    def grid(self) -> tuple[int, int]:
+        """Patches along (mel, time)."""
+        side = lambda n: (n - self.kernel) // self.stride + 1  # noqa: E731
+        return side(self.mel_bins), side(self.frames)
 
     def preprocess(self, raw: Any, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
         """A .wav path, or a mono waveform (numpy/tensor/list) at `sample_rate` Hz."""
@@ -129,10 +131,7 @@ class AudioModality:
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return AudioTokenizer(
-            width=encoder.width,
-            num_tokens=self.num_tokens(),
-            kernel=self.kernel,
-            stride=self.stride,
+            width=encoder.width, grid=self.grid(), kernel=self.kernel, stride=self.stride
         )
 
     def render(self, rng: np.random.Generator) -> Scene:

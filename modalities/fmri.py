@@ -18,6 +18,7 @@ from onellm.data.draw import Scene
 from onellm.data.language import COLOURS, PLACES, SHAPES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, load_array_file
+from onellm.positions import sincos_1d, with_class_slot
 
 
 class FMRITokenizer(nn.Module):
@@ -27,7 +28,7 @@ class FMRITokenizer(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.proj = nn.Linear(voxels, tokens * width)
-        self.position_embedding = nn.Parameter(torch.randn(tokens + 1, width) * 0.02)
+        self.position_embedding = nn.Parameter(with_class_slot(sincos_1d(tokens, width)))
 
     def forward(self, x: torch.Tensor, encoder: Any) -> torch.Tensor:
         y = self.proj(x.reshape(x.shape[0], -1))

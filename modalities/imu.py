@@ -18,6 +18,7 @@ from onellm.data.draw import Scene
 from onellm.data.language import ACTIVITIES
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, load_array_file
+from onellm.positions import sincos_1d, with_class_slot
 
 
 class IMUTokenizer(nn.Module):
@@ -26,7 +27,9 @@ class IMUTokenizer(nn.Module):
     def __init__(self, *, width: int, channels: int, length: int, kernel: int) -> None:
         super().__init__()
         self.proj = nn.Conv1d(channels, width, kernel_size=kernel, bias=False)
-        self.position_embedding = nn.Parameter(torch.randn(length - kernel + 2, width) * 0.02)
+        self.position_embedding = nn.Parameter(
+            with_class_slot(sincos_1d(length - kernel + 1, width))
+        )
 
     def forward(self, x: torch.Tensor, encoder: Any) -> torch.Tensor:
         return rearrange(self.proj(x), "b w s -> b 1 s w")

@@ -20,6 +20,7 @@ from onellm.data.draw import RGB, Scene
 from onellm.data.language import COLOURS, SOLIDS
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, load_array_file
+from onellm.positions import sincos_1d, with_class_slot
 
 _COORDS = {"xyz": slice(0, 3), "rgb": slice(3, 6)}
 
@@ -47,7 +48,7 @@ class PointTokenizer(nn.Module):
         super().__init__()
         self.groups, self.neighbours, self.coords = groups, neighbours, _COORDS[coords]
         self.proj = nn.Conv2d(6, width, kernel_size=1)
-        self.position_embedding = nn.Parameter(torch.randn(groups + 1, width) * 0.02)
+        self.position_embedding = nn.Parameter(with_class_slot(sincos_1d(groups, width)))
 
     def forward(self, x: torch.Tensor, encoder: Any) -> torch.Tensor:
         p = x[..., self.coords].contiguous()

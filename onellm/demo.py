@@ -98,7 +98,7 @@ def show_chats(final: Path) -> list[dict[str, str]]:
                              ("imu", "What is the person doing?"), ("point", "What shape is it?")):  # fmt: skip
         scene = shapes.sample(modality, 1, split="test", seed=99, model=model)[0]
         reply = model.chat(scene.input, modality=modality, prompt=prompt).text
-        truth = scene.caption if prompt is None else dict(scene.qa).get(prompt, scene.caption)
+        truth = str(scene.caption if prompt is None else dict(scene.qa).get(prompt, scene.caption))
         chats.append(
             {"modality": modality, "prompt": prompt or "(caption)", "reply": reply, "truth": truth}
         )

@@ -16,6 +16,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from onellm.config import EncoderConfig
 from onellm.errors import CheckpointError
+from onellm.positions import sincos_2d, with_class_slot
 
 
 class UniversalEncoder(nn.Module):
@@ -43,7 +44,13 @@ class UniversalEncoder(nn.Module):
             hidden_act=cfg.hidden_act,
             layer_norm_eps=cfg.layer_norm_eps,
         )
-        return cls(CLIPVisionModel(config))
+        clip = CLIPVisionModel(config)
+        grid = cfg.image_size // cfg.patch_size
+        with torch.no_grad():  # a random table carries no position; see onellm/positions.py
+            clip.embeddings.position_embedding.weight.copy_(
+                with_class_slot(sincos_2d(grid, grid, cfg.hidden_size))
+            )
+        return cls(clip)
 
     # sizes a modality tokenizer may read (the `EncoderInfo` protocol)
     @property

@@ -140,3 +140,28 @@ def test_placeholders_are_single_tokenizer_ids(model):
     for key, pid in model.placeholder_ids.items():
         assert tok(f"<{key}>", add_special_tokens=False).input_ids == [pid]
     assert len(set(model.placeholder_ids.values())) == len(model.modalities)
+
+
+def test_modality_tokens_start_at_the_llms_embedding_scale(model):
+    words = model.llm.get_input_embeddings().weight.norm(dim=-1).mean()
+    block = model.modality_block(random_input(model, "image"), "image").norm(dim=-1).mean()
+    assert 0.3 < float(block / words) < 3  # OneLLM's init would be ~40x
+
+
+def test_random_position_tables_tell_positions_apart(model):
+    from onellm.positions import sincos_2d
+
+    table = model.encoder.position_embedding[1:]  # patches (the class slot is row 0)
+    sims = (
+        torch.nn.functional.normalize(table, dim=-1)
+        @ torch.nn.functional.normalize(table, dim=-1).T
+    )
+    off_diagonal = sims - torch.eye(len(table))
+    assert off_diagonal.max() < 0.99  # no two patches share a position code
+    assert torch.equal(model.encoder.position_embedding[0], torch.zeros(table.shape[1]))
+    assert sincos_2d(3, 4, 8).shape == (12, 8)
+    pos = model.tokenizers["audio"].position_embedding
+    assert (
+        pos.shape[0]
+        == model.tokenizers["audio"](random_input(model, "audio"), model.encoder).shape[2] + 1
+    )

@@ -3,8 +3,8 @@
 caption:  [BOS] caption </s>           (targets: caption and </s>)
 instruct: [BOS] system? user q sep assistant  a sep ... </s>   (targets: answers and </s>)
 lm:       the same texts with every token a target (stage 0 language pretraining); a share
-          (`context_mix`) first reads the caption, untargeted, where the modality block
-          will later stand: the tiny LLM learns to use what precedes it, as a large one has
+          (`context_mix`) first reads the caption's words (shuffled, untargeted) where the
+          modality block will later stand: the tiny LLM learns to use what precedes it
 The modality block is inserted after BOS by the model (`insert_placeholders`).
 """
 
@@ -30,7 +30,12 @@ def tokens(
     )
     ids, labels = [tok.bos_token_id], [IGNORE_INDEX]
     if task == "lm" and rng.random() < context_mix:
-        context = tok(example.caption, add_special_tokens=False).input_ids
+        # shuffled words: the LM must look attributes up by content, not copy by offset,
+        # which is what an unordered block of modality tokens can give it
+        words = example.caption.split()
+        context = tok(
+            " ".join(words[i] for i in rng.permutation(len(words))), add_special_tokens=False
+        ).input_ids
         ids, labels = ids + context, labels + [IGNORE_INDEX] * len(context)
     for text, target in segments:
         piece = tok(text, add_special_tokens=False).input_ids
