@@ -17,7 +17,7 @@ from torch import nn
 
 from onellm.data.draw import Scene, canvas, paint, place_centre, shape_mask
 from onellm.data.language import COLOURS, PLACES, SHAPES
-from onellm.errors import InputError
+from onellm.errors import ConfigError, InputError
 from onellm.modality import MODALITIES, EncoderInfo, as_path, check_readable
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -108,7 +108,7 @@ class ImageModality:
         if self.size is None:
             self.size = encoder.image_size
         elif self.size != encoder.image_size:
-            raise InputError(
+            raise ConfigError(
                 f"{self.name}: size {self.size} must equal the encoder's image_size {encoder.image_size}"
             )
 

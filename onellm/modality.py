@@ -56,6 +56,9 @@ class Modality(Protocol):
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module: ...
 
+    # Optional: `bind(encoder)` fills sizes left unset from the encoder (image-like
+    # modalities take its image size); `render(rng) -> Scene` gives synthetic scenes.
+
 
 MODALITIES: Registry[type] = Registry("modality")
 

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from experts.projection import UniversalProjection, llama_ffn_hidden
 from onellm.config import ModelConfig, check_kwargs, load_config
 from onellm.encoder import UniversalEncoder
-from onellm.errors import InputError
+from onellm.errors import ConfigError, InputError
 from onellm.llm import DTYPES, build_llm, build_text_tokenizer
 from onellm.modality import MODALITIES, Modality, check_batch
 
@@ -74,7 +74,9 @@ class OneLLM(nn.Module):
         cfg = config if isinstance(config, ModelConfig) else load_config(config, overrides)
         dtype = DTYPES[cfg.dtype] if cfg.dtype in DTYPES else None
         if dtype is None:
-            raise InputError(f"config: dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+            raise ConfigError(
+                f"config: dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}"
+            )
         encoder = UniversalEncoder.build(cfg.encoder)
         llm = build_llm(cfg.llm, dtype)
         p = cfg.projection

@@ -116,19 +116,11 @@ class RunFiles:
         if self.d.world == 1:
             t.model.save_pretrained(final)
             return final
-        from onellm.train import load_initial_model
+        from onellm.train import prepare_model
 
         full, _ = get_state_dict(t.root, t.optimizer, options=FULL)  # collective
         if self.d.main:
-            clean = load_initial_model(t.cfg)
-            if t.cfg.lora is not None and not hasattr(clean.llm, "peft_config"):
-                lo = t.cfg.lora
-                clean.add_lora(
-                    r=lo.r,
-                    alpha=lo.alpha,
-                    dropout=lo.dropout,
-                    target_modules=tuple(lo.target_modules),
-                )
+            clean = prepare_model(t.cfg)  # an unsharded twin to save from
             clean.load_state_dict(
                 {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
             )

@@ -31,13 +31,21 @@ from onellm.run_state import RunFiles
 from onellm.stage import StageConfig
 
 
-def load_initial_model(cfg: StageConfig):
+def prepare_model(cfg: StageConfig):
+    """The stage's starting model (a model YAML or a saved run), with LoRA if the stage asks."""
     from onellm.model import OneLLM
 
     src = cfg.init_from
     if src.endswith((".yaml", ".yml")):
-        return OneLLM.from_config(src, cfg.model_overrides)
-    return OneLLM.from_pretrained(src, trainable_lora=True)
+        model = OneLLM.from_config(src, cfg.model_overrides)
+    else:
+        model = OneLLM.from_pretrained(src, trainable_lora=True)
+    if cfg.lora is not None and not hasattr(model.llm, "peft_config"):
+        lo = cfg.lora
+        model.add_lora(
+            r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=tuple(lo.target_modules)
+        )
+    return model
 
 
 def set_trainable(root: nn.Module, patterns: list[str]) -> tuple[int, int]:
@@ -98,12 +106,7 @@ class Trainer:
         self.cfg, self.quiet = cfg, quiet
         self.d = distributed.init()
         torch.manual_seed(cfg.seed)
-        self.model = load_initial_model(cfg)
-        if cfg.lora is not None and not hasattr(self.model.llm, "peft_config"):
-            lo = cfg.lora
-            self.model.add_lora(
-                r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=tuple(lo.target_modules)
-            )
+        self.model = prepare_model(cfg)
         self.sources = {k: Source(self.model, k, s, cfg.seed) for k, s in cfg.data.items()}
         self.aux = self._aux_modules()
         # one root so that names (for patterns and checkpoints) are "model.*" / "aux.*"
