@@ -167,7 +167,7 @@ class OneLLM(nn.Module):
         table: dict[str, str] = {}
         for key, mod in self.modalities.items():
             kind = getattr(mod, "name", key)
-            aliases = [a for a, c in MODALITIES._aliases.items() if c == kind]
+            aliases = MODALITIES.aliases(kind) if kind in MODALITIES else []
             for n in (kind, *aliases):
                 table.setdefault(n, key)
         table.update({k: k for k in self.modalities})

@@ -53,6 +53,10 @@ class Registry(Generic[T]):
         known = ", ".join(sorted([*self._entries, *self._aliases])) or "(none)"
         raise RegistryError(f"unknown {self.kind} {name!r}; registered: {known}")
 
+    def aliases(self, name: str) -> list[str]:
+        """The other names `name` is registered under."""
+        return sorted(a for a, c in self._aliases.items() if c == self.canonical(name))
+
     def get(self, name: str) -> T:
         return self._entries[self.canonical(name)]
 

@@ -9,6 +9,7 @@ def test_register_lookup_and_aliases():
     r.register("alpha", 1, aliases=("a",))
     assert r.get("alpha") == 1 and r.get("a") == 1
     assert r.canonical("a") == "alpha"
+    assert r.aliases("alpha") == ["a"] and r.aliases("a") == ["a"]
     assert "a" in r and list(r) == ["alpha"]
 
 
