@@ -119,7 +119,11 @@ def chat(
         raise InputError("text: expected a prompt or an input, got an empty prompt and no input")
     samples, batched = normalise_inputs(model, inputs, modality)
     text = render_prompt(model.config.chat, prompt, list(history or ()))
-    ids = [prompt_ids(model, text, list(s)) for s in samples]
+    prompts: dict[tuple[str, ...], list[int]] = {}  # samples with the same modalities share ids
+    for s in samples:
+        if tuple(s) not in prompts:
+            prompts[tuple(s)] = prompt_ids(model, text, list(s))
+    ids = [prompts[tuple(s)] for s in samples]
     blocks = {}
     for key in dict.fromkeys(k for s in samples for k in s):  # modalities in first-seen order
         batch = torch.cat([model.preprocess(s[key], key) for s in samples if key in s])

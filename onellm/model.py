@@ -25,6 +25,14 @@ from onellm.modality import MODALITIES, Modality, check_batch
 IGNORE_INDEX = -100
 
 
+def check_ids(input_ids: torch.Tensor) -> None:
+    """Raise `InputError` unless `input_ids` is (B, L) with L >= 1."""
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise InputError(
+            f"text: expected input_ids (B, L) with L >= 1, got {tuple(input_ids.shape)}"
+        )
+
+
 def build_modality(name: str, spec: Mapping[str, Any]) -> Modality:
     """`{type: <registry name>, **kwargs}` (type defaults to `name`) -> a Modality."""
     import modalities  # noqa: F401  (registers the shipped modalities)
@@ -243,10 +251,7 @@ class OneLLM(nn.Module):
 
         `attention_mask` and `labels` are widened to match; the block is never a target.
         """
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise InputError(
-                f"text: expected input_ids (B, L) with L >= 1, got {tuple(input_ids.shape)}"
-            )
+        check_ids(input_ids)
         n = self.block_len
         run = input_ids.new_full(
             (input_ids.shape[0], n), self.placeholder_ids[self.modality_key(modality)]
@@ -268,10 +273,7 @@ class OneLLM(nn.Module):
         `blocks[m]` (N, Q+2, D) fills modality m's placeholder positions in reading order
         (sample by sample), after a count check; every placeholder must be filled.
         """
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise InputError(
-                f"text: expected input_ids (B, L) with L >= 1, got {tuple(input_ids.shape)}"
-            )
+        check_ids(input_ids)
         blocks = dict(blocks or {})
         ids = torch.tensor(list(self.placeholder_ids.values()), device=input_ids.device)
         is_placeholder = torch.isin(input_ids, ids)

@@ -27,14 +27,13 @@ from onellm.data.batches import collate, tokens
 from onellm.data.sources import Source
 from onellm.errors import ConfigError
 from onellm.evaluate import evaluate
+from onellm.model import OneLLM
 from onellm.run_state import RunFiles
 from onellm.stage import StageConfig
 
 
 def prepare_model(cfg: StageConfig):
     """The stage's starting model (a model YAML or a saved run), with LoRA if the stage asks."""
-    from onellm.model import OneLLM
-
     src = cfg.init_from
     if src.endswith((".yaml", ".yml")):
         model = OneLLM.from_config(src, cfg.model_overrides)
@@ -234,18 +233,18 @@ class Trainer:
             {s.modality for s in self.sources.values() if s.modality and s.cfg.task != "clip"}
         )
 
-    def run_eval(self) -> dict[str, Any]:
+    def run_eval(self, model: Any = None) -> dict[str, Any]:
+        """Held-out metrics and mean routing weights of `model` (default: the one training)."""
+        from onellm.data import shapes
+
+        model = model or self.model
         e = self.cfg.eval
-        results = {m: evaluate(self.model, m, samples=e.samples, seed=self.cfg.seed + 1, max_new_tokens=e.max_new_tokens)
+        results = {m: evaluate(model, m, samples=e.samples, seed=self.cfg.seed + 1, max_new_tokens=e.max_new_tokens)
                    for m in self.eval_modalities()}  # fmt: skip
         routing = {}
         for m in results:
-            from onellm.data import shapes
-
-            x = torch.cat(
-                [self.model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=self.model)]
-            )
-            routing[m] = self.model.routing(x, m).mean(dim=(0, 1)).tolist()
+            x = torch.cat([model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=model)])
+            routing[m] = model.routing(x, m).mean(dim=(0, 1)).tolist()
         return {"results": results, "routing": routing}
 
     def train(self) -> Path:
@@ -283,27 +282,14 @@ class Trainer:
         bar.close()
         final = self.files.save_final(self)
         if self.d.main and self.eval_modalities():
-            model = self.model if self.d.world == 1 else _load(final)
+            # under FSDP the training model is sharded; rank 0 evaluates the saved one
+            model = self.model if self.d.world == 1 else OneLLM.from_pretrained(final)
             self.files.log(
-                {"event": "eval", "step": self.step, "final": True, **_eval_with(self, model)}
+                {"event": "eval", "step": self.step, "final": True, **self.run_eval(model)}
             )
         if self.d.main:
             self.files.plot()
         return final
-
-
-def _load(path: Path):
-    from onellm.model import OneLLM
-
-    return OneLLM.from_pretrained(path)
-
-
-def _eval_with(trainer: Trainer, model) -> dict[str, Any]:
-    saved, trainer.model = trainer.model, model
-    try:
-        return trainer.run_eval()
-    finally:
-        trainer.model = saved
 
 
 def train(cfg: StageConfig, *, resume: bool = False, quiet: bool = False) -> Path:
