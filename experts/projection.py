@@ -44,13 +44,15 @@ class ExpertBlock(nn.Module):
         self.up_proj = nn.Linear(width, ffn_hidden, bias=False)
         self.down_proj = nn.Linear(ffn_hidden, width, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, W) -> (B, L, W)."""
+    def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """(B, L, W) -> (B, rows or L, W): outputs for the first `rows` positions only
+        (every position still serves as key and value)."""
         n = self.attn_norm(x)
         q, k, v = (
-            rearrange(p(n), "b l (h d) -> b h l d", h=self.num_heads)
-            for p in (self.q_proj, self.k_proj, self.v_proj)
+            rearrange(p(t), "b l (h d) -> b h l d", h=self.num_heads)
+            for p, t in ((self.q_proj, n[:, :rows]), (self.k_proj, n), (self.v_proj, n))
         )
+        x = x[:, :rows]
         a = F.scaled_dot_product_attention(q, k, v)  # bidirectional, scale 1/sqrt(d)
         h = x + self.o_proj(rearrange(a, "b h l d -> b l (h d)"))
         n = self.mlp_norm(h)
@@ -68,6 +70,29 @@ class ProjectionExpert(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+class ExpertPool(nn.ModuleList):
+    """The K projection experts (a `ModuleList` of `ProjectionExpert`s, same keys).
+
+    `forward(z, keep)` runs every expert on the shared input and returns only the first
+    `keep` rows of each: the last layer computes its attention outputs and MLP for those
+    rows alone, since nothing reads the others (OneLLM computes all Q+S+1 rows there).
+    Each expert runs its own `nn.Linear`s: stacking the K experts into one batched matmul
+    was measured slower at width 512 (bmm + weight copies, bench/step.py) and only ~9%
+    faster at width 64, where attention dominates anyway.
+    """
+
+    def forward(self, z: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """(B, L, W) shared input -> every expert's output rows [:keep]: (K, B, keep, W)."""
+        outs = []
+        for expert in self:
+            x = z
+            *first, last = expert.layers
+            for layer in first:
+                x = layer(x)
+            outs.append(last(x, rows=keep))
+        return torch.stack(outs)
 
 
 def _in_out(width_in: int, width_out: int) -> nn.Sequential:
@@ -94,7 +119,7 @@ class UniversalProjection(nn.Module):
         super().__init__()
         self.width, self.llm_width, self.num_queries = width, llm_width, num_queries
         self.router_hidden, self.router_spec = router_hidden, dict(router)
-        self.experts = nn.ModuleList(
+        self.experts = ExpertPool(
             ProjectionExpert(
                 num_layers=layers_per_expert,
                 width=width,
@@ -147,5 +172,5 @@ class UniversalProjection(nn.Module):
         """(B, S+1, W) encoder features -> (B, Q, D) tokens for the LLM."""
         z, weights = self.route(features, modality)
         q = self.num_queries
-        y = sum(expert(z)[:, :q] * weights[..., k, None] for k, expert in enumerate(self.experts))
+        y = torch.einsum("kbqw,bqk->bqw", self.experts(z, keep=q), weights.to(z.dtype))
         return self.out_proj[modality](y)

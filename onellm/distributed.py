@@ -46,7 +46,8 @@ def shard(model: nn.Module) -> list[nn.Module]:
     """`fully_shard` every heavy block that trains; returns the sharded blocks."""
     from torch.distributed.fsdp import fully_shard
 
-    blocks: list[nn.Module] = list(model.projection.experts)
+    # expert layers, not whole experts: ExpertPool calls each layer (FSDP hooks run on __call__)
+    blocks: list[nn.Module] = [layer for e in model.projection.experts for layer in e.layers]
     llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
     blocks += list(llm.model.layers) + list(model.encoder.clip.encoder.layers)
     sharded = []

@@ -121,6 +121,8 @@ class Trainer:
                     f"batch_size {cfg.batch_size} must divide by the {self.d.world} processes"
                 )
             distributed.shard(self.model)
+        if cfg.compile:
+            self.model.projection.experts.compile()
         self.params = [p for p in self.root.parameters() if p.requires_grad]
         o = cfg.optimizer
         self.optimizer = torch.optim.AdamW(

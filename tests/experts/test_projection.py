@@ -48,3 +48,26 @@ def test_router_is_per_modality():
     p.add_modality("audio")
     f = torch.randn(1, 9, 32)
     assert not torch.allclose(p.route(f, "image")[1], p.route(f, "audio")[1])
+
+
+def test_batched_pool_equals_each_expert_alone_with_gradients():
+    """ExpertPool runs the K experts as one stacked computation: same outputs and grads."""
+    p = make().train()
+    z = torch.randn(2, 12, 32, requires_grad=True)
+    wanted = [z] + [e.layers[0].gate_proj.weight for e in p.experts]
+    wanted += [e.layers[-1].mlp_norm.weight for e in p.experts]
+    pooled = p.experts(z, keep=5)  # (K, B, 5, W); last layer only for the kept rows
+    looped = torch.stack([e(z)[:, :5] for e in p.experts])
+    torch.testing.assert_close(pooled, looped, atol=1e-5, rtol=1e-5)
+    g_pool = torch.autograd.grad(pooled.square().sum(), wanted)
+    g_loop = torch.autograd.grad(looped.square().sum(), wanted)
+    for a, b in zip(g_pool, g_loop, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_frozen_expert_gets_no_gradient_in_the_pool():
+    p = make().train()
+    p.experts[0].requires_grad_(False)
+    p(torch.randn(2, 7, 32), "image").sum().backward()
+    assert all(q.grad is None for q in p.experts[0].parameters())
+    assert all(q.grad is not None for q in p.experts[1].parameters())

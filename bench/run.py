@@ -1,0 +1,112 @@
+"""Run every benchmark (each in its own process, so peak RSS is its own) and print one table.
+
+    .venv/bin/python -m bench.run [--out bench/results.json] [--quick]
+
+Rows: (a) the alignment step at the size of the OneLLM conformance fixture, in OneLLM's
+order of computation (bench/onellm_layout.py) and ours; (b) the same step at the 'small'
+size in fp32 and bf16 autocast, with MFU against the peak matmul rate measured in the same
+process; (c) `model.chat` against bare `generate` on the tiny and small configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+REF_A, SMALL = "bench/configs/reference-a.yaml", "bench/configs/small.yaml"
+# The official OneLLM code timed on this 2-core machine (issue 7): medians of 10, three runs.
+OFFICIAL_REF_A = {"forward_ms": (110, 125), "forward_backward_ms": (365, 455)}
+
+STEPS = [  # (row name, bench.step arguments)
+    ("a. ref-A step, OneLLM order", ["--config", REF_A, "--layout", "reference"]),
+    ("a. ref-A step, onellm", ["--config", REF_A]),
+    ("a. ref-A step, onellm+compile", ["--config", REF_A, "--compile"]),
+    (
+        "b. small step fp32, OneLLM order",
+        ["--config", SMALL, "--layout", "reference", "--runs", "5"],
+    ),
+    ("b. small step fp32, onellm", ["--config", SMALL, "--runs", "5"]),
+    # bf16 autocast: one timed run (CPUs without bf16 instructions take minutes here)
+    (
+        "b. small step bf16, onellm",
+        ["--config", SMALL, "--precision", "bf16", "--runs", "1", "--warmup", "1"],
+    ),
+]
+CHATS = [
+    ("c. chat tiny", ["--config", "configs/tiny.yaml"]),
+    ("c. chat small", ["--config", SMALL, "--tokens", "32", "--runs", "5"]),
+]
+
+
+def run(module: str, args: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode:
+        raise SystemExit(f"{module} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'benchmark':<34} {'fwd ms':>8} {'fwd+bwd ms':>10} {'samples/s':>9} {'MFU':>5} {'TTFT ms':>8} {'tok/s':>7} {'vs base':>8} {'RSS MB':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "forward_ms" in r:
+            cells = (f"{r['forward_ms']:8.1f} {r['forward_backward_ms']:10.1f} "
+                     f"{r['samples_per_s']:9.2f} {100 * r['mfu']:4.0f}% {'':>8} {'':>7}")  # fmt: skip
+        else:
+            c = r["chat"]
+            cells = f"{'':>8} {'':>10} {'':>9} {'':>5} {c['ttft_ms']:8.1f} {c['decode_tok_s']:7.1f}"
+        vs = f"{r['vs_base']:7.2f}x" if "vs_base" in r else f"{'':>8}"
+        lines.append(f"{r['name']:<34} {cells} {vs} {r['peak_rss_mb']:7.0f}")
+        if "generate" in r:
+            g = r["generate"]
+            lines.append(f"{'   bare generate, same length':<34} {'':>8} {'':>10} {'':>9} {'':>5} "
+                         f"{g['ttft_ms']:8.1f} {g['decode_tok_s']:7.1f}")  # fmt: skip
+    lo, hi = OFFICIAL_REF_A["forward_backward_ms"]
+    lines.append(f"official OneLLM code, ref-A size (issue 7, same machine type): "
+                 f"fwd {OFFICIAL_REF_A['forward_ms'][0]}-{OFFICIAL_REF_A['forward_ms'][1]} ms, "
+                 f"fwd+bwd {lo}-{hi} ms")  # fmt: skip
+    lines.append("vs base: step = baseline fwd+bwd time / this row's (same size, OneLLM order); "
+                 "chat = decode tok/s / bare generate's")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench/results.json")
+    ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke check, noisier)")
+    args = ap.parse_args()
+    quick = ["--runs", "3", "--warmup", "1"] if args.quick else []  # later flags win
+    rows, start = [], time.time()
+    jobs = [("bench.step", n, a if "bf16" in a else a + quick) for n, a in STEPS]
+    jobs += [("bench.chat", n, a + (["--runs", "3"] if args.quick else [])) for n, a in CHATS]
+    base: dict[str, float] = {}
+    for module, name, a in tqdm(jobs, desc="benchmarks", unit="bench"):
+        r = {"name": name, **run(module, a)}
+        if module == "bench.step":
+            key = (r["config"], r["precision"])
+            if r["layout"] == "reference":
+                base[key] = r["forward_backward_ms"]
+            elif key in base or (r["config"], "fp32") in base:
+                r["vs_base"] = (
+                    base.get(key, base.get((r["config"], "fp32"))) / r["forward_backward_ms"]
+                )
+        else:
+            r["vs_base"] = r["decode_ratio"]
+        rows.append(r)
+    text = table(rows)
+    print(text)
+    Path(args.out).write_text(json.dumps({"rows": rows, "wall_seconds": time.time() - start,
+                                          "official_ref_a": OFFICIAL_REF_A}, indent=1))  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
