@@ -11,6 +11,8 @@ positions (OneLLM's `resample_layers`).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -83,11 +85,14 @@ class ExpertPool(nn.ModuleList):
     faster at width 64, where attention dominates anyway.
     """
 
-    def forward(self, z: torch.Tensor, keep: int | None = None) -> torch.Tensor:
-        """(B, L, W) shared input -> every expert's output rows [:keep]: (K, B, keep, W)."""
+    def forward(
+        self, z: torch.Tensor, keep: int | None = None, experts: list[int] | None = None
+    ) -> torch.Tensor:
+        """(B, L, W) shared input -> output rows [:keep] of the experts listed (default all):
+        (len(experts), B, keep, W)."""
         outs = []
-        for expert in self:
-            x = z
+        for index in range(len(self)) if experts is None else experts:
+            expert, x = self[index], z
             *first, last = expert.layers
             for layer in first:
                 x = layer(x)
@@ -135,23 +140,43 @@ class UniversalProjection(nn.Module):
         self.out_proj = nn.ModuleDict()
         self.start_tag = nn.ParameterDict()
         self.end_tag = nn.ParameterDict()
+        # the experts each modality's router weighs (default: all); an expert added later is
+        # not in the earlier modalities' lists, so they give it exactly zero weight
+        self.routes: dict[str, list[int]] = {}
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def add_modality(self, name: str, *, output_scale: float = 1.0) -> None:
+    def add_experts(self, count: int) -> list[int]:
+        """Append `count` experts, each a copy of an existing one (expert i % K), so a new
+        modality starts from what the experts already compute. -> their indices."""
+        old = self.num_experts
+        for i in range(count):
+            self.experts.append(copy.deepcopy(self.experts[i % old]))
+        return list(range(old, old + count))
+
+    def add_modality(
+        self, name: str, *, output_scale: float = 1.0, experts: list[int] | None = None
+    ) -> None:
         """Create modality `name`'s queries, router, projections and tags (random init).
 
         `output_scale`: the RMS of the LLM's word embeddings. The output LayerNorm's gain
         and the tags start at that scale, so modality tokens enter the LLM at the size its
         own tokens have (OneLLM starts at gain 1: ~40x larger, which a tiny LLM cannot absorb).
+        `experts`: the expert indices its router weighs (default: all there are now).
         """
         spec = dict(self.router_spec)
         kind = spec.pop("type", "soft")
+        routes = list(range(self.num_experts)) if experts is None else list(experts)
+        if not routes or any(not 0 <= e < self.num_experts for e in routes):
+            raise ValueError(
+                f"{name}: expert indices must be in 0..{self.num_experts - 1}, got {routes}"
+            )
+        self.routes[name] = routes
         self.queries[name] = nn.Parameter(torch.randn(1, self.num_queries, self.width) * 0.02)
         self.routers[name] = ROUTERS.build(
-            kind, width=self.width, hidden=self.router_hidden, num_experts=self.num_experts, **spec
+            kind, width=self.width, hidden=self.router_hidden, num_experts=len(routes), **spec
         )
         self.in_proj[name] = _in_out(self.width, self.width)
         self.out_proj[name] = _in_out(self.width, self.llm_width)
@@ -161,7 +186,8 @@ class UniversalProjection(nn.Module):
         self.end_tag[name] = nn.Parameter(torch.randn(1, 1, self.llm_width) * output_scale)
 
     def route(self, features: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S+1, W) -> the expert input z (B, Q+S+1, W) and routing weights (B, Q, K)."""
+        """(B, S+1, W) -> the expert input z (B, Q+S+1, W) and routing weights (B, Q, K_m)
+        over the modality's experts `routes[modality]`."""
         f = self.in_proj[modality](features)
         q = self.queries[modality].to(f.dtype).expand(f.shape[0], -1, -1)
         z = torch.cat([q, f], dim=1)
@@ -172,5 +198,12 @@ class UniversalProjection(nn.Module):
         """(B, S+1, W) encoder features -> (B, Q, D) tokens for the LLM."""
         z, weights = self.route(features, modality)
         q = self.num_queries
-        y = torch.einsum("kbqw,bqk->bqw", self.experts(z, keep=q), weights.to(z.dtype))
+        outs = self.experts(z, keep=q, experts=self.routes[modality])
+        y = torch.einsum("kbqw,bqk->bqw", outs, weights.to(z.dtype))
         return self.out_proj[modality](y)
+
+    def full_weights(self, weights: torch.Tensor, modality: str) -> torch.Tensor:
+        """(..., K_m) weights over the modality's experts -> (..., K) over all, zeros elsewhere."""
+        full = weights.new_zeros(*weights.shape[:-1], self.num_experts)
+        full[..., self.routes[modality]] = weights
+        return full

@@ -76,6 +76,8 @@ class ProjectionConfig:
     norm_eps: float = 1e-5
     router_hidden_size: int | None = None  # None: 4 x encoder width, as OneLLM
     router: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "soft"})
+    # modality -> the expert indices its router weighs; absent: all (see add_modality)
+    routes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

@@ -7,7 +7,11 @@ modality.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from onellm.errors import InputError
+from onellm.errors import ConfigError, InputError
 from onellm.registry import Registry
 
 
@@ -60,7 +64,71 @@ class Modality(Protocol):
     # modalities take its image size); `render(rng) -> Scene` gives synthetic scenes.
 
 
-MODALITIES: Registry[type] = Registry("modality")
+# a modality's placeholder is `<name>`: these names would collide with the tokenizer's own
+# special tokens (<s>, </s>, <unk>, <pad>) or the output experts' (<seg>, <gen>)
+SPECIAL_TOKEN_NAMES = ("s", "unk", "pad", "seg", "gen")
+MODALITIES: Registry[type] = Registry("modality", reserved=SPECIAL_TOKEN_NAMES)
+ENTRY_POINT_GROUP = "onellm.modalities"
+
+
+def find_modality(kind: str, name: str | None = None) -> type:
+    """The modality class for a config's `type` (`name`: its config key, the default type).
+
+    `kind` is tried as: a registered name; an entry point of group `onellm.modalities` (how
+    the shipped modalities and installed plug-ins are found); an import path
+    `pkg.module[:Class]`; a file `path/to/file.py[:Class]`. Importing a module registers
+    what it defines; without `:Class` the modality registered as `name` is taken.
+    """
+    if kind in MODALITIES:
+        return MODALITIES.get(kind)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == kind:
+            return _registered(ep.load(), kind, kind)
+    target, _, attr = kind.partition(":")
+    if attr or "." in target:  # pkg.module, module:Class, path/file.py
+        module = _import(target, kind)
+        return _registered(getattr(module, attr) if attr else module, name or kind, kind)
+    if not any(True for _ in entry_points(group=ENTRY_POINT_GROUP)):
+        import modalities  # noqa: F401  (source tree without installed metadata)
+
+        if kind in MODALITIES:
+            return MODALITIES.get(kind)
+    return MODALITIES.get(kind)  # raises RegistryError listing the registered names
+
+
+def _import(target: str, kind: str):
+    try:
+        if target.endswith(".py"):
+            path = Path(target).resolve()
+            module_name = f"onellm_plugin_{path.stem}"
+            if module_name in sys.modules:
+                return sys.modules[module_name]
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            if spec is None or not path.is_file():
+                raise FileNotFoundError(path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)  # type: ignore[union-attr]
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+            return module
+        return importlib.import_module(target)
+    except (ImportError, FileNotFoundError) as e:
+        raise ConfigError(f"modality type {kind!r}: cannot import {target!r}: {e}") from e
+
+
+def _registered(obj, name: str, kind: str) -> type:
+    """A loaded entry point / import: a class is returned as is; a module must have registered `name`."""
+    if isinstance(obj, type):
+        return obj
+    if name in MODALITIES:
+        return MODALITIES.get(name)
+    raise ConfigError(
+        f"modality type {kind!r}: imported, but it registered no modality named {name!r}; "
+        "end the file with MODALITIES.register(name, cls) or name the class as module:Class"
+    )
 
 
 # ----------------------------------------------------------------------------- input checks

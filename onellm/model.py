@@ -20,7 +20,7 @@ from onellm.config import ModelConfig, check_kwargs, load_config
 from onellm.encoder import UniversalEncoder
 from onellm.errors import ConfigError, InputError
 from onellm.llm import DTYPES, build_llm, build_text_tokenizer
-from onellm.modality import MODALITIES, Modality, check_batch
+from onellm.modality import MODALITIES, Modality, check_batch, find_modality
 
 IGNORE_INDEX = -100
 
@@ -35,13 +35,41 @@ def check_ids(input_ids: torch.Tensor) -> None:
 
 def build_modality(name: str, spec: Mapping[str, Any]) -> Modality:
     """`{type: <registry name>, **kwargs}` (type defaults to `name`) -> a Modality."""
-    import modalities  # noqa: F401  (registers the shipped modalities)
-
     kwargs = dict(spec or {})
     kind = kwargs.pop("type", name)
-    cls = MODALITIES.get(kind)
+    cls = find_modality(kind, name)
     check_kwargs(cls, kwargs, f"modalities.{name}")
     return cls(**kwargs)
+
+
+def _copy_matching(src: nn.Module, dst: nn.Module) -> None:
+    """Copy every parameter/buffer of `src` whose name and shape `dst` shares."""
+    theirs = src.state_dict()
+    with torch.no_grad():
+        for n, t in dst.state_dict().items():
+            if n in theirs and theirs[n].shape == t.shape:
+                t.copy_(theirs[n])
+
+
+def _copy_modality_parts(proj: UniversalProjection, src: str, dst: str) -> None:
+    """Start modality `dst` from `src`'s queries, in/out projections, tags and router.
+    Router rows for experts `src` does not route to start at the mean of its own rows."""
+    with torch.no_grad():
+        for table in (proj.queries, proj.start_tag, proj.end_tag):
+            table[dst].copy_(table[src])
+        proj.in_proj[dst].load_state_dict(proj.in_proj[src].state_dict())
+        proj.out_proj[dst].load_state_dict(proj.out_proj[src].state_dict())
+        theirs, ours = proj.routers[src].state_dict(), proj.routers[dst].state_dict()
+        src_routes, dst_routes = proj.routes[src], proj.routes[dst]
+        for n, t in ours.items():
+            if theirs[n].shape == t.shape:
+                t.copy_(theirs[n])
+            elif t.dim() >= 1 and t.shape[0] == len(
+                dst_routes
+            ):  # the output layer: one row per expert
+                mean = theirs[n].mean(dim=0)
+                for row, e in enumerate(dst_routes):
+                    t[row] = theirs[n][src_routes.index(e)] if e in src_routes else mean
 
 
 class OneLLM(nn.Module):
@@ -110,7 +138,7 @@ class OneLLM(nn.Module):
                 mod.bind(encoder)
             mods[name] = mod
             tokenizers[name] = mod.build_tokenizer(encoder=encoder)
-            projection.add_modality(name, output_scale=scale)
+            projection.add_modality(name, output_scale=scale, experts=p.routes.get(name))
         llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
         model = cls(
             config=cfg,
@@ -204,6 +232,72 @@ class OneLLM(nn.Module):
         x = self.modalities[key].preprocess(raw)
         return x.unsqueeze(0).to(self.device, self.dtype)
 
+    def add_modality(
+        self,
+        name: str,
+        spec: Mapping[str, Any] | None = None,
+        *,
+        new_experts: int = 0,
+        init_from: str | None = None,
+        freeze_old: bool = True,
+    ) -> list[str]:
+        """Teach the model a new modality without changing what it does for the others.
+
+        `spec`: `{type: <registered name | entry point | module[:Class] | file.py[:Class]>,
+        **options}` (type defaults to `name`). Builds its tokenizer, queries, router, in/out
+        projections and tags; `init_from` copies them from an existing modality (where
+        shapes agree), as OneLLM's `--init_from_image`. `new_experts` appends k experts
+        (copies of existing ones) that only the new modality routes to, so every other
+        modality's output stays bit-identical. `freeze_old`: everything but the new parts
+        stops training. Returns the new parameters' names.
+        """
+        from onellm.modality import SPECIAL_TOKEN_NAMES
+
+        if name in self._names:
+            raise ConfigError(f"modality {name!r}: this model already has it ({self._names[name]})")
+        tok_vocab = self.text_tokenizer.get_vocab() if self.text_tokenizer is not None else {}
+        if name in SPECIAL_TOKEN_NAMES or f"<{name}>" in tok_vocab:
+            raise ConfigError(
+                f"modality {name!r}: its placeholder <{name}> clashes with a special token; choose another name"
+            )
+        source = self.modality_key(init_from) if init_from is not None else None
+        spec = dict(spec or {})
+        mod = build_modality(name, spec)
+        if hasattr(mod, "bind"):
+            mod.bind(self.encoder)
+        tokenizer = mod.build_tokenizer(encoder=self.encoder).to(self.device, self.dtype)
+        before = {n for n, _ in self.named_parameters()}
+        proj = self.projection
+        if new_experts:
+            proj.add_experts(new_experts)
+        for m in self.modalities:  # earlier modalities keep exactly the experts they had
+            self.config.projection.routes.setdefault(m, list(proj.routes[m]))
+        scale = float(self.llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+        proj.add_modality(name, output_scale=scale)
+        if source is not None:
+            _copy_matching(self.tokenizers[source], tokenizer)
+            _copy_modality_parts(proj, source, name)
+        self.tokenizers[name] = tokenizer
+        self.projection.to(self.device, self.dtype)
+        self.modalities[name] = mod
+        kind = spec.get("type")
+        if isinstance(kind, str) and kind.partition(":")[0].endswith(".py"):
+            spec["type"] = str(os.path.abspath(kind.partition(":")[0])) + (
+                ":" + kind.partition(":")[2] if ":" in kind else ""
+            )  # a saved run must find the plug-in from any working directory
+        self.config.modalities[name] = spec
+        self.config.projection.num_experts = proj.num_experts
+        self.config.projection.routes[name] = list(proj.routes[name])
+        self._names = self._name_table()
+        self.placeholder_ids = self._placeholders()
+        new = [n for n, _ in self.named_parameters() if n not in before]
+        if freeze_old:
+            self.requires_grad_(False)
+            params = dict(self.named_parameters())
+            for n in new:
+                params[n].requires_grad_(True)
+        return new
+
     # ------------------------------------------------------------------ forward pieces
     def _features(self, x: torch.Tensor, key: str) -> torch.Tensor:
         """Checked batch -> tokenizer -> universal encoder -> features (B, S+1, W)."""
@@ -222,9 +316,31 @@ class OneLLM(nn.Module):
 
     @torch.no_grad()
     def routing(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        """Routing weights over the projection experts for each query token: (B, Q, K)."""
+        """Routing weights over all K projection experts for each query token: (B, Q, K);
+        exactly 0 for experts outside the modality's routes."""
         key = self.modality_key(modality)
-        return self.projection.route(self._features(x, key), key)[1]
+        weights = self.projection.route(self._features(x, key), key)[1]
+        return self.projection.full_weights(weights.float(), key)
+
+    def routing_report(self, modality: str, inputs: Any) -> dict[str, Any]:
+        """Which experts `modality` uses on `inputs` (raw inputs, a list of them, or a
+        preprocessed batch): mean weight per expert (K,) and per query token (Q, K)."""
+        key = self.modality_key(modality)
+        if (
+            isinstance(inputs, torch.Tensor)
+            and inputs.dim() == len(self.modalities[key].input_shape()) + 1
+        ):
+            x = inputs.to(self.device, self.dtype)
+        else:
+            raws = inputs if isinstance(inputs, list) else [inputs]
+            x = torch.cat([self.preprocess(r, key) for r in raws])
+        w = self.routing(x, key)  # (B, Q, K)
+        return {
+            "modality": key,
+            "experts": self.projection.routes[key],
+            "per_expert": w.mean(dim=(0, 1)).tolist(),
+            "per_query": w.mean(dim=0).tolist(),
+        }
 
     def modality_block(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         """(B, *input_shape) -> [start tag, Q tokens, end tag] embeddings (B, Q+2, D)."""

@@ -20,8 +20,9 @@ class Registry(Generic[T]):
     ... class Soft: ...
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, reserved: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.reserved = reserved  # names refused, with the reason given in the error
         self._entries: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
 
@@ -34,6 +35,10 @@ class Registry(Generic[T]):
                     raise RegistryError(
                         f"{self.kind}: invalid name {n!r}; expected lowercase letters, digits "
                         "and '_', starting with a letter"
+                    )
+                if n in self.reserved:
+                    raise RegistryError(
+                        f"{self.kind}: {n!r} clashes with the special token <{n}>; choose another name"
                     )
                 if n in self._entries or n in self._aliases:
                     raise RegistryError(f"{self.kind}: {n!r} is already registered")

@@ -120,7 +120,7 @@ class RunFiles:
 
         full, _ = get_state_dict(t.root, t.optimizer, options=FULL)  # collective
         if self.d.main:
-            clean = prepare_model(t.cfg)  # an unsharded twin to save from
+            clean, _ = prepare_model(t.cfg)  # an unsharded twin to save from
             clean.load_state_dict(
                 {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
             )

@@ -67,24 +67,34 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class AddModalityConfig:
+    """Add a modality to the starting model (`OneLLM.add_modality`) before training."""
+
+    name: str
+    type: str | None = None  # registered name, entry point, module[:Class] or file.py[:Class]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the modality's kwargs
+    new_experts: int = 0
+    init_from: str | None = None  # copy queries, router, projections, tags from this modality
+
+
+@dataclasses.dataclass
 class StageConfig:
     name: str
     init_from: str  # a model YAML (configs/tiny.yaml) or a saved run dir
     output_dir: str
     data: dict[str, SourceConfig]
-    trainable: list[str]  # parameter-name globs; everything else is frozen
+    trainable: list[str]  # parameter-name globs ("@added": what add_modality created)
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1
     grad_clip: float | None = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast)
-    compile: bool = (
-        False  # torch.compile the projection experts (bench/: ~1.3x per step, ~45 s to compile)
-    )
+    compile: bool = False  # torch.compile the experts (bench/: ~1.3x a step; ~45 s to compile)
     seed: int = 0
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     lora: LoraConfig | None = None
+    add_modality: AddModalityConfig | None = None
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: none)
     log_every: int = 10

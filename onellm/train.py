@@ -32,8 +32,9 @@ from onellm.run_state import RunFiles
 from onellm.stage import StageConfig
 
 
-def prepare_model(cfg: StageConfig):
-    """The stage's starting model (a model YAML or a saved run), with LoRA if the stage asks."""
+def prepare_model(cfg: StageConfig) -> tuple[OneLLM, list[str]]:
+    """The stage's starting model (a model YAML or a saved run), with LoRA and an added
+    modality if the stage asks. -> (model, names of the parameters add_modality created)."""
     src = cfg.init_from
     if src.endswith((".yaml", ".yml")):
         model = OneLLM.from_config(src, cfg.model_overrides)
@@ -44,7 +45,12 @@ def prepare_model(cfg: StageConfig):
         model.add_lora(
             r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=tuple(lo.target_modules)
         )
-    return model
+    added: list[str] = []
+    if cfg.add_modality is not None:
+        a = cfg.add_modality
+        spec = {**({"type": a.type} if a.type else {}), **a.options}
+        added = model.add_modality(a.name, spec, new_experts=a.new_experts, init_from=a.init_from)
+    return model, added
 
 
 def set_trainable(root: nn.Module, patterns: list[str]) -> tuple[int, int]:
@@ -105,12 +111,15 @@ class Trainer:
         self.cfg, self.quiet = cfg, quiet
         self.d = distributed.init()
         torch.manual_seed(cfg.seed)
-        self.model = prepare_model(cfg)
+        self.model, added = prepare_model(cfg)
         self.sources = {k: Source(self.model, k, s, cfg.seed) for k, s in cfg.data.items()}
         self.aux = self._aux_modules()
         # one root so that names (for patterns and checkpoints) are "model.*" / "aux.*"
         self.root = nn.ModuleDict({"model": self.model, "aux": self.aux})
-        patterns = [p if p.startswith(("model.", "aux.")) else f"model.{p}" for p in cfg.trainable]
+        if "@added" in cfg.trainable and not added:
+            raise ConfigError("trainable: '@added' needs an add_modality section")
+        expanded = [n for p in cfg.trainable for n in (added if p == "@added" else [p])]
+        patterns = [p if p.startswith(("model.", "aux.")) else f"model.{p}" for p in expanded]
         self.n_trainable, self.n_total = set_trainable(
             self.root, patterns + ["aux.*"] * bool(len(self.aux))
         )
@@ -212,7 +221,8 @@ class Trainer:
         for batch in batches:
             with autocast:
                 loss = self.loss(batch, key, items)
-            loss.backward()
+            if loss.requires_grad:  # a frozen modality's replay reaches no trainable part
+                loss.backward()
             logged += loss.detach().float()
         distributed.sync_replicated_grads(self.params, self.d.world)
         norm = distributed.clip_grad_norm(self.params, self.cfg.grad_clip, self.d)
@@ -246,7 +256,7 @@ class Trainer:
         routing = {}
         for m in results:
             x = torch.cat([model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=model)])
-            routing[m] = model.routing(x, m).mean(dim=(0, 1)).tolist()
+            routing[m] = model.routing_report(m, x)["per_expert"]
         return {"results": results, "routing": routing}
 
     def train(self) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 
 from onellm.data.draw import Scene
 from onellm.errors import InputError
-from onellm.modality import MODALITIES
+from onellm.modality import find_modality
 
 SPLITS = {"train": 0, "test": 1}
 
@@ -24,9 +24,7 @@ def modality_instance(modality: Any, model: Any = None) -> Any:
         return modality
     if model is not None:
         return model.modalities[model.modality_key(modality)]
-    import modalities  # noqa: F401  (registers the shipped modalities)
-
-    return MODALITIES.get(modality)()
+    return find_modality(modality)()
 
 
 def render(modality: Any, index: int, split: str = "train", seed: int = 0) -> Scene:

@@ -1,0 +1,160 @@
+"""Adding a modality (and experts) to a model without changing what it does for the others."""
+
+from importlib.metadata import EntryPoint
+
+import pytest
+import torch
+
+from onellm import OneLLM
+from onellm.errors import ConfigError, RegistryError
+from onellm.modality import MODALITIES, find_modality
+from onellm.registry import Registry
+from onellm.stage import load_stage
+from onellm.train import Trainer, read_metrics
+from tests.conftest import ROOT, TINY, random_input
+
+PLUGIN = ROOT / "examples" / "thermal" / "onellm_thermal.py"
+ADD_STAGE = ROOT / "configs" / "stages" / "add_modality.yaml"
+
+
+def old_logits(model, inputs, ids):
+    with torch.no_grad():
+        return {m: model.logits(ids, x, m) for m, x in inputs.items()}
+
+
+@pytest.fixture()
+def fresh():
+    torch.manual_seed(0)
+    model = OneLLM.from_config(TINY).eval()
+    inputs = {m: random_input(model, m) for m in model.modalities}
+    ids = torch.randint(3, 400, (2, 7))
+    ids[:, 0] = 1
+    return model, inputs, ids
+
+
+@pytest.mark.parametrize("new_experts", [0, 2])
+def test_old_modalities_are_bit_identical_after_add_modality(fresh, new_experts):
+    model, inputs, ids = fresh
+    before = old_logits(model, inputs, ids)
+    new = model.add_modality(
+        "thermal", {"type": str(PLUGIN)}, new_experts=new_experts, init_from="image"
+    )
+    after = old_logits(model, inputs, ids)
+    for m in before:
+        assert torch.equal(before[m], after[m]), m
+    assert model.projection.num_experts == 3 + new_experts
+    assert model.projection.routes["image"] == [0, 1, 2]
+    assert model.projection.routes["thermal"] == list(range(3 + new_experts))
+    # only the new parts train by default
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(new)
+    assert all(n.startswith(("tokenizers.thermal.", "projection.")) for n in new)
+    assert all("thermal" in n or n.startswith("projection.experts.") for n in new)
+    x = torch.randn(2, 1, 32, 32)
+    assert model.logits(ids, x, "thermal").shape == before["image"].shape
+    # copied from image: queries, projections, tags
+    proj = model.projection
+    assert torch.equal(proj.queries["thermal"], proj.queries["image"])
+    assert torch.equal(proj.in_proj["thermal"][0].weight, proj.in_proj["image"][0].weight)
+
+
+def test_routing_report_gives_new_experts_zero_weight_for_old_modalities(fresh):
+    model, inputs, _ = fresh
+    model.add_modality("thermal", {"type": str(PLUGIN)}, new_experts=1)
+    old = model.routing_report("image", inputs["image"])
+    assert old["per_expert"][3] == 0.0 and sum(old["per_expert"]) == pytest.approx(1.0)
+    assert len(old["per_query"]) == model.projection.num_queries
+    scene = MODALITIES.get("thermal")().render(__import__("numpy").random.default_rng(0))
+    new = model.routing_report("thermal", [scene.input, scene.input])
+    assert new["per_expert"][3] > 0 and sum(new["per_expert"]) == pytest.approx(1.0)
+
+
+def test_a_model_with_an_added_modality_saves_and_loads(fresh, tmp_path):
+    model, inputs, ids = fresh
+    model.add_modality("thermal", {"type": str(PLUGIN)}, new_experts=1, init_from="image")
+    x = torch.randn(2, 1, 32, 32)
+    model.save_pretrained(tmp_path / "m")
+    back = OneLLM.from_pretrained(tmp_path / "m").eval()
+    assert back.projection.routes == model.projection.routes
+    with torch.no_grad():
+        assert torch.equal(back.logits(ids, x, "thermal"), model.logits(ids, x, "thermal"))
+        assert torch.equal(
+            back.logits(ids, inputs["image"], "image"), model.logits(ids, inputs["image"], "image")
+        )
+
+
+def test_clear_errors_for_duplicates_and_special_token_names(fresh):
+    model, _, _ = fresh
+    with pytest.raises(ConfigError, match="already has it"):
+        model.add_modality("image")
+    with pytest.raises(ConfigError, match=r"<s> clashes with a special token"):
+        model.add_modality("s", {"type": "imu"})
+    with pytest.raises(RegistryError, match="'seg' clashes with the special token <seg>"):
+        MODALITIES.register("seg", object)
+    with pytest.raises(RegistryError, match="'imu' is already registered"):
+        MODALITIES.register("imu", object)
+    assert "seg" not in MODALITIES
+    reg = Registry("thing")
+    reg.register("a", 1)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.register("a", 2)
+
+
+def test_plugins_are_found_by_file_module_path_and_entry_point(monkeypatch, tmp_path):
+    cls = find_modality(str(PLUGIN), "thermal")
+    assert cls.__name__ == "ThermalModality" and MODALITIES.get("thermal") is cls
+    assert find_modality(f"{PLUGIN}:ThermalModality") is cls
+    # a module path, importable from sys.path
+    (tmp_path / "my_sonar.py").write_text(
+        "from modalities.imu import IMUModality\n"
+        "from onellm.modality import MODALITIES\n"
+        "class Sonar(IMUModality):\n    name = 'sonar'\n"
+        "MODALITIES.register('sonar', Sonar)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert find_modality("my_sonar:Sonar", "sonar").__name__ == "Sonar"
+    # an installed plug-in: its entry point is loaded by name
+    (tmp_path / "radar_plugin.py").write_text(
+        "from modalities.imu import IMUModality\nclass Radar(IMUModality):\n    name = 'radar'\n"
+    )
+    eps = [EntryPoint("radar", "radar_plugin:Radar", "onellm.modalities")]
+    monkeypatch.setattr("onellm.modality.entry_points", lambda group: eps)
+    assert find_modality("radar").__name__ == "Radar"
+    # and from YAML: the model config names the type
+    model = OneLLM.from_config(TINY, ["modalities={radar: {length: 64}}"])
+    assert type(model.modalities["radar"]).__name__ == "Radar"
+    with pytest.raises(ConfigError, match="cannot import"):
+        find_modality("no_such_pkg.mod", "x")
+
+
+def test_shipped_modalities_are_declared_as_entry_points():
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="onellm.modalities")}
+    assert names >= {"image", "video", "audio", "point", "depth", "normal", "imu", "fmri"}
+
+
+def test_a_short_add_modality_stage_trains_only_the_new_parts(tmp_path):
+    torch.manual_seed(0)
+    base = OneLLM.from_config(TINY).eval()
+    base.save_pretrained(tmp_path / "base")
+    inputs = {m: random_input(base, m) for m in ("image", "audio", "imu")}
+    ids = torch.randint(3, 400, (2, 7))
+    ids[:, 0] = 1
+    before = old_logits(base, inputs, ids)
+    cfg = load_stage(ADD_STAGE, [
+        f"init_from={tmp_path / 'base'}", f"output_dir={tmp_path / 'run'}", "steps=30",
+        "batch_size=8", "log_every=1", "eval.samples=4", "eval.modalities=[thermal]",
+        "schedule.warmup_steps=2", "data.thermal.pool=64", "add_modality.type=" + str(PLUGIN),
+    ])  # fmt: skip
+    t = Trainer(cfg, quiet=True)
+    assert t.n_trainable == sum(p.numel() for p in t.model.parameters() if p.requires_grad)
+    final = t.train()
+    losses = [r["loss"] for r in read_metrics(cfg.output_dir)
+              if r["event"] == "train" and r["source"] == "thermal"]  # fmt: skip
+    assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:3]) / 3
+    trained = OneLLM.from_pretrained(final).eval()
+    after = old_logits(trained, inputs, ids)
+    for m in before:
+        assert torch.equal(before[m], after[m]), m
+    assert "thermal" in trained.modalities and trained.projection.num_experts == 4
