@@ -56,7 +56,26 @@ def plot_run(run: str | Path) -> list[Path]:
                     routing, out / "routing.png", f"{run.name}: mean routing weight per expert"
                 )
             )
+        per_query = evals[-1].get("routing_per_query", {})
+        if per_query:
+            written.append(plot_routing_per_query(per_query, out / "routing_per_query.png"))
     return written
+
+
+def plot_routing_per_query(per_query: dict[str, list[list[float]]], path: Path) -> Path:
+    """One heat map per modality: query token (rows) x expert (columns), mean weight."""
+    names = list(per_query)
+    fig, axes = plt.subplots(1, len(names), figsize=(1.3 * len(names) + 1.5, 3.5), squeeze=False)
+    for ax, m in zip(axes[0], names, strict=True):
+        im = ax.imshow(per_query[m], vmin=0, vmax=1, cmap="magma", aspect="auto")
+        ax.set(title=m, xlabel="expert")
+        ax.set_xticks(range(len(per_query[m][0])))
+    axes[0][0].set_ylabel("query token")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.04)
+    fig.suptitle("routing weight per query token", y=1.02)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def plot_routing(routing: dict[str, list[float]], path: Path, title: str) -> Path:

@@ -253,11 +253,12 @@ class Trainer:
         e = self.cfg.eval
         results = {m: evaluate(model, m, samples=e.samples, seed=self.cfg.seed + 1, max_new_tokens=e.max_new_tokens)
                    for m in self.eval_modalities()}  # fmt: skip
-        routing = {}
+        routing, per_query = {}, {}
         for m in results:
             x = torch.cat([model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=model)])
-            routing[m] = model.routing_report(m, x)["per_expert"]
-        return {"results": results, "routing": routing}
+            report = model.routing_report(m, x)
+            routing[m], per_query[m] = report["per_expert"], report["per_query"]
+        return {"results": results, "routing": routing, "routing_per_query": per_query}
 
     def train(self) -> Path:
         cfg = self.cfg

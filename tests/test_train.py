@@ -42,6 +42,7 @@ def test_a_short_stage_lowers_the_loss_and_keeps_frozen_parts(tmp_path):
         "loss.png",
         "accuracy.png",
         "routing.png",
+        "routing_per_query.png",
     }
     events = [r["event"] for r in read_metrics(cfg.output_dir)]
     assert events[0] == "start" and "eval" in events
