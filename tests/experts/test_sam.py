@@ -1,0 +1,51 @@
+"""The SAM mask decoder: assembled from segment-anything, original .pth layout, prompted by embeddings."""
+
+import pytest
+import torch
+
+from experts.decoders.sam import SamMaskDecoder, build_sam, mask_loss
+from onellm.errors import CheckpointError
+
+TINY_SAM = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, heads=2, global_attn=(1,),
+                window_size=4, prompt_dim=32, decoder_mlp=64, decoder_heads=2)  # fmt: skip
+
+
+def test_a_sam_saved_as_the_original_pth_loads_back(tmp_path):
+    sam = build_sam(**TINY_SAM)
+    torch.save(sam.state_dict(), tmp_path / "sam_tiny.pth")
+    back = build_sam(**TINY_SAM, checkpoint=tmp_path / "sam_tiny.pth")
+    for (n, a), (_, b) in zip(sam.state_dict().items(), back.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    with pytest.raises(CheckpointError, match="does not fit"):
+        build_sam(**{**TINY_SAM, "embed_dim": 48}, checkpoint=tmp_path / "sam_tiny.pth")
+
+
+def test_a_pickled_object_is_refused(tmp_path):
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "evil.pth")  # a pickled module
+    with pytest.raises(CheckpointError, match="weights_only"):
+        build_sam(**TINY_SAM, checkpoint=tmp_path / "evil.pth")
+
+
+def test_prompts_reach_the_mask_decoder_and_not_the_frozen_image_encoder():
+    dec = SamMaskDecoder(build_sam(**TINY_SAM))
+    images = torch.rand(2, 3, 48, 48)
+    emb, size = dec.embed_images(images)
+    assert emb.shape == (2, 32, 8, 8) and size == (64, 64)
+    prompts = [torch.randn(2, 32, requires_grad=True), torch.randn(1, 32, requires_grad=True)]
+    masks = dec(emb, prompts, size, (48, 48))
+    assert [m.shape for m in masks] == [(2, 48, 48), (1, 48, 48)]  # two <seg> -> two masks
+    assert not torch.allclose(masks[0][0], masks[0][1])  # each prompt its own mask
+    loss = sum(mask_loss(m, torch.rand_like(m) > 0.5) for m in masks)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompts)
+    assert all(p.grad is None for p in dec.sam.image_encoder.parameters())
+    assert any(p.grad is not None for p in dec.sam.mask_decoder.parameters())
+
+
+def test_mask_loss_is_lisa_weighted_bce_plus_dice():
+    logits = torch.tensor([[[10.0, -10.0]]])
+    target = torch.tensor([[[1.0, 0.0]]])
+    assert mask_loss(logits, target) < 1e-3  # perfect
+    wrong = mask_loss(-logits, target)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(-logits, target)
+    assert wrong == pytest.approx(2.0 * bce.item() + 0.5 * (1 - 1 / 3), rel=1e-3)
