@@ -18,6 +18,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from onellm.errors import InputError
+from onellm.special_tokens import encode_prompt
 from onellm.template import Turn, cut_at_stop, render_prompt, stream_visible
 
 if TYPE_CHECKING:
@@ -76,9 +77,8 @@ def prompt_ids(model: OneLLM, text: str, given: Sequence[str]) -> list[int]:
     """Tokenise `text`, put missing placeholders first, check counts, expand each to Q+2 ids."""
     tok = model.text_tokenizer
     lead = "".join(f"<{k}>" for k in given if f"<{k}>" not in text)
-    ids = tok(lead + text, add_special_tokens=True).input_ids
-    if tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
-        ids = [tok.bos_token_id, *ids]
+    # only placeholders become special ids: a typed "<seg>" stays text (onellm/special_tokens.py)
+    ids = encode_prompt(tok, lead + text, [f"<{k}>" for k in model.placeholder_ids])
     out: list[int] = []
     counts = {k: ids.count(pid) for k, pid in model.placeholder_ids.items()}
     for key, n in counts.items():
