@@ -118,6 +118,10 @@ class ImageModality:
     def preprocess(self, raw: Any) -> torch.Tensor:
         return clip_transform(to_image_tensor(self.name, raw), self.size)
 
+    def pixels(self, raw: Any) -> torch.Tensor:
+        """The raw image as RGB (3, H, W) in [0, 1] at its own size (for SAM, masks)."""
+        return to_image_tensor(self.name, raw)
+
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return ClipPatchTokenizer()
 

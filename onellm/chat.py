@@ -154,6 +154,10 @@ def chat(
         )
         for row in out.tolist()
     ]
+    if model.output_token_ids:
+        from onellm.outputs import attach_outputs
+
+        attach_outputs(model, replies, input_ids, attention_mask, blocks, out, samples)
     return replies if batched else replies[0]
 
 

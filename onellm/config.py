@@ -98,6 +98,21 @@ class ChatConfig:
 
 
 @dataclasses.dataclass
+class OutputConfig:
+    """One output task (`seg`, `gen`): its special token's head and its decoder.
+
+    `decoder`: `{type: sam | diffusion, **kwargs}` (experts/decoders/). `tokens`: signal
+    tokens per group (gen: N `<gen>` in a row make one image). `head`: extra head kwargs.
+    """
+
+    decoder: dict[str, Any] = dataclasses.field(default_factory=dict)
+    experts: int = 2
+    use_embedding: bool = True
+    tokens: int = 1
+    head: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """The whole model. `modalities` maps a name to `{type: <registry name>, **kwargs}`."""
 
@@ -106,6 +121,7 @@ class ModelConfig:
     projection: ProjectionConfig = dataclasses.field(default_factory=ProjectionConfig)
     modalities: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     chat: ChatConfig = dataclasses.field(default_factory=ChatConfig)
+    outputs: dict[str, OutputConfig] = dataclasses.field(default_factory=dict)  # <seg>, <gen>, ...
     dtype: str = "float32"
     vars: dict[str, Any] = dataclasses.field(default_factory=dict)  # free-form, for ${vars.x}
 

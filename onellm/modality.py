@@ -61,7 +61,8 @@ class Modality(Protocol):
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module: ...
 
     # Optional: `bind(encoder)` fills sizes left unset from the encoder (image-like
-    # modalities take its image size); `render(rng) -> Scene` gives synthetic scenes.
+    # modalities take its image size); `render(rng) -> Scene` gives synthetic scenes;
+    # `pixels(raw) -> (3, H, W)` in [0, 1] marks an input a `<seg>` mask can be drawn on.
 
 
 # a modality's placeholder is `<name>`: these names would collide with the tokenizer's own

@@ -72,6 +72,31 @@ def _copy_modality_parts(proj: UniversalProjection, src: str, dst: str) -> None:
                     t[row] = theirs[n][src_routes.index(e)] if e in src_routes else mean
 
 
+def build_outputs(cfg: ModelConfig, llm_width: int) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+    """Each `outputs.<task>`: its decoder (experts/decoders/) and the head that drives it."""
+    from experts.decoders import DECODERS
+    from experts.output import OUTPUT_HEADS
+
+    heads, decoders = nn.ModuleDict(), nn.ModuleDict()
+    for task, out in cfg.outputs.items():
+        spec = dict(out.decoder)
+        kind = spec.pop("type", None)
+        if kind is None:
+            raise ConfigError(
+                f"outputs.{task}.decoder: name its type ({', '.join(DECODERS.names())})"
+            )
+        check_kwargs(DECODERS.get(kind), spec, f"outputs.{task}.decoder")
+        decoder = DECODERS.build(kind, **spec)
+        head_kwargs = dict(out.head)
+        head_cls = OUTPUT_HEADS.get(head_kwargs.pop("type", decoder.head))
+        check_kwargs(head_cls, head_kwargs, f"outputs.{task}.head")
+        heads[task] = head_cls(llm_width=llm_width, out_dim=decoder.condition_dim,
+                               num_experts=out.experts, use_embedding=out.use_embedding,
+                               **head_kwargs)  # fmt: skip
+        decoders[task] = decoder
+    return heads, decoders
+
+
 class OneLLM(nn.Module):
     """One multimodal LLM. Build with `OneLLM.from_config(...)`.
 
@@ -89,6 +114,8 @@ class OneLLM(nn.Module):
         projection: UniversalProjection,
         llm: LlamaForCausalLM,
         text_tokenizer: PreTrainedTokenizerBase | None = None,
+        heads: nn.ModuleDict | None = None,
+        decoders: nn.ModuleDict | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -100,6 +127,16 @@ class OneLLM(nn.Module):
         self.text_tokenizer = text_tokenizer
         self._names = self._name_table()
         self.placeholder_ids = self._placeholders()
+        self.heads = heads if heads is not None else nn.ModuleDict()  # output experts per task
+        self.decoders = decoders if decoders is not None else nn.ModuleDict()
+        self.output_token_ids: dict[str, int] = {}
+        if len(self.heads):
+            if text_tokenizer is None:
+                raise ConfigError("outputs: output tokens need a text tokenizer (llm.tokenizer)")
+            from onellm.special_tokens import add_special_tokens
+
+            ids = add_special_tokens(text_tokenizer, llm, [f"<{t}>" for t in self.heads])
+            self.output_token_ids = {t: ids[f"<{t}>"] for t in self.heads}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -140,6 +177,7 @@ class OneLLM(nn.Module):
             tokenizers[name] = mod.build_tokenizer(encoder=encoder)
             projection.add_modality(name, output_scale=scale, experts=p.routes.get(name))
         llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
+        heads, decoders = build_outputs(cfg, llm.config.hidden_size)
         model = cls(
             config=cfg,
             modalities=mods,
@@ -148,6 +186,8 @@ class OneLLM(nn.Module):
             projection=projection,
             llm=llm,
             text_tokenizer=build_text_tokenizer(cfg.llm, cfg.chat),
+            heads=heads,
+            decoders=decoders,
         )
         return model.to(dtype)
 

@@ -69,6 +69,9 @@ class DiffusionDecoder(nn.Module):
     def cross_dim(self) -> int:
         return self.unet.config.cross_attention_dim
 
+    condition_dim = cross_dim  # what an output head must produce
+    head = "gen"  # the output head kind that drives this decoder
+
     @property
     def image_size(self) -> int:
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1

@@ -121,6 +121,9 @@ class SamMaskDecoder(nn.Module):
     def image_size(self) -> int:
         return self.sam.image_encoder.img_size
 
+    condition_dim = prompt_dim  # what an output head must produce
+    head = "seg"  # the output head kind that drives this decoder
+
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) RGB in [0, 1] -> SAM's input (longest side resized, normalised,
         padded) and the resized (h, w) that `masks` crops back to."""

@@ -1,0 +1,106 @@
+"""From the LLM's special tokens to decoder outputs: `<seg>` -> masks, `<gen>` groups -> images.
+
+The hidden state at each output token (last layer, at the token's own position) and that
+token's input embedding go through the task's output head (experts/output.py), routed by
+the token id, into its decoder (experts/decoders/). Used by `chat` after generation, and
+by training for the decoder losses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from experts.output import token_states
+from onellm.errors import InputError
+
+if TYPE_CHECKING:
+    from onellm.model import OneLLM
+
+
+def last_hidden(
+    model: OneLLM, ids: torch.Tensor, attention_mask: torch.Tensor | None, blocks: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) ids with placeholder runs -> last-layer hidden states and input embeddings."""
+    embeds = model.embed(ids, blocks)
+    out = model.llm(inputs_embeds=embeds, attention_mask=attention_mask,
+                    output_hidden_states=True, use_cache=False)  # fmt: skip
+    return out.hidden_states[-1], embeds
+
+
+def seg_prompts(model: OneLLM, ids, hidden, embeds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every `<seg>` in reading order -> SAM prompts (N, C) and their sample index (N,)."""
+    states, emb, batch_index = token_states(ids, hidden, embeds, model.output_token_ids["seg"])
+    prompts, _ = model.heads["seg"](states, emb)
+    return prompts, batch_index
+
+
+def seg_mask_logits(
+    model: OneLLM,
+    prompts: torch.Tensor,
+    batch_index: torch.Tensor,
+    images: list[torch.Tensor | None],
+) -> list[torch.Tensor]:
+    """Per sample, mask logits (N_i, H, W) at its image's size for its `<seg>` prompts."""
+    decoder = model.decoders["seg"]
+    out = []
+    for i, image in enumerate(images):
+        mine = prompts[batch_index == i]
+        if image is None:
+            if len(mine):
+                raise InputError(
+                    "seg: a <seg> answer needs an image input to draw its mask on, got none"
+                )
+            out.append(prompts.new_zeros(0, 0, 0))
+            continue
+        emb, size = decoder.embed_images(image[None].to(prompts.device))
+        out += decoder(emb, [mine], size, tuple(image.shape[-2:]))
+    return out
+
+
+def gen_conditions(model: OneLLM, ids, hidden, embeds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every run of N `<gen>` tokens -> UNet conditioning (G, L, C) and sample index (G,)."""
+    n = model.config.outputs["gen"].tokens
+    states, emb, batch_index = token_states(ids, hidden, embeds, model.output_token_ids["gen"])
+    g = states.shape[0] // n
+    if g == 0:
+        return states.new_zeros(0, 0, model.decoders["gen"].condition_dim), batch_index[:0]
+    states, emb = states[: g * n].reshape(g, n, -1), emb[: g * n].reshape(g, n, -1)
+    cond, _ = model.heads["gen"](states, emb)
+    return cond, batch_index[: g * n : n]
+
+
+@torch.no_grad()
+def attach_outputs(
+    model: OneLLM, replies, prompt_ids, attention_mask, blocks, generated, samples
+) -> None:
+    """Fill `.masks` / `.images` of each reply whose generated text holds output tokens."""
+    out_ids = set(model.output_token_ids.values())
+    if not out_ids or not any(i in out_ids for row in generated.tolist() for i in row):
+        return
+    ids = torch.cat([prompt_ids, generated], dim=1)
+    mask = torch.cat([attention_mask, torch.ones_like(generated)], dim=1)
+    hidden, embeds = last_hidden(model, ids, mask, blocks)
+    only_new = torch.zeros_like(ids, dtype=torch.bool)
+    only_new[:, prompt_ids.shape[1] :] = True
+    ids = ids.masked_fill(~only_new, -1)  # output tokens count only where the model emitted them
+    if "seg" in model.heads:
+        prompts, where = seg_prompts(model, ids, hidden, embeds)
+        masks = seg_mask_logits(model, prompts, where, [_pixels(model, s) for s in samples])
+        for reply, m in zip(replies, masks, strict=True):
+            reply.masks = [x > 0 for x in m]
+    if "gen" in model.heads:
+        cond, where = gen_conditions(model, ids, hidden, embeds)
+        images = model.decoders["gen"].sample(cond) if len(cond) else []
+        for i, reply in enumerate(replies):
+            reply.images = [im for im, b in zip(images, where.tolist(), strict=True) if b == i]
+
+
+def _pixels(model: OneLLM, sample: dict[str, Any]) -> torch.Tensor | None:
+    """The sample's first input that can carry a mask (a modality with `pixels`)."""
+    for key, raw in sample.items():
+        mod = model.modalities[key]
+        if hasattr(mod, "pixels"):
+            return mod.pixels(raw)
+    return None

@@ -1,0 +1,94 @@
+"""Output experts in the model: <seg> -> masks, <gen> groups -> images, trained by gradient."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from experts.decoders.sam import mask_loss
+from onellm import OneLLM
+from onellm.outputs import last_hidden, seg_mask_logits, seg_prompts
+from tests.conftest import TINY
+
+OUTPUTS = {
+    "seg": {"decoder": {"type": "sam", "image_size": 64, "patch_size": 8, "embed_dim": 32,
+                        "depth": 2, "heads": 2, "global_attn": [1], "window_size": 4,
+                        "prompt_dim": 32, "decoder_mlp": 64, "decoder_heads": 2}},
+    "gen": {"decoder": {"type": "diffusion", "tiny": {"sample_size": 16, "cross_dim": 32},
+                        "steps": 3}, "tokens": 4, "head": {"width": 32, "num_queries": 8}},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = yaml.safe_load(TINY.read_text())
+    return OneLLM.from_config({**cfg, "outputs": OUTPUTS}).eval()
+
+
+def image(h=40, w=48):
+    return np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def forced(model, token, n):
+    """generate kwargs that make the model emit `token` n times."""
+    tid = model.output_token_ids[token]
+    return {"sequence_bias": {(tid,): 100.0}, "max_new_tokens": n, "min_new_tokens": n}
+
+
+def test_output_tokens_are_single_ids(model):
+    tok = model.text_tokenizer
+    for task, i in model.output_token_ids.items():
+        assert tok(f"<{task}>", add_special_tokens=False).input_ids == [i]
+
+
+def test_two_seg_tokens_give_two_masks_at_the_input_resolution(model):
+    reply = model.chat(image(), modality="image", prompt="segment the red circle",
+                       stop_strings=None, **forced(model, "seg", 2))  # fmt: skip
+    assert len(reply.masks) == 2
+    assert all(m.dtype == torch.bool and m.shape == (40, 48) for m in reply.masks)
+    assert reply.images == []
+
+
+def test_typed_seg_text_does_not_trigger_the_decoder(model):
+    bad = [[i] for i in model.output_token_ids.values()]
+    reply = model.chat(image(), modality="image", prompt="<seg> <seg> please", max_new_tokens=3,
+                       bad_words_ids=bad, stop_strings=None)  # fmt: skip
+    assert reply.masks == [] and reply.images == []
+
+
+def test_a_group_of_gen_tokens_gives_one_image(model):
+    reply = model.chat(
+        None, prompt="draw a green square", stop_strings=None, **forced(model, "gen", 4)
+    )
+    assert len(reply.images) == 1 and reply.images[0].size == (16, 16)
+
+
+def test_seg_states_reach_the_mask_decoder_with_gradients_to_the_output_experts(model):
+    model.zero_grad(set_to_none=True)
+    tok = model.text_tokenizer
+    seg = model.output_token_ids["seg"]
+    ids = torch.tensor([[tok.bos_token_id, 30, 40, seg, 50, seg]])
+    hidden, embeds = last_hidden(model, ids, None, {})
+    prompts, where = seg_prompts(model, ids, hidden, embeds)
+    assert prompts.shape == (2, 32) and where.tolist() == [0, 0]
+    pixels = torch.rand(3, 40, 48)
+    (logits,) = seg_mask_logits(model, prompts, where, [pixels])
+    assert logits.shape == (2, 40, 48)
+    mask_loss(logits, torch.rand(2, 40, 48) > 0.5).backward()
+    assert all(p.grad is not None for p in model.heads["seg"].parameters())
+    assert all(p.grad is None for p in model.decoders["seg"].sam.image_encoder.parameters())
+    assert all(p.grad is None for p in model.llm.parameters())  # frozen LLM
+    model.zero_grad(set_to_none=True)
+
+
+def test_a_model_with_outputs_saves_and_loads(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    back = OneLLM.from_pretrained(tmp_path / "m").eval()
+    assert back.output_token_ids == model.output_token_ids
+    for (n, a), (_, b) in zip(
+        model.heads.state_dict().items(), back.heads.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), n
+    sd_a, sd_b = model.decoders.state_dict(), back.decoders.state_dict()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
