@@ -110,6 +110,7 @@ class OutputConfig:
     use_embedding: bool = True
     tokens: int = 1
     head: dict[str, Any] = dataclasses.field(default_factory=dict)
+    loss: dict[str, float] = dataclasses.field(default_factory=dict)  # seg: bce, dice; gen: mse
 
 
 @dataclasses.dataclass

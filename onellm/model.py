@@ -130,9 +130,7 @@ class OneLLM(nn.Module):
         self.heads = heads if heads is not None else nn.ModuleDict()  # output experts per task
         self.decoders = decoders if decoders is not None else nn.ModuleDict()
         self.output_token_ids: dict[str, int] = {}
-        if len(self.heads):
-            if text_tokenizer is None:
-                raise ConfigError("outputs: output tokens need a text tokenizer (llm.tokenizer)")
+        if len(self.heads) and text_tokenizer is not None:  # without one: ids only, no outputs
             from onellm.special_tokens import add_special_tokens
 
             ids = add_special_tokens(text_tokenizer, llm, [f"<{t}>" for t in self.heads])

@@ -71,6 +71,31 @@ def gen_conditions(model: OneLLM, ids, hidden, embeds) -> tuple[torch.Tensor, to
     return cond, batch_index[: g * n : n]
 
 
+def decoder_loss(
+    model: OneLLM, task: str, batch: dict, out: Any, modality: str | None
+) -> torch.Tensor:
+    """The decoder's loss for a training batch whose answers hold the task's tokens:
+    seg: LISA's 2.0 x BCE + 0.5 x Dice per mask (`outputs.seg.loss`); gen: the denoising
+    MSE (x `outputs.gen.loss.mse`). `out`: the model's forward with hidden states."""
+    from experts.decoders.sam import mask_loss
+
+    ids = batch["input_ids"]
+    if modality is not None:  # the forward widened the sequence with the modality block
+        ids = model.insert_placeholders(ids, modality)[0]
+    hidden, embeds = out.hidden_states[-1], out.hidden_states[0]
+    weights = dict(model.config.outputs[task].loss)
+    if task == "seg":
+        prompts, where = seg_prompts(model, ids, hidden, embeds)
+        logits = seg_mask_logits(model, prompts, where, batch["seg_pixels"])
+        per = [mask_loss(lg, m[None].expand_as(lg), **weights)
+               for lg, m in zip(logits, batch["seg_masks"], strict=True) if len(lg)]  # fmt: skip
+        return torch.stack(per).mean() if per else hidden.sum() * 0
+    cond, where = gen_conditions(model, ids, hidden, embeds)
+    if not len(cond):
+        return hidden.sum() * 0
+    return model.decoders["gen"].loss(batch["gen_images"][where], cond) * weights.get("mse", 1.0)
+
+
 @torch.no_grad()
 def attach_outputs(
     model: OneLLM, replies, prompt_ids, attention_mask, blocks, generated, samples

@@ -13,7 +13,7 @@ from typing import Any
 from onellm.config import load_config
 from onellm.errors import ConfigError
 
-TASKS = ("caption", "instruct", "lm", "clip")
+TASKS = ("caption", "instruct", "lm", "clip", "seg", "gen")
 
 
 @dataclasses.dataclass
@@ -21,7 +21,7 @@ class SourceConfig:
     """One data source. A step samples a source by `weight`; a batch holds one source."""
 
     modality: str | None = None  # default: the source's key; none for task lm
-    task: str = "caption"  # caption | instruct | lm | clip
+    task: str = "caption"  # caption | instruct | lm | clip | seg | gen (output experts)
     weight: float = 1.0
     data: str = "synthetic"  # "synthetic" (the shapes world) or a JSONL manifest path
     pool: int = 2048  # synthetic: distinct training scenes, reshuffled every pass

@@ -181,6 +181,11 @@ class Trainer:
             batch = collate(rows, self.model.text_tokenizer.pad_token_id or 0)
             if src.modality is not None and src.cfg.task != "clip":
                 batch["inputs"] = torch.cat([ex.input for ex in examples])
+            if src.cfg.task == "seg":
+                batch["seg_masks"] = [ex.targets["mask"] for ex in examples]
+                batch["seg_pixels"] = [ex.targets["pixels"] for ex in examples]
+            if src.cfg.task == "gen":
+                batch["gen_images"] = torch.stack([ex.targets["image"] for ex in examples])
             if src.cfg.task == "clip":
                 batch["pixels"] = torch.cat([ex.input for ex in examples])
                 batch["captions"] = [ex.caption for ex in examples]
@@ -197,11 +202,20 @@ class Trainer:
                 * batch["pixels"].shape[0]
                 / items
             )
+        decoding = src.cfg.task in ("seg", "gen")
+        modality = src.modality if "inputs" in batch else None
         out = self.model(
-            batch["input_ids"], inputs=batch.get("inputs"), modality=src.modality if "inputs" in batch else None,
+            batch["input_ids"], inputs=batch.get("inputs"), modality=modality,
             attention_mask=batch["attention_mask"], labels=batch["labels"], num_items_in_batch=items,
+            output_hidden_states=decoding,
         )  # fmt: skip
-        return out.loss
+        if not decoding:
+            return out.loss
+        from onellm.outputs import decoder_loss
+
+        extra = decoder_loss(self.model, src.cfg.task, batch, out, modality)
+        self._decoder_losses.append(float(extra.detach()))
+        return out.loss + extra / len(self._micro)
 
     def train_step(self, step: int) -> dict[str, Any]:
         key = self.source_for(step)
@@ -216,6 +230,8 @@ class Trainer:
             total / self.d.world
         )  # per-process normaliser: FSDP averages gradients over processes
         logged = torch.zeros(())
+        self._decoder_losses: list[float] = []
+        self._micro = batches
         autocast = torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16,
                                   enabled=self.cfg.precision == "bf16")  # fmt: skip
         for batch in batches:
@@ -230,12 +246,15 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = float(self.d.all_sum(logged)) / self.d.world
-        return {
+        stats = {
             "loss": loss_value,
             "source": key,
             "grad_norm": norm,
             "lr": max(self.scheduler.get_last_lr()),
         }
+        if self._decoder_losses:  # the mask / denoising part of the loss, on its own
+            stats["decoder_loss"] = sum(self._decoder_losses) / len(self._decoder_losses)
+        return stats
 
     # ------------------------------------------------------------------ the loop
     def eval_modalities(self) -> list[str]:

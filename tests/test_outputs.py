@@ -92,3 +92,26 @@ def test_a_model_with_outputs_saves_and_loads(model, tmp_path):
         assert torch.equal(a, b), n
     sd_a, sd_b = model.decoders.state_dict(), back.decoders.state_dict()
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_a_short_decoder_stage_lowers_both_decoder_losses(tmp_path):
+    from onellm.stage import load_stage
+    from onellm.train import Trainer, read_metrics
+    from tests.conftest import ROOT
+
+    torch.manual_seed(0)
+    OneLLM.from_config(TINY).save_pretrained(tmp_path / "base")
+    cfg = load_stage(ROOT / "configs" / "stages" / "stage5_decoders.yaml", [
+        f"init_from={tmp_path / 'base'}", f"output_dir={tmp_path / 'run'}", "steps=24",
+        "batch_size=4", "log_every=1", "eval.samples=2", "eval.modalities=[image]",
+        "data.seg.pool=16", "data.gen.pool=16", "data.image.weight=0", "data.audio.weight=0",
+        "trainable=[heads.*, decoders.seg.sam.mask_decoder.*, decoders.gen.unet.*]",
+        "optimizer.lr=3e-3", "schedule.warmup_steps=2",
+    ])  # fmt: skip
+    t = Trainer(cfg, quiet=True)
+    t.train()
+    records = [r for r in read_metrics(cfg.output_dir) if r["event"] == "train"]
+    for task in ("seg", "gen"):
+        losses = [r["decoder_loss"] for r in records if r["source"] == task]
+        assert len(losses) >= 6, task
+        assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, (task, losses)

@@ -24,7 +24,9 @@ def tokens(
     context_mix: float = 0.0,
 ):  # fmt: skip
     """-> (input_ids, labels) lists for one example."""
-    use_turns = task in ("instruct", "lm") and example.turns and rng.random() >= caption_mix
+    use_turns = task in ("seg", "gen") or (
+        task in ("instruct", "lm") and example.turns and rng.random() >= caption_mix
+    )
     segments = render_training(
         chat, example.turns if use_turns else None, None if use_turns else example.caption
     )

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from onellm.data import shapes
+from onellm.data import shapes, tasks
 from onellm.data.manifest import read_manifest
+from onellm.errors import ConfigError
 from onellm.stage import SourceConfig
 
 
@@ -25,6 +26,7 @@ class Example:
     caption: str | None
     turns: list[tuple[str, str]]
     raw: Any = None  # the raw input (kept for the contrastive stage's images)
+    targets: dict[str, torch.Tensor] | None = None  # seg: mask, pixels; gen: image
 
 
 class Source:
@@ -34,12 +36,22 @@ class Source:
         self.cfg, self.seed = cfg, seed
         self.modality = (
             None
-            if cfg.task == "lm" and cfg.modality is None
+            if cfg.task in ("lm", "gen") and cfg.modality is None
             else model.modality_key(cfg.modality or key)
         )
+        if cfg.task in ("seg", "gen") and cfg.task not in model.output_token_ids:
+            raise ConfigError(
+                f"data.{key}: task {cfg.task} needs outputs.{cfg.task} in the model config"
+            )
         self._model = model
         self._cache: dict[int, Example] = {}
-        if cfg.data == "synthetic":
+        if cfg.task in ("seg", "gen"):
+            if cfg.data != "synthetic":
+                raise ConfigError(
+                    f"data.{key}: task {cfg.task} reads the synthetic shapes world only"
+                )
+            self.records, self.size = None, cfg.pool
+        elif cfg.data == "synthetic":
             self.records = None
             self.size = cfg.pool
             kinds = [self.modality] if self.modality else list(model.modalities)
@@ -63,6 +75,8 @@ class Source:
         return self._cache[i]
 
     def _load(self, i: int) -> Example:
+        if self.cfg.task in ("seg", "gen"):
+            return self._task(i)
         if self.records is not None:
             r = self.records[i]
             return Example(
@@ -74,6 +88,21 @@ class Source:
         turns = conversation(scene, rng)
         x = None if self.cfg.task == "lm" else self._model.preprocess(scene.input, self.modality)
         return Example(x, scene.caption, turns, scene.input)
+
+    def _task(self, i: int) -> Example:
+        """A seg / gen example of the shapes world (onellm/data/tasks.py)."""
+        m = self._model
+        if self.cfg.task == "seg":
+            size = m.modalities[self.modality].input_shape()[-1]
+            sc = tasks.seg_scene(i, "train", self.seed, size=size)
+            pixels = torch.from_numpy(sc.image).permute(2, 0, 1).float() / 255
+            targets = {"mask": torch.from_numpy(sc.mask), "pixels": pixels}
+            return Example(m.preprocess(sc.image, self.modality), None, [(sc.prompt, sc.answer)],
+                           sc.image, targets)  # fmt: skip
+        n = m.config.outputs["gen"].tokens
+        sc = tasks.gen_scene(i, "train", self.seed, size=m.decoders["gen"].image_size, tokens=n)
+        image = torch.from_numpy(sc.target).permute(2, 0, 1).float() / 255
+        return Example(None, None, [(sc.prompt, sc.answer)], None, {"image": image})
 
 
 def conversation(scene: shapes.Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
