@@ -64,12 +64,20 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
 
     from onellm.evaluate import evaluate
 
     model = load_model(args.run).eval()
+    if args.task:
+        from onellm.evaluate import evaluate_outputs
+
+        results = {
+            t: evaluate_outputs(model, t, samples=args.samples, seed=args.seed) for t in args.task
+        }
+        for t, r in results.items():
+            name = "seg_miou" if t == "seg" else "gen_color_accuracy"
+            print(f"{t:<4} n={r['n']:<4} {name} {r[name]:.3f}")
+        return _write(results, args)
     mods = args.modality or sorted(model.modalities)
     results = {
         m: evaluate(model, m, samples=args.samples, data=args.data, seed=args.seed) for m in mods
@@ -79,6 +87,13 @@ def _eval(args: argparse.Namespace) -> int:
         print(
             f"{m:<9} {r['n']:>5} {100 * r['exact_match']:>6.1f}% {r['bleu4']:>7.3f} {r['cider']:>7.3f}"
         )
+    return _write(results, args)
+
+
+def _write(results: dict, args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
     out = (
         Path(args.json)
         if args.json
@@ -144,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", help="a JSONL manifest with captions; default: the shapes world's test split"
     )
+    p.add_argument(
+        "--task", action="append", choices=("seg", "gen"),
+        help="output experts instead: seg (mIoU) or gen (colour accuracy); repeatable",
+    )  # fmt: skip
     p.add_argument("--samples", type=int, default=100, help="shapes-world scenes per modality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="where to write the results (default: RUN/eval.json)")

@@ -21,6 +21,7 @@ STAGES = (
     "stage2_video_audio_point",
     "stage3_depth_normal_imu_fmri",
     "stage4_instruct",
+    "stage5_decoders",
 )
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "stages"
 
@@ -31,6 +32,17 @@ def final_accuracy(run: Path) -> dict[str, float]:
 
     finals = [r for r in read_metrics(run) if r["event"] == "eval" and r.get("final")]
     return {m: v["exact_match"] for m, v in finals[-1]["results"].items()} if finals else {}
+
+
+def final_outputs(run: Path) -> dict[str, float]:
+    """seg_miou / gen_color_accuracy of the stage's final evaluation (stages that train them)."""
+    from onellm.train import read_metrics
+
+    finals = [r for r in read_metrics(run) if r["event"] == "eval" and r.get("final")]
+    outs = finals[-1].get("outputs", {}) if finals else {}
+    return {
+        k: v for o in outs.values() for k, v in o.items() if k in ("seg_miou", "gen_color_accuracy")
+    }
 
 
 def table(stages: list[dict[str, Any]]) -> str:
@@ -69,8 +81,10 @@ def run_demo(
         final = train(cfg, quiet=quiet)
         stages.append({"name": cfg.name, "accuracy": final_accuracy(Path(cfg.output_dir)),
                        "seconds": time.perf_counter() - t, "run": cfg.output_dir})  # fmt: skip
+    decoders = final_outputs(Path(stages[-1]["run"]))
     report = {
         "stages": stages,
+        **decoders,
         "wall_seconds": time.perf_counter() - start,
         "final_model": str(final),
     }
@@ -79,6 +93,10 @@ def run_demo(
     report["chats"] = show_chats(final)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print("\nheld-out exact-match caption accuracy after each stage\n" + table(stages))
+    if decoders:
+        print(
+            "output experts (held-out): " + ", ".join(f"{k} {v:.2f}" for k, v in decoders.items())
+        )
     print(
         f"\nwall time {report['wall_seconds']:.0f} s; report {out / 'report.json'}; plots {out / 'plots'}"
     )

@@ -8,10 +8,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from onellm.data import shapes
 from onellm.data.manifest import read_manifest
+from onellm.errors import InputError
 
 
 def normalise(text: str) -> str:
@@ -71,3 +73,43 @@ def evaluate(
         {"reference": r, "prediction": p} for r, p in list(zip(refs, preds, strict=True))[:5]
     ]
     return result
+
+
+@torch.no_grad()
+def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0) -> dict[str, Any]:
+    """Held-out output-expert metrics on the shapes world's test split, through `model.chat`.
+
+    seg: `seg_miou`, the mean IoU of the first mask against the named shape's (a reply
+    without `<seg>` scores 0). gen: `gen_color_accuracy`, the share of generated images
+    whose foreground's dominant colour is the one asked for (no image: wrong).
+    """
+    from onellm.data import tasks
+
+    was_training = model.training
+    model.eval()
+    scores, examples = [], []
+    try:
+        for i in range(samples):
+            if task == "seg":
+                key = next(k for k, m in model.modalities.items() if hasattr(m, "pixels"))
+                size = model.modalities[key].input_shape()[-1]
+                sc = tasks.seg_scene(i, "test", seed, size=size)
+                reply = model.chat(sc.image, modality=key, prompt=sc.prompt, max_new_tokens=4)
+                score = tasks.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
+            elif task == "gen":
+                n = model.config.outputs["gen"].tokens
+                sc = tasks.gen_scene(
+                    i, "test", seed, size=model.decoders["gen"].image_size, tokens=n
+                )
+                reply = model.chat(None, prompt=sc.prompt, max_new_tokens=n + 2)
+                got = tasks.dominant_colour(np.asarray(reply.images[0])) if reply.images else None
+                score = float(got == sc.attrs["colour"])
+            else:
+                raise InputError(f"eval: expected task seg or gen, got {task!r}")
+            scores.append(score)
+            if len(examples) < 5:
+                examples.append({"prompt": sc.prompt, "reply": reply.text, "score": score})
+    finally:
+        model.train(was_training)
+    name = "seg_miou" if task == "seg" else "gen_color_accuracy"
+    return {"task": task, "n": samples, name: float(np.mean(scores)), "examples": examples}

@@ -277,7 +277,14 @@ class Trainer:
             x = torch.cat([model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=model)])
             report = model.routing_report(m, x)
             routing[m], per_query[m] = report["per_expert"], report["per_query"]
-        return {"results": results, "routing": routing, "routing_per_query": per_query}
+        record = {"results": results, "routing": routing, "routing_per_query": per_query}
+        tasks = sorted({s.cfg.task for s in self.sources.values()} & {"seg", "gen"})
+        if tasks:
+            from onellm.evaluate import evaluate_outputs
+
+            record["outputs"] = {t: evaluate_outputs(model, t, samples=e.samples, seed=self.cfg.seed + 1)
+                                 for t in tasks}  # fmt: skip
+        return record
 
     def train(self) -> Path:
         cfg = self.cfg

@@ -115,3 +115,24 @@ def test_a_short_decoder_stage_lowers_both_decoder_losses(tmp_path):
         losses = [r["decoder_loss"] for r in records if r["source"] == task]
         assert len(losses) >= 6, task
         assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, (task, losses)
+    final = [r for r in read_metrics(cfg.output_dir) if r["event"] == "eval"][-1]
+    assert 0 <= final["outputs"]["seg"]["seg_miou"] <= 1
+    assert 0 <= final["outputs"]["gen"]["gen_color_accuracy"] <= 1
+
+
+def test_output_metrics_on_hand_made_examples():
+    from onellm.data.tasks import dominant_colour, gen_scene, iou, seg_scene
+
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True
+    assert iou(a, b) == pytest.approx(4 / 12) and iou(a, a) == 1.0
+    assert all(
+        dominant_colour(gen_scene(i).target) == gen_scene(i).attrs["colour"] for i in range(30)
+    )
+    assert dominant_colour(np.full((16, 16, 3), 120, np.uint8)) is None  # nothing drawn
+    s = seg_scene(3, "test")
+    assert s.prompt == f"segment the {s.attrs['colour']} {s.attrs['shape']}" and s.mask.any()
+    assert seg_scene(3, "test").prompt == s.prompt  # deterministic
+    assert seg_scene(3, "train").image.tobytes() != s.image.tobytes()  # splits differ
