@@ -21,7 +21,8 @@ STAGES = (
     "stage2_video_audio_point",
     "stage3_depth_normal_imu_fmri",
     "stage4_instruct",
-    "stage5_decoders",
+    # stage5_decoders (output experts) is not in the demo yet: its mask / image targets
+    # are not reached (see docs/design-notes.md); run it on its own after the demo
 )
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "stages"
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from experts.output import token_states
-from onellm.errors import InputError
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -47,11 +46,7 @@ def seg_mask_logits(
     out = []
     for i, image in enumerate(images):
         mine = prompts[batch_index == i]
-        if image is None:
-            if len(mine):
-                raise InputError(
-                    "seg: a <seg> answer needs an image input to draw its mask on, got none"
-                )
+        if image is None:  # a <seg> with nothing to draw on (e.g. about audio): no mask
             out.append(prompts.new_zeros(0, 0, 0))
             continue
         emb, size = decoder.embed_images(image[None].to(prompts.device))

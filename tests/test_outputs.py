@@ -136,3 +136,10 @@ def test_output_metrics_on_hand_made_examples():
     assert s.prompt == f"segment the {s.attrs['colour']} {s.attrs['shape']}" and s.mask.any()
     assert seg_scene(3, "test").prompt == s.prompt  # deterministic
     assert seg_scene(3, "train").image.tobytes() != s.image.tobytes()  # splits differ
+
+
+def test_a_seg_about_an_input_without_pixels_gives_no_mask_and_no_error(model):
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    reply = model.chat(wave, modality="audio", prompt="segment it", stop_strings=None,
+                       **forced(model, "seg", 1))  # fmt: skip
+    assert reply.masks == []
