@@ -69,13 +69,13 @@ def _eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.run).eval()
     if args.task:
-        from onellm.evaluate import evaluate_outputs
+        from onellm.evaluate import OUTPUT_METRICS, evaluate_outputs
 
         results = {
             t: evaluate_outputs(model, t, samples=args.samples, seed=args.seed) for t in args.task
         }
         for t, r in results.items():
-            name = "seg_miou" if t == "seg" else "gen_color_accuracy"
+            name = OUTPUT_METRICS[t]
             print(f"{t:<4} n={r['n']:<4} {name} {r[name]:.3f}")
         return _write(results, args)
     mods = args.modality or sorted(model.modalities)

@@ -37,13 +37,12 @@ def final_accuracy(run: Path) -> dict[str, float]:
 
 def final_outputs(run: Path) -> dict[str, float]:
     """seg_miou / gen_color_accuracy of the stage's final evaluation (stages that train them)."""
+    from onellm.evaluate import OUTPUT_METRICS
     from onellm.train import read_metrics
 
     finals = [r for r in read_metrics(run) if r["event"] == "eval" and r.get("final")]
     outs = finals[-1].get("outputs", {}) if finals else {}
-    return {
-        k: v for o in outs.values() for k, v in o.items() if k in ("seg_miou", "gen_color_accuracy")
-    }
+    return {OUTPUT_METRICS[t]: o[OUTPUT_METRICS[t]] for t, o in outs.items()}
 
 
 def table(stages: list[dict[str, Any]]) -> str:

@@ -75,6 +75,9 @@ def evaluate(
     return result
 
 
+OUTPUT_METRICS = {"seg": "seg_miou", "gen": "gen_color_accuracy"}  # task -> its metric
+
+
 @torch.no_grad()
 def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0) -> dict[str, Any]:
     """Held-out output-expert metrics on the shapes world's test split, through `model.chat`.
@@ -85,18 +88,21 @@ def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0)
     """
     from onellm.data import tasks
 
+    if task not in OUTPUT_METRICS:
+        raise InputError(f"eval: expected task seg or gen, got {task!r}")
+    if task == "seg":
+        key = next(k for k, m in model.modalities.items() if hasattr(m, "pixels"))
+        size = model.modalities[key].input_shape()[-1]
     was_training = model.training
     model.eval()
     scores, examples = [], []
     try:
         for i in range(samples):
             if task == "seg":
-                key = next(k for k, m in model.modalities.items() if hasattr(m, "pixels"))
-                size = model.modalities[key].input_shape()[-1]
                 sc = tasks.seg_scene(i, "test", seed, size=size)
                 reply = model.chat(sc.image, modality=key, prompt=sc.prompt, max_new_tokens=4)
                 score = tasks.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
-            elif task == "gen":
+            else:
                 n = model.config.outputs["gen"].tokens
                 sc = tasks.gen_scene(
                     i, "test", seed, size=model.decoders["gen"].image_size, tokens=n
@@ -104,12 +110,10 @@ def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0)
                 reply = model.chat(None, prompt=sc.prompt, max_new_tokens=n + 2)
                 got = tasks.dominant_colour(np.asarray(reply.images[0])) if reply.images else None
                 score = float(got == sc.attrs["colour"])
-            else:
-                raise InputError(f"eval: expected task seg or gen, got {task!r}")
             scores.append(score)
             if len(examples) < 5:
                 examples.append({"prompt": sc.prompt, "reply": reply.text, "score": score})
     finally:
         model.train(was_training)
-    name = "seg_miou" if task == "seg" else "gen_color_accuracy"
-    return {"task": task, "n": samples, name: float(np.mean(scores)), "examples": examples}
+    return {"task": task, "n": samples, OUTPUT_METRICS[task]: float(np.mean(scores)),
+            "examples": examples}  # fmt: skip

@@ -42,6 +42,11 @@ def build_modality(name: str, spec: Mapping[str, Any]) -> Modality:
     return cls(**kwargs)
 
 
+def embedding_rms(llm: nn.Module) -> float:
+    """The RMS of the LLM's word embeddings: the scale new modality tokens start at."""
+    return float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+
+
 def _copy_matching(src: nn.Module, dst: nn.Module) -> None:
     """Copy every parameter/buffer of `src` whose name and shape `dst` shares."""
     theirs = src.state_dict()
@@ -64,9 +69,7 @@ def _copy_modality_parts(proj: UniversalProjection, src: str, dst: str) -> None:
         for n, t in ours.items():
             if theirs[n].shape == t.shape:
                 t.copy_(theirs[n])
-            elif t.dim() >= 1 and t.shape[0] == len(
-                dst_routes
-            ):  # the output layer: one row per expert
+            elif t.dim() >= 1 and t.shape[0] == len(dst_routes):  # output layer: row per expert
                 mean = theirs[n].mean(dim=0)
                 for row, e in enumerate(dst_routes):
                     t[row] = theirs[n][src_routes.index(e)] if e in src_routes else mean
@@ -166,7 +169,7 @@ class OneLLM(nn.Module):
         )
         mods: dict[str, Modality] = {}
         tokenizers = nn.ModuleDict()
-        scale = float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+        scale = embedding_rms(llm)
         for name, spec in cfg.modalities.items():
             mod = build_modality(name, spec)
             if hasattr(mod, "bind"):  # image-like modalities take their size from the encoder
@@ -310,19 +313,16 @@ class OneLLM(nn.Module):
             proj.add_experts(new_experts)
         for m in self.modalities:  # earlier modalities keep exactly the experts they had
             self.config.projection.routes.setdefault(m, list(proj.routes[m]))
-        scale = float(self.llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
-        proj.add_modality(name, output_scale=scale)
+        proj.add_modality(name, output_scale=embedding_rms(self.llm))
         if source is not None:
             _copy_matching(self.tokenizers[source], tokenizer)
             _copy_modality_parts(proj, source, name)
         self.tokenizers[name] = tokenizer
         self.projection.to(self.device, self.dtype)
         self.modalities[name] = mod
-        kind = spec.get("type")
-        if isinstance(kind, str) and kind.partition(":")[0].endswith(".py"):
-            spec["type"] = str(os.path.abspath(kind.partition(":")[0])) + (
-                ":" + kind.partition(":")[2] if ":" in kind else ""
-            )  # a saved run must find the plug-in from any working directory
+        file, colon, attr = str(spec.get("type", "")).partition(":")
+        if file.endswith(".py"):  # a saved run must find the plug-in from any directory
+            spec["type"] = os.path.abspath(file) + colon + attr
         self.config.modalities[name] = spec
         self.config.projection.num_experts = proj.num_experts
         self.config.projection.routes[name] = list(proj.routes[name])

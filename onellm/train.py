@@ -215,7 +215,7 @@ class Trainer:
 
         extra = decoder_loss(self.model, src.cfg.task, batch, out, modality)
         self._decoder_losses.append(float(extra.detach()))
-        return out.loss + extra / len(self._micro)
+        return out.loss + extra / self.cfg.grad_accum  # a mean per micro-batch
 
     def train_step(self, step: int) -> dict[str, Any]:
         key = self.source_for(step)
@@ -231,7 +231,6 @@ class Trainer:
         )  # per-process normaliser: FSDP averages gradients over processes
         logged = torch.zeros(())
         self._decoder_losses: list[float] = []
-        self._micro = batches
         autocast = torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16,
                                   enabled=self.cfg.precision == "bf16")  # fmt: skip
         for batch in batches:

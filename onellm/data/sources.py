@@ -95,7 +95,7 @@ class Source:
         if self.cfg.task == "seg":
             size = m.modalities[self.modality].input_shape()[-1]
             sc = tasks.seg_scene(i, "train", self.seed, size=size)
-            pixels = torch.from_numpy(sc.image).permute(2, 0, 1).float() / 255
+            pixels = m.modalities[self.modality].pixels(sc.image)  # as chat reads it
             targets = {"mask": torch.from_numpy(sc.mask), "pixels": pixels}
             return Example(m.preprocess(sc.image, self.modality), None, [(sc.prompt, sc.answer)],
                            sc.image, targets)  # fmt: skip
