@@ -40,6 +40,8 @@ class RunFiles:
     # ------------------------------------------------------------------ metrics
     def start(self, cfg: Any, trainable: int, total: int, resumed_at: int) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if not resumed_at:  # a fresh run into an old dir: its metrics (and plots) start over
+            (self.root / "metrics.jsonl").unlink(missing_ok=True)
         (self.root / "stage.yaml").write_text(
             yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
         )

@@ -23,6 +23,7 @@ class SourceConfig:
     modality: str | None = None  # default: the source's key; none for task lm
     task: str = "caption"  # caption | instruct | lm | clip | seg | gen (output experts)
     weight: float = 1.0
+    batch_size: int | None = None  # this source's batch (default: the stage's); CLIP wants big ones
     data: str = "synthetic"  # "synthetic" (the shapes world) or a JSONL manifest path
     pool: int = 2048  # synthetic: distinct training scenes, reshuffled every pass
     caption_mix: float = 0.25  # instruct: share of plain captioning examples kept in the mix
@@ -119,6 +120,8 @@ def validate(cfg: StageConfig) -> None:
             )
         if src.weight < 0:
             raise ConfigError(f"data.{key}.weight: expected >= 0, got {src.weight}")
+        if src.batch_size is not None and src.batch_size < 1:
+            raise ConfigError(f"data.{key}.batch_size: expected >= 1, got {src.batch_size}")
     if sum(s.weight for s in cfg.data.values()) <= 0:
         raise ConfigError("data: the weights sum to zero")
     if cfg.precision not in ("fp32", "bf16"):

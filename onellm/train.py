@@ -125,10 +125,11 @@ class Trainer:
         )
         self.model.train()
         if self.d.world > 1:
-            if cfg.batch_size % self.d.world:
-                raise ConfigError(
-                    f"batch_size {cfg.batch_size} must divide by the {self.d.world} processes"
-                )
+            for key in cfg.data:
+                if self.batch_size(key) % self.d.world:
+                    raise ConfigError(
+                        f"data.{key}: batch_size {self.batch_size(key)} must divide by the {self.d.world} processes"
+                    )
             distributed.shard(self.model)
         if cfg.compile:
             self.model.projection.experts.compile()
@@ -155,16 +156,21 @@ class Trainer:
         return aux
 
     # ------------------------------------------------------------------ data
+    def batch_size(self, key: str) -> int:
+        return self.cfg.data[key].batch_size or self.cfg.batch_size
+
     def source_for(self, step: int) -> str:
         return choose_source({k: s.weight for k, s in self.cfg.data.items()}, self.cfg.seed, step)
 
     def micro_batches(self, step: int, key: str) -> list[dict[str, Any]]:
         """This process's share of step `step`'s batches (grad_accum of them)."""
         cfg, src = self.cfg, self.sources[key]
-        local = cfg.batch_size // self.d.world
+        size = self.batch_size(key)
+        local = size // self.d.world
         out = []
         for a in range(cfg.grad_accum):
-            first = (step * cfg.grad_accum + a) * cfg.batch_size + self.d.rank * local
+            # a source's scenes are indexed by step, so steps given to other sources leave gaps
+            first = (step * cfg.grad_accum + a) * size + self.d.rank * local
             examples = [src[first + j] for j in range(local)]
             rows = [
                 tokens(
@@ -292,8 +298,8 @@ class Trainer:
         tick, seen = time.perf_counter(), 0
         while self.step < cfg.steps:
             stats = self.train_step(self.step)
+            seen += self.batch_size(stats["source"]) * cfg.grad_accum
             self.step += 1
-            seen += cfg.batch_size * cfg.grad_accum
             if self.d.main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 rate = seen / (time.perf_counter() - tick)
                 tick, seen = time.perf_counter(), 0

@@ -121,3 +121,20 @@ def test_metrics_lines_are_json(tmp_path):
     t.train()
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+def test_a_source_can_set_its_own_batch_size(tmp_path):
+    cfg = short(tmp_path, "data={image: {task: caption, pool: 64}, audio: {task: caption, pool: 64, batch_size: 6}}")
+    t = Trainer(cfg, quiet=True)
+    steps = {k: next(s for s in range(50) if t.source_for(s) == k) for k in ("image", "audio")}
+    sizes = {k: len(t.micro_batches(s, k)[0]["input_ids"]) for k, s in steps.items()}
+    assert sizes == {"image": 8, "audio": 6}
+    with pytest.raises(ConfigError, match=r"data.audio.batch_size: expected >= 1, got 0"):
+        short(tmp_path, "data={audio: {task: caption, batch_size: 0}}")
+
+
+def test_a_fresh_run_into_an_old_dir_starts_new_metrics(tmp_path):
+    for _ in range(2):
+        Trainer(short(tmp_path, "steps=2", "eval.modalities=[]"), quiet=True).train()
+    events = [r["event"] for r in read_metrics(tmp_path / "run")]
+    assert events.count("start") == 1 and events.count("train") == 2

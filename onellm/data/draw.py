@@ -42,8 +42,7 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, radius: float) -> np
     if shape == "circle":
         return (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
     if shape == "square":
-        r = radius * 0.85
-        return (np.abs(x - cx) <= r) & (np.abs(y - cy) <= r)
+        return (np.abs(x - cx) <= radius) & (np.abs(y - cy) <= radius)
     if shape == "triangle":  # apex up
         top, bottom = cy - radius, cy + radius * 0.8
         half = (y - top) / (bottom - top) * radius
