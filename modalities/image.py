@@ -131,7 +131,7 @@ class ImageModality:
         shape, colour, place = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(list(PLACES))
         img = canvas(rng, size)
         cx, cy = place_centre(rng, place, size)
-        paint(img, shape_mask(shape, size, cx, cy, size * rng.uniform(0.19, 0.24)), colour, rng)
+        paint(img, shape_mask(shape, size, cx, cy, size * rng.uniform(0.22, 0.26)), colour, rng)
         return scene_of(img, shape, colour, place)
 
 

@@ -90,7 +90,7 @@ class VideoModality(ImageModality):
         size = self.size or 64
         shape, colour, motion = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(MOTIONS)
         dx, dy = STEP[motion]
-        speed, radius = size * 0.09, size * rng.uniform(0.11, 0.14)
+        speed, radius = size * 0.12, size * rng.uniform(0.14, 0.17)
         x0 = size / 2 - dx * speed * (frames - 1) / 2 + rng.uniform(-2, 2)
         y0 = size / 2 - dy * speed * (frames - 1) / 2 + rng.uniform(-2, 2)
         background = canvas(rng, size)
