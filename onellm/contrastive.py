@@ -34,8 +34,11 @@ class ContrastiveHead(nn.Module):
         mask: torch.Tensor,
         captions: list[str],
     ) -> torch.Tensor:
-        """Symmetric cross-entropy between image and caption embeddings, (B, 3, H, W) x (B, L)."""
-        pooled = model.encoder.clip(pixel_values=pixels).pooler_output  # post-LN class token
+        """Symmetric cross-entropy between image (or clip: frame-mean) and caption embeddings,
+        (B, [T,] 3, H, W) x (B, L)."""
+        frames = pixels.shape[1] if pixels.dim() == 5 else 1  # (B, T, 3, H, W): video clips
+        pooled = model.encoder.clip(pixel_values=pixels.flatten(0, pixels.dim() - 4)).pooler_output
+        pooled = pooled.unflatten(0, (-1, frames)).mean(1)  # post-LN class token, frame mean
         image = F.normalize(self.visual_projection(pooled), dim=-1)
         # masked mean over caption tokens: HF's EOS pooling takes argmax(ids) when EOS is id 2
         hidden = self.text.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
