@@ -20,7 +20,9 @@ def test_a_clip_of_identical_frames_scores_as_its_image():
     still = head.loss(model, image, ids, torch.ones_like(ids), captions)
     moving = head.loss(model, video, ids, torch.ones_like(ids), captions)
     torch.testing.assert_close(moving, still)
-    other = head.loss(model, torch.stack([video[:, 0], -video[:, 1]], 1), ids, torch.ones_like(ids), captions)
+    other = head.loss(
+        model, torch.stack([video[:, 0], -video[:, 1]], 1), ids, torch.ones_like(ids), captions
+    )
     assert not torch.allclose(other, still)  # both frames count
 
 

@@ -124,7 +124,10 @@ def test_metrics_lines_are_json(tmp_path):
 
 
 def test_a_source_can_set_its_own_batch_size(tmp_path):
-    cfg = short(tmp_path, "data={image: {task: caption, pool: 64}, audio: {task: caption, pool: 64, batch_size: 6}}")
+    cfg = short(
+        tmp_path,
+        "data={image: {task: caption, pool: 64}, audio: {task: caption, pool: 64, batch_size: 6}}",
+    )
     t = Trainer(cfg, quiet=True)
     steps = {k: next(s for s in range(50) if t.source_for(s) == k) for k in ("image", "audio")}
     sizes = {k: len(t.micro_batches(s, k)[0]["input_ids"]) for k, s in steps.items()}
