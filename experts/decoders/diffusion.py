@@ -28,12 +28,16 @@ from onellm.errors import CheckpointError, InputError
 def tiny_unet(
     *, sample_size: int = 16, channels: int = 3, cross_dim: int = 32
 ) -> UNet2DConditionModel:
-    """A small pixel-space UNet with cross-attention (tests, demo)."""
+    """A small pixel-space UNet with cross-attention (tests, demo).
+
+    Attention only at the lowest resolution: at 32 px, self-attention over the full-size
+    grid made a batch-32 training step 8.5 s on one CPU core; here it is 0.47 s.
+    """
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=channels, out_channels=channels,
-        block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8,
     )  # fmt: skip
 
