@@ -59,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from onellm.demo import run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, decoders=args.decoders)
     return 0
 
 
@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="a JSONL manifest with captions; default: the shapes world's test split"
     )
     p.add_argument(
-        "--task", action="append", choices=("seg", "gen"),
-        help="output experts instead: seg (mIoU) or gen (colour accuracy); repeatable",
+        "--task", action="append", choices=("seg", "gen", "sam"),
+        help="output experts instead: seg (mIoU), gen (colour accuracy), sam (point-prompted mIoU); repeatable",
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=100, help="shapes-world scenes per modality")
     p.add_argument("--seed", type=int, default=0)
@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="staged alignment of the tiny model on the shapes world, then chats"
     )
     p.add_argument("--out", default="runs/demo")
+    p.add_argument(
+        "--decoders", action="store_true",
+        help="then the output experts too: SAM pretraining (5a) and stage 5 (<seg> masks, <gen> images)",
+    )  # fmt: skip
     p.set_defaults(func=_demo)
     p = sub.add_parser("conformance", help="compare with a OneLLM reference fixture dir")
     p.add_argument("fixture", help="e.g. ../shared/conformance/onellm-reference-A")

@@ -75,7 +75,8 @@ def evaluate(
     return result
 
 
-OUTPUT_METRICS = {"seg": "seg_miou", "gen": "gen_color_accuracy"}  # task -> its metric
+# task -> its metric; sam: SAM prompted by a point in the shape (its tiny-scale pretraining)
+OUTPUT_METRICS = {"seg": "seg_miou", "gen": "gen_color_accuracy", "sam": "sam_point_miou"}
 
 
 @torch.no_grad()
@@ -84,13 +85,14 @@ def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0)
 
     seg: `seg_miou`, the mean IoU of the first mask against the named shape's (a reply
     without `<seg>` scores 0). gen: `gen_color_accuracy`, the share of generated images
-    whose foreground's dominant colour is the one asked for (no image: wrong).
+    whose foreground's dominant colour is the one asked for (no image: wrong). sam:
+    `sam_point_miou`, the mean IoU of SAM's mask from a point inside the shape (no LLM).
     """
     from onellm.data import tasks
 
     if task not in OUTPUT_METRICS:
-        raise InputError(f"eval: expected task seg or gen, got {task!r}")
-    if task == "seg":
+        raise InputError(f"eval: expected task one of {', '.join(OUTPUT_METRICS)}, got {task!r}")
+    if task in ("seg", "sam"):
         key = next(k for k, m in model.modalities.items() if hasattr(m, "pixels"))
         size = model.modalities[key].input_shape()[-1]
     was_training = model.training
@@ -98,7 +100,14 @@ def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0)
     scores, examples = [], []
     try:
         for i in range(samples):
-            if task == "seg":
+            if task == "sam":
+                sc = tasks.seg_scene(i, "test", seed, size=size)
+                point = tasks.point_in(sc.mask, np.random.default_rng([seed, i, 11]))
+                pixels = model.modalities[key].pixels(sc.image)[None]
+                logits = model.decoders["seg"].prompted(pixels, points=torch.tensor([point]))
+                score = tasks.iou(logits[0].cpu().numpy() > 0, sc.mask)
+                reply = None
+            elif task == "seg":
                 sc = tasks.seg_scene(i, "test", seed, size=size)
                 reply = model.chat(sc.image, modality=key, prompt=sc.prompt, max_new_tokens=4)
                 score = tasks.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
@@ -112,7 +121,8 @@ def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0)
                 score = float(got == sc.attrs["colour"])
             scores.append(score)
             if len(examples) < 5:
-                examples.append({"prompt": sc.prompt, "reply": reply.text, "score": score})
+                text = reply.text if reply is not None else f"point {point}"
+                examples.append({"prompt": sc.prompt, "reply": text, "score": score})
     finally:
         model.train(was_training)
     return {"task": task, "n": samples, OUTPUT_METRICS[task]: float(np.mean(scores)),

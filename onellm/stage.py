@@ -13,7 +13,7 @@ from typing import Any
 from onellm.config import load_config
 from onellm.errors import ConfigError
 
-TASKS = ("caption", "instruct", "lm", "clip", "seg", "gen")
+TASKS = ("caption", "instruct", "lm", "clip", "sam", "seg", "gen")
 
 
 @dataclasses.dataclass
@@ -21,7 +21,8 @@ class SourceConfig:
     """One data source. A step samples a source by `weight`; a batch holds one source."""
 
     modality: str | None = None  # default: the source's key; none for task lm
-    task: str = "caption"  # caption | instruct | lm | clip | seg | gen (output experts)
+    # caption | instruct | lm | clip | sam (point-prompted SAM) | seg | gen (output experts)
+    task: str = "caption"
     weight: float = 1.0
     batch_size: int | None = None  # this source's batch (default: the stage's); CLIP wants big ones
     data: str = "synthetic"  # "synthetic" (the shapes world) or a JSONL manifest path

@@ -172,6 +172,10 @@ class Trainer:
             # a source's scenes are indexed by step, so steps given to other sources leave gaps
             first = (step * cfg.grad_accum + a) * size + self.d.rank * local
             examples = [src[first + j] for j in range(local)]
+            if src.cfg.task == "sam":  # no text: images, target masks, point prompts
+                out.append({k: torch.stack([ex.targets[k] for ex in examples])
+                            for k in ("pixels", "mask", "point")})  # fmt: skip
+                continue
             rows = [
                 tokens(
                     ex,
@@ -208,6 +212,12 @@ class Trainer:
                 * batch["pixels"].shape[0]
                 / items
             )
+        if src.cfg.task == "sam":
+            from experts.decoders.sam import mask_loss
+
+            logits = self.model.decoders["seg"].prompted(batch["pixels"], points=batch["point"])
+            weights = dict(self.model.config.outputs["seg"].loss)
+            return mask_loss(logits, batch["mask"], **weights) * batch["pixels"].shape[0] / items
         decoding = src.cfg.task in ("seg", "gen")
         modality = src.modality if "inputs" in batch else None
         out = self.model(
@@ -228,7 +238,9 @@ class Trainer:
         batches = self.micro_batches(step, key)
         task = self.sources[key].cfg.task
         count = sum(
-            b["pixels"].shape[0] if task == "clip" else int((b["labels"][:, 1:] != -100).sum())
+            b["pixels"].shape[0]
+            if task in ("clip", "sam")
+            else int((b["labels"][:, 1:] != -100).sum())
             for b in batches
         )
         total = self.d.all_sum(torch.tensor(float(count)))
@@ -266,8 +278,16 @@ class Trainer:
         if self.cfg.eval.modalities is not None:
             return [self.model.modality_key(m) for m in self.cfg.eval.modalities]
         return sorted(
-            {s.modality for s in self.sources.values() if s.modality and s.cfg.task != "clip"}
+            {
+                s.modality
+                for s in self.sources.values()
+                if s.modality and s.cfg.task in ("caption", "instruct")
+            }  # fmt: skip
         )
+
+    def output_tasks(self) -> list[str]:
+        """The decoder tasks this stage trains, each with its held-out metric."""
+        return sorted({s.cfg.task for s in self.sources.values()} & {"sam", "seg", "gen"})
 
     def run_eval(self, model: Any = None) -> dict[str, Any]:
         """Held-out metrics and mean routing weights of `model` (default: the one training)."""
@@ -283,7 +303,7 @@ class Trainer:
             report = model.routing_report(m, x)
             routing[m], per_query[m] = report["per_expert"], report["per_query"]
         record = {"results": results, "routing": routing, "routing_per_query": per_query}
-        tasks = sorted({s.cfg.task for s in self.sources.values()} & {"seg", "gen"})
+        tasks = self.output_tasks()
         if tasks:
             from onellm.evaluate import evaluate_outputs
 
@@ -325,7 +345,7 @@ class Trainer:
                 self.files.checkpoint(self)
         bar.close()
         final = self.files.save_final(self)
-        if self.d.main and self.eval_modalities():
+        if self.d.main and (self.eval_modalities() or self.output_tasks()):
             # under FSDP the training model is sharded; rank 0 evaluates the saved one
             model = self.model if self.d.world == 1 else OneLLM.from_pretrained(final)
             self.files.log(

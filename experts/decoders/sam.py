@@ -150,7 +150,6 @@ class SamMaskDecoder(nn.Module):
     ) -> list[torch.Tensor]:
         """Image embeddings (B, C, g, g) and, per image, its `<seg>` prompts (N_i, C) ->
         per image, mask logits (N_i, H, W) at `original_size` (one mask per prompt)."""
-        pe = self.sam.prompt_encoder.get_dense_pe()
         no_mask = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         out = []
         for i, p in enumerate(prompts):
@@ -158,15 +157,43 @@ class SamMaskDecoder(nn.Module):
                 out.append(embeddings.new_zeros(0, *original_size))
                 continue
             dense = no_mask.expand(p.shape[0], -1, *embeddings.shape[-2:])
-            low, _ = self.sam.mask_decoder(
-                image_embeddings=embeddings[i : i + 1],
-                image_pe=pe,
-                sparse_prompt_embeddings=p[:, None, :].to(embeddings.dtype),
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
+            low = self._decode(embeddings[i : i + 1], p[:, None, :], dense)
             out.append(self.sam.postprocess_masks(low, input_size, original_size)[:, 0])
         return out
+
+    def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
+        """One image's embedding (1, C, g, g), N prompts -> low-res mask logits (N, 1, h, w)."""
+        low, _ = self.sam.mask_decoder(
+            image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse.to(embedding.dtype), dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )  # fmt: skip
+        return low
+
+    def prompted(
+        self,
+        images: torch.Tensor,
+        points: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """SAM as it is trained, through its own prompt encoder: (B, 3, H, W) images in
+        [0, 1], one prompt each, a point (B, 2) and/or a box (B, 4), as (x, y) / (x0, y0,
+        x1, y1) in the image's pixels -> mask logits (B, H, W). Gradients reach the image
+        encoder when it is trainable (tiny-scale pretraining)."""
+        if points is None and boxes is None:
+            raise InputError("sam: expected a point or a box prompt per image, got neither")
+        x, size = self.prepare(images)
+        emb = self.sam.image_encoder(x)
+        scale = size[0] / images.shape[-2]
+        pts = None
+        if points is not None:
+            labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
+            pts = (points[:, None, :].float() * scale, labels)
+        box = boxes.float() * scale if boxes is not None else None
+        sparse, dense = self.sam.prompt_encoder(points=pts, boxes=box, masks=None)
+        low = torch.cat([self._decode(emb[i : i + 1], sparse[i : i + 1], dense[i : i + 1])
+                         for i in range(emb.shape[0])])  # fmt: skip
+        return self.sam.postprocess_masks(low, size, tuple(images.shape[-2:]))[:, 0]
 
 
 def mask_loss(

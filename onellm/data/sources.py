@@ -39,13 +39,14 @@ class Source:
             if cfg.task in ("lm", "gen") and cfg.modality is None
             else model.modality_key(cfg.modality or key)
         )
-        if cfg.task in ("seg", "gen") and cfg.task not in model.output_token_ids:
+        head = "seg" if cfg.task == "sam" else cfg.task
+        if cfg.task in ("sam", "seg", "gen") and head not in model.output_token_ids:
             raise ConfigError(
-                f"data.{key}: task {cfg.task} needs outputs.{cfg.task} in the model config"
+                f"data.{key}: task {cfg.task} needs outputs.{head} in the model config"
             )
         self._model = model
         self._cache: dict[int, Example] = {}
-        if cfg.task in ("seg", "gen"):
+        if cfg.task in ("sam", "seg", "gen"):
             if cfg.data != "synthetic":
                 raise ConfigError(
                     f"data.{key}: task {cfg.task} reads the synthetic shapes world only"
@@ -75,7 +76,7 @@ class Source:
         return self._cache[i]
 
     def _load(self, i: int) -> Example:
-        if self.cfg.task in ("seg", "gen"):
+        if self.cfg.task in ("sam", "seg", "gen"):
             return self._task(i)
         if self.records is not None:
             r = self.records[i]
@@ -90,8 +91,15 @@ class Source:
         return Example(x, scene.caption, turns, scene.input)
 
     def _task(self, i: int) -> Example:
-        """A seg / gen example of the shapes world (onellm/data/tasks.py)."""
+        """A sam / seg / gen example of the shapes world (onellm/data/tasks.py)."""
         m = self._model
+        if self.cfg.task == "sam":  # SAM's own training: one shape's mask from a point in it
+            size = m.modalities[self.modality].input_shape()[-1]
+            sc = tasks.seg_scene(i, "train", self.seed, size=size)
+            point = tasks.point_in(sc.mask, np.random.default_rng([self.seed, i, 11]))
+            targets = {"mask": torch.from_numpy(sc.mask), "point": torch.tensor(point),
+                       "pixels": m.modalities[self.modality].pixels(sc.image)}  # fmt: skip
+            return Example(None, None, [], sc.image, targets)
         if self.cfg.task == "seg":
             size = m.modalities[self.modality].input_shape()[-1]
             sc = tasks.seg_scene(i, "train", self.seed, size=size)

@@ -58,6 +58,13 @@ def gen_scene(index: int, split: str = "train", seed: int = 0, size: int = 32,
                      {"colour": colour, "shape": shape})  # fmt: skip
 
 
+def point_in(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """A random pixel of a (H, W) mask, as the (x, y) of its centre: SAM's point prompt."""
+    ys, xs = np.nonzero(mask)
+    k = int(rng.integers(len(xs)))
+    return float(xs[k]) + 0.5, float(ys[k]) + 0.5
+
+
 def dominant_colour(image: np.ndarray, background: float = 30.0) -> str | None:
     """The shapes-world colour nearest to the mean of pixels that differ from the ground
     (the image's border median); None if nothing stands out."""

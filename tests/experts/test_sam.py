@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from experts.decoders.sam import SamMaskDecoder, build_sam, mask_loss
-from onellm.errors import CheckpointError
+from onellm.errors import CheckpointError, InputError
 
 TINY_SAM = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, heads=2, global_attn=(1,),
                 window_size=4, prompt_dim=32, decoder_mlp=64, decoder_heads=2)  # fmt: skip
@@ -49,3 +49,22 @@ def test_mask_loss_is_lisa_weighted_bce_plus_dice():
     wrong = mask_loss(-logits, target)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(-logits, target)
     assert wrong == pytest.approx(2.0 * bce.item() + 0.5 * (1 - 1 / 3), rel=1e-3)
+
+
+def test_point_and_box_prompts_through_sams_prompt_encoder_train_the_image_encoder():
+    """Tiny-scale pretraining drives SAM as it is trained: a point or a box in the image's
+    pixels, gradients to every part (the image encoder is frozen only by the stages after)."""
+    dec = SamMaskDecoder(build_sam(**TINY_SAM))
+    dec.sam.image_encoder.requires_grad_(True)
+    images = torch.rand(3, 3, 32, 32)  # resized to SAM's 64: prompts scale with it
+    points = torch.tensor([[4.0, 4.0], [16.0, 16.0], [28.0, 4.0]])
+    logits = dec.prompted(images, points=points)
+    assert logits.shape == (3, 32, 32)
+    twice = dec.prompted(images, points=points * 2 - 0.5)
+    assert not torch.allclose(logits, twice)  # the point matters
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 3)
+    assert dec.prompted(images, boxes=boxes).shape == (3, 32, 32)
+    mask_loss(logits, torch.rand_like(logits) > 0.5).backward()
+    assert all(p.grad is not None for p in dec.sam.image_encoder.parameters() if p.requires_grad)
+    with pytest.raises(InputError, match="point or a box"):
+        dec.prompted(images)
