@@ -43,14 +43,20 @@ def seg_mask_logits(
 ) -> list[torch.Tensor]:
     """Per sample, mask logits (N_i, H, W) at its image's size for its `<seg>` prompts."""
     decoder = model.decoders["seg"]
+    # one encoder call per image size (a training batch: one call for all its images)
+    sizes = {tuple(im.shape) for im in images if im is not None}
+    embedded = {}
+    for shape in sizes:
+        which = [i for i, im in enumerate(images) if im is not None and tuple(im.shape) == shape]
+        emb, size = decoder.embed_images(torch.stack([images[i] for i in which]).to(prompts.device))
+        embedded.update({i: (emb[k : k + 1], size) for k, i in enumerate(which)})
     out = []
     for i, image in enumerate(images):
-        mine = prompts[batch_index == i]
         if image is None:  # a <seg> with nothing to draw on (e.g. about audio): no mask
             out.append(prompts.new_zeros(0, 0, 0))
             continue
-        emb, size = decoder.embed_images(image[None].to(prompts.device))
-        out += decoder(emb, [mine], size, tuple(image.shape[-2:]))
+        emb, size = embedded[i]
+        out += decoder(emb, [prompts[batch_index == i]], size, tuple(image.shape[-2:]))
     return out
 
 

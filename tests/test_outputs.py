@@ -143,3 +143,50 @@ def test_a_seg_about_an_input_without_pixels_gives_no_mask_and_no_error(model):
     reply = model.chat(wave, modality="audio", prompt="segment it", stop_strings=None,
                        **forced(model, "seg", 1))  # fmt: skip
     assert reply.masks == []
+
+
+def test_a_short_sam_stage_trains_sam_on_point_prompts_and_nothing_else(tmp_path):
+    """Stage 5a: point prompts -> masks; the mask loss falls, the image encoder moves, the
+    LLM does not, and the final eval reports the point-prompted mIoU."""
+    from onellm.stage import load_stage
+    from onellm.train import Trainer, read_metrics
+    from tests.conftest import ROOT
+
+    cfg = load_stage(ROOT / "configs" / "stages" / "stage5a_sam_pretrain.yaml", [
+        f"init_from={TINY}", f"output_dir={tmp_path / 'run'}", "steps=30", "log_every=1",
+        "eval.samples=4", "data.sam.pool=64", "batch_size=8", "optimizer.lr=3e-3",
+        "schedule.warmup_steps=2",
+    ])  # fmt: skip
+    t = Trainer(cfg, quiet=True)
+    llm = {n: p.detach().clone() for n, p in t.model.llm.named_parameters()}
+    enc = {n: p.detach().clone() for n, p in t.model.decoders["seg"].sam.image_encoder.named_parameters()}  # fmt: skip
+    t.train()
+    rows = read_metrics(tmp_path / "run")
+    losses = [r["loss"] for r in rows if r["event"] == "train"]
+    assert len(losses) == 30 and sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
+    assert all(torch.equal(p, llm[n]) for n, p in t.model.llm.named_parameters())
+    moved = t.model.decoders["seg"].sam.image_encoder.named_parameters()
+    assert any(not torch.equal(p, enc[n]) for n, p in moved)
+    final = [r for r in rows if r["event"] == "eval" and r.get("final")][-1]
+    assert 0 <= final["outputs"]["sam"]["sam_point_miou"] <= 1
+
+
+def test_a_point_prompt_lies_in_its_mask():
+    from onellm.data.tasks import point_in, seg_scene
+
+    for i in range(20):
+        mask = seg_scene(i).mask
+        x, y = point_in(mask, np.random.default_rng(i))
+        assert mask[int(y), int(x)]
+
+
+def test_seg_masks_of_a_batch_equal_those_of_each_image_alone(model):
+    from onellm.outputs import seg_mask_logits
+
+    images = [torch.rand(3, 40, 48), None, torch.rand(3, 40, 48)]
+    prompts = torch.randn(3, model.heads["seg"].mix.experts[0][-1].out_features)
+    where = torch.tensor([0, 2, 2])
+    together = seg_mask_logits(model, prompts, where, images)
+    alone = seg_mask_logits(model, prompts[1:], torch.tensor([0, 0]), images[2:])
+    assert [m.shape for m in together] == [(1, 40, 48), (0, 0, 0), (2, 40, 48)]
+    assert torch.allclose(together[2], alone[0], atol=1e-5)
