@@ -153,7 +153,7 @@ def output_chats(model, out: Path) -> list[dict[str, str]]:
             Image.fromarray(np.concatenate([sc.image, mask], 1)).resize((256, 128)).save(path)
         chats.append({"modality": "image", "prompt": sc.prompt, "reply": reply.text,
                       "truth": f"a mask, IoU {iou:.2f}", "file": str(path) * bool(reply.masks)})  # fmt: skip
-        print(f"[image] {sc.prompt} -> {reply.text!r}, mask IoU {iou:.2f}   ({path})")
+        print(f"[image] {sc.prompt} -> {len(reply.masks)} mask(s), IoU {iou:.2f}   ({path})")
     if "gen" in model.output_token_ids:
         n = model.config.outputs["gen"].tokens
         sc = tasks.gen_scene(3, "test", tokens=n)
@@ -165,5 +165,7 @@ def output_chats(model, out: Path) -> list[dict[str, str]]:
             reply.images[0].resize((128, 128), Image.NEAREST).save(path)
         chats.append({"modality": "text", "prompt": sc.prompt, "reply": reply.text,
                       "truth": f"an image, dominant colour {got}", "file": str(path) * bool(reply.images)})  # fmt: skip
-        print(f"[text] {sc.prompt} -> {reply.text!r}, an image whose colour is {got}   ({path})")
+        print(
+            f"[text] {sc.prompt} -> {len(reply.images)} image(s), dominant colour {got}   ({path})"
+        )
     return chats
