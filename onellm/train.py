@@ -282,7 +282,7 @@ class Trainer:
                 s.modality
                 for s in self.sources.values()
                 if s.modality and s.cfg.task in ("caption", "instruct")
-            }  # fmt: skip
+            }
         )
 
     def output_tasks(self) -> list[str]:
