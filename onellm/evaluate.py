@@ -100,15 +100,15 @@ def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0)
     scores, examples = [], []
     try:
         for i in range(samples):
-            if task == "sam":
+            if task in ("seg", "sam"):
                 sc = tasks.seg_scene(i, "test", seed, size=size)
+            if task == "sam":
                 point = tasks.point_in(sc.mask, np.random.default_rng([seed, i, 11]))
                 pixels = model.modalities[key].pixels(sc.image)[None]
                 logits = model.decoders["seg"].prompted(pixels, points=torch.tensor([point]))
                 score = tasks.iou(logits[0].cpu().numpy() > 0, sc.mask)
                 reply = None
             elif task == "seg":
-                sc = tasks.seg_scene(i, "test", seed, size=size)
                 reply = model.chat(sc.image, modality=key, prompt=sc.prompt, max_new_tokens=4)
                 score = tasks.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
             else:

@@ -14,6 +14,7 @@ from onellm.config import load_config
 from onellm.errors import ConfigError
 
 TASKS = ("caption", "instruct", "lm", "clip", "sam", "seg", "gen")
+DECODER_TASKS = ("sam", "seg", "gen")  # train a decoder; each has a held-out output metric
 
 
 @dataclasses.dataclass

@@ -29,7 +29,7 @@ from onellm.errors import ConfigError
 from onellm.evaluate import evaluate
 from onellm.model import OneLLM
 from onellm.run_state import RunFiles
-from onellm.stage import StageConfig
+from onellm.stage import DECODER_TASKS, StageConfig
 
 
 def prepare_model(cfg: StageConfig) -> tuple[OneLLM, list[str]]:
@@ -287,7 +287,7 @@ class Trainer:
 
     def output_tasks(self) -> list[str]:
         """The decoder tasks this stage trains, each with its held-out metric."""
-        return sorted({s.cfg.task for s in self.sources.values()} & {"sam", "seg", "gen"})
+        return sorted({s.cfg.task for s in self.sources.values()} & set(DECODER_TASKS))
 
     def run_eval(self, model: Any = None) -> dict[str, Any]:
         """Held-out metrics and mean routing weights of `model` (default: the one training)."""

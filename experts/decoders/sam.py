@@ -151,20 +151,23 @@ class SamMaskDecoder(nn.Module):
         """Image embeddings (B, C, g, g) and, per image, its `<seg>` prompts (N_i, C) ->
         per image, mask logits (N_i, H, W) at `original_size` (one mask per prompt)."""
         no_mask = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        pe = self.sam.prompt_encoder.get_dense_pe()
         out = []
         for i, p in enumerate(prompts):
             if p.shape[0] == 0:
                 out.append(embeddings.new_zeros(0, *original_size))
                 continue
             dense = no_mask.expand(p.shape[0], -1, *embeddings.shape[-2:])
-            low = self._decode(embeddings[i : i + 1], p[:, None, :], dense)
+            low = self._decode(embeddings[i : i + 1], pe, p[:, None, :], dense)
             out.append(self.sam.postprocess_masks(low, input_size, original_size)[:, 0])
         return out
 
-    def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
-        """One image's embedding (1, C, g, g), N prompts -> low-res mask logits (N, 1, h, w)."""
+    def _decode(self, embedding: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """One image's embedding (1, C, g, g) and its positional encoding, N prompts ->
+        low-res mask logits (N, 1, h, w)."""
         low, _ = self.sam.mask_decoder(
-            image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            image_embeddings=embedding, image_pe=pe,
             sparse_prompt_embeddings=sparse.to(embedding.dtype), dense_prompt_embeddings=dense,
             multimask_output=False,
         )  # fmt: skip
@@ -191,7 +194,8 @@ class SamMaskDecoder(nn.Module):
             pts = (points[:, None, :].float() * scale, labels)
         box = boxes.float() * scale if boxes is not None else None
         sparse, dense = self.sam.prompt_encoder(points=pts, boxes=box, masks=None)
-        low = torch.cat([self._decode(emb[i : i + 1], sparse[i : i + 1], dense[i : i + 1])
+        pe = self.sam.prompt_encoder.get_dense_pe()
+        low = torch.cat([self._decode(emb[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1])
                          for i in range(emb.shape[0])])  # fmt: skip
         return self.sam.postprocess_masks(low, size, tuple(images.shape[-2:]))[:, 0]
 

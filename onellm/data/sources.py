@@ -15,7 +15,7 @@ import torch
 from onellm.data import shapes, tasks
 from onellm.data.manifest import read_manifest
 from onellm.errors import ConfigError
-from onellm.stage import SourceConfig
+from onellm.stage import DECODER_TASKS, SourceConfig
 
 
 @dataclass
@@ -40,13 +40,13 @@ class Source:
             else model.modality_key(cfg.modality or key)
         )
         head = "seg" if cfg.task == "sam" else cfg.task
-        if cfg.task in ("sam", "seg", "gen") and head not in model.output_token_ids:
+        if cfg.task in DECODER_TASKS and head not in model.output_token_ids:
             raise ConfigError(
                 f"data.{key}: task {cfg.task} needs outputs.{head} in the model config"
             )
         self._model = model
         self._cache: dict[int, Example] = {}
-        if cfg.task in ("sam", "seg", "gen"):
+        if cfg.task in DECODER_TASKS:
             if cfg.data != "synthetic":
                 raise ConfigError(
                     f"data.{key}: task {cfg.task} reads the synthetic shapes world only"
@@ -76,7 +76,7 @@ class Source:
         return self._cache[i]
 
     def _load(self, i: int) -> Example:
-        if self.cfg.task in ("sam", "seg", "gen"):
+        if self.cfg.task in DECODER_TASKS:
             return self._task(i)
         if self.records is not None:
             r = self.records[i]
@@ -93,18 +93,14 @@ class Source:
     def _task(self, i: int) -> Example:
         """A sam / seg / gen example of the shapes world (onellm/data/tasks.py)."""
         m = self._model
-        if self.cfg.task == "sam":  # SAM's own training: one shape's mask from a point in it
-            size = m.modalities[self.modality].input_shape()[-1]
-            sc = tasks.seg_scene(i, "train", self.seed, size=size)
-            point = tasks.point_in(sc.mask, np.random.default_rng([self.seed, i, 11]))
-            targets = {"mask": torch.from_numpy(sc.mask), "point": torch.tensor(point),
-                       "pixels": m.modalities[self.modality].pixels(sc.image)}  # fmt: skip
-            return Example(None, None, [], sc.image, targets)
-        if self.cfg.task == "seg":
-            size = m.modalities[self.modality].input_shape()[-1]
-            sc = tasks.seg_scene(i, "train", self.seed, size=size)
-            pixels = m.modalities[self.modality].pixels(sc.image)  # as chat reads it
-            targets = {"mask": torch.from_numpy(sc.mask), "pixels": pixels}
+        if self.cfg.task in ("sam", "seg"):
+            mod = m.modalities[self.modality]
+            sc = tasks.seg_scene(i, "train", self.seed, size=mod.input_shape()[-1])
+            # the pixels as chat reads them
+            targets = {"mask": torch.from_numpy(sc.mask), "pixels": mod.pixels(sc.image)}
+            if self.cfg.task == "sam":  # SAM's own training: the mask from a point in it
+                point = tasks.point_in(sc.mask, np.random.default_rng([self.seed, i, 11]))
+                return Example(None, None, [], sc.image, {**targets, "point": torch.tensor(point)})
             return Example(m.preprocess(sc.image, self.modality), None, [(sc.prompt, sc.answer)],
                            sc.image, targets)  # fmt: skip
         n = m.config.outputs["gen"].tokens
