@@ -84,6 +84,8 @@ def build_outputs(cfg: ModelConfig, llm_width: int) -> tuple[nn.ModuleDict, nn.M
     for task, out in cfg.outputs.items():
         spec = dict(out.decoder)
         kind = spec.pop("type", None)
+        if "text" in spec:  # a tiny caption encoder reads the LLM's own vocabulary
+            spec["text"] = {"vocab_size": cfg.llm.vocab_size, **spec["text"]}
         if kind is None:
             raise ConfigError(
                 f"outputs.{task}.decoder: name its type ({', '.join(DECODERS.names())})"
@@ -138,6 +140,9 @@ class OneLLM(nn.Module):
 
             ids = add_special_tokens(text_tokenizer, llm, [f"<{t}>" for t in self.heads])
             self.output_token_ids = {t: ids[f"<{t}>"] for t in self.heads}
+        for decoder in self.decoders.values():  # tiny caption encoders read our tokenizer
+            if getattr(decoder, "text", None) is not None:
+                decoder.text.tokenizer = text_tokenizer
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -11,20 +11,32 @@ DECODERS: Registry = Registry("decoder")
 
 
 @DECODERS.register("sam")
-def sam_decoder(*, checkpoint: str | None = None, **sizes):
-    """SAM at a variant's (`variant: vit_b`) or given sizes, from an original .pth if given."""
+def sam_decoder(*, checkpoint: str | None = None, text: dict | None = None, **sizes):
+    """SAM at a variant's (`variant: vit_b`) or given sizes, from an original .pth if given;
+    `text: {vocab_size, width, layers, length}` adds a caption encoder for text prompts."""
     from experts.decoders.sam import SamMaskDecoder, build_sam
 
     if "global_attn" in sizes:
         sizes["global_attn"] = tuple(sizes["global_attn"])
-    return SamMaskDecoder(build_sam(checkpoint=checkpoint, **sizes))
+    sam = build_sam(checkpoint=checkpoint, **sizes)
+    return SamMaskDecoder(sam, text=_caption_encoder(text, sam.prompt_encoder.embed_dim))
 
 
 @DECODERS.register("diffusion")
-def diffusion_decoder(*, path: str | None = None, tiny: dict | None = None, steps: int = 20):
-    """A UNet or Stable Diffusion directory (`path`), or a tiny random UNet (`tiny: {...}`)."""
+def diffusion_decoder(*, path: str | None = None, tiny: dict | None = None, steps: int = 20,
+                      text: dict | None = None):  # fmt: skip
+    """A UNet or Stable Diffusion directory (`path`), or a tiny random UNet (`tiny: {...}`);
+    `text: {...}` gives the tiny UNet a caption encoder (an SD directory has its own)."""
     from experts.decoders.diffusion import DiffusionDecoder, tiny_unet
 
     if path is not None:
         return DiffusionDecoder.from_pretrained(path, steps=steps)
-    return DiffusionDecoder(tiny_unet(**(tiny or {})), steps=steps)
+    unet = tiny_unet(**(tiny or {}))
+    text_encoder = _caption_encoder(text, unet.config.cross_attention_dim)
+    return DiffusionDecoder(unet, steps=steps, text=text_encoder)
+
+
+def _caption_encoder(spec: dict | None, out_dim: int):
+    from experts.decoders.text import CaptionEncoder
+
+    return CaptionEncoder(out_dim=out_dim, **spec) if spec is not None else None

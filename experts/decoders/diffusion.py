@@ -22,7 +22,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 from torch import nn
 
-from onellm.errors import CheckpointError, InputError
+from onellm.errors import CheckpointError, ConfigError, InputError
 
 
 def tiny_unet(
@@ -44,9 +44,10 @@ def tiny_unet(
 
 class DiffusionDecoder(nn.Module):
     def __init__(self, unet: UNet2DConditionModel, *, pipeline: Any = None,
-                 train_timesteps: int = 1000, steps: int = 20) -> None:  # fmt: skip
+                 train_timesteps: int = 1000, steps: int = 20, text: nn.Module | None = None) -> None:  # fmt: skip
         super().__init__()
         self.unet = unet
+        self.text = text  # tiny scale: its own caption encoder (experts/decoders/text.py)
         self.pipeline = pipeline  # a StableDiffusionPipeline when loaded from an SD dir
         self.vae = pipeline.vae if pipeline is not None else None
         if self.vae is not None:
@@ -80,6 +81,20 @@ class DiffusionDecoder(nn.Module):
     def image_size(self) -> int:
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         return self.unet.config.sample_size * scale
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None or self.pipeline is not None
+
+    def caption_states(self, texts: list[str]) -> torch.Tensor:
+        """Captions -> the text encoder's states (B, L, C) the UNet is conditioned on: the
+        target of NExT-GPT's L2 for the `<gen>` head (SD: its CLIP text encoder, L = 77)."""
+        if self.text is not None:
+            return self.text(texts)[0]
+        if self.pipeline is not None:
+            with torch.no_grad():
+                return self.pipeline.encode_prompt(list(texts), self.unet.device, 1, False)[0]
+        raise ConfigError("diffusion: this decoder has no text encoder (outputs.gen.decoder.text)")
 
     def to_latents(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] at `image_size` -> what the UNet denoises."""

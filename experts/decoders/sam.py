@@ -25,7 +25,7 @@ from segment_anything.modeling import (
 )
 from torch import nn
 
-from onellm.errors import CheckpointError, InputError
+from onellm.errors import CheckpointError, ConfigError, InputError
 
 # the image encoders of the released checkpoints (segment_anything/build_sam.py)
 VARIANTS = {
@@ -108,10 +108,12 @@ def load_sam_checkpoint(sam: Sam, path: str | os.PathLike) -> None:
 class SamMaskDecoder(nn.Module):
     """Frozen SAM image encoder + trainable-by-choice mask decoder, prompted by embeddings."""
 
-    def __init__(self, sam: Sam) -> None:
+    def __init__(self, sam: Sam, text: nn.Module | None = None) -> None:
         super().__init__()
         self.sam = sam
         self.sam.image_encoder.requires_grad_(False)
+        # tiny scale: a caption encoder for text prompts (experts/decoders/text.py)
+        self.text = text
 
     @property
     def prompt_dim(self) -> int:
@@ -135,11 +137,16 @@ class SamMaskDecoder(nn.Module):
         x = F.interpolate(images.float() * 255, size=size, mode="bilinear", align_corners=False)
         return self.sam.preprocess(x), size
 
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) in [0, 1] -> image embeddings (B, C, g, g) and the resized input
+        size; gradients reach the image encoder when it is trainable (tiny pretraining)."""
+        x, size = self.prepare(images)
+        return self.sam.image_encoder(x), size
+
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """-> frozen image embeddings (B, C, g, g) and the resized input size."""
-        x, size = self.prepare(images)
-        return self.sam.image_encoder(x), size
+        return self.encode(images)
 
     def forward(
         self,
@@ -150,54 +157,75 @@ class SamMaskDecoder(nn.Module):
     ) -> list[torch.Tensor]:
         """Image embeddings (B, C, g, g) and, per image, its `<seg>` prompts (N_i, C) ->
         per image, mask logits (N_i, H, W) at `original_size` (one mask per prompt)."""
+        return self.decode(embeddings, [p[:, None, :] for p in prompts], input_size, original_size)
+
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        sparse: list[torch.Tensor],
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> list[torch.Tensor]:
+        """Per image, N_i sparse prompt sets (N_i, T, C) -> mask logits (N_i, H, W): one
+        mask decoder call per image (it repeats the image embedding per prompt set)."""
         no_mask = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         pe = self.sam.prompt_encoder.get_dense_pe()
         out = []
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(sparse):
             if p.shape[0] == 0:
                 out.append(embeddings.new_zeros(0, *original_size))
                 continue
-            dense = no_mask.expand(p.shape[0], -1, *embeddings.shape[-2:])
-            low = self._decode(embeddings[i : i + 1], pe, p[:, None, :], dense)
+            low, _ = self.sam.mask_decoder(
+                image_embeddings=embeddings[i : i + 1], image_pe=pe,
+                sparse_prompt_embeddings=p.to(embeddings.dtype),
+                dense_prompt_embeddings=no_mask.expand(p.shape[0], -1, *embeddings.shape[-2:]),
+                multimask_output=False,
+            )  # fmt: skip
             out.append(self.sam.postprocess_masks(low, input_size, original_size)[:, 0])
         return out
 
-    def _decode(self, embedding: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """One image's embedding (1, C, g, g) and its positional encoding, N prompts ->
-        low-res mask logits (N, 1, h, w)."""
-        low, _ = self.sam.mask_decoder(
-            image_embeddings=embedding, image_pe=pe,
-            sparse_prompt_embeddings=sparse.to(embedding.dtype), dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )  # fmt: skip
-        return low
+    def text_prompts(self, texts: list[str]) -> torch.Tensor:
+        """Phrases ("the blue triangle") -> sparse prompt embeddings (B, C): the SAM paper's
+        text prompts, here from the decoder's own caption encoder."""
+        if self.text is None:
+            raise ConfigError("sam: this decoder has no text encoder (outputs.seg.decoder.text)")
+        return self.text.pooled(texts)
+
+    def geometric_prompts(
+        self, points: torch.Tensor | None, boxes: torch.Tensor | None, scale: float
+    ) -> torch.Tensor:
+        """Points (N, 2) and/or boxes (N, 4) in image pixels -> SAM's sparse prompts (N, T, C)
+        through its prompt encoder (`scale`: image pixels -> SAM's input pixels)."""
+        pts = None
+        if points is not None:
+            labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
+            pts = (points[:, None, :].float() * scale, labels)
+        box = boxes.float() * scale if boxes is not None else None
+        return self.sam.prompt_encoder(points=pts, boxes=box, masks=None)[0]
 
     def prompted(
         self,
         images: torch.Tensor,
         points: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
+        texts: list[str] | None = None,
     ) -> torch.Tensor:
         """SAM as it is trained, through its own prompt encoder: (B, 3, H, W) images in
         [0, 1], one prompt each, a point (B, 2) and/or a box (B, 4), as (x, y) / (x0, y0,
-        x1, y1) in the image's pixels -> mask logits (B, H, W). Gradients reach the image
-        encoder when it is trainable (tiny-scale pretraining)."""
-        if points is None and boxes is None:
-            raise InputError("sam: expected a point or a box prompt per image, got neither")
-        x, size = self.prepare(images)
-        emb = self.sam.image_encoder(x)
-        scale = size[0] / images.shape[-2]
-        pts = None
-        if points is not None:
-            labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
-            pts = (points[:, None, :].float() * scale, labels)
-        box = boxes.float() * scale if boxes is not None else None
-        sparse, dense = self.sam.prompt_encoder(points=pts, boxes=box, masks=None)
-        pe = self.sam.prompt_encoder.get_dense_pe()
-        low = torch.cat([self._decode(emb[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1])
-                         for i in range(emb.shape[0])])  # fmt: skip
-        return self.sam.postprocess_masks(low, size, tuple(images.shape[-2:]))[:, 0]
+        x1, y1) in the image's pixels, or a phrase (`texts`, with a text encoder) -> mask
+        logits (B, H, W). Gradients reach the image encoder when it is trainable (tiny-scale
+        pretraining)."""
+        if points is None and boxes is None and texts is None:
+            raise InputError("sam: expected a point, box or text prompt per image, got none")
+        emb, size = self.encode(images)
+        parts = []
+        if points is not None or boxes is not None:
+            parts.append(self.geometric_prompts(points, boxes, size[0] / images.shape[-2]))
+        if texts is not None:  # a phrase alone has no pad point, as a <seg> prompt has none
+            parts.append(self.text_prompts(texts)[:, None, :])
+        sparse = torch.cat(parts, dim=1)
+        masks = self.decode(emb, list(sparse[:, None]), size, tuple(images.shape[-2:]))
+        return torch.cat(masks)
 
 
 def mask_loss(

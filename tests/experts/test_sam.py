@@ -66,5 +66,26 @@ def test_point_and_box_prompts_through_sams_prompt_encoder_train_the_image_encod
     assert dec.prompted(images, boxes=boxes).shape == (3, 32, 32)
     mask_loss(logits, torch.rand_like(logits) > 0.5).backward()
     assert all(p.grad is not None for p in dec.sam.image_encoder.parameters() if p.requires_grad)
-    with pytest.raises(InputError, match="point or a box"):
+    with pytest.raises(InputError, match="point, box or text prompt"):
         dec.prompted(images)
+
+
+def test_phrase_prompts_need_a_text_encoder_and_train_it():
+    """SAM's text prompts (the tiny decoder's caption encoder): each phrase gives its own
+    mask, gradients reach the caption encoder; without one it is a clear error."""
+    from experts.decoders.text import CaptionEncoder
+    from onellm.errors import ConfigError
+    from onellm.text_tokenizer import tiny_tokenizer
+
+    images = torch.rand(2, 3, 64, 64)
+    with pytest.raises(ConfigError, match="no text encoder"):
+        SamMaskDecoder(build_sam(**TINY_SAM)).prompted(images, texts=["the red circle"] * 2)
+    text = CaptionEncoder(vocab_size=512, out_dim=32, width=32, length=8)
+    dec = SamMaskDecoder(build_sam(**TINY_SAM), text=text)
+    with pytest.raises(ConfigError, match="no tokenizer"):
+        dec.prompted(images, texts=["the red circle"] * 2)
+    text.tokenizer = tiny_tokenizer(512, ("### Human: ", "### Assistant: "))
+    a = dec.prompted(images[:1].expand(2, -1, -1, -1), texts=["the red circle", "the blue square"])
+    assert a.shape == (2, 64, 64) and not torch.allclose(a[0], a[1])
+    mask_loss(a, torch.rand_like(a) > 0.5).backward()
+    assert all(p.grad is not None for p in text.parameters())
