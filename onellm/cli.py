@@ -75,8 +75,8 @@ def _eval(args: argparse.Namespace) -> int:
             t: evaluate_outputs(model, t, samples=args.samples, seed=args.seed) for t in args.task
         }
         for t, r in results.items():
-            name = OUTPUT_METRICS[t]
-            print(f"{t:<4} n={r['n']:<4} {name} {r[name]:.3f}")
+            got = "  ".join(f"{k} {r[k]:.3f}" for k in OUTPUT_METRICS[t] if k in r)
+            print(f"{t:<4} n={r['n']:<4} {got}")
         return _write(results, args)
     mods = args.modality or sorted(model.modalities)
     results = {
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="a JSONL manifest with captions; default: the shapes world's test split"
     )
     p.add_argument(
-        "--task", action="append", choices=("seg", "gen", "sam"),
+        "--task", action="append", choices=("seg", "gen", "sam", "t2i"),
         help="output experts instead: seg (mIoU), gen (colour accuracy), sam (point-prompted mIoU); repeatable",
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=100, help="shapes-world scenes per modality")

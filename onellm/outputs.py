@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 
 from experts.output import token_states
+from onellm.errors import ConfigError
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -72,29 +74,88 @@ def gen_conditions(model: OneLLM, ids, hidden, embeds) -> tuple[torch.Tensor, to
     return cond, batch_index[: g * n : n]
 
 
+def pretrain_loss(model: OneLLM, task: str, batch: dict) -> torch.Tensor:
+    """A tiny decoder's own pretraining, without the LLM. sam: every shape's mask from a
+    point inside it, plus (with a text encoder) from the phrase naming it, each LISA's mask
+    loss (one image encoding serves all the prompts of an image);
+    t2i: the denoising MSE of the target image under the caption's text states."""
+    from experts.decoders.sam import mask_loss
+
+    if task == "t2i":
+        decoder = model.decoders["gen"]
+        return decoder.loss(batch["image"], decoder.caption_states(batch["texts"]))
+    decoder, weights = model.decoders["seg"], _weights(model, "seg")
+    pixels, masks = batch["pixels"], batch["masks"]
+    emb, size = decoder.encode(pixels)  # once, for every prompt of every image
+    scale = size[0] / pixels.shape[-2]
+    prompt_sets = [[decoder.geometric_prompts(p, None, scale) for p in batch["points"]]]
+    if decoder.text is not None:
+        counts = [len(p) for p in batch["phrases"]]
+        texts = decoder.text_prompts([t for p in batch["phrases"] for t in p])
+        prompt_sets.append([t[:, None, :] for t in texts.split(counts)])
+    loss = 0
+    for sparse in prompt_sets:
+        logits = decoder.decode(emb, sparse, size, tuple(pixels.shape[-2:]))
+        loss = (
+            loss
+            + torch.stack(
+                [mask_loss(lg, m, **weights) for lg, m in zip(logits, masks, strict=True)]
+            ).mean()
+        )
+    return loss
+
+
+def _weights(model: OneLLM, task: str) -> dict[str, float]:
+    """The decoder loss's own weights (`outputs.<task>.loss`, without `align`)."""
+    return {k: v for k, v in model.config.outputs[task].loss.items() if k != "align"}
+
+
 def decoder_loss(
     model: OneLLM, task: str, batch: dict, out: Any, modality: str | None
 ) -> torch.Tensor:
     """The decoder's loss for a training batch whose answers hold the task's tokens:
     seg: LISA's 2.0 x BCE + 0.5 x Dice per mask (`outputs.seg.loss`); gen: the denoising
-    MSE (x `outputs.gen.loss.mse`). `out`: the model's forward with hidden states."""
+    MSE (x `outputs.gen.loss.mse`). With a text encoder in the decoder, plus `align` x the
+    MSE from each head output to the text encoder's reading of the named phrase (NExT-GPT's
+    L2; the target is detached: the text encoder is what the head learns to imitate).
+    `out`: the model's forward with hidden states."""
     from experts.decoders.sam import mask_loss
 
     ids = batch["input_ids"]
     if modality is not None:  # the forward widened the sequence with the modality block
         ids = model.insert_placeholders(ids, modality)[0]
     hidden, embeds = out.hidden_states[-1], out.hidden_states[0]
-    weights = dict(model.config.outputs[task].loss)
+    if not model.config.outputs[task].tune_llm:  # the decoder loss trains the head only
+        hidden, embeds = hidden.detach(), embeds.detach()
+    weights, align = _weights(model, task), model.config.outputs[task].loss.get("align", 0.0)
+    decoder = model.decoders[task]
     if task == "seg":
         prompts, where = seg_prompts(model, ids, hidden, embeds)
         logits = seg_mask_logits(model, prompts, where, batch["seg_pixels"])
         per = [mask_loss(lg, m[None].expand_as(lg), **weights)
                for lg, m in zip(logits, batch["seg_masks"], strict=True) if len(lg)]  # fmt: skip
-        return torch.stack(per).mean() if per else hidden.sum() * 0
+        if not per:
+            return hidden.sum() * 0
+        loss = torch.stack(per).mean()
+        if align and decoder.text is not None:
+            with torch.no_grad():
+                target = decoder.text_prompts(batch["phrases"])[where]
+            loss = loss + align * F.mse_loss(prompts, target)
+        return loss
     cond, where = gen_conditions(model, ids, hidden, embeds)
     if not len(cond):
         return hidden.sum() * 0
-    return model.decoders["gen"].loss(batch["gen_images"][where], cond) * weights.get("mse", 1.0)
+    loss = decoder.loss(batch["gen_images"][where], cond) * weights.get("mse", 1.0)
+    if align and decoder.has_text:
+        with torch.no_grad():
+            target = decoder.caption_states(batch["phrases"])[where]
+        if target.shape != cond.shape:
+            raise ConfigError(
+                f"gen: the head gives conditioning {tuple(cond.shape[1:])} but the text encoder "
+                f"{tuple(target.shape[1:])}; set outputs.gen.head.num_queries to {target.shape[1]}"
+            )
+        loss = loss + align * F.mse_loss(cond, target)
+    return loss
 
 
 @torch.no_grad()

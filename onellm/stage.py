@@ -13,8 +13,10 @@ from typing import Any
 from onellm.config import load_config
 from onellm.errors import ConfigError
 
-TASKS = ("caption", "instruct", "lm", "clip", "sam", "seg", "gen")
-DECODER_TASKS = ("sam", "seg", "gen")  # train a decoder; each has a held-out output metric
+TASKS = ("caption", "instruct", "lm", "clip", "sam", "t2i", "seg", "gen")
+# tasks that train a decoder -> the output they belong to; each has a held-out metric.
+# sam / t2i: the tiny decoder's own pretraining (point or phrase -> mask, caption -> image)
+DECODER_TASKS = {"sam": "seg", "t2i": "gen", "seg": "seg", "gen": "gen"}
 
 
 @dataclasses.dataclass

@@ -53,6 +53,25 @@ def prepare_model(cfg: StageConfig) -> tuple[OneLLM, list[str]]:
     return model, added
 
 
+def output_token_rows(model: OneLLM) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
+    """`trainable: ["@output_tokens"]`: the LLM's input-embedding and lm_head tables, each
+    with a row mask (V, 1) that keeps only the output tokens' rows (<seg>, <gen>), as LISA
+    trains them. Without it the new tokens' lm_head rows stay at their mean-resized start
+    and the LoRA alone has to bend the states towards them. -> {name: (table, mask)}."""
+    if not model.output_token_ids:
+        raise ConfigError("trainable: '@output_tokens' needs outputs in the model config")
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for table in (
+        model.llm.get_input_embeddings().weight,
+        model.llm.get_output_embeddings().weight,
+    ):
+        keep = torch.zeros(table.shape[0], 1)
+        keep[list(model.output_token_ids.values())] = 1
+        out[f"model.{names[id(table)]}"] = (table, keep)
+    return out
+
+
 def set_trainable(root: nn.Module, patterns: list[str]) -> tuple[int, int]:
     """Freeze everything, then unfreeze parameters whose name matches a glob. -> (trainable, total)."""
     root.requires_grad_(False)
@@ -118,11 +137,19 @@ class Trainer:
         self.root = nn.ModuleDict({"model": self.model, "aux": self.aux})
         if "@added" in cfg.trainable and not added:
             raise ConfigError("trainable: '@added' needs an add_modality section")
-        expanded = [n for p in cfg.trainable for n in (added if p == "@added" else [p])]
+        rows = output_token_rows(self.model) if "@output_tokens" in cfg.trainable else {}
+        if rows and self.d.world > 1:  # the row masks are gradient hooks on unsharded tables
+            raise ConfigError(
+                "trainable: '@output_tokens' runs in one process only (not yet under FSDP)"
+            )
+        keywords = {"@added": added, "@output_tokens": list(rows)}
+        expanded = [n for p in cfg.trainable for n in keywords.get(p, [p])]
         patterns = [p if p.startswith(("model.", "aux.")) else f"model.{p}" for p in expanded]
         self.n_trainable, self.n_total = set_trainable(
             self.root, patterns + ["aux.*"] * bool(len(self.aux))
         )
+        for p, keep in rows.values():  # only the output tokens' rows of these tables move
+            p.register_hook(lambda g, keep=keep: g * keep.to(g.dtype))
         self.model.train()
         if self.d.world > 1:
             for key in cfg.data:
@@ -172,9 +199,13 @@ class Trainer:
             # a source's scenes are indexed by step, so steps given to other sources leave gaps
             first = (step * cfg.grad_accum + a) * size + self.d.rank * local
             examples = [src[first + j] for j in range(local)]
-            if src.cfg.task == "sam":  # no text: images, target masks, point prompts
-                out.append({k: torch.stack([ex.targets[k] for ex in examples])
-                            for k in ("pixels", "mask", "point")})  # fmt: skip
+            if src.cfg.task == "sam":  # no LLM: SAM's own pretraining, every shape of an image
+                out.append({"pixels": torch.stack([ex.targets["pixels"] for ex in examples]),
+                            **{k: [ex.targets[k] for ex in examples] for k in ("masks", "points", "phrases")}})  # fmt: skip
+                continue
+            if src.cfg.task == "t2i":  # no LLM: the UNet's own pretraining, caption -> image
+                out.append({"image": torch.stack([ex.targets["image"] for ex in examples]),
+                            "texts": [ex.caption for ex in examples]})  # fmt: skip
                 continue
             rows = [
                 tokens(
@@ -191,6 +222,8 @@ class Trainer:
             batch = collate(rows, self.model.text_tokenizer.pad_token_id or 0)
             if src.modality is not None and src.cfg.task != "clip":
                 batch["inputs"] = torch.cat([ex.input for ex in examples])
+            if src.cfg.task in ("seg", "gen"):  # the named phrase: the heads' alignment target
+                batch["phrases"] = [ex.caption for ex in examples]
             if src.cfg.task == "seg":
                 batch["seg_masks"] = [ex.targets["mask"] for ex in examples]
                 batch["seg_pixels"] = [ex.targets["pixels"] for ex in examples]
@@ -212,12 +245,11 @@ class Trainer:
                 * batch["pixels"].shape[0]
                 / items
             )
-        if src.cfg.task == "sam":
-            from experts.decoders.sam import mask_loss
+        if src.cfg.task in ("sam", "t2i"):
+            from onellm.outputs import pretrain_loss
 
-            logits = self.model.decoders["seg"].prompted(batch["pixels"], points=batch["point"])
-            weights = dict(self.model.config.outputs["seg"].loss)
-            return mask_loss(logits, batch["mask"], **weights) * batch["pixels"].shape[0] / items
+            n = len(batch["texts"] if src.cfg.task == "t2i" else batch["pixels"])
+            return pretrain_loss(self.model, src.cfg.task, batch) * n / items
         decoding = src.cfg.task in ("seg", "gen")
         modality = src.modality if "inputs" in batch else None
         out = self.model(
@@ -233,16 +265,20 @@ class Trainer:
         self._decoder_losses.append(float(extra.detach()))
         return out.loss + extra / self.cfg.grad_accum  # a mean per micro-batch
 
+    @staticmethod
+    def _items(task: str, batch: dict[str, Any]) -> int:
+        """What a batch's loss is a mean over: samples (clip, sam, t2i) or target tokens."""
+        if task == "t2i":
+            return len(batch["texts"])
+        if task in ("clip", "sam"):
+            return batch["pixels"].shape[0]
+        return int((batch["labels"][:, 1:] != -100).sum())
+
     def train_step(self, step: int) -> dict[str, Any]:
         key = self.source_for(step)
         batches = self.micro_batches(step, key)
         task = self.sources[key].cfg.task
-        count = sum(
-            b["pixels"].shape[0]
-            if task in ("clip", "sam")
-            else int((b["labels"][:, 1:] != -100).sum())
-            for b in batches
-        )
+        count = sum(self._items(task, b) for b in batches)
         total = self.d.all_sum(torch.tensor(float(count)))
         items = (
             total / self.d.world

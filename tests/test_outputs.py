@@ -145,30 +145,38 @@ def test_a_seg_about_an_input_without_pixels_gives_no_mask_and_no_error(model):
     assert reply.masks == []
 
 
-def test_a_short_sam_stage_trains_sam_on_point_prompts_and_nothing_else(tmp_path):
-    """Stage 5a: point prompts -> masks; the mask loss falls, the image encoder moves, the
-    LLM does not, and the final eval reports the point-prompted mIoU."""
+def test_a_short_decoder_pretraining_trains_both_decoders_and_nothing_else(tmp_path):
+    """Stage 5a: point / phrase prompts -> masks, captions -> images; both decoder losses
+    fall, SAM's image encoder, both caption encoders and the UNet move, the LLM does not,
+    and the final eval reports each decoder's own metrics."""
     from onellm.stage import load_stage
     from onellm.train import Trainer, read_metrics
     from tests.conftest import ROOT
 
-    cfg = load_stage(ROOT / "configs" / "stages" / "stage5a_sam_pretrain.yaml", [
-        f"init_from={TINY}", f"output_dir={tmp_path / 'run'}", "steps=30", "log_every=1",
-        "eval.samples=4", "data.sam.pool=64", "batch_size=8", "optimizer.lr=3e-3",
-        "schedule.warmup_steps=2",
+    cfg = load_stage(ROOT / "configs" / "stages" / "stage5a_decoder_pretrain.yaml", [
+        f"init_from={TINY}", f"output_dir={tmp_path / 'run'}", "steps=40", "log_every=1",
+        "eval.samples=4", "data.sam.pool=64", "data.t2i.pool=64", "data.t2i.batch_size=8",
+        "batch_size=8", "optimizer.lr=3e-3", "schedule.warmup_steps=2",
     ])  # fmt: skip
     t = Trainer(cfg, quiet=True)
-    llm = {n: p.detach().clone() for n, p in t.model.llm.named_parameters()}
-    enc = {n: p.detach().clone() for n, p in t.model.decoders["seg"].sam.image_encoder.named_parameters()}  # fmt: skip
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
     t.train()
     rows = read_metrics(tmp_path / "run")
-    losses = [r["loss"] for r in rows if r["event"] == "train"]
-    assert len(losses) == 30 and sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
-    assert all(torch.equal(p, llm[n]) for n, p in t.model.llm.named_parameters())
-    moved = t.model.decoders["seg"].sam.image_encoder.named_parameters()
-    assert any(not torch.equal(p, enc[n]) for n, p in moved)
-    final = [r for r in rows if r["event"] == "eval" and r.get("final")][-1]
-    assert 0 <= final["outputs"]["sam"]["sam_point_miou"] <= 1
+    for src in ("sam", "t2i"):
+        losses = [r["loss"] for r in rows if r["event"] == "train" and r["source"] == src]
+        assert len(losses) >= 10 and sum(losses[-4:]) < 0.8 * sum(losses[:4]), (src, losses)
+    moved = {n for n, p in t.model.named_parameters() if not torch.equal(p, before[n])}
+    for part in ("decoders.seg.sam.image_encoder.", "decoders.seg.text.", "decoders.gen.text.",
+                 "decoders.gen.unet."):  # fmt: skip
+        assert any(n.startswith(part) for n in moved), part
+    assert not any(n.startswith(("llm.", "heads.", "encoder.", "projection.")) for n in moved)
+    final = [r for r in rows if r["event"] == "eval" and r.get("final")][-1]["outputs"]
+    for task, key in (
+        ("sam", "sam_point_miou"),
+        ("sam", "sam_text_miou"),
+        ("t2i", "t2i_color_accuracy"),
+    ):
+        assert 0 <= final[task][key] <= 1
 
 
 def test_a_point_prompt_lies_in_its_mask():
@@ -190,3 +198,80 @@ def test_seg_masks_of_a_batch_equal_those_of_each_image_alone(model):
     alone = seg_mask_logits(model, prompts[1:], torch.tensor([0, 0]), images[2:])
     assert [m.shape for m in together] == [(1, 40, 48), (0, 0, 0), (2, 40, 48)]
     assert torch.allclose(together[2], alone[0], atol=1e-5)
+
+
+def test_align_adds_the_l2_from_each_head_to_its_decoders_text_encoder():
+    """outputs.<task>.loss.align x MSE(head output, the decoder's text encoder on the named
+    phrase) is added to the decoder loss; the text encoders read the LLM's tokenizer."""
+    from onellm.data import tasks
+    from onellm.outputs import decoder_loss, gen_conditions
+
+    torch.manual_seed(0)
+    model = OneLLM.from_config(TINY).eval()
+    tok = model.text_tokenizer
+    seg, gen = tasks.seg_scene(0, size=64), tasks.gen_scene(0, size=32)
+    for task, sc in (("seg", seg), ("gen", gen)):
+        text = f"### Human: {sc.prompt}\n### Assistant: {sc.answer}"
+        ids = torch.tensor([tok(text).input_ids])
+        batch = {"input_ids": ids, "phrases": [sc.phrase]}
+        if task == "seg":
+            batch |= {"seg_pixels": [model.modalities["image"].pixels(sc.image)],
+                      "seg_masks": [torch.from_numpy(sc.mask)]}  # fmt: skip
+        else:
+            batch["gen_images"] = torch.from_numpy(sc.target).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            out = model.llm(input_ids=ids, output_hidden_states=True)
+            hidden, embeds = out.hidden_states[-1], out.hidden_states[0]
+            losses = {}
+            for align in (0.0, 2.0):
+                model.config.outputs[task].loss["align"] = align
+                torch.manual_seed(1)  # the same diffusion noise both times
+                losses[align] = decoder_loss(model, task, batch, out, None)
+            if task == "seg":
+                got = seg_prompts(model, ids, hidden, embeds)[0]
+                want = model.decoders["seg"].text_prompts([sc.phrase])
+            else:
+                got = gen_conditions(model, ids, hidden, embeds)[0]
+                want = model.decoders["gen"].caption_states([sc.phrase])
+        mse = torch.nn.functional.mse_loss(got, want.expand_as(got))
+        assert mse > 0
+        assert torch.allclose(losses[2.0] - losses[0.0], 2 * mse, rtol=1e-4), task
+
+
+def test_a_gen_head_whose_queries_do_not_match_the_text_encoder_is_a_clear_error():
+    from onellm.errors import ConfigError
+    from onellm.outputs import decoder_loss
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["outputs"]["gen"]["head"]["num_queries"] = 5
+    model = OneLLM.from_config(cfg)
+    sc_ids = model.text_tokenizer("### Human: draw a red circle\n### Assistant: " + "<gen>" * 4)
+    ids = torch.tensor([sc_ids.input_ids])
+    out = model.llm(input_ids=ids, output_hidden_states=True)
+    batch = {"input_ids": ids, "phrases": ["a red circle"], "gen_images": torch.zeros(1, 3, 32, 32)}
+    with pytest.raises(ConfigError, match="num_queries to 8"):
+        decoder_loss(model, "gen", batch, out, None)
+
+
+def test_output_tokens_train_only_their_own_embedding_and_lm_head_rows(tmp_path):
+    """`trainable: [@output_tokens]` moves the <seg>/<gen> rows of the input embeddings and
+    the lm_head, and no other row (LISA trains them; the LoRA then need not bend states)."""
+    from onellm.stage import load_stage
+    from onellm.train import Trainer
+    from tests.conftest import ROOT
+
+    torch.manual_seed(0)
+    OneLLM.from_config(TINY).save_pretrained(tmp_path / "base")
+    cfg = load_stage(ROOT / "configs" / "stages" / "stage5_decoders.yaml", [
+        f"init_from={tmp_path / 'base'}", f"output_dir={tmp_path / 'run'}", "steps=4",
+        "batch_size=2", "data.gen.batch_size=2", "eval.samples=1", "eval.modalities=[]",
+        "data.seg.pool=4", "data.gen.pool=4", 'trainable=["@output_tokens"]',
+    ])  # fmt: skip
+    t = Trainer(cfg, quiet=True)
+    tables = [t.model.llm.get_input_embeddings().weight, t.model.llm.get_output_embeddings().weight]
+    before = [w.detach().clone() for w in tables]
+    t.train()
+    ids = sorted(t.model.output_token_ids.values())
+    for w, b in zip(tables, before, strict=True):
+        changed = (w.detach() != b).any(-1).nonzero().flatten().tolist()
+        assert changed == ids

@@ -26,7 +26,7 @@ class Example:
     caption: str | None
     turns: list[tuple[str, str]]
     raw: Any = None  # the raw input (kept for the contrastive stage's images)
-    targets: dict[str, torch.Tensor] | None = None  # seg: mask, pixels; gen: image
+    targets: dict[str, Any] | None = None  # seg: mask, pixels; gen: image; sam: its parts
 
 
 class Source:
@@ -36,11 +36,11 @@ class Source:
         self.cfg, self.seed = cfg, seed
         self.modality = (
             None
-            if cfg.task in ("lm", "gen") and cfg.modality is None
+            if cfg.task in ("lm", "gen", "t2i") and cfg.modality is None
             else model.modality_key(cfg.modality or key)
         )
-        head = "seg" if cfg.task == "sam" else cfg.task
-        if cfg.task in DECODER_TASKS and head not in model.output_token_ids:
+        head = DECODER_TASKS.get(cfg.task)
+        if head is not None and head not in model.output_token_ids:
             raise ConfigError(
                 f"data.{key}: task {cfg.task} needs outputs.{head} in the model config"
             )
@@ -98,15 +98,23 @@ class Source:
             sc = tasks.seg_scene(i, "train", self.seed, size=mod.input_shape()[-1])
             # the pixels as chat reads them
             targets = {"mask": torch.from_numpy(sc.mask), "pixels": mod.pixels(sc.image)}
-            if self.cfg.task == "sam":  # SAM's own training: the mask from a point in it
-                point = tasks.point_in(sc.mask, np.random.default_rng([self.seed, i, 11]))
-                return Example(None, None, [], sc.image, {**targets, "point": torch.tensor(point)})
-            return Example(m.preprocess(sc.image, self.modality), None, [(sc.prompt, sc.answer)],
-                           sc.image, targets)  # fmt: skip
+            if self.cfg.task == "sam":  # SAM's own training: every shape's mask, from a
+                # point inside it and from the phrase naming it
+                points = [tasks.point_in(mk, np.random.default_rng([self.seed, i, 11, k]))
+                          for k, (_, mk) in enumerate(sc.parts)]  # fmt: skip
+                parts = {"masks": torch.from_numpy(np.stack([mk for _, mk in sc.parts])),
+                         "points": torch.tensor(points), "phrases": [p for p, _ in sc.parts]}  # fmt: skip
+                return Example(
+                    None, sc.phrase, [], sc.image, {"pixels": targets["pixels"], **parts}
+                )
+            return Example(m.preprocess(sc.image, self.modality), sc.phrase,
+                           [(sc.prompt, sc.answer)], sc.image, targets)  # fmt: skip
+        # the caption is the named phrase: what the decoders' text encoders read
         n = m.config.outputs["gen"].tokens
         sc = tasks.gen_scene(i, "train", self.seed, size=m.decoders["gen"].image_size, tokens=n)
         image = torch.from_numpy(sc.target).permute(2, 0, 1).float() / 255
-        return Example(None, None, [(sc.prompt, sc.answer)], None, {"image": image})
+        turns = [] if self.cfg.task == "t2i" else [(sc.prompt, sc.answer)]
+        return Example(None, sc.phrase, turns, None, {"image": image})
 
 
 def conversation(scene: shapes.Scene, rng: np.random.Generator) -> list[tuple[str, str]]:

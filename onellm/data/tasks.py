@@ -5,7 +5,7 @@ image holding several shapes (target: that shape's mask), and "draw a green squa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 
 import numpy as np
@@ -18,11 +18,15 @@ from onellm.data.shapes import SPLITS
 @dataclass
 class TaskScene:
     prompt: str
+    phrase: str  # what is named, as a caption: the decoders' text encoders read it
     answer: str  # the output tokens the model must emit
     image: np.ndarray | None  # the input image (seg), (H, W, 3) uint8
     mask: np.ndarray | None  # seg target, (H, W) bool
     target: np.ndarray | None  # gen target image, (H, W, 3) uint8
     attrs: dict
+    # seg: every shape in the image as (phrase, mask), the named one among them; SAM's
+    # pretraining prompts each of them (one image encoding, several masks)
+    parts: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
 def seg_scene(index: int, split: str = "train", seed: int = 0, size: int = 64) -> TaskScene:
@@ -42,8 +46,9 @@ def seg_scene(index: int, split: str = "train", seed: int = 0, size: int = 64) -
         masks.append(m)
     k = int(rng.integers(len(chosen)))
     colour, shape = chosen[k]
-    return TaskScene(f"segment the {colour} {shape}", "<seg>", img, masks[k], None,
-                     {"colour": colour, "shape": shape})  # fmt: skip
+    parts = [(f"the {c} {s}", m) for (c, s), m in zip(chosen, masks, strict=True)]
+    return TaskScene(f"segment the {colour} {shape}", f"the {colour} {shape}", "<seg>", img, masks[k], None,
+                     {"colour": colour, "shape": shape}, parts)  # fmt: skip
 
 
 def gen_scene(index: int, split: str = "train", seed: int = 0, size: int = 32,
@@ -54,7 +59,7 @@ def gen_scene(index: int, split: str = "train", seed: int = 0, size: int = 32,
     img = np.full((size, size, 3), 120, dtype=np.uint8)
     m = shape_mask(shape, size, size / 2, size / 2, size * rng.uniform(0.28, 0.34))
     paint(img, m, colour, rng)
-    return TaskScene(f"draw a {colour} {shape}", "<gen>" * tokens, None, None, img,
+    return TaskScene(f"draw a {colour} {shape}", f"a {colour} {shape}", "<gen>" * tokens, None, None, img,
                      {"colour": colour, "shape": shape})  # fmt: skip
 
 
