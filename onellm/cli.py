@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--task", action="append", choices=("seg", "gen", "sam", "t2i"),
-        help="output experts instead: seg (mIoU), gen (colour accuracy), sam (point-prompted mIoU); repeatable",
+        help="output experts instead: seg (mIoU), gen (colour accuracy); the decoders alone: sam "
+             "(point / phrase-prompted mIoU), t2i (colour accuracy from the caption); repeatable",
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=100, help="shapes-world scenes per modality")
     p.add_argument("--seed", type=int, default=0)

@@ -24,8 +24,8 @@ STAGES = (
     "stage3_depth_normal_imu_fmri",
     "stage4_instruct",
 )
-# not in the default run: they double its time and do not reach their targets yet
-# (docs/design-notes.md, "Output experts")
+# not in the default run (`onellm demo --decoders`): they take three times as long as
+# stages 0-4 (docs/design-notes.md, "Output experts")
 DECODER_STAGES = ("stage5a_decoder_pretrain", "stage5_decoders")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "stages"
 

@@ -93,16 +93,13 @@ def pretrain_loss(model: OneLLM, task: str, batch: dict) -> torch.Tensor:
         counts = [len(p) for p in batch["phrases"]]
         texts = decoder.text_prompts([t for p in batch["phrases"] for t in p])
         prompt_sets.append([t[:, None, :] for t in texts.split(counts)])
-    loss = 0
-    for sparse in prompt_sets:
+
+    def mean_loss(sparse: list[torch.Tensor]) -> torch.Tensor:
         logits = decoder.decode(emb, sparse, size, tuple(pixels.shape[-2:]))
-        loss = (
-            loss
-            + torch.stack(
-                [mask_loss(lg, m, **weights) for lg, m in zip(logits, masks, strict=True)]
-            ).mean()
-        )
-    return loss
+        per = [mask_loss(lg, m, **weights) for lg, m in zip(logits, masks, strict=True)]
+        return torch.stack(per).mean()
+
+    return sum(mean_loss(sparse) for sparse in prompt_sets)
 
 
 def _weights(model: OneLLM, task: str) -> dict[str, float]:

@@ -248,7 +248,7 @@ class Trainer:
         if src.cfg.task in ("sam", "t2i"):
             from onellm.outputs import pretrain_loss
 
-            n = len(batch["texts"] if src.cfg.task == "t2i" else batch["pixels"])
+            n = self._items(src.cfg.task, batch)
             return pretrain_loss(self.model, src.cfg.task, batch) * n / items
         decoding = src.cfg.task in ("seg", "gen")
         modality = src.modality if "inputs" in batch else None
