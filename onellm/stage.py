@@ -100,6 +100,9 @@ class StageConfig:
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     lora: LoraConfig | None = None
     add_modality: AddModalityConfig | None = None
+    # {new: trained}: a new modality's queries, router, projections and tags start as a
+    # copy of a trained one's (OneLLM's --init_from_image), applied when the stage starts
+    init_modalities: dict[str, str] = dataclasses.field(default_factory=dict)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: none)
     log_every: int = 10

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from onellm import distributed
 from onellm.data.batches import collate, tokens
 from onellm.data.sources import Source
-from onellm.errors import ConfigError
+from onellm.errors import ConfigError, InputError
 from onellm.evaluate import evaluate
 from onellm.model import OneLLM
 from onellm.run_state import RunFiles
@@ -50,6 +50,11 @@ def prepare_model(cfg: StageConfig) -> tuple[OneLLM, list[str]]:
         a = cfg.add_modality
         spec = {**({"type": a.type} if a.type else {}), **a.options}
         added = model.add_modality(a.name, spec, new_experts=a.new_experts, init_from=a.init_from)
+    for new, trained in cfg.init_modalities.items():
+        try:
+            model.init_modality_from(new, trained)
+        except (InputError, ConfigError) as e:
+            raise ConfigError(f"init_modalities.{new}: {e}") from e
     return model, added
 
 

@@ -141,3 +141,34 @@ def test_a_fresh_run_into_an_old_dir_starts_new_metrics(tmp_path):
         Trainer(short(tmp_path, "steps=2", "eval.modalities=[]"), quiet=True).train()
     events = [r["event"] for r in read_metrics(tmp_path / "run")]
     assert events.count("start") == 1 and events.count("train") == 2
+
+
+def test_init_modalities_start_new_parts_from_a_trained_modality(tmp_path):
+    cfg = short(
+        tmp_path, "data={video: {task: caption, pool: 16}}", "init_modalities={video: image}"
+    )
+    t = Trainer(cfg, quiet=True)
+    p = t.model.projection
+    assert torch.equal(p.queries["video"], p.queries["image"])
+    assert torch.equal(p.start_tag["video"], p.start_tag["image"])
+    for table in (p.in_proj, p.out_proj, p.routers):
+        ours, theirs = table["video"].state_dict(), table["image"].state_dict()
+        assert all(torch.equal(ours[n], theirs[n]) for n in ours)
+    t.train_step(0)  # a video step moves video's copy, not image's
+    assert not torch.equal(p.queries["video"], p.queries["image"])
+    with pytest.raises(ConfigError, match=r"init_modalities.video: unknown modality 'sonar'"):
+        Trainer(short(tmp_path, "init_modalities={video: sonar}"), quiet=True)
+
+
+def test_rendered_training_scenes_are_shared_between_stages_and_equal_fresh_ones(tmp_path):
+    from onellm.data import shapes, sources
+
+    first = Trainer(short(tmp_path, "data={audio: {task: caption, pool: 8}}"), quiet=True)
+    second = Trainer(short(tmp_path, "data={audio: {task: instruct, pool: 8}}"), quiet=True)
+    assert first.sources["audio"][0].input is second.sources["audio"][0].input  # one rendering
+    mod = second.model.modalities["audio"]
+    i = second.sources["audio"].index(0)
+    cached = sources.rendered(mod, i, 0, preprocess=True)[1]
+    assert cached is second.sources["audio"][0].input
+    fresh = mod.preprocess(shapes.render(mod, i, "train", 0).input).unsqueeze(0)
+    torch.testing.assert_close(cached, fresh, rtol=0, atol=0)
