@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from onellm import distributed
-from onellm.data.batches import collate, tokens
+from onellm.data.batches import collate, length_groups, tokens
 from onellm.data.sources import Source
 from onellm.errors import ConfigError, InputError
 from onellm.evaluate import evaluate
@@ -224,21 +224,32 @@ class Trainer:
                 )  # fmt: skip
                 for j, ex in enumerate(examples)
             ]
-            batch = collate(rows, self.model.text_tokenizer.pad_token_id or 0)
-            if src.modality is not None and src.cfg.task != "clip":
-                batch["inputs"] = torch.cat([ex.input for ex in examples])
-            if src.cfg.task in ("seg", "gen"):  # the named phrase: the heads' alignment target
-                batch["phrases"] = [ex.caption for ex in examples]
-            if src.cfg.task == "seg":
-                batch["seg_masks"] = [ex.targets["mask"] for ex in examples]
-                batch["seg_pixels"] = [ex.targets["pixels"] for ex in examples]
-            if src.cfg.task == "gen":
-                batch["gen_images"] = torch.stack([ex.targets["image"] for ex in examples])
-            if src.cfg.task == "clip":
-                batch["pixels"] = torch.cat([ex.input for ex in examples])
-                batch["captions"] = [ex.caption for ex in examples]
-            out.append(batch)
+            # long and short texts in separate micro-batches, each padded to its own longest
+            # (stage 0's LM batches were 64% padding); the count depends on the batch size
+            # only, so every process runs as many forward passes (FSDP needs that)
+            n = max(1, local // 16) if src.cfg.task in ("lm", "instruct") else 1
+            for group in length_groups([len(ids) for ids, _ in rows], n):
+                part = [examples[k] for k in group]
+                out.append(self._token_batch(src, [rows[k] for k in group], part))
         return out
+
+    def _token_batch(self, src: Source, rows: list, examples: list) -> dict[str, Any]:
+        """Padded token rows plus what the task needs beside them (inputs, targets)."""
+        task = src.cfg.task
+        batch = collate(rows, self.model.text_tokenizer.pad_token_id or 0)
+        if src.modality is not None and task != "clip":
+            batch["inputs"] = torch.cat([ex.input for ex in examples])
+        if task in ("seg", "gen"):  # the named phrase: the heads' alignment target
+            batch["phrases"] = [ex.caption for ex in examples]
+        if task == "seg":
+            batch["seg_masks"] = [ex.targets["mask"] for ex in examples]
+            batch["seg_pixels"] = [ex.targets["pixels"] for ex in examples]
+        if task == "gen":
+            batch["gen_images"] = torch.stack([ex.targets["image"] for ex in examples])
+        if task == "clip":
+            batch["pixels"] = torch.cat([ex.input for ex in examples])
+            batch["captions"] = [ex.caption for ex in examples]
+        return batch
 
     # ------------------------------------------------------------------ one step
     def loss(self, batch: dict[str, Any], key: str, items: torch.Tensor) -> torch.Tensor:

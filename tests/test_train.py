@@ -172,3 +172,34 @@ def test_rendered_training_scenes_are_shared_between_stages_and_equal_fresh_ones
     assert cached is second.sources["audio"][0].input
     fresh = mod.preprocess(shapes.render(mod, i, "train", 0).input).unsqueeze(0)
     torch.testing.assert_close(cached, fresh, rtol=0, atol=0)
+
+
+def test_length_grouped_micro_batches_give_the_whole_batch_gradient(tmp_path, monkeypatch):
+    cfg = short(
+        tmp_path,
+        "data={text: {task: lm, pool: 64, context_mix: 0.5}, image: {task: instruct, pool: 64}}",
+        "batch_size=32",
+        "init_from=configs/tiny.yaml",
+        "trainable=[llm.*, projection.*]",
+    )
+    t = Trainer(cfg, quiet=True)
+
+    def grads(key):
+        batches = t.micro_batches(0, key)
+        items = sum(t._items(cfg.data[key].task, b) for b in batches)
+        for b in batches:
+            t.loss(b, key, torch.tensor(float(items))).backward()
+        g = {n: p.grad.clone() for n, p in t.root.named_parameters() if p.grad is not None}
+        t.optimizer.zero_grad(set_to_none=True)
+        return batches, g
+
+    for key in ("text", "image"):
+        grouped, ours = grads(key)
+        with monkeypatch.context() as m:  # one batch padded to its longest row
+            m.setattr("onellm.train.length_groups", lambda lengths, n: [list(range(len(lengths)))])
+            (whole,), theirs = grads(key)
+        assert len(grouped) == 2
+        assert sum(b["input_ids"].numel() for b in grouped) < whole["input_ids"].numel()
+        assert ours.keys() == theirs.keys() and ours
+        for n in ours:
+            torch.testing.assert_close(ours[n], theirs[n], rtol=1e-4, atol=1e-6, msg=n)

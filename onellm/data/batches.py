@@ -59,3 +59,10 @@ def collate(rows: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torc
         out["attention_mask"][i, : len(ids)] = 1
         out["labels"][i, : len(labels)] = torch.tensor(labels)
     return out
+
+
+def length_groups(lengths: list[int], groups: int) -> list[list[int]]:
+    """Row indices in `groups` runs of similar length (shortest first; ties keep their
+    order), so that each run is padded only to its own longest row."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [part.tolist() for part in np.array_split(order, groups) if len(part)]
