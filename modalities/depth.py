@@ -77,7 +77,7 @@ class PairedMapModality(ImageModality):
         size = self.size or 64
         shape, colour, distance = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(DISTANCES)
         near = distance == "near"
-        radius = size * (rng.uniform(0.24, 0.28) if near else rng.uniform(0.14, 0.17))
+        radius = size * (rng.uniform(0.26, 0.29) if near else rng.uniform(0.18, 0.21))
         cx, cy = size / 2 + rng.uniform(-4, 4, 2)
         mask = shape_mask(shape, size, cx, cy, radius)
         rgb = canvas(rng, size)
