@@ -128,7 +128,8 @@ _RENDERED_MAX = 32768  # scenes; the tiny config's 8 pools of 2048 fit, a little
 def rendered(mod: Any, i: int, seed: int, *, preprocess: bool) -> tuple[shapes.Scene, Any]:
     """Training scene `i` of modality object `mod` and, if asked, its preprocessed input
     (1, *input_shape) on the CPU."""
-    sizes = tuple(sorted((k, v) for k, v in vars(mod).items() if isinstance(v, (int, float, str))))
+    plain = (int, float, str, bool, tuple, list, dict, type(None))  # a modality's settings
+    sizes = tuple(sorted((k, repr(v)) for k, v in vars(mod).items() if isinstance(v, plain)))
     key = (type(mod), sizes, i, seed)
     if key not in _RENDERED:
         if len(_RENDERED) >= _RENDERED_MAX:
