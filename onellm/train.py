@@ -256,11 +256,8 @@ class Trainer:
         src = self.sources[key]
         if src.cfg.task == "clip":
             ids, mask = batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:]  # no BOS
-            return (
-                self.aux["clip"].loss(self.model, batch["pixels"], ids, mask, batch["captions"])
-                * batch["pixels"].shape[0]
-                / items
-            )
+            loss = self.aux["clip"].loss(self.model, batch["pixels"], ids, mask, batch["captions"])
+            return loss * self._items("clip", batch) / items
         if src.cfg.task in ("sam", "t2i"):
             from onellm.outputs import pretrain_loss
 
