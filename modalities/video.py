@@ -1,5 +1,11 @@
 """Video: T frames, each CLIP-transformed like an image; frames are encoded, then mean-pooled.
 
+OneLLM feeds each frame through CLIP's patch embedding alone, so the mean over encoded frames
+keeps no order: a clip played backwards encodes the same. `motion=True` (the default) adds a
+trainable patch embedding of each frame's change from the one before (`MotionPatchTokenizer`),
+zero at the start, so that direction is visible in every frame's tokens. Official OneLLM
+checkpoints convert with `motion=False` and encode exactly as OneLLM does.
+
 Raw forms: a folder of frame images, an animated GIF, a list of frames (paths / PIL /
 arrays), a (T, H, W, 3) or (T, 3, H, W) array or tensor. `frames` are sampled uniformly.
 OneLLM's loader gives 15 (5 clips x 3 crops); here the count comes from the config.
@@ -12,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageSequence
+from einops import rearrange
 from torch import nn
 
 from modalities.image import (
@@ -60,16 +67,41 @@ def load_frames(name: str, raw: Any) -> list[Any]:
     )
 
 
+class MotionPatchTokenizer(nn.Module):
+    """CLIP's frozen patch embedding of each frame plus a trainable one of the frame's change
+    from the previous frame (none for the first). The motion weights start at zero, so a new
+    video tokenizer encodes exactly as image's until training moves them."""
+
+    position_embedding = None  # use the encoder's
+
+    def __init__(self, encoder: EncoderInfo) -> None:
+        super().__init__()
+        p = encoder.patch_size
+        self.motion = nn.Conv2d(3, encoder.width, p, stride=p, bias=False)
+        nn.init.zeros_(self.motion.weight)
+
+    def forward(self, x: torch.Tensor, encoder: Any) -> torch.Tensor:
+        if x.dim() == 4:
+            x = x.unsqueeze(1)  # one frame
+        b = x.shape[0]
+        change = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
+        change = rearrange(change, "b t c h w -> (b t) c h w").to(self.motion.weight.dtype)
+        tokens = encoder.patch_embed(rearrange(x, "b t c h w -> (b t) c h w"))
+        tokens = tokens + rearrange(self.motion(change), "n w gh gw -> n (gh gw) w")
+        return rearrange(tokens, "(b t) s w -> b t s w", b=b)
+
+
 class VideoModality(ImageModality):
     """`frames` frames of (3, size, size): (frames, 3, size, size)."""
 
     name = "video"
 
-    def __init__(self, *, frames: int = 15, size: int | None = None) -> None:
+    def __init__(self, *, frames: int = 15, size: int | None = None, motion: bool = True) -> None:
         super().__init__(size=size)
         if frames < 1:
             raise InputError(f"{self.name}: frames must be >= 1, got {frames}")
         self.frames = frames
+        self.motion = motion
 
     def input_shape(self) -> tuple[int | None, ...]:
         return (None, 3, self.size, self.size)  # any frame count is accepted by the model
@@ -82,7 +114,7 @@ class VideoModality(ImageModality):
         )
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
-        return ClipPatchTokenizer()
+        return MotionPatchTokenizer(encoder) if self.motion else ClipPatchTokenizer()
 
     def render(self, rng: np.random.Generator, frames: int = 4) -> Scene:
         """A shape moving left/right/up/down, drawn with a faint trail so that every frame

@@ -117,7 +117,7 @@ def infer_config(
 def _modality_kwargs(sd, ref: str, width: int, *, audio_stride: int, audio_mel_bins: int) -> dict:
     tokens = lambda: sd[f"positional_embedding.{ref}"].shape[0] - 1  # noqa: E731
     if ref == "video":
-        return {"frames": 15}
+        return {"frames": 15, "motion": False}  # OneLLM has no motion tokens
     if ref == "audio":
         kernel = sd["conv1.audio.weight"].shape[-1]
         grid_mel = (audio_mel_bins - kernel) // audio_stride + 1

@@ -99,12 +99,27 @@ def test_frozen_image_path_runs_outside_autograd(model):
 
 def test_video_frames_are_encoded_then_mean_pooled(model):
     x = random_input(model, "video", frames=3)
-    tok = model.tokenizers["video"]
-    pooled = model.encoder(tok(x, model.encoder), None)
-    per_frame = torch.stack(
-        [model.encoder(tok(x[:, t : t + 1], model.encoder), None) for t in range(3)]
-    )
+    tokens = model.tokenizers["video"](x, model.encoder)
+    pooled = model.encoder(tokens, None)
+    per_frame = torch.stack([model.encoder(tokens[:, t : t + 1], None) for t in range(3)])
     torch.testing.assert_close(pooled, per_frame.mean(0))
+
+
+def test_video_motion_tokens_start_as_onellms_and_learn_direction(model):
+    x = random_input(model, "video", frames=3)
+    backwards = x.flip(1)
+    # zero motion weights: frames encode as image's do, so order is lost as in OneLLM
+    torch.testing.assert_close(model.encode(x, "video"), model.encode(backwards, "video"))
+    plain = OneLLM.from_config(TINY, ["modalities.video={frames: 2, motion: false}"])
+    assert not list(plain.tokenizers["video"].parameters())
+    tok = model.tokenizers["video"]
+    assert tok.motion.weight.requires_grad
+    with torch.no_grad():
+        tok.motion.weight.normal_(0, 0.05)
+    assert not torch.allclose(model.encode(x, "video"), model.encode(backwards, "video"))
+    still = x[:, :1].expand_as(x)  # a still clip has no change to add
+    enc, image = model.encoder, model.tokenizers["image"]
+    torch.testing.assert_close(enc(tok(still, enc), None), enc(image(x[:, 0], enc), None))
 
 
 def test_rgbd_and_rgbn_are_accepted_names(model):
