@@ -43,7 +43,7 @@ def evaluate(
     model: Any,
     modality: str,
     *,
-    samples: int = 50,
+    samples: int = 100,
     seed: int = 0,
     data: str | None = None,
     batch_size: int = 32,
