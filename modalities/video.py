@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageSequence
 from einops import rearrange
+from PIL import Image, ImageSequence
 from torch import nn
 
 from modalities.image import (
