@@ -67,12 +67,11 @@ def load_frames(name: str, raw: Any) -> list[Any]:
     )
 
 
-class MotionPatchTokenizer(nn.Module):
-    """CLIP's frozen patch embedding of each frame plus a trainable one of the frame's change
-    from the previous frame (none for the first). The motion weights start at zero, so a new
-    video tokenizer encodes exactly as image's until training moves them."""
-
-    position_embedding = None  # use the encoder's
+class MotionPatchTokenizer(ClipPatchTokenizer):
+    """CLIP's frozen patch embedding of each frame (`ClipPatchTokenizer`) plus a trainable one
+    of the frame's change from the previous frame (none for the first). The motion weights
+    start at zero, so a new video tokenizer encodes exactly as image's until training moves
+    them."""
 
     def __init__(self, encoder: EncoderInfo) -> None:
         super().__init__()
@@ -81,14 +80,13 @@ class MotionPatchTokenizer(nn.Module):
         nn.init.zeros_(self.motion.weight)
 
     def forward(self, x: torch.Tensor, encoder: Any) -> torch.Tensor:
+        tokens = super().forward(x, encoder)  # (B, T, S, W)
         if x.dim() == 4:
             x = x.unsqueeze(1)  # one frame
-        b = x.shape[0]
         change = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
         change = rearrange(change, "b t c h w -> (b t) c h w").to(self.motion.weight.dtype)
-        tokens = encoder.patch_embed(rearrange(x, "b t c h w -> (b t) c h w"))
-        tokens = tokens + rearrange(self.motion(change), "n w gh gw -> n (gh gw) w")
-        return rearrange(tokens, "(b t) s w -> b t s w", b=b)
+        motion = rearrange(self.motion(change), "(b t) w gh gw -> b t (gh gw) w", b=x.shape[0])
+        return tokens + motion
 
 
 class VideoModality(ImageModality):
