@@ -13,6 +13,21 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 
+def zoom_out(pixels: torch.Tensor, scale: float) -> torch.Tensor:
+    """Images (..., C, H, W) shrunk about their centre by `scale` <= 1, the margin filled
+    with each image's median border colour; a shape keeps its side of the image."""
+    *_, c, h, w = pixels.shape
+    x = pixels.reshape(-1, c, h, w)
+    hh, ww = max(1, round(h * scale)), max(1, round(w * scale))
+    small = F.interpolate(x, size=(hh, ww), mode="bilinear", antialias=True, align_corners=False)
+    edge = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 0], x[..., -1]], -1)
+    border = edge.median(-1).values  # a shape touching the edge does not tint it
+    out = border[..., None, None].expand_as(x).clone()
+    top, left = (h - hh) // 2, (w - ww) // 2
+    out[..., top : top + hh, left : left + ww] = small
+    return out.reshape(pixels.shape)
+
+
 class ContrastiveHead(nn.Module):
     """Text tower + vision projection + temperature, trained beside the encoder."""
 

@@ -32,6 +32,9 @@ class SourceConfig:
     pool: int = 2048  # synthetic: distinct training scenes, reshuffled every pass
     caption_mix: float = 0.25  # instruct: share of plain captioning examples kept in the mix
     context_mix: float = 0.0  # lm: share of examples that first read the scene's caption as context
+    # clip: each image shrunk about its centre by a factor drawn from [lo, hi] (CLIP's scale
+    # augmentation), so the encoder also sees shapes smaller than the image world draws them
+    zoom: list[float] | None = None
 
 
 @dataclasses.dataclass
@@ -131,6 +134,13 @@ def validate(cfg: StageConfig) -> None:
             raise ConfigError(f"data.{key}.weight: expected >= 0, got {src.weight}")
         if src.batch_size is not None and src.batch_size < 1:
             raise ConfigError(f"data.{key}.batch_size: expected >= 1, got {src.batch_size}")
+        if src.zoom is not None:
+            if src.task != "clip":
+                raise ConfigError(f"data.{key}.zoom: only task clip zooms, got task {src.task}")
+            if len(src.zoom) != 2 or not 0 < src.zoom[0] <= src.zoom[1] <= 1:
+                raise ConfigError(
+                    f"data.{key}.zoom: expected [lo, hi] with 0 < lo <= hi <= 1, got {src.zoom}"
+                )
     if sum(s.weight for s in cfg.data.values()) <= 0:
         raise ConfigError("data: the weights sum to zero")
     if cfg.precision not in ("fp32", "bf16"):

@@ -1,10 +1,13 @@
 """Stage 0's contrastive CLIP training (onellm/contrastive.py), on images and video clips."""
 
+import pytest
 import torch
 
-from onellm.contrastive import ContrastiveHead
+from onellm.contrastive import ContrastiveHead, zoom_out
+from onellm.data.sources import Source
+from onellm.errors import ConfigError
 from onellm.model import OneLLM
-from onellm.stage import load_stage
+from onellm.stage import SourceConfig, load_stage
 from onellm.train import Trainer, read_metrics
 from tests.conftest import ROOT
 
@@ -41,3 +44,41 @@ def test_contrastive_stage_on_images_and_video_lowers_its_loss(tmp_path):
         assert len(losses) >= 6, source
         assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), (source, losses)
     assert all(torch.equal(p, llm[n]) for n, p in t.model.llm.named_parameters())
+
+
+def test_zoom_out_shrinks_a_shape_about_the_centre_and_keeps_its_side():
+    image = torch.zeros(3, 64, 64)
+    image[:, 24:40, 4:20] = 1.0  # a 16 x 16 square on the left, touching nothing
+    image[0, 0, :3] = 5.0  # a few odd edge pixels do not tint the margin
+    assert torch.equal(zoom_out(image, 1.0), image)
+    small = zoom_out(image, 0.5)
+    assert small.shape == image.shape
+    fg = small[1] > 0.5
+    assert 50 <= int(fg.sum()) <= 80  # (16 * 0.5)^2 = 64 pixels
+    cols = fg.nonzero()[:, 1].float()
+    assert cols.mean() < 32 - 4  # still left of the centre
+    assert torch.equal(small[:, :16], torch.zeros(3, 16, 64))  # the margin: the border colour
+    video = torch.stack([image, image.flip(-1)])[None]  # (1, T, 3, H, W)
+    torch.testing.assert_close(zoom_out(video, 0.5)[0, 0], small)
+
+
+def test_a_zooming_source_draws_a_new_scale_per_pass_and_repeats_by_position(tmp_path):
+    cfg = load_stage(ROOT / "configs" / "stages" / "stage0_pretrain.yaml", [
+        f"output_dir={tmp_path}", "data={image: {task: clip, pool: 4, zoom: [0.5, 0.9]}}",
+    ])  # fmt: skip
+    model = OneLLM.from_config(ROOT / "configs" / "tiny.yaml")
+    src = Source(model, "image", cfg.data["image"], seed=0)
+    plain = Source(model, "image", SourceConfig(task="clip", pool=4), seed=0)
+    a, again = src[1].input, src[1].input
+    assert torch.equal(a, again)  # resumable: position decides the scale
+    later = next(p for p in range(4, 8) if src.index(p) == src.index(1))  # same scene, next pass
+    assert not torch.equal(src[later].input, a)
+    assert not torch.equal(a, plain[1].input)
+    assert torch.equal(src._cache[src.index(1)].input, plain[1].input)  # cache left unzoomed
+    for bad, msg in (
+        ("{image: {task: clip, zoom: [0.0, 1.0]}}", r"data.image.zoom: expected \[lo, hi\]"),
+        ("{image: {task: clip, zoom: [0.9, 0.5]}}", r"data.image.zoom: expected \[lo, hi\]"),
+        ("{image: {task: caption, zoom: [0.5, 1.0]}}", r"data.image.zoom: only task clip"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            load_stage(ROOT / "configs" / "stages" / "stage0_pretrain.yaml", [f"data={bad}"])

@@ -6,12 +6,13 @@ over a fixed pool, so a run resumed at step s sees exactly what an uninterrupted
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from onellm.contrastive import zoom_out
 from onellm.data import shapes, tasks
 from onellm.data.manifest import read_manifest
 from onellm.errors import ConfigError
@@ -73,7 +74,11 @@ class Source:
         i = self.index(position)
         if i not in self._cache:
             self._cache[i] = self._load(i)
-        return self._cache[i]
+        ex = self._cache[i]
+        if self.cfg.zoom is not None and ex.input is not None:  # a new draw on every pass
+            scale = np.random.default_rng([self.seed, position, 13]).uniform(*self.cfg.zoom)
+            ex = replace(ex, input=zoom_out(ex.input, float(scale)))
+        return ex
 
     def _load(self, i: int) -> Example:
         if self.cfg.task in DECODER_TASKS:
