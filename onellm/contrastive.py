@@ -7,24 +7,31 @@ every image whose caption matches counts as a positive (soft targets), not only 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 
-def zoom_out(pixels: torch.Tensor, scale: float) -> torch.Tensor:
-    """Images (..., C, H, W) shrunk about their centre by `scale` <= 1, the margin filled
-    with each image's median border colour; a shape keeps its side of the image."""
+def zoom_out(pixels: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    """Images (N, [T,] C, H, W), sample i shrunk about its centre by `scales[i]` <= 1, the
+    margin filled with its median border colour; a shape keeps its side of the image."""
     *_, c, h, w = pixels.shape
-    x = pixels.reshape(-1, c, h, w)
-    hh, ww = max(1, round(h * scale)), max(1, round(w * scale))
-    small = F.interpolate(x, size=(hh, ww), mode="bilinear", antialias=True, align_corners=False)
+    x = pixels.reshape(len(pixels), -1, c, h, w)
     edge = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 0], x[..., -1]], -1)
-    border = edge.median(-1).values  # a shape touching the edge does not tint it
-    out = border[..., None, None].expand_as(x).clone()
-    top, left = (h - hh) // 2, (w - ww) // 2
-    out[..., top : top + hh, left : left + ww] = small
+    out = edge.median(-1).values[..., None, None].expand_as(x).clone()  # edge shapes don't tint
+    sizes = [(max(1, round(h * s)), max(1, round(w * s))) for s in scales]
+    for hh, ww in set(sizes):  # one resize per output size, not per sample
+        idx = torch.tensor([i for i, size in enumerate(sizes) if size == (hh, ww)])
+        if (hh, ww) == (h, w):
+            out[idx] = x[idx]
+            continue
+        top, left = (h - hh) // 2, (w - ww) // 2
+        small = F.interpolate(x[idx].flatten(0, 1), size=(hh, ww), mode="bilinear",
+                              antialias=True, align_corners=False)  # fmt: skip
+        out[idx, :, :, top : top + hh, left : left + ww] = small.unflatten(0, (len(idx), -1))
     return out.reshape(pixels.shape)
 
 

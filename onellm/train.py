@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from onellm import distributed
+from onellm.contrastive import zoom_out
 from onellm.data.batches import collate, length_groups, tokens
 from onellm.data.sources import Source
 from onellm.errors import ConfigError, InputError
@@ -248,6 +249,8 @@ class Trainer:
             batch["gen_images"] = torch.stack([ex.targets["image"] for ex in examples])
         if task == "clip":
             batch["pixels"] = torch.cat([ex.input for ex in examples])
+            if any(ex.zoom is not None for ex in examples):
+                batch["pixels"] = zoom_out(batch["pixels"], [ex.zoom or 1.0 for ex in examples])
             batch["captions"] = [ex.caption for ex in examples]
         return batch
 

@@ -50,31 +50,36 @@ def test_zoom_out_shrinks_a_shape_about_the_centre_and_keeps_its_side():
     image = torch.zeros(3, 64, 64)
     image[:, 24:40, 4:20] = 1.0  # a 16 x 16 square on the left, touching nothing
     image[0, 0, :3] = 5.0  # a few odd edge pixels do not tint the margin
-    assert torch.equal(zoom_out(image, 1.0), image)
-    small = zoom_out(image, 0.5)
-    assert small.shape == image.shape
+    full, small, other = zoom_out(torch.stack([image, image, image.flip(-1)]), [1.0, 0.5, 0.5])
+    assert torch.equal(full, image)
     fg = small[1] > 0.5
     assert 50 <= int(fg.sum()) <= 80  # (16 * 0.5)^2 = 64 pixels
-    cols = fg.nonzero()[:, 1].float()
-    assert cols.mean() < 32 - 4  # still left of the centre
+    assert fg.nonzero()[:, 1].float().mean() < 32 - 4  # still left of the centre
     assert torch.equal(small[:, :16], torch.zeros(3, 16, 64))  # the margin: the border colour
+    torch.testing.assert_close(other[1:], small[1:].flip(-1))  # each sample its own image
     video = torch.stack([image, image.flip(-1)])[None]  # (1, T, 3, H, W)
-    torch.testing.assert_close(zoom_out(video, 0.5)[0, 0], small)
+    torch.testing.assert_close(zoom_out(video, [0.5])[0, 0], small)
 
 
-def test_a_zooming_source_draws_a_new_scale_per_pass_and_repeats_by_position(tmp_path):
+def test_a_zooming_source_draws_a_new_scale_per_pass_and_its_batch_applies_it(tmp_path):
     cfg = load_stage(ROOT / "configs" / "stages" / "stage0_pretrain.yaml", [
-        f"output_dir={tmp_path}", "data={image: {task: clip, pool: 4, zoom: [0.5, 0.9]}}",
+        f"output_dir={tmp_path}", "batch_size=4",
+        "data={image: {task: clip, pool: 4, zoom: [0.5, 0.9]}}",
     ])  # fmt: skip
-    model = OneLLM.from_config(ROOT / "configs" / "tiny.yaml")
-    src = Source(model, "image", cfg.data["image"], seed=0)
-    plain = Source(model, "image", SourceConfig(task="clip", pool=4), seed=0)
-    a, again = src[1].input, src[1].input
-    assert torch.equal(a, again)  # resumable: position decides the scale
+    t = Trainer(cfg, quiet=True)
+    src = t.sources["image"]
+    plain = Source(t.model, "image", SourceConfig(task="clip", pool=4), seed=cfg.seed)
+    assert src[1].zoom == src[1].zoom  # resumable: the position decides the scale
+    assert 0.5 <= src[1].zoom <= 0.9
     later = next(p for p in range(4, 8) if src.index(p) == src.index(1))  # same scene, next pass
-    assert not torch.equal(src[later].input, a)
-    assert not torch.equal(a, plain[1].input)
-    assert torch.equal(src._cache[src.index(1)].input, plain[1].input)  # cache left unzoomed
+    assert src[later].zoom != src[1].zoom
+    assert torch.equal(src[1].input, plain[1].input)  # the shared scene stays unzoomed
+    batch = t.micro_batches(0, "image")[0]
+    examples = [src[p] for p in range(4)]
+    unzoomed = torch.cat([ex.input for ex in examples])
+    expected = zoom_out(unzoomed, [ex.zoom for ex in examples])
+    torch.testing.assert_close(batch["pixels"], expected)
+    assert not torch.allclose(batch["pixels"], unzoomed)
     for bad, msg in (
         ("{image: {task: clip, zoom: [0.0, 1.0]}}", r"data.image.zoom: expected \[lo, hi\]"),
         ("{image: {task: clip, zoom: [0.9, 0.5]}}", r"data.image.zoom: expected \[lo, hi\]"),

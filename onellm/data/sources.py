@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from onellm.contrastive import zoom_out
 from onellm.data import shapes, tasks
 from onellm.data.manifest import read_manifest
 from onellm.errors import ConfigError
@@ -28,6 +27,7 @@ class Example:
     turns: list[tuple[str, str]]
     raw: Any = None  # the raw input (kept for the contrastive stage's images)
     targets: dict[str, Any] | None = None  # seg: mask, pixels; gen: image; sam: its parts
+    zoom: float | None = None  # clip: the scale this draw shrinks the image by
 
 
 class Source:
@@ -75,9 +75,9 @@ class Source:
         if i not in self._cache:
             self._cache[i] = self._load(i)
         ex = self._cache[i]
-        if self.cfg.zoom is not None and ex.input is not None:  # a new draw on every pass
+        if self.cfg.zoom is not None:  # a new draw on every pass; the batch applies it
             scale = np.random.default_rng([self.seed, position, 13]).uniform(*self.cfg.zoom)
-            ex = replace(ex, input=zoom_out(ex.input, float(scale)))
+            ex = replace(ex, zoom=float(scale))
         return ex
 
     def _load(self, i: int) -> Example:
