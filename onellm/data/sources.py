@@ -6,6 +6,7 @@ over a fixed pool, so a run resumed at step s sees exactly what an uninterrupted
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -68,7 +69,7 @@ class Source:
 
     def index(self, position: int) -> int:
         epoch, k = divmod(position, self.size)
-        return int(np.random.default_rng([self.seed, epoch]).permutation(self.size)[k])
+        return int(_order(self.seed, epoch, self.size)[k])
 
     def __getitem__(self, position: int) -> Example:
         i = self.index(position)
@@ -121,6 +122,15 @@ class Source:
         image = torch.from_numpy(sc.target).permute(2, 0, 1).float() / 255
         turns = [] if self.cfg.task == "t2i" else [(sc.prompt, sc.answer)]
         return Example(None, sc.phrase, turns, None, {"image": image})
+
+
+@functools.lru_cache(maxsize=8)
+def _order(seed: int, epoch: int, size: int) -> np.ndarray:
+    """Pass `epoch`'s shuffle of a pool, drawn once: a permutation of stage 0's 8192 images
+    was ~0.12 ms, and a 128-image batch asked for it 128 times."""
+    order = np.random.default_rng([seed, epoch]).permutation(size)
+    order.flags.writeable = False
+    return order
 
 
 # Training scenes of the shapes world, shared by every stage that runs in this process (the
