@@ -249,8 +249,8 @@ class Trainer:
             batch["gen_images"] = torch.stack([ex.targets["image"] for ex in examples])
         if task == "clip":
             batch["pixels"] = torch.cat([ex.input for ex in examples])
-            if any(ex.zoom is not None for ex in examples):
-                batch["pixels"] = zoom_out(batch["pixels"], [ex.zoom or 1.0 for ex in examples])
+            if src.cfg.zoom is not None:  # the source drew each example's scale
+                batch["pixels"] = zoom_out(batch["pixels"], [ex.zoom for ex in examples])
             batch["captions"] = [ex.caption for ex in examples]
         return batch
 
