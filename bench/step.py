@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import peak_matmul_flops, peak_rss_mb
 from bench.onellm_layout import OneLLMLayout
 from onellm import OneLLM
-from onellm.train import set_trainable
+from onellm.freezing import set_trainable
 
 
 def step_inputs(model: OneLLM, batch: int, text_tokens: int, seed: int = 0):

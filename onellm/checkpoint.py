@@ -85,8 +85,14 @@ def save_pretrained(
     return out
 
 
-def from_pretrained(directory: str | os.PathLike, *, trainable_lora: bool = False) -> OneLLM:
-    """Load a directory written by `save_pretrained`."""
+def from_pretrained(
+    directory: str | os.PathLike,
+    *,
+    trainable_lora: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> OneLLM:
+    """Load a directory written by `save_pretrained` onto `device` in `dtype`."""
     from onellm.model import OneLLM
 
     d = Path(directory)
@@ -99,12 +105,12 @@ def from_pretrained(directory: str | os.PathLike, *, trainable_lora: bool = Fals
         value = getattr(part, key)
         if value is not None and not Path(value).is_absolute():
             setattr(part, key, str(d / value))  # stored parts live inside the run
-    model = OneLLM.from_config(cfg)
+    model = OneLLM.from_config(cfg, device=device, dtype=dtype)
     if (d / "lora").is_dir():
         from peft import PeftModel
 
         model.llm = PeftModel.from_pretrained(model.llm, d / "lora", is_trainable=trainable_lora)
-    own = load_file(d / "model.safetensors")
+    own = load_file(d / "model.safetensors", device=str(model.device))
     expected = own_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(own)), sorted(set(own) - set(expected))
     if missing or unexpected:

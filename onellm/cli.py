@@ -69,13 +69,14 @@ def _eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.run).eval()
     if args.task:
-        from onellm.evaluate import OUTPUT_METRICS, evaluate_outputs
+        from onellm.evaluate import evaluate_outputs
+        from onellm.tasks import TASKS
 
         results = {
             t: evaluate_outputs(model, t, samples=args.samples, seed=args.seed) for t in args.task
         }
         for t, r in results.items():
-            got = "  ".join(f"{k} {r[k]:.3f}" for k in OUTPUT_METRICS[t] if k in r)
+            got = "  ".join(f"{k} {r[k]:.3f}" for k in TASKS.get(t).metrics if k in r)
             print(f"{t:<4} n={r['n']:<4} {got}")
         return _write(results, args)
     mods = args.modality or sorted(model.modalities)

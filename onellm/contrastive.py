@@ -67,6 +67,7 @@ class ContrastiveHead(nn.Module):
         m = mask.unsqueeze(-1).to(hidden.dtype)
         text = F.normalize(self.text.text_projection((hidden * m).sum(1) / m.sum(1)), dim=-1)
         logits = image @ text.T * self.logit_scale.exp().clamp(max=100)
-        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=logits.dtype)
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=logits.dtype,
+                            device=logits.device)  # fmt: skip
         targets = same / same.sum(-1, keepdim=True)
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2

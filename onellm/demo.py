@@ -40,12 +40,12 @@ def final_accuracy(run: Path) -> dict[str, float]:
 
 def final_outputs(run: Path) -> dict[str, float]:
     """seg_miou / gen_color_accuracy of the stage's final evaluation (stages that train them)."""
-    from onellm.evaluate import OUTPUT_METRICS
+    from onellm.tasks import TASKS
     from onellm.train import read_metrics
 
     finals = [r for r in read_metrics(run) if r["event"] == "eval" and r.get("final")]
     outs = finals[-1].get("outputs", {}) if finals else {}
-    return {k: o[k] for t, o in outs.items() for k in OUTPUT_METRICS[t] if k in o}
+    return {k: o[k] for t, o in outs.items() for k in TASKS.get(t).metrics if k in o}
 
 
 def table(stages: list[dict[str, Any]]) -> str:
@@ -140,7 +140,7 @@ def output_chats(model, out: Path) -> list[dict[str, str]]:
     import numpy as np
     from PIL import Image
 
-    from onellm.data import tasks
+    from onellm.data import output_scenes as tasks
 
     chats = []
     if "seg" in model.output_token_ids:

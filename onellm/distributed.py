@@ -10,11 +10,12 @@ where FSDP2 would leave them sharded. The blocks that hold almost all trainable 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
 
@@ -22,28 +23,54 @@ from torch.distributed.tensor import DTensor
 class Dist:
     rank: int = 0
     world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    mesh: DeviceMesh | None = None  # the data-parallel mesh FSDP2 shards over
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     def all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (in place), on this process's device (NCCL takes no CPU tensor)."""
         if self.world > 1:
+            value = value.to(self.device)
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return value
 
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
 
-def init() -> Dist:
-    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); single process otherwise."""
+
+def init(device: str = "auto") -> Dist:
+    """This process's place: under torchrun, join the process group (NCCL on CUDA, where
+    each process takes cuda:LOCAL_RANK; gloo on the CPU) with a 1-D device mesh; a single
+    process otherwise. `device`: the stage's spec (auto | cpu | cuda | cuda:N)."""
+    from onellm.devices import resolve_device
+
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist()
+        return Dist(device=resolve_device(device))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    where = resolve_device(device, local_rank=local_rank)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+        dist.init_process_group(
+            "nccl" if where.type == "cuda" else "gloo",
+            device_id=where if where.type == "cuda" else None,
+        )
+    world = dist.get_world_size()
+    return Dist(dist.get_rank(), world, where, init_device_mesh(where.type, (world,)))
 
 
-def shard(model: nn.Module) -> list[nn.Module]:
-    """`fully_shard` every heavy block that trains; returns the sharded blocks."""
+def cleanup(d: Dist) -> None:
+    """Leave the process group (the recipe's last act under torchrun)."""
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(model: nn.Module, mesh: DeviceMesh | None = None) -> list[nn.Module]:
+    """`fully_shard` every heavy block that trains over `mesh`; returns the sharded blocks."""
     from torch.distributed.fsdp import fully_shard
 
     # expert layers, not whole experts: ExpertPool calls each layer (FSDP hooks run on __call__)
@@ -55,7 +82,7 @@ def shard(model: nn.Module) -> list[nn.Module]:
         params = list(block.parameters())
         # LoRA leaves the base weights frozen; its small adapters stay replicated instead
         if params and all(p.requires_grad for p in params):
-            fully_shard(block)
+            fully_shard(block, mesh=mesh)
             sharded.append(block)
     return sharded
 
@@ -72,15 +99,15 @@ def sync_replicated_grads(params: list[nn.Parameter], world: int) -> None:
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float | None, d: Dist) -> float:
     """Global gradient norm over sharded (DTensor) and replicated grads; clip to `max_norm`."""
-    sharded = torch.zeros(())
-    replicated = torch.zeros(())
+    sharded = torch.zeros((), device=d.device)
+    replicated = torch.zeros((), device=d.device)
     for p in params:
         if p.grad is None:
             continue
         if isinstance(p.grad, DTensor):
-            sharded += p.grad.to_local().float().pow(2).sum()
+            sharded += p.grad.to_local().float().pow(2).sum().to(d.device)
         else:
-            replicated += p.grad.float().pow(2).sum()
+            replicated += p.grad.float().pow(2).sum().to(d.device)
     total = (d.all_sum(sharded) + replicated).sqrt()
     if max_norm is not None and total > max_norm:
         scale = max_norm / (total + 1e-6)

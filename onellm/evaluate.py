@@ -75,72 +75,31 @@ def evaluate(
     return result
 
 
-# task -> its metrics. sam / t2i: a tiny decoder on its own (its pretraining, no LLM):
-# SAM from a point inside the shape (and from the phrase naming it, with a text encoder);
-# the UNet from the caption's text states
-OUTPUT_METRICS = {
-    "seg": ("seg_miou",),
-    "gen": ("gen_color_accuracy",),
-    "sam": ("sam_point_miou", "sam_text_miou"),
-    "t2i": ("t2i_color_accuracy",),
-}
+def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0) -> dict[str, Any]:
+    """Held-out metrics of an output task (seg, gen, sam, t2i: each task's `evaluate`,
+    onellm/tasks/) on the shapes world's test split."""
+    from onellm.tasks import TASKS, output_tasks
+
+    if task not in output_tasks():
+        raise InputError(f"eval: expected task one of {', '.join(output_tasks())}, got {task!r}")
+    return TASKS.get(task).evaluate(model, samples=samples, seed=seed)
 
 
 @torch.no_grad()
-def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0) -> dict[str, Any]:
-    """Held-out output-expert metrics on the shapes world's test split.
-
-    seg: `seg_miou`, through `model.chat`, the mean IoU of the first mask against the named
-    shape's (a reply without `<seg>` scores 0). gen: `gen_color_accuracy`, the share of
-    generated images whose foreground's dominant colour is the one asked for (no image:
-    wrong). sam: `sam_point_miou` (and `sam_text_miou`), SAM's masks from a point inside
-    the shape (from the phrase). t2i: `t2i_color_accuracy`, the UNet under the caption.
-    """
-    from onellm.data import tasks
-
-    if task not in OUTPUT_METRICS:
-        raise InputError(f"eval: expected task one of {', '.join(OUTPUT_METRICS)}, got {task!r}")
-    if task in ("seg", "sam"):
-        key = next(k for k, m in model.modalities.items() if hasattr(m, "pixels"))
-        size = model.modalities[key].input_shape()[-1]
+def held_out(model: Any, task: str, samples: int, score) -> dict[str, Any]:
+    """Run `score(i) -> ({metric: value}, prompt, reply)` over held-out scenes 0..samples-1
+    with the model in eval mode; -> the task's mean metrics and its first five examples."""
     was_training = model.training
     model.eval()
     scores: dict[str, list[float]] = {}
     examples = []
     try:
         for i in range(samples):
-            if task in ("seg", "sam"):
-                sc = tasks.seg_scene(i, "test", seed, size=size)
-            else:
-                sc = tasks.gen_scene(i, "test", seed, size=model.decoders["gen"].image_size,
-                                     tokens=model.config.outputs["gen"].tokens)  # fmt: skip
-            if task == "sam":
-                point = tasks.point_in(sc.mask, np.random.default_rng([seed, i, 11]))
-                pixels = model.modalities[key].pixels(sc.image)[None]
-                decoder = model.decoders["seg"]
-                got = {"sam_point_miou": decoder.prompted(pixels, points=torch.tensor([point]))}
-                if decoder.text is not None:
-                    got["sam_text_miou"] = decoder.prompted(pixels, texts=[sc.phrase])
-                score = {k: tasks.iou(v[0].cpu().numpy() > 0, sc.mask) for k, v in got.items()}
-                text = f"point {point}"
-            elif task == "seg":
-                reply = model.chat(sc.image, modality=key, prompt=sc.prompt, max_new_tokens=4)
-                iou = tasks.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
-                score, text = {"seg_miou": iou}, reply.text
-            else:
-                if task == "gen":
-                    n = model.config.outputs["gen"].tokens
-                    reply = model.chat(None, prompt=sc.prompt, max_new_tokens=n + 2)
-                    images, text = reply.images, reply.text
-                else:
-                    decoder = model.decoders["gen"]
-                    images, text = decoder.sample(decoder.caption_states([sc.phrase])), sc.phrase
-                got = tasks.dominant_colour(np.asarray(images[0])) if images else None
-                score = {OUTPUT_METRICS[task][0]: float(got == sc.attrs["colour"])}
-            for k, v in score.items():
+            got, prompt, text = score(i)
+            for k, v in got.items():
                 scores.setdefault(k, []).append(v)
             if len(examples) < 5:
-                examples.append({"prompt": sc.prompt, "reply": text, **score})
+                examples.append({"prompt": prompt, "reply": text, **got})
     finally:
         model.train(was_training)
     return {"task": task, "n": samples, **{k: float(np.mean(v)) for k, v in scores.items()},

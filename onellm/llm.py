@@ -1,7 +1,7 @@
 """The language model: transformers' `LlamaForCausalLM`, from a local dir or random tiny sizes.
 
-Attention: PyTorch SDPA, or flash-attention-2 where the `flash` extra is installed and
-CUDA is present (`attn_implementation: auto`).
+Attention: PyTorch SDPA, or flash-attention-2 where the `flash` extra is installed, the
+model goes to CUDA and its weights are fp16/bf16 (`attn_implementation: auto`).
 """
 
 from __future__ import annotations
@@ -15,26 +15,31 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 from onellm.config import ChatConfig, LLMConfig
 from onellm.errors import CheckpointError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-def attn_implementation(requested: str) -> str:
-    """`auto` -> flash_attention_2 when flash-attn is importable and CUDA is there, else sdpa."""
+def attn_implementation(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """`auto` -> flash_attention_2 for a CUDA model with fp16/bf16 weights when flash-attn is
+    importable (its kernels take nothing else), else sdpa. Anything else is kept as asked."""
     if requested != "auto":
         return requested
-    has_flash = importlib.util.find_spec("flash_attn") is not None
-    return "flash_attention_2" if has_flash and torch.cuda.is_available() else "sdpa"
+    half = dtype in (torch.float16, torch.bfloat16)
+    if device.type == "cuda" and half and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
-def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    """A `LlamaForCausalLM` from `cfg.path` (a local HF dir) or random from `cfg`'s sizes."""
-    attn = attn_implementation(cfg.attn_implementation)
+def build_llm(
+    cfg: LLMConfig, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> LlamaForCausalLM:
+    """A `LlamaForCausalLM` from `cfg.path` (a local HF dir) or random from `cfg`'s sizes,
+    with the attention kernel chosen for the `device` it will run on."""
+    attn = attn_implementation(cfg.attn_implementation, device or torch.device("cpu"), dtype)
     if cfg.path is not None:
         if not Path(cfg.path).is_dir():
             raise CheckpointError(f"llm: checkpoint directory not found: {cfg.path}")
         return LlamaForCausalLM.from_pretrained(
-            cfg.path, local_files_only=True, dtype=dtype, attn_implementation=attn
-        )
+            cfg.path, local_files_only=True, dtype=dtype, attn_implementation=attn,
+            device_map=device,  # straight onto the GPU: a 7B LLM never sits in CPU memory
+        )  # fmt: skip
     config = LlamaConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,

@@ -6,6 +6,7 @@ x (B, *input_shape) --tokenizer_m--> (B, T, S, W) --encoder--> (B, S+1, W)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,9 +18,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from experts.projection import UniversalProjection, llama_ffn_hidden
 from onellm.config import ModelConfig, check_kwargs, load_config
+from onellm.devices import DTYPES, resolve_device, resolve_dtype
 from onellm.encoder import UniversalEncoder
 from onellm.errors import ConfigError, InputError
-from onellm.llm import DTYPES, build_llm, build_text_tokenizer
+from onellm.llm import build_llm, build_text_tokenizer
 from onellm.modality import MODALITIES, Modality, check_batch, find_modality
 
 IGNORE_INDEX = -100
@@ -147,17 +149,22 @@ class OneLLM(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(
-        cls, config: str | os.PathLike | Mapping | ModelConfig, overrides: Iterable[str] = ()
+        cls,
+        config: str | os.PathLike | Mapping | ModelConfig,
+        overrides: Iterable[str] = (),
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> OneLLM:
-        """Build from a YAML path, a mapping, or a `ModelConfig` (+ `key=value` overrides)."""
+        """Build from a YAML path, a mapping, or a `ModelConfig` (+ `key=value` overrides),
+        on `device` (auto | cpu | cuda | cuda:N; default cpu) in `dtype` (default the
+        config's `dtype`), as transformers' `from_pretrained(device_map=, dtype=)`."""
         cfg = config if isinstance(config, ModelConfig) else load_config(config, overrides)
-        dtype = DTYPES[cfg.dtype] if cfg.dtype in DTYPES else None
-        if dtype is None:
-            raise ConfigError(
-                f"config: dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}"
-            )
+        where = resolve_device("cpu" if device is None else device)
+        cfg = dataclasses.replace(cfg, dtype=resolve_dtype(dtype, cfg.dtype, "config: dtype"))
+        torch_dtype = DTYPES[cfg.dtype]
         encoder = UniversalEncoder.build(cfg.encoder)
-        llm = build_llm(cfg.llm, dtype)
+        llm = build_llm(cfg.llm, torch_dtype, where)
         p = cfg.projection
         width = encoder.width
         projection = UniversalProjection(
@@ -195,16 +202,22 @@ class OneLLM(nn.Module):
             heads=heads,
             decoders=decoders,
         )
-        return model.to(dtype)
+        return model.to(where, torch_dtype)
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, *, trainable_lora: bool = False
+        cls,
+        directory: str | os.PathLike,
+        *,
+        trainable_lora: bool = False,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> OneLLM:
-        """Load a model saved with `save_pretrained` (safetensors + HF dirs, nothing pickled)."""
+        """Load a model saved with `save_pretrained` (safetensors + HF dirs, nothing pickled)
+        onto `device` in `dtype` (default: the saved config's)."""
         from onellm.checkpoint import from_pretrained
 
-        return from_pretrained(directory, trainable_lora=trainable_lora)
+        return from_pretrained(directory, trainable_lora=trainable_lora, device=device, dtype=dtype)
 
     def save_pretrained(self, directory: str | os.PathLike, *, base: str = "store"):
         """Save config, weights and tokenizer; `base="reference"` keeps base models as paths."""

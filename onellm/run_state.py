@@ -15,8 +15,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
@@ -26,10 +28,19 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from onellm.distributed import Dist
 from onellm.errors import CheckpointError
 
-if TYPE_CHECKING:
-    from onellm.train import Trainer
-
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds and a resume restores. `root`: {"model", "aux"}, so that
+    saved names read "model.*" / "aux.*"; only its trainable parameters are saved."""
+
+    stage: str
+    root: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
 
 
 class RunFiles:
@@ -63,69 +74,71 @@ class RunFiles:
         plot_run(self.root)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, t: Trainer) -> tuple[dict, dict]:
+    def _state(self, state: TrainState) -> tuple[dict, dict]:
         model_sd, optim_sd = get_state_dict(
-            t.root, t.optimizer, options=FULL
+            state.root, state.optimizer, options=FULL
         )  # collective under FSDP
-        names = {n for n, p in t.root.named_parameters() if p.requires_grad}
+        names = {n for n, p in state.root.named_parameters() if p.requires_grad}
         return {k: v for k, v in model_sd.items() if k in names}, optim_sd
 
-    def checkpoint(self, t: Trainer) -> Path:
-        trainable, optim = self._state(t)
-        target = self.ckpts / f"step_{t.step:07d}"
+    def checkpoint(self, state: TrainState, step: int) -> Path:
+        trainable, optim = self._state(state)
+        target = self.ckpts / f"step_{step:07d}"
         if self.d.main:
-            tmp = self.ckpts / f".tmp_step_{t.step:07d}"
+            tmp = self.ckpts / f".tmp_step_{step:07d}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             save_file(
                 {k: v.contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors"
             )
-            torch.save(
-                {"optimizer": optim, "scheduler": t.scheduler.state_dict()}, tmp / "optimizer.pt"
-            )
-            (tmp / "trainer.json").write_text(json.dumps({"step": t.step, "stage": t.cfg.name}))
+            torch.save({"optimizer": optim, "scheduler": state.scheduler.state_dict(),
+                        "scaler": state.scaler.state_dict()}, tmp / "optimizer.pt")  # fmt: skip
+            (tmp / "trainer.json").write_text(json.dumps({"step": step, "stage": state.stage}))
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)  # atomic: a checkpoint dir is complete or absent
-            self.log({"event": "checkpoint", "step": t.step, "path": str(target)})
+            self.log({"event": "checkpoint", "step": step, "path": str(target)})
         return target
 
     def latest(self) -> Path | None:
         done = sorted(p for p in self.ckpts.glob("step_*") if (p / "trainer.json").is_file())
         return done[-1] if done else None
 
-    def resume(self, t: Trainer) -> int:
-        """Load the newest complete checkpoint into the trainer; returns its step (0: none)."""
+    def resume(self, state: TrainState) -> int:
+        """Load the newest complete checkpoint into `state`; returns its step (0: none)."""
         ckpt = self.latest()
         if ckpt is None:
             return 0
         meta = json.loads((ckpt / "trainer.json").read_text())
-        if meta.get("stage") != t.cfg.name:
+        if meta.get("stage") != state.stage:
             raise CheckpointError(
-                f"{ckpt}: belongs to stage {meta.get('stage')!r}, not {t.cfg.name!r}"
+                f"{ckpt}: belongs to stage {meta.get('stage')!r}, not {state.stage!r}"
             )
         trainable = load_file(ckpt / "trainable.safetensors")
-        state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-        set_state_dict(t.root, t.optimizer, model_state_dict=trainable, optim_state_dict=state["optimizer"],
+        saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        set_state_dict(state.root, state.optimizer, model_state_dict=trainable,
+                       optim_state_dict=saved["optimizer"],
                        options=StateDictOptions(full_state_dict=True, strict=False))  # fmt: skip
-        t.scheduler.load_state_dict(state["scheduler"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):  # fp16 runs: the loss scale goes on where it was
+            state.scaler.load_state_dict(saved["scaler"])
         if self.d.main:
-            print(f"[{t.cfg.name}] resumed from {ckpt} at step {meta['step']}")
+            print(f"[{state.stage}] resumed from {ckpt} at step {meta['step']}")
         return int(meta["step"])
 
     # ------------------------------------------------------------------ the result
-    def save_final(self, t: Trainer) -> Path:
+    def save_final(self, state: TrainState, twin: Callable[[], Any]) -> Path:
+        """RUN/final from the trained model; under FSDP rank 0 gathers the full weights
+        into `twin()`, an unsharded model of the same build, and saves that."""
         final = self.root / "final"
         if self.d.world == 1:
-            t.model.save_pretrained(final)
+            state.root["model"].save_pretrained(final)
             return final
-        from onellm.train import prepare_model
-
-        full, _ = get_state_dict(t.root, t.optimizer, options=FULL)  # collective
+        full, _ = get_state_dict(state.root, state.optimizer, options=FULL)  # collective
         if self.d.main:
-            clean, _ = prepare_model(t.cfg)  # an unsharded twin to save from
+            clean = twin()
             clean.load_state_dict(
                 {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
             )
             clean.save_pretrained(final)
-        torch.distributed.barrier()
+        self.d.barrier()
         return final

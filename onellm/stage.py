@@ -13,18 +13,13 @@ from typing import Any
 from onellm.config import load_config
 from onellm.errors import ConfigError
 
-TASKS = ("caption", "instruct", "lm", "clip", "sam", "t2i", "seg", "gen")
-# tasks that train a decoder -> the output they belong to; each has a held-out metric.
-# sam / t2i: the tiny decoder's own pretraining (point or phrase -> mask, caption -> image)
-DECODER_TASKS = {"sam": "seg", "t2i": "gen", "seg": "seg", "gen": "gen"}
-
 
 @dataclasses.dataclass
 class SourceConfig:
     """One data source. A step samples a source by `weight`; a batch holds one source."""
 
     modality: str | None = None  # default: the source's key; none for task lm
-    # caption | instruct | lm | clip | sam (point-prompted SAM) | seg | gen (output experts)
+    # a registered task (onellm/tasks/): caption | instruct | lm | clip | sam | t2i | seg | gen
     task: str = "caption"
     weight: float = 1.0
     batch_size: int | None = None  # this source's batch (default: the stage's); CLIP wants big ones
@@ -98,7 +93,14 @@ class StageConfig:
     batch_size: int = 16
     grad_accum: int = 1
     grad_clip: float | None = 1.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    # auto (CUDA when there is one) | cpu | cuda | cuda:N; under torchrun cuda:LOCAL_RANK
+    device: str = "auto"
+    precision: str = (
+        "fp32"  # fp32 | bf16 | fp16 (autocast on the model's device; fp16 scales the loss)
+    )
+    # recompute the experts', the encoder's and the LLM's blocks in backward instead of
+    # keeping their activations (OneLLM's instruction stage does, for the 7B LLM)
+    activation_checkpointing: bool = False
     compile: bool = False  # torch.compile the experts (bench/: ~1.3x a step; ~45 s to compile)
     seed: int = 0
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -125,28 +127,30 @@ def load_stage(path: str | os.PathLike, overrides: Iterable[str] = ()) -> StageC
 def validate(cfg: StageConfig) -> None:
     if not cfg.data:
         raise ConfigError("data: a stage needs at least one data source")
+    from onellm.devices import PRECISIONS
+    from onellm.tasks import TASKS
+
     for key, src in cfg.data.items():
         if src.task not in TASKS:
             raise ConfigError(
-                f"data.{key}.task: expected one of {', '.join(TASKS)}, got {src.task!r}"
+                f"data.{key}.task: expected one of {', '.join(TASKS.names())}, got {src.task!r}"
             )
         if src.weight < 0:
             raise ConfigError(f"data.{key}.weight: expected >= 0, got {src.weight}")
         if src.batch_size is not None and src.batch_size < 1:
             raise ConfigError(f"data.{key}.batch_size: expected >= 1, got {src.batch_size}")
-        if src.zoom is not None:
-            if src.task != "clip":
-                raise ConfigError(f"data.{key}.zoom: only task clip zooms, got task {src.task}")
-            if len(src.zoom) != 2 or not 0 < src.zoom[0] <= src.zoom[1] <= 1:
-                raise ConfigError(
-                    f"data.{key}.zoom: expected [lo, hi] with 0 < lo <= hi <= 1, got {src.zoom}"
-                )
+        TASKS.get(src.task).check(key, src)
     if sum(s.weight for s in cfg.data.values()) <= 0:
         raise ConfigError("data: the weights sum to zero")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision: expected fp32 or bf16, got {cfg.precision!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision: expected one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"
+        )
     for name in ("steps", "batch_size", "grad_accum"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: expected >= 1, got {getattr(cfg, name)}")
+    from onellm.devices import resolve_device
+
+    resolve_device(cfg.device)  # no CUDA where it asks for one: say so now, not mid-setup
     if not cfg.trainable:
         raise ConfigError("trainable: name at least one parameter pattern")

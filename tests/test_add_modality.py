@@ -10,7 +10,7 @@ from onellm.errors import ConfigError, RegistryError
 from onellm.modality import MODALITIES, find_modality
 from onellm.registry import Registry
 from onellm.stage import load_stage
-from onellm.train import Trainer, read_metrics
+from onellm.train import Recipe, read_metrics
 from tests.conftest import ROOT, TINY, random_input
 
 PLUGIN = ROOT / "examples" / "thermal" / "onellm_thermal.py"
@@ -147,9 +147,10 @@ def test_a_short_add_modality_stage_trains_only_the_new_parts(tmp_path):
         "batch_size=8", "log_every=1", "eval.samples=4", "eval.modalities=[thermal]",
         "schedule.warmup_steps=2", "data.thermal.pool=64", "add_modality.type=" + str(PLUGIN),
     ])  # fmt: skip
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     assert t.n_trainable == sum(p.numel() for p in t.model.parameters() if p.requires_grad)
-    final = t.train()
+    t.train()
+    final = t.save()
     losses = [r["loss"] for r in read_metrics(cfg.output_dir)
               if r["event"] == "train" and r["source"] == "thermal"]  # fmt: skip
     assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:3]) / 3

@@ -8,7 +8,7 @@ from onellm.data.sources import Source
 from onellm.errors import ConfigError
 from onellm.model import OneLLM
 from onellm.stage import SourceConfig, load_stage
-from onellm.train import Trainer, read_metrics
+from onellm.train import Recipe, read_metrics
 from tests.conftest import ROOT
 
 
@@ -35,9 +35,10 @@ def test_contrastive_stage_on_images_and_video_lowers_its_loss(tmp_path):
         "data={image: {task: clip, pool: 64}, video: {task: clip, pool: 64, batch_size: 8}}",
         "trainable=[encoder.*]",
     ])  # fmt: skip
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     llm = {n: p.detach().clone() for n, p in t.model.llm.named_parameters()}
     t.train()
+    t.save()
     rows = [r for r in read_metrics(tmp_path / "run") if r["event"] == "train"]
     for source in ("image", "video"):
         losses = [r["loss"] for r in rows if r["source"] == source]
@@ -66,7 +67,7 @@ def test_a_zooming_source_draws_a_new_scale_per_pass_and_its_batch_applies_it(tm
         f"output_dir={tmp_path}", "batch_size=4",
         "data={image: {task: clip, pool: 4, zoom: [0.5, 0.9]}}",
     ])  # fmt: skip
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     src = t.sources["image"]
     plain = Source(t.model, "image", SourceConfig(task="clip", pool=4), seed=cfg.seed)
     assert src[1].zoom == src[1].zoom  # resumable: the position decides the scale

@@ -96,7 +96,7 @@ def test_a_model_with_outputs_saves_and_loads(model, tmp_path):
 
 def test_a_short_decoder_stage_lowers_both_decoder_losses(tmp_path):
     from onellm.stage import load_stage
-    from onellm.train import Trainer, read_metrics
+    from onellm.train import Recipe, read_metrics
     from tests.conftest import ROOT
 
     torch.manual_seed(0)
@@ -108,8 +108,9 @@ def test_a_short_decoder_stage_lowers_both_decoder_losses(tmp_path):
         "trainable=[heads.*, decoders.seg.sam.mask_decoder.*, decoders.gen.unet.*]",
         "optimizer.lr=3e-3", "schedule.warmup_steps=2",
     ])  # fmt: skip
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     t.train()
+    t.save()
     records = [r for r in read_metrics(cfg.output_dir) if r["event"] == "train"]
     for task in ("seg", "gen"):
         losses = [r["decoder_loss"] for r in records if r["source"] == task]
@@ -121,7 +122,7 @@ def test_a_short_decoder_stage_lowers_both_decoder_losses(tmp_path):
 
 
 def test_output_metrics_on_hand_made_examples():
-    from onellm.data.tasks import dominant_colour, gen_scene, iou, seg_scene
+    from onellm.data.output_scenes import dominant_colour, gen_scene, iou, seg_scene
 
     a = np.zeros((4, 4), bool)
     a[:2] = True
@@ -150,7 +151,7 @@ def test_a_short_decoder_pretraining_trains_both_decoders_and_nothing_else(tmp_p
     fall, SAM's image encoder, both caption encoders and the UNet move, the LLM does not,
     and the final eval reports each decoder's own metrics."""
     from onellm.stage import load_stage
-    from onellm.train import Trainer, read_metrics
+    from onellm.train import Recipe, read_metrics
     from tests.conftest import ROOT
 
     cfg = load_stage(ROOT / "configs" / "stages" / "stage5a_decoder_pretrain.yaml", [
@@ -158,9 +159,10 @@ def test_a_short_decoder_pretraining_trains_both_decoders_and_nothing_else(tmp_p
         "eval.samples=4", "data.sam.pool=64", "data.t2i.pool=64", "data.t2i.batch_size=8",
         "batch_size=8", "optimizer.lr=3e-3", "schedule.warmup_steps=2",
     ])  # fmt: skip
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
     t.train()
+    t.save()
     rows = read_metrics(tmp_path / "run")
     for src in ("sam", "t2i"):
         losses = [r["loss"] for r in rows if r["event"] == "train" and r["source"] == src]
@@ -180,7 +182,7 @@ def test_a_short_decoder_pretraining_trains_both_decoders_and_nothing_else(tmp_p
 
 
 def test_a_point_prompt_lies_in_its_mask():
-    from onellm.data.tasks import point_in, seg_scene
+    from onellm.data.output_scenes import point_in, seg_scene
 
     for i in range(20):
         mask = seg_scene(i).mask
@@ -203,7 +205,7 @@ def test_seg_masks_of_a_batch_equal_those_of_each_image_alone(model):
 def test_align_adds_the_l2_from_each_head_to_its_decoders_text_encoder():
     """outputs.<task>.loss.align x MSE(head output, the decoder's text encoder on the named
     phrase) is added to the decoder loss; the text encoders read the LLM's tokenizer."""
-    from onellm.data import tasks
+    from onellm.data import output_scenes as tasks
     from onellm.outputs import decoder_loss, gen_conditions
 
     torch.manual_seed(0)
@@ -257,7 +259,7 @@ def test_output_tokens_train_only_their_own_embedding_and_lm_head_rows(tmp_path)
     """`trainable: [@output_tokens]` moves the <seg>/<gen> rows of the input embeddings and
     the lm_head, and no other row (LISA trains them; the LoRA then need not bend states)."""
     from onellm.stage import load_stage
-    from onellm.train import Trainer
+    from onellm.train import Recipe
     from tests.conftest import ROOT
 
     torch.manual_seed(0)
@@ -267,10 +269,11 @@ def test_output_tokens_train_only_their_own_embedding_and_lm_head_rows(tmp_path)
         "batch_size=2", "data.gen.batch_size=2", "eval.samples=1", "eval.modalities=[]",
         "data.seg.pool=4", "data.gen.pool=4", 'trainable=["@output_tokens"]',
     ])  # fmt: skip
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     tables = [t.model.llm.get_input_embeddings().weight, t.model.llm.get_output_embeddings().weight]
     before = [w.detach().clone() for w in tables]
     t.train()
+    t.save()
     ids = sorted(t.model.output_token_ids.values())
     for w, b in zip(tables, before, strict=True):
         changed = (w.detach() != b).any(-1).nonzero().flatten().tolist()

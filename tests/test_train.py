@@ -8,7 +8,8 @@ import torch
 
 from onellm.errors import ConfigError
 from onellm.stage import load_stage
-from onellm.train import Trainer, choose_source, read_metrics
+from onellm.tasks import Step
+from onellm.train import Recipe, choose_source, read_metrics
 from tests.conftest import ROOT
 
 STAGE1 = ROOT / "configs" / "stages" / "stage1_image.yaml"
@@ -27,11 +28,12 @@ def trainable_state(trainer):
 
 def test_a_short_stage_lowers_the_loss_and_keeps_frozen_parts(tmp_path):
     cfg = short(tmp_path, "steps=40", "optimizer.lr=3e-3")
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     frozen = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
     first = [t.train_step(s)["loss"] for s in range(3)]
     t.step = 3
-    final = t.train()
+    t.train()
+    final = t.save()
     losses = [r["loss"] for r in read_metrics(cfg.output_dir) if r["event"] == "train"]
     assert sum(losses[-5:]) / 5 < 0.93 * sum(first) / 3  # from a random frozen LLM: 6.1 -> 5.5
     for n, p in t.model.named_parameters():
@@ -49,12 +51,12 @@ def test_a_short_stage_lowers_the_loss_and_keeps_frozen_parts(tmp_path):
 
 
 def test_trainable_count_is_logged_and_patterns_must_match(tmp_path):
-    t = Trainer(short(tmp_path), quiet=True)
+    t = Recipe(short(tmp_path), quiet=True).setup()
     start = read_metrics(tmp_path / "run")[0]
     n = sum(p.numel() for p in t.model.projection.parameters())
     assert start["trainable_params"] == n
     with pytest.raises(ConfigError, match=r"pattern 'model.nothing\.\*' matches no parameter"):
-        Trainer(short(tmp_path, "trainable=[nothing.*]"), quiet=True)
+        Recipe(short(tmp_path, "trainable=[nothing.*]"), quiet=True).setup()
 
 
 def test_sampling_proportions_follow_the_weights():
@@ -66,28 +68,30 @@ def test_sampling_proportions_follow_the_weights():
 
 
 def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, monkeypatch):
-    straight = Trainer(short(tmp_path / "a"), quiet=True)
+    straight = Recipe(short(tmp_path / "a"), quiet=True).setup()
     straight.train()
+    straight.save()
     expected = trainable_state(straight)
 
     cfg = short(tmp_path / "b", "checkpoint_every=5")
-    killed = Trainer(cfg, quiet=True)
-    real = Trainer.train_step
+    killed = Recipe(cfg, quiet=True).setup()
+    real = Recipe.train_step
 
     def dies_at_step_7(self, step):
         if step == 7:
             raise KeyboardInterrupt("killed")
         return real(self, step)
 
-    monkeypatch.setattr(Trainer, "train_step", dies_at_step_7)
+    monkeypatch.setattr(Recipe, "train_step", dies_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         killed.train()
-    monkeypatch.setattr(Trainer, "train_step", real)
+    monkeypatch.setattr(Recipe, "train_step", real)
     assert (tmp_path / "b" / "run" / "checkpoints" / "step_0000005" / "trainer.json").is_file()
     assert not list((tmp_path / "b" / "run" / "checkpoints").glob(".tmp*"))
-    resumed = Trainer(cfg, resume=True, quiet=True)
+    resumed = Recipe(cfg, resume=True, quiet=True).setup()
     assert resumed.step == 5
     resumed.train()
+    resumed.save()
     got = trainable_state(resumed)
     for n, v in expected.items():
         torch.testing.assert_close(got[n], v, atol=1e-6, rtol=0)
@@ -98,11 +102,12 @@ def test_instruction_stage_trains_lora_only(tmp_path):
         "init_from=configs/tiny.yaml", f"output_dir={tmp_path / 'run'}", "steps=3", "batch_size=4",
         "eval.modalities=[]", "data={image: {task: instruct, pool: 16}, imu: {task: instruct, pool: 16}}",
     ])  # fmt: skip
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     names = [n for n, p in t.root.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     before = {n: p.detach().clone() for n, p in t.model.projection.named_parameters()}
-    final = t.train()
+    t.train()
+    final = t.save()
     assert all(
         torch.equal(p, before[n]) for n, p in t.model.projection.named_parameters()
     )  # UPM frozen
@@ -117,8 +122,9 @@ def test_unknown_stage_key_is_named(tmp_path):
 
 
 def test_metrics_lines_are_json(tmp_path):
-    t = Trainer(short(tmp_path, "steps=2", "eval.modalities=[]"), quiet=True)
+    t = Recipe(short(tmp_path, "steps=2", "eval.modalities=[]"), quiet=True).setup()
     t.train()
+    t.save()
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
 
@@ -128,7 +134,7 @@ def test_a_source_can_set_its_own_batch_size(tmp_path):
         tmp_path,
         "data={image: {task: caption, pool: 64}, audio: {task: caption, pool: 64, batch_size: 6}}",
     )
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     steps = {k: next(s for s in range(50) if t.source_for(s) == k) for k in ("image", "audio")}
     sizes = {k: len(t.micro_batches(s, k)[0]["input_ids"]) for k, s in steps.items()}
     assert sizes == {"image": 8, "audio": 6}
@@ -138,7 +144,7 @@ def test_a_source_can_set_its_own_batch_size(tmp_path):
 
 def test_a_fresh_run_into_an_old_dir_starts_new_metrics(tmp_path):
     for _ in range(2):
-        Trainer(short(tmp_path, "steps=2", "eval.modalities=[]"), quiet=True).train()
+        Recipe(short(tmp_path, "steps=2", "eval.modalities=[]"), quiet=True).setup().train()
     events = [r["event"] for r in read_metrics(tmp_path / "run")]
     assert events.count("start") == 1 and events.count("train") == 2
 
@@ -147,7 +153,7 @@ def test_init_modalities_start_new_parts_from_a_trained_modality(tmp_path):
     cfg = short(
         tmp_path, "data={video: {task: caption, pool: 16}}", "init_modalities={video: image}"
     )
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
     p = t.model.projection
     assert torch.equal(p.queries["video"], p.queries["image"])
     assert torch.equal(p.start_tag["video"], p.start_tag["image"])
@@ -157,14 +163,14 @@ def test_init_modalities_start_new_parts_from_a_trained_modality(tmp_path):
     t.train_step(0)  # a video step moves video's copy, not image's
     assert not torch.equal(p.queries["video"], p.queries["image"])
     with pytest.raises(ConfigError, match=r"init_modalities.video: unknown modality 'sonar'"):
-        Trainer(short(tmp_path, "init_modalities={video: sonar}"), quiet=True)
+        Recipe(short(tmp_path, "init_modalities={video: sonar}"), quiet=True).setup()
 
 
 def test_rendered_training_scenes_are_shared_between_stages_and_equal_fresh_ones(tmp_path):
     from onellm.data import shapes, sources
 
-    first = Trainer(short(tmp_path, "data={audio: {task: caption, pool: 8}}"), quiet=True)
-    second = Trainer(short(tmp_path, "data={audio: {task: instruct, pool: 8}}"), quiet=True)
+    first = Recipe(short(tmp_path, "data={audio: {task: caption, pool: 8}}"), quiet=True).setup()
+    second = Recipe(short(tmp_path, "data={audio: {task: instruct, pool: 8}}"), quiet=True).setup()
     assert first.sources["audio"][0].input is second.sources["audio"][0].input  # one rendering
     mod = second.model.modalities["audio"]
     i = second.sources["audio"].index(0)
@@ -182,13 +188,14 @@ def test_length_grouped_micro_batches_give_the_whole_batch_gradient(tmp_path, mo
         "init_from=configs/tiny.yaml",
         "trainable=[llm.*, projection.*]",
     )
-    t = Trainer(cfg, quiet=True)
+    t = Recipe(cfg, quiet=True).setup()
 
     def grads(key):
-        batches = t.micro_batches(0, key)
-        items = sum(t._items(cfg.data[key].task, b) for b in batches)
+        batches, task = t.micro_batches(0, key), t.sources[key].task
+        items = torch.tensor(float(sum(task.items(b) for b in batches)))
+        step = Step(t.model, t.aux, t.sources[key].modality, cfg.grad_accum)
         for b in batches:
-            t.loss(b, key, torch.tensor(float(items))).backward()
+            task.loss(step, b, items)[0].backward()
         g = {n: p.grad.clone() for n, p in t.root.named_parameters() if p.grad is not None}
         t.optimizer.zero_grad(set_to_none=True)
         return batches, g
@@ -196,7 +203,7 @@ def test_length_grouped_micro_batches_give_the_whole_batch_gradient(tmp_path, mo
     for key in ("text", "image"):
         grouped, ours = grads(key)
         with monkeypatch.context() as m:  # one batch padded to its longest row
-            m.setattr("onellm.train.length_groups", lambda lengths, n: [list(range(len(lengths)))])
+            m.setattr("onellm.tasks.text.length_groups", lambda lengths, n: [list(range(len(lengths)))])
             (whole,), theirs = grads(key)
         assert len(grouped) == 2
         assert sum(b["input_ids"].numel() for b in grouped) < whole["input_ids"].numel()

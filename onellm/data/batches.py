@@ -20,18 +20,17 @@ from onellm.template import render_training
 
 
 def tokens(
-    example: Example, task: str, tok, chat: ChatConfig, rng: np.random.Generator, caption_mix: float,
-    context_mix: float = 0.0,
+    example: Example, tok, chat: ChatConfig, rng: np.random.Generator, *, use_turns: bool,
+    lm: bool = False, context_mix: float = 0.0,
 ):  # fmt: skip
-    """-> (input_ids, labels) lists for one example."""
-    use_turns = task in ("seg", "gen") or (
-        task in ("instruct", "lm") and example.turns and rng.random() >= caption_mix
-    )
+    """-> (input_ids, labels) lists for one example, read as its conversation (`use_turns`)
+    or its caption; `lm`: every token is a target, and a `context_mix` share first reads
+    the caption's words."""
     segments = render_training(
         chat, example.turns if use_turns else None, None if use_turns else example.caption
     )
     ids, labels = [tok.bos_token_id], [IGNORE_INDEX]
-    if task == "lm" and rng.random() < context_mix:
+    if lm and rng.random() < context_mix:
         # shuffled words: the LM must look attributes up by content, not copy by offset,
         # which is what an unordered block of modality tokens can give it
         words = example.caption.split()
@@ -42,7 +41,7 @@ def tokens(
     for text, target in segments:
         piece = tok(text, add_special_tokens=False).input_ids
         ids += piece
-        labels += piece if (target or task == "lm") else [IGNORE_INDEX] * len(piece)
+        labels += piece if (target or lm) else [IGNORE_INDEX] * len(piece)
     return ids + [tok.eos_token_id], labels + [tok.eos_token_id]
 
 

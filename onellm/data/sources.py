@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from onellm.data import shapes, tasks
+from onellm.data import shapes
 from onellm.data.manifest import read_manifest
 from onellm.errors import ConfigError
-from onellm.stage import DECODER_TASKS, SourceConfig
+from onellm.stage import SourceConfig
 
 
 @dataclass
@@ -32,30 +32,32 @@ class Example:
 
 
 class Source:
-    """A pool of examples of one modality (or text), indexable by position."""
+    """A pool of examples of one modality (or text), indexable by position. What an
+    example is comes from the source's task (onellm/tasks/); by default a shapes-world
+    scene or a manifest record."""
 
     def __init__(self, model: Any, key: str, cfg: SourceConfig, seed: int) -> None:
-        self.cfg, self.seed = cfg, seed
+        from onellm.tasks import TASKS
+
+        self.cfg, self.seed, self.model = cfg, seed, model
+        self.task = TASKS.get(cfg.task)
         self.modality = (
             None
-            if cfg.task in ("lm", "gen", "t2i") and cfg.modality is None
+            if self.task.text_only and cfg.modality is None
             else model.modality_key(cfg.modality or key)
         )
-        head = DECODER_TASKS.get(cfg.task)
+        head = self.task.output
         if head is not None and head not in model.output_token_ids:
             raise ConfigError(
                 f"data.{key}: task {cfg.task} needs outputs.{head} in the model config"
             )
-        self._model = model
         self._cache: dict[int, Example] = {}
-        if cfg.task in DECODER_TASKS:
+        self.records = None
+        if cfg.data == "synthetic" or self.task.synthetic_only:
             if cfg.data != "synthetic":
                 raise ConfigError(
                     f"data.{key}: task {cfg.task} reads the synthetic shapes world only"
                 )
-            self.records, self.size = None, cfg.pool
-        elif cfg.data == "synthetic":
-            self.records = None
             self.size = cfg.pool
             kinds = [self.modality] if self.modality else list(model.modalities)
             self._kinds = [shapes.modality_instance(k, model) for k in kinds]
@@ -74,54 +76,28 @@ class Source:
     def __getitem__(self, position: int) -> Example:
         i = self.index(position)
         if i not in self._cache:
-            self._cache[i] = self._load(i)
+            self._cache[i] = self.task.example(self, i)
         ex = self._cache[i]
         if self.cfg.zoom is not None:  # a new draw on every pass; the batch applies it
             scale = np.random.default_rng([self.seed, position, 13]).uniform(*self.cfg.zoom)
             ex = replace(ex, zoom=float(scale))
         return ex
 
-    def _load(self, i: int) -> Example:
-        if self.cfg.task in DECODER_TASKS:
-            return self._task(i)
+    def scene(self, i: int) -> Example:
+        """Example i as a manifest record or a shapes-world scene with a conversation about
+        it; the input preprocessed (1, *input_shape) on the CPU (batches move to the
+        model's device)."""
+        preprocess = self.task.needs_input
         if self.records is not None:
             r = self.records[i]
-            return Example(
-                self._model.preprocess(r.input, self.modality), r.caption, r.turns, r.input
-            )
+            mod = self.model.modalities[self.modality]
+            x = mod.preprocess(r.input).unsqueeze(0) if preprocess else None
+            return Example(x, r.caption, r.turns, r.input)
         mod = self._kinds[i % len(self._kinds)]
-        scene, x = rendered(mod, i, self.seed, preprocess=self.cfg.task != "lm")
-        if x is not None:
-            x = x.to(self._model.device, self._model.dtype)
+        scene, x = rendered(mod, i, self.seed, preprocess=preprocess)
         rng = np.random.default_rng([self.seed, i, 7])
         turns = conversation(scene, rng)
         return Example(x, scene.caption, turns, scene.input)
-
-    def _task(self, i: int) -> Example:
-        """A sam / seg / gen example of the shapes world (onellm/data/tasks.py)."""
-        m = self._model
-        if self.cfg.task in ("sam", "seg"):
-            mod = m.modalities[self.modality]
-            sc = tasks.seg_scene(i, "train", self.seed, size=mod.input_shape()[-1])
-            # the pixels as chat reads them
-            targets = {"mask": torch.from_numpy(sc.mask), "pixels": mod.pixels(sc.image)}
-            if self.cfg.task == "sam":  # SAM's own training: every shape's mask, from a
-                # point inside it and from the phrase naming it
-                points = [tasks.point_in(mk, np.random.default_rng([self.seed, i, 11, k]))
-                          for k, (_, mk) in enumerate(sc.parts)]  # fmt: skip
-                parts = {"masks": torch.from_numpy(np.stack([mk for _, mk in sc.parts])),
-                         "points": torch.tensor(points), "phrases": [p for p, _ in sc.parts]}  # fmt: skip
-                return Example(
-                    None, sc.phrase, [], sc.image, {"pixels": targets["pixels"], **parts}
-                )
-            return Example(m.preprocess(sc.image, self.modality), sc.phrase,
-                           [(sc.prompt, sc.answer)], sc.image, targets)  # fmt: skip
-        # the caption is the named phrase: what the decoders' text encoders read
-        n = m.config.outputs["gen"].tokens
-        sc = tasks.gen_scene(i, "train", self.seed, size=m.decoders["gen"].image_size, tokens=n)
-        image = torch.from_numpy(sc.target).permute(2, 0, 1).float() / 255
-        turns = [] if self.cfg.task == "t2i" else [(sc.prompt, sc.answer)]
-        return Example(None, sc.phrase, turns, None, {"image": image})
 
 
 @functools.lru_cache(maxsize=8)

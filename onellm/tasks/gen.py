@@ -1,0 +1,46 @@
+"""gen: "draw a green square" -> the model answers N `<gen>` tokens, whose states
+condition the UNet (experts/decoders/diffusion.py) through the gen output head. The loss:
+the answer's tokens plus the denoising MSE (`outputs.gen.loss`). Held out:
+`gen_color_accuracy` through `model.chat` (no image: wrong)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from onellm.data import output_scenes as scenes
+from onellm.data.sources import Example
+from onellm.evaluate import held_out
+from onellm.tasks.base import register
+from onellm.tasks.seg import DecoderTask
+from onellm.tasks.t2i import colour_score, gen_example
+
+
+class Generate(DecoderTask):
+    name = "gen"
+    output = "gen"
+    text_only = synthetic_only = True
+    metrics = ("gen_color_accuracy",)
+
+    def example(self, source, i: int) -> Example:
+        return gen_example(source, i, turns=True)
+
+    def extra(self, batch: dict[str, Any], examples, b) -> dict[str, Any]:
+        batch["phrases"] = [ex.caption for ex in examples]  # the heads' alignment target
+        batch["gen_images"] = torch.stack([ex.targets["image"] for ex in examples])
+        return batch
+
+    def evaluate(self, model, *, samples: int, seed: int) -> dict[str, Any]:
+        n = model.config.outputs["gen"].tokens
+
+        def score(i: int):
+            sc = scenes.gen_scene(i, "test", seed, size=model.decoders["gen"].image_size, tokens=n)
+            reply = model.chat(None, prompt=sc.prompt, max_new_tokens=n + 2)
+            return ({"gen_color_accuracy": colour_score(reply.images, sc.attrs["colour"])},
+                    sc.prompt, reply.text)  # fmt: skip
+
+        return held_out(model, self.name, samples, score)
+
+
+register(Generate())

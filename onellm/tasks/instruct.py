@@ -1,0 +1,18 @@
+"""instruct: instruction tuning. 1-3 turns about the input (a description request and its
+attribute questions), a `caption_mix` share kept as plain captions so captioning stays;
+the loss is on the answers. Held out: the captions of its modality, as caption's."""
+
+from __future__ import annotations
+
+from onellm.tasks.base import register
+from onellm.tasks.text import ConversationTask
+
+
+class Instruct(ConversationTask):
+    name = "instruct"
+    length_grouped = True
+    captions = True
+    metrics = ("exact_match", "bleu4", "cider")
+
+
+register(Instruct())

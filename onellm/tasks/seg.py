@@ -1,0 +1,68 @@
+"""seg: "segment the blue triangle" -> the model answers `<seg>`, whose state drives SAM
+(experts/decoders/sam.py) through the seg output head. The loss: the answer's tokens plus
+SAM's mask loss on the named shape (`outputs.seg.loss`). Held out: `seg_miou` through
+`model.chat` (a reply without `<seg>` scores 0)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from onellm.data import output_scenes as scenes
+from onellm.data.sources import Example
+from onellm.evaluate import held_out
+from onellm.tasks.base import register
+from onellm.tasks.sam import pixel_modality
+from onellm.tasks.text import TextTask
+
+
+class DecoderTask(TextTask):
+    """An answer that holds output tokens, and the decoder's loss on what they drive."""
+
+    def use_turns(self, example, rng, b) -> bool:
+        return True
+
+    def loss(self, s, batch, items):
+        from onellm.outputs import decoder_loss
+
+        out = self.forward(s, batch, items, output_hidden_states=True)
+        modality = s.modality if "inputs" in batch else None
+        extra = decoder_loss(s.model, self.name, batch, out, modality)
+        # the decoder loss is a mean per micro-batch
+        return out.loss + extra / s.grad_accum, {"decoder_loss": float(extra.detach())}
+
+
+class Segment(DecoderTask):
+    name = "seg"
+    output = "seg"
+    synthetic_only = True
+    metrics = ("seg_miou",)
+
+    def example(self, source, i: int) -> Example:
+        mod = source.model.modalities[source.modality]
+        sc = scenes.seg_scene(i, "train", source.seed, size=mod.input_shape()[-1])
+        targets = {"mask": torch.from_numpy(sc.mask), "pixels": mod.pixels(sc.image)}
+        return Example(mod.preprocess(sc.image).unsqueeze(0), sc.phrase,
+                       [(sc.prompt, sc.answer)], sc.image, targets)  # fmt: skip
+
+    def extra(self, batch: dict[str, Any], examples, b) -> dict[str, Any]:
+        batch["phrases"] = [ex.caption for ex in examples]  # the heads' alignment target
+        batch["seg_masks"] = [ex.targets["mask"] for ex in examples]
+        batch["seg_pixels"] = [ex.targets["pixels"] for ex in examples]
+        return batch
+
+    def evaluate(self, model, *, samples: int, seed: int) -> dict[str, Any]:
+        key = pixel_modality(model)
+        size = model.modalities[key].input_shape()[-1]
+
+        def score(i: int):
+            sc = scenes.seg_scene(i, "test", seed, size=size)
+            reply = model.chat(sc.image, modality=key, prompt=sc.prompt, max_new_tokens=4)
+            iou = scenes.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
+            return {"seg_miou": iou}, sc.prompt, reply.text
+
+        return held_out(model, self.name, samples, score)
+
+
+register(Segment())
