@@ -9,24 +9,26 @@ from collections.abc import Sequence
 from onellm.errors import ConfigError, OneLLMError
 
 
-def load_model(run: str, overrides: Sequence[str] = ()):
-    """A saved run directory (`from_pretrained`) or a model YAML (`from_config`)."""
+def load_model(run: str, overrides: Sequence[str] = (), device: str = "auto"):
+    """A saved run directory (`from_pretrained`) or a model YAML (`from_config`) on `device`."""
+    from onellm.devices import resolve_device
     from onellm.model import OneLLM
 
+    where = resolve_device(device)  # before anything loads: no CUDA is one clear line
     if run.endswith((".yaml", ".yml")):
-        return OneLLM.from_config(run, overrides)
+        return OneLLM.from_config(run, overrides, device=where)
     if overrides:
         raise ConfigError("key=value overrides apply to a YAML config, not a saved run")
-    return OneLLM.from_pretrained(run)
+    return OneLLM.from_pretrained(run, device=where)
 
 
 def _info(args: argparse.Namespace) -> int:
-    print(summary(load_model(args.run, args.overrides)))
+    print(summary(load_model(args.run, args.overrides, args.device)))
     return 0
 
 
 def _chat(args: argparse.Namespace) -> int:
-    model = load_model(args.run).eval()
+    model = load_model(args.run, device=args.device).eval()
     opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     if args.prompt is not None or args.once:
         reply = model.chat(args.input, modality=args.modality if args.input else None,
@@ -51,7 +53,8 @@ def _train(args: argparse.Namespace) -> int:
     from onellm.stage import load_stage
     from onellm.train import train
 
-    final = train(load_stage(args.stage, args.overrides), resume=args.resume)
+    overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
+    final = train(load_stage(args.stage, overrides), resume=args.resume)
     print(f"saved {final}")
     return 0
 
@@ -59,15 +62,14 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from onellm.demo import run_demo
 
-    run_demo(args.out, decoders=args.decoders)
+    run_demo(args.out, decoders=args.decoders, device=args.device)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-
     from onellm.evaluate import evaluate
 
-    model = load_model(args.run).eval()
+    model = load_model(args.run, device=args.device).eval()
     if args.task:
         from onellm.evaluate import evaluate_outputs
         from onellm.tasks import TASKS
@@ -130,6 +132,11 @@ def summary(model) -> str:
     return "\n".join(lines)
 
 
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when there is one), cpu, cuda or cuda:N")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onellm", description="One multimodal LLM: build, chat, train."
@@ -138,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="build a model and show its parts")
     p.add_argument("run", help="a saved run dir, or a model YAML such as configs/tiny.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides (YAML only)")
+    add_device(p)
     p.set_defaults(func=_info)
     p = sub.add_parser("chat", help="ask a model about an input; no prompt opens a session")
     p.add_argument("run", help="a saved run dir, or a model YAML such as configs/tiny.yaml")
@@ -148,11 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0)
+    add_device(p)
     p.set_defaults(func=_chat)
     p = sub.add_parser("train", help="run one training stage from its YAML recipe")
     p.add_argument("stage", help="a stage YAML, e.g. configs/stages/stage1_image.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides (any key)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--device", help="the stage's device (same as device=...); default: its YAML's")
     p.set_defaults(func=_train)
     p = sub.add_parser("eval", help="held-out captioning: exact match, BLEU-4, CIDEr")
     p.add_argument("run", help="a saved run dir (or a model YAML)")
@@ -168,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=100, help="shapes-world scenes per modality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="where to write the results (default: RUN/eval.json)")
+    add_device(p)
     p.set_defaults(func=_eval)
     p = sub.add_parser(
         "demo", help="staged alignment of the tiny model on the shapes world, then chats"
@@ -177,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--decoders", action="store_true",
         help="then the output experts too: SAM pretraining (5a) and stage 5 (<seg> masks, <gen> images)",
     )  # fmt: skip
+    add_device(p)
     p.set_defaults(func=_demo)
     p = sub.add_parser("conformance", help="compare with a OneLLM reference fixture dir")
     p.add_argument("fixture", help="e.g. ../shared/conformance/onellm-reference-A")

@@ -68,6 +68,7 @@ def run_demo(
     quiet: bool = False,
     steps_scale: float = 1.0,
     decoders: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     from onellm.plots import plot_table
     from onellm.stage import load_stage
@@ -82,7 +83,7 @@ def run_demo(
     stages = []
     final = None
     for name in STAGES + DECODER_STAGES * decoders:
-        cfg = load_stage(CONFIGS / f"{name}.yaml", [f"vars.root={out}"])
+        cfg = load_stage(CONFIGS / f"{name}.yaml", [f"vars.root={out}", f"device={device}"])
         cfg.steps = max(1, round(cfg.steps * steps_scale))
         t = time.perf_counter()
         final = train(cfg, quiet=quiet)
@@ -99,7 +100,7 @@ def run_demo(
     }
     (out / "plots").mkdir(parents=True, exist_ok=True)
     plot_table([s for s in stages if s["accuracy"]], out / "plots" / "accuracy_table.png")
-    report["chats"] = show_chats(final, out, outputs=decoders)
+    report["chats"] = show_chats(final, out, outputs=decoders, device=device)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print("\nheld-out exact-match caption accuracy after each stage\n" + table(stages))
     for s in stages:
@@ -112,13 +113,14 @@ def run_demo(
     return report
 
 
-def show_chats(final: Path, out: Path, *, outputs: bool = False) -> list[dict[str, str]]:
+def show_chats(final: Path, out: Path, *, outputs: bool = False,
+               device: str = "auto") -> list[dict[str, str]]:  # fmt: skip
     """A few chats with the final model on held-out scenes; printed and returned. A mask
     or an image the model produces is saved under `out` as a PNG."""
     from onellm.data import shapes
     from onellm.model import OneLLM
 
-    model = OneLLM.from_pretrained(final).eval()
+    model = OneLLM.from_pretrained(final, device=device).eval()
     chats = []
     print()
     for modality, prompt in (("image", None), ("image", "What colour is it?"), ("audio", "Is it low or high?"),
@@ -146,10 +148,10 @@ def output_chats(model, out: Path) -> list[dict[str, str]]:
     if "seg" in model.output_token_ids:
         sc = tasks.seg_scene(7, "test", size=model.modalities["image"].input_shape()[-1])
         reply = model.chat(sc.image, modality="image", prompt=sc.prompt, max_new_tokens=4)
-        iou = tasks.iou(reply.masks[0].numpy(), sc.mask) if reply.masks else 0.0
+        iou = tasks.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
         path = out / "seg_chat.png"
         if reply.masks:  # the input, and the mask beside it
-            mask = np.repeat(reply.masks[0].numpy()[..., None] * 255, 3, -1).astype(np.uint8)
+            mask = np.repeat(reply.masks[0].cpu().numpy()[..., None] * 255, 3, -1).astype(np.uint8)
             Image.fromarray(np.concatenate([sc.image, mask], 1)).resize((256, 128)).save(path)
         chats.append({"modality": "image", "prompt": sc.prompt, "reply": reply.text,
                       "truth": f"a mask, IoU {iou:.2f}", "file": str(path) * bool(reply.masks)})  # fmt: skip

@@ -186,5 +186,5 @@ def _pixels(model: OneLLM, sample: dict[str, Any]) -> torch.Tensor | None:
     for key, raw in sample.items():
         mod = model.modalities[key]
         if hasattr(mod, "pixels"):
-            return mod.pixels(raw)
+            return mod.pixels(raw).to(model.device, model.dtype)
     return None

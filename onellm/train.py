@@ -183,6 +183,8 @@ class Recipe:
         if stepped:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        else:  # nothing reached a trainable part: a no-op step keeps the schedule's order
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": float(self.d.all_sum(logged)) / self.d.world, "source": key,

@@ -203,7 +203,9 @@ def test_length_grouped_micro_batches_give_the_whole_batch_gradient(tmp_path, mo
     for key in ("text", "image"):
         grouped, ours = grads(key)
         with monkeypatch.context() as m:  # one batch padded to its longest row
-            m.setattr("onellm.tasks.text.length_groups", lambda lengths, n: [list(range(len(lengths)))])
+            m.setattr(
+                "onellm.tasks.text.length_groups", lambda lengths, n: [list(range(len(lengths)))]
+            )
             (whole,), theirs = grads(key)
         assert len(grouped) == 2
         assert sum(b["input_ids"].numel() for b in grouped) < whole["input_ids"].numel()

@@ -115,6 +115,19 @@ class SamMaskDecoder(nn.Module):
         # tiny scale: a caption encoder for text prompts (experts/decoders/text.py)
         self.text = text
 
+    def _apply(self, fn, recurse: bool = True):
+        # segment-anything casts point coordinates to float32 inside its prompt encoder
+        # (`forward_with_coords`), so that encoder's random-Fourier table stays float32 in
+        # a bf16 / float64 model; what the encoder gives is cast to the decoder's dtype
+        super()._apply(fn, recurse)
+        pe = self.sam.prompt_encoder.pe_layer
+        pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sam.pixel_mean.dtype
+
     @property
     def prompt_dim(self) -> int:
         return self.sam.prompt_encoder.embed_dim
@@ -134,7 +147,9 @@ class SamMaskDecoder(nn.Module):
         h, w = images.shape[-2:]
         scale = self.image_size / max(h, w)
         size = (round(h * scale), round(w * scale))
-        x = F.interpolate(images.float() * 255, size=size, mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            images.to(self.dtype) * 255, size=size, mode="bilinear", align_corners=False
+        )
         return self.sam.preprocess(x), size
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -169,7 +184,7 @@ class SamMaskDecoder(nn.Module):
         """Per image, N_i sparse prompt sets (N_i, T, C) -> mask logits (N_i, H, W): one
         mask decoder call per image (it repeats the image embedding per prompt set)."""
         no_mask = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        pe = self.sam.prompt_encoder.get_dense_pe()
+        pe = self.sam.prompt_encoder.get_dense_pe().to(embeddings.dtype)
         out = []
         for i, p in enumerate(sparse):
             if p.shape[0] == 0:
@@ -201,7 +216,7 @@ class SamMaskDecoder(nn.Module):
             labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
             pts = (points[:, None, :].float() * scale, labels)
         box = boxes.float() * scale if boxes is not None else None
-        return self.sam.prompt_encoder(points=pts, boxes=box, masks=None)[0]
+        return self.sam.prompt_encoder(points=pts, boxes=box, masks=None)[0].to(self.dtype)
 
     def prompted(
         self,
