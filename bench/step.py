@@ -12,7 +12,6 @@ MFU divides them by the step time and by the peak matmul FLOP/s measured in the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -23,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import peak_matmul_flops, peak_rss_mb
 from bench.onellm_layout import OneLLMLayout
 from onellm import OneLLM
+from onellm.devices import autocast
 from onellm.freezing import set_trainable
 
 
@@ -32,16 +32,11 @@ def step_inputs(model: OneLLM, batch: int, text_tokens: int, seed: int = 0):
     image = torch.randn(batch, *shape, generator=g)
     ids = torch.randint(3, model.llm.config.vocab_size, (batch, text_tokens), generator=g)
     ids[:, 0] = model.llm.config.bos_token_id
-    return image, ids
+    return image.to(model.device, model.dtype), ids.to(model.device)
 
 
 def run_step(model: OneLLM, image, ids, precision: str, backward: bool) -> None:
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
-        if precision == "bf16"
-        else contextlib.nullcontext()
-    )
-    with autocast:
+    with autocast(model.device, precision):
         loss = model(ids, image, "image", labels=ids).loss
     if backward:
         loss.backward()
@@ -50,12 +45,16 @@ def run_step(model: OneLLM, image, ids, precision: str, backward: bool) -> None:
 
 
 def timed(fn, warmup: int, runs: int) -> float:
+    """Median ms of `fn`, waiting for the GPU's queue where there is one."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(runs):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
 
@@ -68,9 +67,9 @@ def count_flops(fn) -> int:
 
 def measure(config: str, *, batch: int, text_tokens: int, precision: str, runs: int,
             warmup: int, overrides: tuple[str, ...] = (), layout: str = "onellm-lib",
-            compile: bool = False) -> dict:  # fmt: skip
+            compile: bool = False, device: str = "cpu", dtype: str | None = None) -> dict:  # fmt: skip
     torch.manual_seed(0)
-    model = OneLLM.from_config(config, overrides).train()
+    model = OneLLM.from_config(config, overrides, device=device, dtype=dtype).train()
     if compile:
         model.projection.experts.compile()  # compiled during the warm-up steps
     set_trainable(model, ["projection.*"])
@@ -101,8 +100,8 @@ def _measure(model, image, ids, batch, precision, runs, warmup) -> dict:
     fwd_ms = timed(fwd, warmup, runs)
     step_ms = timed(fwd_bwd, warmup, runs)
     flops = count_flops(fwd_bwd)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    peak = peak_matmul_flops(dtype)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, model.dtype)
+    peak = peak_matmul_flops(dtype, device=model.device)
     achieved = flops / (step_ms / 1000)
     return {
         "precision": precision,
@@ -116,6 +115,8 @@ def _measure(model, image, ids, batch, precision, runs, warmup) -> dict:
         "achieved_gflops": achieved / 1e9,
         "peak_gflops": peak / 1e9,
         "mfu": achieved / peak,
+        "device": str(model.device),
+        "weights": str(model.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -124,7 +125,11 @@ def _measure(model, image, ids, batch, precision, runs, warmup) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="bench/configs/reference-a.yaml")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    ap.add_argument(
+        "--device", default="cpu", help="cpu, cuda or cuda:N (bench/gpu.py: the GPU table)"
+    )
+    ap.add_argument("--dtype", help="the weights' dtype (default: the config's)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--text-tokens", type=int, default=12)
     ap.add_argument("--runs", type=int, default=10)
@@ -140,7 +145,8 @@ def main() -> None:
     args = ap.parse_args()
     r = measure(args.config, batch=args.batch, text_tokens=args.text_tokens,
                 precision=args.precision, runs=args.runs, warmup=args.warmup,
-                overrides=tuple(args.overrides), layout=args.layout, compile=args.compile)  # fmt: skip
+                overrides=tuple(args.overrides), layout=args.layout, compile=args.compile,
+                device=args.device, dtype=args.dtype)  # fmt: skip
     print(
         f"{args.config} {args.layout} {args.precision}: forward {r['forward_ms']:.1f} ms, forward+backward "
         f"{r['forward_backward_ms']:.1f} ms, {r['samples_per_s']:.1f} samples/s, "
