@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# on a CUDA machine: the gpu-marked tests, then the GPU bench (bench/gpu_results.json)
+gpu-check: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
+	$(BIN)/python -m bench.gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -81,13 +81,16 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def grad_scaler(device: torch.device, precision: str, world: int) -> torch.amp.GradScaler:
-    """fp16 needs loss scaling; bf16 and fp32 get a disabled scaler (a pass-through).
-    Several processes share one inf/NaN verdict through FSDP's sharded scaler."""
+    """fp16 needs loss scaling; bf16 and fp32 get a disabled scaler (a pass-through)."""
     enabled = precision == "fp16"
     if enabled and world > 1:
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-        return ShardedGradScaler(device.type)
+        # measured with 2 gloo processes: torch's scalers unscale every gradient of a device
+        # in one foreach call, which refuses FSDP2's sharded (DTensor) gradients beside the
+        # replicated per-modality ones
+        raise ConfigError(
+            f"precision: fp16 runs in one process (its loss scaler cannot unscale FSDP2's "
+            f"sharded gradients beside replicated ones), got {world} processes; use bf16"
+        )
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 

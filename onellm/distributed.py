@@ -69,9 +69,15 @@ def cleanup(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def shard(model: nn.Module, mesh: DeviceMesh | None = None) -> list[nn.Module]:
-    """`fully_shard` every heavy block that trains over `mesh`; returns the sharded blocks."""
-    from torch.distributed.fsdp import fully_shard
+def shard(
+    model: nn.Module, mesh: DeviceMesh | None = None, compute_dtype: torch.dtype | None = None
+) -> list[nn.Module]:
+    """`fully_shard` every heavy block that trains over `mesh`; returns the sharded blocks.
+    `compute_dtype` (the stage's bf16 / fp16): FSDP2 gathers those blocks' weights in it
+    (half the traffic) and reduces their gradients in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
 
     # expert layers, not whole experts: ExpertPool calls each layer (FSDP hooks run on __call__)
     blocks: list[nn.Module] = [layer for e in model.projection.experts for layer in e.layers]
@@ -82,7 +88,7 @@ def shard(model: nn.Module, mesh: DeviceMesh | None = None) -> list[nn.Module]:
         params = list(block.parameters())
         # LoRA leaves the base weights frozen; its small adapters stay replicated instead
         if params and all(p.requires_grad for p in params):
-            fully_shard(block, mesh=mesh)
+            fully_shard(block, mesh=mesh, mp_policy=policy)
             sharded.append(block)
     return sharded
 

@@ -128,13 +128,16 @@ def validate(cfg: StageConfig) -> None:
     if not cfg.data:
         raise ConfigError("data: a stage needs at least one data source")
     from onellm.devices import PRECISIONS
-    from onellm.tasks import TASKS
+    from onellm.errors import RegistryError
+    from onellm.tasks import TASKS, find_task
 
     for key, src in cfg.data.items():
-        if src.task not in TASKS:
+        try:
+            find_task(src.task)
+        except RegistryError:
             raise ConfigError(
                 f"data.{key}.task: expected one of {', '.join(TASKS.names())}, got {src.task!r}"
-            )
+            ) from None
         if src.weight < 0:
             raise ConfigError(f"data.{key}.weight: expected >= 0, got {src.weight}")
         if src.batch_size is not None and src.batch_size < 1:

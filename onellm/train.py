@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from onellm import activation_checkpointing, distributed
 from onellm.data.sources import Source
-from onellm.devices import autocast, grad_scaler, move
+from onellm.devices import PRECISIONS, autocast, grad_scaler, move
 from onellm.errors import ConfigError, InputError
 from onellm.evaluate import evaluate
 from onellm.freezing import apply_trainable, param_groups
@@ -117,7 +117,7 @@ class Recipe:
                 if self.batch_size(key) % self.d.world:
                     raise ConfigError(f"data.{key}: batch_size {self.batch_size(key)} must divide "
                                       f"by the {self.d.world} processes")  # fmt: skip
-            distributed.shard(self.model, self.d.mesh)
+            distributed.shard(self.model, self.d.mesh, PRECISIONS[cfg.precision])
         if cfg.compile:
             self.model.projection.experts.compile()
         # the optimiser

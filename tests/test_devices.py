@@ -250,3 +250,16 @@ def test_activation_checkpointing_keeps_less_and_gives_the_same_gradients(tmp_pa
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-7, msg=n)
     # names do not change: trainable globs and checkpoints read the same
     assert any(".experts.0.layers.1.q_proj.weight" in n for n in g1)
+
+
+def test_fp16_scales_the_loss_in_one_process_and_is_refused_under_fsdp():
+    from onellm.devices import grad_scaler
+
+    cpu = torch.device("cpu")
+    assert grad_scaler(cpu, "fp16", 1).is_enabled()
+    assert (
+        not grad_scaler(cpu, "bf16", 2).is_enabled()
+        and not grad_scaler(cpu, "fp32", 1).is_enabled()
+    )
+    with pytest.raises(ConfigError, match="precision: fp16 runs in one process.*got 2 processes"):
+        grad_scaler(cpu, "fp16", 2)

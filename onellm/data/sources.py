@@ -37,10 +37,10 @@ class Source:
     scene or a manifest record."""
 
     def __init__(self, model: Any, key: str, cfg: SourceConfig, seed: int) -> None:
-        from onellm.tasks import TASKS
+        from onellm.tasks import find_task
 
         self.cfg, self.seed, self.model = cfg, seed, model
-        self.task = TASKS.get(cfg.task)
+        self.task = find_task(cfg.task)
         self.modality = (
             None
             if self.task.text_only and cfg.modality is None
