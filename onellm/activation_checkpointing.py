@@ -20,11 +20,20 @@ def enable(model: Any) -> list[nn.Module]:
     -> the expert blocks checkpointed. Only takes effect in train mode (HF's rule)."""
     from torch.distributed._composable import checkpoint
 
-    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
     llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
-    llm.gradient_checkpointing_enable(**kwargs)
-    model.encoder.clip.gradient_checkpointing_enable(**kwargs)
+    for part in (llm, model.encoder.clip):
+        hf_enable(part)
     blocks = [layer for expert in model.projection.experts for layer in expert.layers]
     for block in blocks:
         checkpoint(block)
     return blocks
+
+
+def hf_enable(model: Any) -> None:
+    """transformers' own switch: `activation_checkpointing_enable` where the installed
+    version has it, else its older name (the floor, 5.6, has only that one)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
