@@ -101,8 +101,3 @@ def register(task: Task) -> Task:
     if task.metrics and not task.captions and type(task).evaluate is Task.evaluate:
         raise TypeError(f"tasks: {task.name} names metrics but has no evaluate()")
     return TASKS.register(task.name, task)
-
-
-def per_sample(batch: dict[str, Any], key: str) -> int:
-    """`items` for tasks whose loss is a mean over samples."""
-    return len(batch[key])
