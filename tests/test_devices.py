@@ -263,3 +263,18 @@ def test_fp16_scales_the_loss_in_one_process_and_is_refused_under_fsdp():
     )
     with pytest.raises(ConfigError, match="precision: fp16 runs in one process.*got 2 processes"):
         grad_scaler(cpu, "fp16", 2)
+
+
+def test_an_fp16_checkpoint_keeps_the_loss_scale(tmp_path):
+    cfg = load_stage(ROOT / "configs" / "stages" / "stage1_image.yaml", [
+        f"init_from={TINY}", f"output_dir={tmp_path}", "batch_size=2", "steps=4",
+        "checkpoint_every=2", "eval.modalities=[]", "data.image.pool=4", "precision=fp16",
+    ])  # fmt: skip
+    r = Recipe(cfg, quiet=True).setup()
+    for s in range(2):
+        r.train_step(s)
+    r.scaler.update(1024.0)  # a scale no fresh scaler starts at (65536)
+    r.step = 2
+    r.files.checkpoint(r.state, 2)
+    resumed = Recipe(cfg, resume=True, quiet=True).setup()
+    assert resumed.step == 2 and resumed.scaler.get_scale() == r.scaler.get_scale() == 1024.0
