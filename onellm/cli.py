@@ -70,6 +70,11 @@ def _eval(args: argparse.Namespace) -> int:
     from onellm.evaluate import evaluate
 
     model = load_model(args.run, device=args.device).eval()
+    mods = args.modality or sorted(model.modalities)
+    if args.task and "qa" in args.task:
+        if len(args.task) > 1:
+            raise ConfigError("eval: --task qa goes alone (the output tasks report per task)")
+        return _write(qa_report(model, mods, args), args)
     if args.task:
         from onellm.evaluate import evaluate_outputs
         from onellm.tasks import TASKS
@@ -81,7 +86,6 @@ def _eval(args: argparse.Namespace) -> int:
             got = "  ".join(f"{k} {r[k]:.3f}" for k in TASKS.get(t).metrics if k in r)
             print(f"{t:<4} n={r['n']:<4} {got}")
         return _write(results, args)
-    mods = args.modality or sorted(model.modalities)
     results = {
         m: evaluate(model, m, samples=args.samples, data=args.data, seed=args.seed) for m in mods
     }
@@ -91,6 +95,26 @@ def _eval(args: argparse.Namespace) -> int:
             f"{m:<9} {r['n']:>5} {100 * r['exact_match']:>6.1f}% {r['bleu4']:>7.3f} {r['cider']:>7.3f}"
         )
     return _write(results, args)
+
+
+def qa_report(model, mods: list[str], args: argparse.Namespace) -> dict:
+    """`onellm eval RUN --task qa`: held-out question answering per modality and question."""
+    from onellm.errors import InputError
+    from onellm.evaluate import evaluate_qa
+
+    results = {}
+    for m in mods:
+        try:
+            results[m] = evaluate_qa(model, m, samples=args.samples, seed=args.seed, data=args.data)
+        except InputError as e:
+            if args.modality:  # asked for by name: say why not
+                raise
+            print(f"{m:<9} skipped: {e}")  # e.g. a plug-in without questions in its scenes
+    print(f"{'modality':<9} {'n':>5} {'QA':>7}   by question")
+    for m, r in results.items():
+        by = "  ".join(f"{q} {v['correct']}/{v['n']}" for q, v in r["by_question"].items())
+        print(f"{m:<9} {r['n']:>5} {100 * r['qa_accuracy']:>6.1f}%   {by}")
+    return results
 
 
 def _write(results: dict, args: argparse.Namespace) -> int:
@@ -171,9 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="a JSONL manifest with captions; default: the shapes world's test split"
     )
     p.add_argument(
-        "--task", action="append", choices=("seg", "gen", "sam", "t2i"),
-        help="output experts instead: seg (mIoU), gen (colour accuracy); the decoders alone: sam "
-             "(point / phrase-prompted mIoU), t2i (colour accuracy from the caption); repeatable",
+        "--task", action="append", choices=("qa", "seg", "gen", "sam", "t2i"),
+        help="qa: question answering per modality and question (shapes world, or --data's "
+             "conversations); output experts: seg (mIoU), gen (colour accuracy); the decoders "
+             "alone: sam (point / phrase-prompted mIoU), t2i (colour accuracy from the caption)",
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=100, help="shapes-world scenes per modality")
     p.add_argument("--seed", type=int, default=0)

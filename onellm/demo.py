@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +31,47 @@ DECODER_STAGES = ("stage5a_decoder_pretrain", "stage5_decoders")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "stages"
 
 
-def final_accuracy(run: Path) -> dict[str, float]:
-    """The exact match of the stage's final held-out evaluation, per modality."""
+def final_eval(run: Path) -> dict[str, Any]:
+    """The stage's final held-out evaluation record (empty if it has none)."""
     from onellm.train import read_metrics
 
     finals = [r for r in read_metrics(run) if r["event"] == "eval" and r.get("final")]
-    return {m: v["exact_match"] for m, v in finals[-1]["results"].items()} if finals else {}
+    return finals[-1] if finals else {}
+
+
+def final_accuracy(run: Path) -> dict[str, float]:
+    """The exact match of the stage's final held-out evaluation, per modality."""
+    return {m: v["exact_match"] for m, v in final_eval(run).get("results", {}).items()}
+
+
+def final_qa(run: Path) -> dict[str, dict[str, Any]]:
+    """The stage's final held-out question answering, per modality: accuracy and counts
+    per question (stages that train instruction data)."""
+    return {m: {"accuracy": v["qa_accuracy"], "by_question": v["by_question"]}
+            for m, v in final_eval(run).get("qa", {}).items()}  # fmt: skip
 
 
 def final_outputs(run: Path) -> dict[str, float]:
     """seg_miou / gen_color_accuracy of the stage's final evaluation (stages that train them)."""
     from onellm.tasks import TASKS
-    from onellm.train import read_metrics
 
-    finals = [r for r in read_metrics(run) if r["event"] == "eval" and r.get("final")]
-    outs = finals[-1].get("outputs", {}) if finals else {}
+    outs = final_eval(run).get("outputs", {})
     return {k: o[k] for t, o in outs.items() for k in TASKS.get(t).metrics if k in o}
 
 
-def table(stages: list[dict[str, Any]]) -> str:
+def table(stages: list[dict[str, Any]], key: str = "accuracy", *, seconds: bool = True) -> str:
+    """Rows: stages; columns: modalities; cells: `stage[key][modality]` as a percentage."""
+    cell = (lambda v: v) if key == "accuracy" else (lambda v: v["accuracy"])  # noqa: E731
     mods: list[str] = []
     for s in stages:
-        mods += [m for m in s["accuracy"] if m not in mods]
+        mods += [m for m in s[key] if m not in mods]
     width = max(len(s["name"]) for s in stages)
-    lines = [" " * width + "".join(f"{m:>8}" for m in mods) + f"{'time':>8}"]
+    lines = [" " * width + "".join(f"{m:>8}" for m in mods) + f"{'time':>8}" * seconds]
     for s in stages:
         cells = "".join(
-            f"{100 * s['accuracy'][m]:>7.0f}%" if m in s["accuracy"] else f"{'':>8}" for m in mods
+            f"{100 * cell(s[key][m]):>7.0f}%" if m in s[key] else f"{'':>8}" for m in mods
         )
-        lines.append(f"{s['name']:<{width}}{cells}{s['seconds']:>7.0f}s")
+        lines.append(f"{s['name']:<{width}}{cells}" + f"{s['seconds']:>7.0f}s" * seconds)
     return "\n".join(lines)
 
 
@@ -69,6 +82,7 @@ def run_demo(
     steps_scale: float = 1.0,
     decoders: bool = False,
     device: str = "auto",
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     from onellm.plots import plot_table
     from onellm.stage import load_stage
@@ -83,13 +97,16 @@ def run_demo(
     stages = []
     final = None
     for name in STAGES + DECODER_STAGES * decoders:
-        cfg = load_stage(CONFIGS / f"{name}.yaml", [f"vars.root={out}", f"device={device}"])
+        cfg = load_stage(
+            CONFIGS / f"{name}.yaml", [f"vars.root={out}", f"device={device}", *overrides]
+        )
         cfg.steps = max(1, round(cfg.steps * steps_scale))
         t = time.perf_counter()
         final = train(cfg, quiet=quiet)
         run = Path(cfg.output_dir)
-        stages.append({"name": cfg.name, "accuracy": final_accuracy(run), "outputs": final_outputs(run),
-                       "seconds": time.perf_counter() - t, "run": cfg.output_dir})  # fmt: skip
+        stages.append({"name": cfg.name, "accuracy": final_accuracy(run), "qa": final_qa(run),
+                       "outputs": final_outputs(run), "seconds": time.perf_counter() - t,
+                       "run": cfg.output_dir})  # fmt: skip
     # the output experts' held-out metrics at the top level (the last stage that has each)
     decoders = {k: v for s in stages for k, v in s["outputs"].items()}
     report = {
@@ -103,6 +120,10 @@ def run_demo(
     report["chats"] = show_chats(final, out, outputs=decoders, device=device)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print("\nheld-out exact-match caption accuracy after each stage\n" + table(stages))
+    asked = [s for s in stages if s["qa"]]
+    if asked:  # from instruction tuning on: every question of held-out scenes, asked alone
+        print("\nheld-out question answering (exact match) after each stage\n"
+              + table(asked, "qa", seconds=False))  # fmt: skip
     for s in stages:
         for k, v in s["outputs"].items():
             print(f"{k:<20}{v:>6.2f}   (held-out, after {s['name']})")

@@ -75,6 +75,65 @@ def evaluate(
     return result
 
 
+@torch.no_grad()
+def evaluate_qa(
+    model: Any,
+    modality: str,
+    *,
+    samples: int = 60,
+    seed: int = 0,
+    data: str | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 8,
+) -> dict[str, Any]:
+    """Held-out question answering: greedy `model.chat(input, prompt=question)` against the
+    answer, exact match after `normalise`, over every question the shapes world asks of
+    `samples` test scenes (or every question-answer turn of a manifest's conversations,
+    each asked alone). -> `qa_accuracy` and, per question, its correct and total counts."""
+    key = model.modality_key(modality)
+    if data is None:
+        scenes = shapes.sample(key, samples, split="test", seed=seed, model=model)
+        asked = [(s.input, q, a) for s in scenes for q, a in s.qa]
+    else:
+        asked = [(r.input, q, a) for r in read_manifest(data)
+                 if model.modality_key(r.modality) == key for q, a in r.turns]  # fmt: skip
+    by_question: dict[str, list[tuple[Any, str]]] = {}
+    for raw, q, a in asked:  # one batched chat per question: a shared prompt
+        by_question.setdefault(q, []).append((raw, a))
+    was_training = model.training
+    model.eval()
+    preds: dict[str, list[str]] = {}
+    try:
+        for q, items in by_question.items():
+            preds[q] = []
+            for i in range(0, len(items), batch_size):
+                part = [raw for raw, _ in items[i : i + batch_size]]
+                replies = model.chat(part, modality=key, prompt=q, max_new_tokens=max_new_tokens)
+                preds[q] += [r.text for r in replies]
+    finally:
+        model.train(was_training)
+    return qa_metrics(key, {q: [a for _, a in items] for q, items in by_question.items()}, preds)
+
+
+def qa_metrics(modality: str, answers: dict[str, list[str]], preds: dict[str, list[str]]):
+    """Exact-match accuracy overall and per question ({question: {correct, n}})."""
+    by = {}
+    examples = []
+    for q, truth in answers.items():
+        got = [normalise(p) == normalise(t) for p, t in zip(preds[q], truth, strict=True)]
+        by[q] = {"correct": int(sum(got)), "n": len(got)}
+        examples += [{"question": q, "answer": t, "prediction": p}
+                     for p, t in list(zip(preds[q], truth, strict=True))[:2]]  # fmt: skip
+    n = sum(v["n"] for v in by.values())
+    if not n:
+        raise InputError(
+            f"{modality}: expected questions to ask (scenes with qa or conversations), got none"
+        )
+    accuracy = sum(v["correct"] for v in by.values()) / n
+    return {"modality": modality, "n": n, "qa_accuracy": accuracy, "by_question": by,
+            "examples": examples}  # fmt: skip
+
+
 def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0) -> dict[str, Any]:
     """Held-out metrics of an output task (seg, gen, sam, t2i: each task's `evaluate`,
     onellm/tasks/) on the shapes world's test split."""

@@ -40,10 +40,13 @@ def plot_run(run: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for m in sorted({m for r in evals for m in r["results"]}):
             pts = [(r["step"], r["results"][m]["exact_match"]) for r in evals if m in r["results"]]
-            ax.plot(*zip(*pts, strict=True), "o-", label=m)
+            line = ax.plot(*zip(*pts, strict=True), "o-", label=m)[0]
+            qa = [(r["step"], r["qa"][m]["qa_accuracy"]) for r in evals if m in r.get("qa", {})]
+            if qa:  # dashed, same colour: question answering
+                ax.plot(*zip(*qa, strict=True), "s--", color=line.get_color(), label=f"{m} QA")
         ax.set(
             xlabel="step",
-            ylabel="held-out exact match",
+            ylabel="held-out exact match (dashed: QA)",
             ylim=(-0.02, 1.02),
             title=f"{run.name}: accuracy",
         )

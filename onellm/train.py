@@ -28,7 +28,7 @@ from onellm import activation_checkpointing, distributed
 from onellm.data.sources import Source
 from onellm.devices import PRECISIONS, autocast, grad_scaler, move
 from onellm.errors import ConfigError, InputError
-from onellm.evaluate import evaluate
+from onellm.evaluate import evaluate, evaluate_qa
 from onellm.freezing import apply_trainable, param_groups
 from onellm.model import OneLLM
 from onellm.run_state import RunFiles, TrainState
@@ -252,6 +252,10 @@ class Recipe:
             report = model.routing_report(m, x)
             routing[m], per_query[m] = report["per_expert"], report["per_query"]
         record = {"results": results, "routing": routing, "routing_per_query": per_query}
+        asked = {s.modality for s in self.sources.values() if s.task.questions}
+        if asked:  # instruction data trains: does it answer what it is asked?
+            record["qa"] = {m: evaluate_qa(model, m, samples=e.samples, seed=self.cfg.seed + 1)
+                            for m in self.eval_modalities() if m in asked}  # fmt: skip
         if self.output_tasks():
             record["outputs"] = {t: TASKS.get(t).evaluate(model, samples=e.samples, seed=self.cfg.seed + 1)
                                  for t in self.output_tasks()}  # fmt: skip

@@ -61,6 +61,7 @@ class Task:
     synthetic_only: ClassVar[bool] = False  # its examples come from the shapes world only
     needs_input: ClassVar[bool] = True  # examples carry the preprocessed input
     captions: ClassVar[bool] = False  # its modality joins the stage's held-out caption table
+    questions: ClassVar[bool] = False  # ... and the held-out question-answering table
     metrics: ClassVar[tuple[str, ...]] = ()  # what `evaluate` reports
 
     def check(self, key: str, cfg: SourceConfig) -> None:

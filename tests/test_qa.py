@@ -1,0 +1,107 @@
+"""Held-out question answering: the metric on hand-made predictions, a manifest's
+conversations, the stage eval of instruction data, `onellm eval --task qa`, the demo's
+second table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onellm.chat import ChatResponse
+from onellm.evaluate import evaluate_qa, qa_metrics
+from onellm.stage import load_stage
+from onellm.train import Recipe, read_metrics
+from tests.conftest import ROOT, TINY
+
+
+def test_qa_metrics_count_each_question_on_hand_made_predictions():
+    answers = {
+        "What colour is it?": ["red", "blue", "green"],
+        "Where is it?": ["on the left", "at the top"],
+    }
+    preds = {
+        "What colour is it?": ["Red.", "red", "green"],
+        "Where is it?": ["on the left", "on the top"],
+    }
+    r = qa_metrics("image", answers, preds)
+    assert r["by_question"] == {"What colour is it?": {"correct": 2, "n": 3},
+                                "Where is it?": {"correct": 1, "n": 2}}  # fmt: skip
+    assert r["n"] == 5 and r["qa_accuracy"] == pytest.approx(3 / 5)
+
+
+def answering(model, monkeypatch, right: set[str]):
+    """model.chat answers the questions in `right` with the truth (read off the manifest
+    below: the image's mean decides), anything else wrongly; records what it was asked."""
+    asked = []
+
+    def chat(inputs, modality=None, prompt=None, **kw):
+        asked.append((prompt, len(inputs)))
+        truth = ["bright" if np.asarray(Image.open(x)).mean() > 100 else "dark" for x in inputs]
+        return [ChatResponse(t if prompt in right else "no idea") for t in truth]
+
+    monkeypatch.setattr(model, "chat", chat)
+    return asked
+
+
+def test_a_manifests_conversations_are_asked_turn_by_turn(tiny_model, monkeypatch, tmp_path):
+    for name, value in (("dark.png", 10), ("bright.png", 240)):
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / name)
+    conv = lambda shade: [{"from": "human", "value": "<image>\nIs it bright?"},  # noqa: E731
+                          {"from": "gpt", "value": shade},
+                          {"from": "human", "value": "And its shade?"}, {"from": "gpt", "value": shade}]  # fmt: skip
+    lines = [{"modality": "image", "input": "dark.png", "conversations": conv("dark")},
+             {"modality": "image", "input": "bright.png", "conversations": conv("bright")},
+             {"modality": "image", "input": "dark.png", "caption": "captions are not questions"},
+             {"modality": "audio", "input": "dark.png", "conversations": conv("dark")}]  # fmt: skip
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    asked = answering(tiny_model, monkeypatch, right={"Is it bright?"})
+    r = evaluate_qa(tiny_model, "image", data=str(tmp_path / "m.jsonl"))
+    assert sorted(asked) == [("And its shade?", 2), ("Is it bright?", 2)]  # one batch per question
+    assert r["by_question"] == {"Is it bright?": {"correct": 2, "n": 2},
+                                "And its shade?": {"correct": 0, "n": 2}}  # fmt: skip
+    assert r["qa_accuracy"] == 0.5
+
+
+def test_every_stage_that_trains_instruction_data_reports_qa(tmp_path):
+    cfg = load_stage(ROOT / "configs" / "stages" / "stage4_instruct.yaml", [
+        f"init_from={TINY}", f"output_dir={tmp_path}", "steps=1", "batch_size=4", "eval.samples=3",
+        "eval.modalities=[image, audio]", "data={image: {task: instruct, pool: 8}, audio: {task: caption, pool: 8}}",
+    ])  # fmt: skip
+    r = Recipe(cfg, quiet=True).setup()
+    r.train()
+    r.save()
+    final = [x for x in read_metrics(tmp_path) if x.get("final")][-1]
+    assert set(final["qa"]) == {"image"}  # audio trains captions only here
+    qa = final["qa"]["image"]
+    assert set(qa["by_question"]) == {"What colour is it?", "What shape is it?", "Where is it?"}
+    assert qa["n"] == 9 and 0 <= qa["qa_accuracy"] <= 1
+
+
+def test_onellm_eval_task_qa_prints_and_writes_per_question(tmp_path, capsys):
+    from onellm.cli import main
+
+    assert main(["eval", str(TINY), "--task", "qa", "--modality", "imu", "--modality", "audio",
+                 "--samples", "4", "--json", str(tmp_path / "qa.json")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "What is the person doing? " in out and "How does it sound? " in out
+    saved = json.loads((tmp_path / "qa.json").read_text())
+    assert saved["imu"]["by_question"]["What is the person doing?"]["n"] == 4
+    assert saved["audio"]["n"] == 8
+
+
+def test_the_demo_report_carries_the_qa_table(tmp_path, capsys):
+    from onellm.demo import run_demo
+
+    report = run_demo(tmp_path, quiet=True, steps_scale=0.002, device="cpu",
+                      overrides=["eval.samples=2"])  # fmt: skip
+    by_stage = {s["name"]: s["qa"] for s in report["stages"]}
+    assert not by_stage["stage3-depth-normal-imu-fmri"]  # captions only before stage 4
+    qa = by_stage["stage4-instruct"]
+    assert len(qa) == 8 and all(0 <= v["accuracy"] <= 1 and v["by_question"] for v in qa.values())
+    out = capsys.readouterr().out
+    table = out.split("held-out question answering (exact match) after each stage\n")[1]
+    assert table.splitlines()[1].startswith("stage4-instruct")
+    assert json.loads((tmp_path / "report.json").read_text())["stages"][-1]["qa"] == qa
