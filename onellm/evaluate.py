@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,17 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[str]) -> di
     return {"exact_match": exact, "bleu4": float(bleu[3]), "cider": float(cider)}
 
 
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """The model in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(
     model: Any,
@@ -59,15 +70,13 @@ def evaluate(
             r for r in read_manifest(data) if model.modality_key(r.modality) == key and r.caption
         ]
         inputs, refs = [r.input for r in records], [r.caption for r in records]
-    was_training = model.training
-    model.eval()
     preds: list[str] = []
-    for i in range(0, len(inputs), batch_size):
-        replies = model.chat(
-            inputs[i : i + batch_size], modality=key, max_new_tokens=max_new_tokens
-        )
-        preds += [r.text for r in replies]
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(inputs), batch_size):
+            replies = model.chat(
+                inputs[i : i + batch_size], modality=key, max_new_tokens=max_new_tokens
+            )
+            preds += [r.text for r in replies]
     result: dict[str, Any] = {"modality": key, "n": len(refs), **caption_metrics(preds, refs)}
     result["examples"] = [
         {"reference": r, "prediction": p} for r, p in list(zip(refs, preds, strict=True))[:5]
@@ -100,18 +109,14 @@ def evaluate_qa(
     by_question: dict[str, list[tuple[Any, str]]] = {}
     for raw, q, a in asked:  # one batched chat per question: a shared prompt
         by_question.setdefault(q, []).append((raw, a))
-    was_training = model.training
-    model.eval()
     preds: dict[str, list[str]] = {}
-    try:
+    with eval_mode(model):
         for q, items in by_question.items():
             preds[q] = []
             for i in range(0, len(items), batch_size):
                 part = [raw for raw, _ in items[i : i + batch_size]]
                 replies = model.chat(part, modality=key, prompt=q, max_new_tokens=max_new_tokens)
                 preds[q] += [r.text for r in replies]
-    finally:
-        model.train(was_training)
     return qa_metrics(key, {q: [a for _, a in items] for q, items in by_question.items()}, preds)
 
 
@@ -148,18 +153,14 @@ def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0)
 def held_out(model: Any, task: str, samples: int, score) -> dict[str, Any]:
     """Run `score(i) -> ({metric: value}, prompt, reply)` over held-out scenes 0..samples-1
     with the model in eval mode; -> the task's mean metrics and its first five examples."""
-    was_training = model.training
-    model.eval()
     scores: dict[str, list[float]] = {}
     examples = []
-    try:
+    with eval_mode(model):
         for i in range(samples):
             got, prompt, text = score(i)
             for k, v in got.items():
                 scores.setdefault(k, []).append(v)
             if len(examples) < 5:
                 examples.append({"prompt": prompt, "reply": text, **got})
-    finally:
-        model.train(was_training)
     return {"task": task, "n": samples, **{k: float(np.mean(v)) for k, v in scores.items()},
             "examples": examples}  # fmt: skip
