@@ -31,7 +31,8 @@ class Dist:
         return self.rank == 0
 
     def all_sum(self, value: torch.Tensor) -> torch.Tensor:
-        """Sum over processes (in place), on this process's device (NCCL takes no CPU tensor)."""
+        """The sum over processes, on this process's device (NCCL takes no CPU tensor); use
+        the returned tensor (`value` itself is summed in place only when already there)."""
         if self.world > 1:
             value = value.to(self.device)
             dist.all_reduce(value, op=dist.ReduceOp.SUM)

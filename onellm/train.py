@@ -33,7 +33,7 @@ from onellm.freezing import apply_trainable, param_groups
 from onellm.model import OneLLM
 from onellm.run_state import RunFiles, TrainState
 from onellm.stage import StageConfig
-from onellm.tasks import TASKS, Batching, Step
+from onellm.tasks import TASKS, Batching, Step, output_tasks
 
 
 def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[str]]:
@@ -234,9 +234,7 @@ class Recipe:
 
     def output_tasks(self) -> list[str]:
         """The tasks this stage trains that have a held-out metric of their own."""
-        return sorted(
-            {s.task.name for s in self.sources.values() if s.task.metrics and not s.task.captions}
-        )
+        return sorted({s.task.name for s in self.sources.values()} & set(output_tasks()))
 
     def run_eval(self, model: Any = None) -> dict[str, Any]:
         """Held-out metrics and mean routing weights of `model` (default: the one training)."""

@@ -27,8 +27,7 @@ class DecoderTask(TextTask):
         from onellm.outputs import decoder_loss
 
         out = self.forward(s, batch, items, output_hidden_states=True)
-        modality = s.modality if "inputs" in batch else None
-        extra = decoder_loss(s.model, self.name, batch, out, modality)
+        extra = decoder_loss(s.model, self.name, batch, out, self.input_modality(s, batch))
         # the decoder loss is a mean per micro-batch
         return out.loss + extra / s.grad_accum, {"decoder_loss": float(extra.detach())}
 

@@ -50,8 +50,13 @@ class TextTask(Task):
     def items(self, batch: dict[str, Any]) -> int:
         return int((batch["labels"][:, 1:] != -100).sum())
 
+    @staticmethod
+    def input_modality(s: Step, batch: dict[str, Any]) -> str | None:
+        """The modality whose input this batch carries into the LLM (None: text only)."""
+        return s.modality if "inputs" in batch else None
+
     def forward(self, s: Step, batch: dict[str, Any], items: torch.Tensor, **kwargs: Any):
-        modality = s.modality if "inputs" in batch else None
+        modality = self.input_modality(s, batch)
         return s.model(batch["input_ids"], inputs=batch.get("inputs"), modality=modality,
                        attention_mask=batch["attention_mask"], labels=batch["labels"],
                        num_items_in_batch=items, **kwargs)  # fmt: skip
