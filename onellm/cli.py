@@ -27,7 +27,23 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def chat_input(values: Sequence[str] | None):
+    """`--input` as given: one path; several as a pair (`--input rgb.png --input d.png`);
+    `part=path` items (`--input rgb=a.png --input depth=a_d.png`, or one `rgb=a.png,depth=a_d.png`)
+    as the dict the paired modalities (depth, normal) read."""
+    if not values:
+        return None
+    items = [v for value in values for v in (value.split(",") if "=" in value else [value])]
+    named = ["=" in v for v in items]
+    if any(named) and not all(named):
+        raise ConfigError(f"--input: expected every part as name=path or none, got {items}")
+    if all(named):
+        return dict(v.split("=", 1) for v in items)
+    return items[0] if len(items) == 1 else tuple(items)
+
+
 def _chat(args: argparse.Namespace) -> int:
+    args.input = chat_input(args.input)
     model = load_model(args.run, device=args.device).eval()
     opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     if args.prompt is not None or args.once:
@@ -56,6 +72,26 @@ def _train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     final = train(load_stage(args.stage, overrides), resume=args.resume)
     print(f"saved {final}")
+    return 0
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from onellm.data.shards import write_shards
+
+    for modality, pattern in write_shards(
+        args.manifest, args.out, per_shard=args.per_shard
+    ).items():
+        print(f"{modality}: data: {pattern}")
+    return 0
+
+
+def _cache_features(args: argparse.Namespace) -> int:
+    from onellm.data.feature_cache import cache_stage
+    from onellm.stage import load_stage
+
+    overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
+    for name, note in cache_stage(load_stage(args.stage, overrides)).items():
+        print(f"data.{name}: {note}")
     return 0
 
 
@@ -175,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a saved run dir, or a model YAML such as configs/tiny.yaml")
     p.add_argument("prompt", nargs="?", help="the question; omit it for an interactive session")
     p.add_argument("--modality", help="the input's modality (image, audio, ...)")
-    p.add_argument("--input", help="the input file (or folder of frames)")
+    p.add_argument("--input", action="append",
+                   help="the input file (or folder of frames); repeat it, or give rgb=A,depth=B, "
+                        "for a paired input (depth, normal)")  # fmt: skip
     p.add_argument("--once", action="store_true", help="caption the input once, no session")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -188,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--device", help="the stage's device (same as device=...); default: its YAML's")
     p.set_defaults(func=_train)
+    p = sub.add_parser("shards", help="write a JSONL manifest as WebDataset tar shards")
+    p.add_argument("manifest", help="a JSONL manifest (onellm/data/manifest.py)")
+    p.add_argument("out", help="folder for OUT/<modality>/shard-NNNNNN.tar")
+    p.add_argument("--per-shard", type=int, default=1000, help="samples per tar file")
+    p.set_defaults(func=_shards)
+    p = sub.add_parser("cache-features",
+                       help="encode a stage's frozen-encoder inputs once into its feature_cache")  # fmt: skip
+    p.add_argument("stage", help="a stage YAML; feature_cache=DIR names the folder")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (any key)")
+    p.add_argument("--device", help="the stage's device (same as device=...); default: its YAML's")
+    p.set_defaults(func=_cache_features)
     p = sub.add_parser("eval", help="held-out captioning: exact match, BLEU-4, CIDEr")
     p.add_argument("run", help="a saved run dir (or a model YAML)")
     p.add_argument("--modality", action="append", help="repeatable; default: every modality")

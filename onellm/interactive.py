@@ -30,7 +30,7 @@ def session(
     write(HELP)
     while True:
         try:
-            line = read(f"[{modality or 'text'}{': ' + source if source else ''}]> ").strip()
+            line = read(f"[{modality or 'text'}{': ' + str(source) if source else ''}]> ").strip()
         except EOFError:
             break
         cmd, _, arg = line.partition(" ")

@@ -375,10 +375,11 @@ class OneLLM(nn.Module):
             tokens = tokenizer(x.to(self.encoder.clip.dtype), self.encoder)
             return self.encoder(tokens, tokenizer.position_embedding)
 
-    def encode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        """Preprocessed batch (B, *input_shape) -> the Q modality tokens in LLM space (B, Q, D)."""
+    def encode(self, x: torch.Tensor, modality: str, *, cached: bool = False) -> torch.Tensor:
+        """Preprocessed batch (B, *input_shape) -> the Q modality tokens in LLM space (B, Q, D);
+        `cached`: x is already the universal encoder's features (B, S+1, W)."""
         key = self.modality_key(modality)
-        return self.projection(self._features(x, key), key)
+        return self.projection(x if cached else self._features(x, key), key)
 
     @torch.no_grad()
     def routing(self, x: torch.Tensor, modality: str) -> torch.Tensor:
@@ -408,10 +409,12 @@ class OneLLM(nn.Module):
             "per_query": w.mean(dim=0).tolist(),
         }
 
-    def modality_block(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+    def modality_block(
+        self, x: torch.Tensor, modality: str, *, cached: bool = False
+    ) -> torch.Tensor:
         """(B, *input_shape) -> [start tag, Q tokens, end tag] embeddings (B, Q+2, D)."""
         key = self.modality_key(modality)
-        tokens = self.encode(x, key)
+        tokens = self.encode(x, key, cached=cached)
         b = tokens.shape[0]
         start = self.projection.start_tag[key].to(tokens.dtype).expand(b, -1, -1)
         end = self.projection.end_tag[key].to(tokens.dtype).expand(b, -1, -1)
@@ -489,14 +492,21 @@ class OneLLM(nn.Module):
         modality: str | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """The LLM's output over [BOS, start, Q tokens, end, text[1:]] (or text alone).
 
         `loss` is the cross-entropy on `labels` != -100; the modality block is never a target.
-        The logits (and labels) cover the widened sequence, block included.
+        The logits (and labels) cover the widened sequence, block included. `features`
+        (B, S+1, W): the universal encoder's outputs for the inputs (a feature cache's), given
+        instead of `inputs`.
         """
         blocks = None
+        if inputs is not None and features is not None:
+            raise InputError("expected an input or its cached features, got both")
+        if features is not None:
+            inputs = features
         if inputs is not None or modality is not None:
             if inputs is None or modality is None:
                 raise InputError(
@@ -511,7 +521,7 @@ class OneLLM(nn.Module):
             input_ids, attention_mask, labels = self.insert_placeholders(
                 input_ids, key, attention_mask, labels
             )
-            block = self.modality_block(inputs, key)
+            block = self.modality_block(inputs, key, cached=features is not None)
             if block.shape[0] != input_ids.shape[0]:
                 raise InputError(
                     f"{key}: expected a batch of {input_ids.shape[0]} inputs to match input_ids, got {block.shape[0]}"

@@ -101,6 +101,14 @@ class StageConfig:
     # recompute the experts', the encoder's and the LLM's blocks in backward instead of
     # keeping their activations (OneLLM's instruction stage does, for the 7B LLM)
     activation_checkpointing: bool = False
+    # worker processes that decode and preprocess the data (0: the training process does),
+    # each `prefetch` steps ahead; batches land in pinned memory on CUDA (onellm/data/loader.py)
+    data_workers: int = 0
+    prefetch: int = 2
+    # a folder of cached universal-encoder outputs (onellm/data/feature_cache.py): sources
+    # whose inputs reach the encoder unchanged and whose tokenizer and encoder are frozen
+    # read them instead of running CLIP; built on first use, shared by later stages
+    feature_cache: str | None = None
     compile: bool = False  # torch.compile the experts (bench/: ~1.3x a step; ~45 s to compile)
     seed: int = 0
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -148,6 +156,10 @@ def validate(cfg: StageConfig) -> None:
     if cfg.precision not in PRECISIONS:
         raise ConfigError(
             f"precision: expected one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"
+        )
+    if cfg.data_workers < 0 or cfg.prefetch < 1:
+        raise ConfigError(
+            f"data_workers/prefetch: expected >= 0 / >= 1, got {cfg.data_workers} / {cfg.prefetch}"
         )
     for name in ("steps", "batch_size", "grad_accum"):
         if getattr(cfg, name) < 1:

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import json
 import math
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from onellm import activation_checkpointing, distributed
+from onellm.data import feature_cache
+from onellm.data.loader import StepBatches, step_loader
 from onellm.data.sources import Source
 from onellm.devices import PRECISIONS, autocast, grad_scaler, move
 from onellm.errors import ConfigError, InputError
@@ -33,7 +36,7 @@ from onellm.freezing import apply_trainable, param_groups
 from onellm.model import OneLLM
 from onellm.run_state import RunFiles, TrainState
 from onellm.stage import StageConfig
-from onellm.tasks import TASKS, Batching, Step, output_tasks
+from onellm.tasks import TASKS, Step, output_tasks
 
 
 def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[str]]:
@@ -63,11 +66,10 @@ def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[
     return model, added
 
 
-def choose_source(weights: dict[str, float], seed: int, step: int) -> str:
-    """The source step `step` draws from, with probability proportional to its weight."""
-    keys = list(weights)
-    w = np.array([weights[k] for k in keys], dtype=float)
-    return keys[int(np.random.default_rng([seed, step, 1]).choice(len(keys), p=w / w.sum()))]
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (workers not included), in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes there, KB here
 
 
 def lr_lambda(cfg: StageConfig):
@@ -99,6 +101,7 @@ class Recipe:
         # the model, its sources, and the modules its tasks train beside it
         self.model, added = prepare_model(cfg, self.device)
         self.sources = {k: Source(self.model, k, s, cfg.seed) for k, s in cfg.data.items()}
+        self.data = StepBatches(cfg, self.sources, self.model, rank=self.d.rank, world=self.d.world)
         tasks = {s.task.name: s.task for s in self.sources.values()}  # each task once
         self.aux = nn.ModuleDict(
             {n: m for t in tasks.values() for n, m in t.aux(self.model).items()}
@@ -110,6 +113,11 @@ class Recipe:
         self.n_trainable, self.n_total = apply_trainable(self.root, cfg.trainable, added,
                                                          world=self.d.world)  # fmt: skip
         self.model.train()
+        self.cache_notes: dict[str, str] = {}
+        if cfg.feature_cache:  # before sharding: the whole encoder runs on rank 0
+            self.cache_notes = feature_cache.attach(
+                self.model, self.sources, cfg.feature_cache, rank=self.d.rank, world=self.d.world,
+                workers=cfg.data_workers, quiet=self.quiet or not self.d.main)  # fmt: skip
         if cfg.activation_checkpointing:
             activation_checkpointing.enable(self.model)
         if self.d.world > 1:
@@ -135,34 +143,32 @@ class Recipe:
         self.step = self.files.resume(self.state) if self.resume else 0
         if self.d.main:
             self.files.start(cfg, self.n_trainable, self.n_total, resumed_at=self.step)
+            if self.cache_notes:
+                self.files.log({"event": "feature_cache", "sources": self.cache_notes})
+                for name, note in self.cache_notes.items():
+                    if not self.quiet:
+                        tqdm.write(f"feature cache: data.{name} {note}")
         return self
 
     # ------------------------------------------------------------------ data
     def batch_size(self, key: str) -> int:
-        return self.cfg.data[key].batch_size or self.cfg.batch_size
+        return self.data.batch_size(key)
 
     def source_for(self, step: int) -> str:
-        return choose_source({k: s.weight for k, s in self.cfg.data.items()}, self.cfg.seed, step)
+        return self.data.source_for(step)
 
     def micro_batches(self, step: int, key: str) -> list[dict[str, Any]]:
         """This process's share of step `step`'s batches from source `key`, on the model's
-        device and dtype: grad_accum slices, each collated by the task into micro-batches."""
-        src, size = self.sources[key], self.batch_size(key)
-        local = size // self.d.world
-        out = []
-        for a in range(self.cfg.grad_accum):
-            # a source's scenes are indexed by step, so steps given to other sources leave gaps
-            first = (step * self.cfg.grad_accum + a) * size + self.d.rank * local
-            positions = list(range(first, first + local))
-            b = Batching(self.model, src.cfg, src.modality, self.cfg.seed, positions)
-            for batch in src.task.collate([src[p] for p in positions], b):
-                out.append(move(batch, self.device, self.model.dtype))
-        return out
+        device and dtype."""
+        return [move(b, self.device, self.model.dtype) for b in self.data.batches(step, key)]
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, step: int) -> dict[str, Any]:
-        cfg, key = self.cfg, self.source_for(step)
-        task, batches = self.sources[key].task, self.micro_batches(step, key)
+    def train_step(self, step: int, prepared: tuple[str, list] | None = None) -> dict[str, Any]:
+        """One optimiser step on step `step`'s batches (`prepared`: as the loader gave them)."""
+        cfg = self.cfg
+        key, batches = prepared if prepared is not None else self.data[step]
+        task = self.sources[key].task
+        batches = [move(b, self.device, self.model.dtype) for b in batches]
         # per-process normaliser: FSDP averages gradients over processes
         count = torch.tensor(float(sum(task.items(b) for b in batches)), device=self.device)
         items = self.d.all_sum(count) / self.d.world
@@ -199,17 +205,21 @@ class Recipe:
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not self.d.main or self.quiet,
                    dynamic_ncols=True)  # fmt: skip
-        tick, seen = time.perf_counter(), 0
+        tick, seen, waited = time.perf_counter(), 0, 0.0
+        loader = iter(step_loader(self.data, self.step, self.device))
         while self.step < cfg.steps:
-            stats = self.train_step(self.step)
+            t = time.perf_counter()
+            prepared = next(loader)
+            waited += time.perf_counter() - t
+            stats = self.train_step(self.step, prepared)
             seen += self.batch_size(stats["source"]) * cfg.grad_accum
             self.step += 1
             if self.d.main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                rate = seen / (time.perf_counter() - tick)
-                tick, seen = time.perf_counter(), 0
-                self.files.log(
-                    {"event": "train", "step": self.step, "samples_per_s": rate, **stats}
-                )
+                elapsed = time.perf_counter() - tick
+                rate, wait = seen / elapsed, waited / elapsed
+                tick, seen, waited = time.perf_counter(), 0, 0.0
+                self.files.log({"event": "train", "step": self.step, "samples_per_s": rate,
+                                "data_wait": wait, "peak_rss_mb": peak_rss_mb(), **stats})  # fmt: skip
                 bar.set_postfix(
                     loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}", sps=f"{rate:.0f}"
                 )

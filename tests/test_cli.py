@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from onellm.cli import main
@@ -91,3 +92,48 @@ def test_interactive_bad_file_keeps_the_session(tiny_model):
                       max_new_tokens=3)  # fmt: skip
     assert any("error: image: expected a readable file" in o for o in out)
     assert [q for q, _ in history] == ["hello"]
+
+
+def test_chat_takes_a_paired_input_in_either_form(png, tmp_path, capsys, tiny_model):
+    depth = tmp_path / "d.png"
+    Image.fromarray(np.linspace(0, 255, 40 * 40).reshape(40, 40).astype(np.uint8)).save(depth)
+    want = tiny_model.chat({"rgb": str(png), "depth": str(depth)}, modality="depth",
+                           prompt="Is it near or far?", max_new_tokens=4).text  # fmt: skip
+    for given in (["--input", str(png), "--input", str(depth)],
+                  ["--input", f"rgb={png},depth={depth}"],
+                  ["--input", f"rgb={png}", "--input", f"depth={depth}"]):  # fmt: skip
+        torch.manual_seed(0)  # the random tiny model's weights, as the fixture's
+        rc = main(["chat", str(TINY), "--modality", "depth", *given, "Is it near or far?",
+                   "--max-new-tokens", "4"])  # fmt: skip
+        assert rc == 0 and capsys.readouterr().out.strip() == want
+    rc = main(["chat", str(TINY), "--modality", "depth", "--input", f"rgb={png}", "--input",
+               str(depth), "hi"])  # fmt: skip
+    assert (
+        rc == 2 and "--input: expected every part as name=path or none" in capsys.readouterr().err
+    )
+
+
+def test_shards_and_cache_features_verbs(tmp_path, png, capsys):
+    (tmp_path / "m.jsonl").write_text(
+        "".join(
+            f'{{"modality": "image", "input": "{png}", "caption": "a red circle {i}"}}\n'
+            for i in range(3)
+        )  # fmt: skip
+    )
+    assert (
+        main(["shards", str(tmp_path / "m.jsonl"), str(tmp_path / "out"), "--per-shard", "2"]) == 0
+    )
+    pattern = str(tmp_path / "out" / "image" / "shard-{000000..000001}.tar")
+    assert capsys.readouterr().out.strip() == f"image: data: {pattern}"
+    stage = "configs/stages/stage1_image.yaml"
+    args = [
+        "init_from=configs/tiny.yaml",
+        f"output_dir={tmp_path / 'run'}",
+        f"data.image.data={pattern}",
+    ]
+    assert main(["cache-features", stage, *args]) == 2  # no folder named
+    assert "feature_cache: name the folder" in capsys.readouterr().err
+    assert main(["cache-features", stage, *args, f"feature_cache={tmp_path / 'f'}"]) == 0
+    assert "data.image: cached in" in capsys.readouterr().out
+    (folder,) = (tmp_path / "f").iterdir()
+    assert (folder / "done.json").is_file() and not (tmp_path / "run").exists()

@@ -6,10 +6,11 @@ from collections import Counter
 import pytest
 import torch
 
+from onellm.data.loader import choose_source
 from onellm.errors import ConfigError
 from onellm.stage import load_stage
 from onellm.tasks import Step
-from onellm.train import Recipe, choose_source, read_metrics
+from onellm.train import Recipe, read_metrics
 from tests.conftest import ROOT
 
 STAGE1 = ROOT / "configs" / "stages" / "stage1_image.yaml"
@@ -77,10 +78,10 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, monkeypatch)
     killed = Recipe(cfg, quiet=True).setup()
     real = Recipe.train_step
 
-    def dies_at_step_7(self, step):
+    def dies_at_step_7(self, step, prepared=None):
         if step == 7:
             raise KeyboardInterrupt("killed")
-        return real(self, step)
+        return real(self, step, prepared)
 
     monkeypatch.setattr(Recipe, "train_step", dies_at_step_7)
     with pytest.raises(KeyboardInterrupt):

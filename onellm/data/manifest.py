@@ -3,15 +3,26 @@
     {"modality": "audio", "input": "clips/a.wav", "caption": "a dog barks"}
     {"modality": "image", "input": "img/1.png", "conversations": [
         {"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "a cat"}]}
+    {"modality": "depth", "input": {"rgb": "a.png", "depth": "a_depth.png"}, "caption": "..."}
+
 Relative inputs resolve against the manifest's folder. A bad record is an error naming its line.
+
+A manifest of any size is read as an index: one pass keeps each wanted record's byte offset
+and line number (12 bytes a record, numpy arrays), and record i is read and checked when it
+is asked for. That a record's input file exists is checked then too, so that indexing a
+million-file manifest costs no million stat calls.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from onellm.errors import InputError
 
@@ -19,51 +30,132 @@ from onellm.errors import InputError
 @dataclass
 class Record:
     modality: str
-    input: str
+    input: Any  # a path, or {part: path} for paired inputs (depth/normal with their rgb)
     caption: str | None = None
     turns: list[tuple[str, str]] = field(default_factory=list)
 
 
-def read_manifest(path: str | os.PathLike) -> list[Record]:
-    """Parse and validate every line of a JSONL manifest."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"manifest: expected a JSONL file, got {str(p)!r} (no such file)")
-    records = []
-    for n, line in enumerate(p.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
+class Manifest:
+    """The records of a JSONL manifest whose modality `keep` accepts (default: all), by
+    position. Holds offsets, never the records; `manifest[i]` parses line i's record."""
+
+    def __init__(self, path: str | os.PathLike, keep: Callable[[str], bool] | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
             raise InputError(
-                f"manifest {where}: expected a JSON object, got invalid JSON ({e.msg})"
-            ) from e
-        if not isinstance(raw, dict):
-            raise InputError(f"manifest {where}: expected a JSON object, got {type(raw).__name__}")
-        for key in ("modality", "input"):
-            if not isinstance(raw.get(key), str) or not raw[key]:
-                raise InputError(
-                    f"manifest {where}: expected a string '{key}', got {raw.get(key)!r}"
-                )
-        source = Path(raw["input"])
-        source = source if source.is_absolute() else p.parent / source
+                f"manifest: expected a JSONL file, got {str(self.path)!r} (no such file)"
+            )
+        offsets, lines = [], []
+        with open(self.path, "rb") as f:
+            offset = 0
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    raw = _parse(line, self.where(n))
+                    try:
+                        wanted = keep is None or keep(raw["modality"])
+                    except InputError as e:  # e.g. a modality the model does not have
+                        raise InputError(f"manifest {self.where(n)}: {e}") from e
+                    if wanted:
+                        offsets.append(offset)
+                        lines.append(n)
+                offset += len(line)
+        if not offsets:
+            wanted = "" if keep is None else " of the wanted modality"
+            raise InputError(
+                f"manifest: expected at least one record{wanted} in {str(self.path)!r}, got none"
+            )
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lines = np.asarray(lines, dtype=np.int32)
+
+    def where(self, line: int) -> str:
+        return f"{self.path}:{line}"
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> Record:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        with open(self.path, "rb") as f:  # one open per read: workers share no handle
+            f.seek(int(self.offsets[i]))
+            line = f.readline()
+        where = self.where(int(self.lines[i]))
+        return to_record(_parse(line, where), where, self.path.parent)
+
+    def __iter__(self) -> Iterator[Record]:
+        return (self[i] for i in range(len(self)))
+
+
+def read_manifest(path: str | os.PathLike) -> list[Record]:
+    """Every record of a (small) manifest, checked: held-out sets for `onellm eval`."""
+    return list(Manifest(path))
+
+
+def _parse(line: bytes, where: str) -> dict[str, Any]:
+    """One line -> its JSON object with the fields every record needs, checked."""
+    try:
+        raw = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise InputError(
+            f"manifest {where}: expected a JSON object, got invalid JSON ({msg})"
+        ) from e
+    if not isinstance(raw, dict):
+        raise InputError(f"manifest {where}: expected a JSON object, got {type(raw).__name__}")
+    if "inputs" in raw:
+        raise InputError(
+            f"manifest {where}: expected one 'modality' and its 'input', got 'inputs' "
+            "(several modalities in one training record are not read yet; chat takes them)"
+        )
+    if not isinstance(raw.get("modality"), str) or not raw["modality"]:
+        raise InputError(
+            f"manifest {where}: expected a string 'modality', got {raw.get('modality')!r}"
+        )
+    value = raw.get("input")
+    paired = (
+        isinstance(value, dict)
+        and value
+        and all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items())
+    )
+    if not paired and (not isinstance(value, str) or not value):
+        raise InputError(
+            f"manifest {where}: expected a string 'input' or a dict of them "
+            f'({{"rgb": "a.png", "depth": "a_depth.png"}}), got {value!r}'
+        )
+    fill_text(Record(raw["modality"], value), raw, where)  # its text is checked as it is indexed
+    return raw
+
+
+def to_record(raw: dict[str, Any], where: str, root: Path) -> Record:
+    """A parsed manifest object -> a `Record`, its input paths resolved against `root` and
+    checked to exist."""
+
+    def resolve(name: str) -> str:
+        source = Path(name)
+        source = source if source.is_absolute() else root / source
         if not source.exists():
             raise InputError(f"manifest {where}: input {str(source)!r} does not exist")
-        record = Record(modality=raw["modality"], input=str(source))
-        if "conversations" in raw:
-            record.turns = _turns(raw["conversations"], where)
-        elif isinstance(raw.get("caption"), str) and raw["caption"].strip():
-            record.caption = raw["caption"].strip()
-        else:
-            raise InputError(
-                f"manifest {where}: expected a non-empty 'caption' or 'conversations', got neither"
-            )
-        records.append(record)
-    if not records:
-        raise InputError(f"manifest: expected at least one record in {str(p)!r}, got none")
-    return records
+        return str(source)
+
+    value = raw["input"]
+    inputs = (
+        {k: resolve(v) for k, v in value.items()} if isinstance(value, dict) else resolve(value)
+    )
+    record = Record(modality=raw["modality"], input=inputs)
+    fill_text(record, raw, where)
+    return record
+
+
+def fill_text(record: Record, raw: dict[str, Any], where: str) -> None:
+    """The record's caption or conversation from `raw` (a manifest line or a shard's json)."""
+    if "conversations" in raw:
+        record.turns = _turns(raw["conversations"], where)
+    elif isinstance(raw.get("caption"), str) and raw["caption"].strip():
+        record.caption = raw["caption"].strip()
+    else:
+        raise InputError(
+            f"manifest {where}: expected a non-empty 'caption' or 'conversations', got neither"
+        )
 
 
 def _turns(conv: object, where: str) -> list[tuple[str, str]]:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from onellm.data import shapes
-from onellm.data.manifest import read_manifest
+from onellm.data.manifest import Manifest
+from onellm.data.shards import Shards, is_shards, materialised
 from onellm.errors import ConfigError
 from onellm.stage import SourceConfig
 
@@ -29,6 +30,7 @@ class Example:
     raw: Any = None  # the raw input (kept for the contrastive stage's images)
     targets: dict[str, Any] | None = None  # seg: mask, pixels; gen: image; sam: its parts
     zoom: float | None = None  # clip: the scale this draw shrinks the image by
+    features: torch.Tensor | None = None  # (1, S+1, W) universal encoder outputs, if cached
 
 
 class Source:
@@ -51,22 +53,25 @@ class Source:
             raise ConfigError(
                 f"data.{key}: task {cfg.task} needs outputs.{head} in the model config"
             )
-        self._cache: dict[int, Example] = {}
-        self.records = None
+        # the shapes world's examples are kept (its pool bounds them); a manifest's or a
+        # shard's are read again on every pass, so memory stays flat over any number of records
+        self._cache: dict[int, Example] | None = None
+        self.records: Manifest | Shards | None = None
+        self.features: Any = None  # a FeatureCache when the stage reads cached encoder outputs
         if cfg.data == "synthetic" or self.task.synthetic_only:
             if cfg.data != "synthetic":
                 raise ConfigError(
                     f"data.{key}: task {cfg.task} reads the synthetic shapes world only"
                 )
             self.size = cfg.pool
+            self._cache = {}
             kinds = [self.modality] if self.modality else list(model.modalities)
             self._kinds = [shapes.modality_instance(k, model) for k in kinds]
+        elif is_shards(cfg.data):
+            self.records = Shards(cfg.data, self.modality)
+            self.size = len(self.records)
         else:
-            self.records = [
-                r
-                for r in read_manifest(cfg.data)
-                if model.modality_key(r.modality) == self.modality
-            ]
+            self.records = Manifest(cfg.data, keep=lambda m: model.modality_key(m) == self.modality)
             self.size = len(self.records)
 
     def index(self, position: int) -> int:
@@ -75,9 +80,12 @@ class Source:
 
     def __getitem__(self, position: int) -> Example:
         i = self.index(position)
-        if i not in self._cache:
-            self._cache[i] = self.task.example(self, i)
-        ex = self._cache[i]
+        if self._cache is None:
+            ex = self.task.example(self, i)
+        else:
+            if i not in self._cache:
+                self._cache[i] = self.task.example(self, i)
+            ex = self._cache[i]
         if self.cfg.zoom is not None:  # a new draw on every pass; the batch applies it
             scale = np.random.default_rng([self.seed, position, 13]).uniform(*self.cfg.zoom)
             ex = replace(ex, zoom=float(scale))
@@ -86,18 +94,23 @@ class Source:
     def scene(self, i: int) -> Example:
         """Example i as a manifest record or a shapes-world scene with a conversation about
         it; the input preprocessed (1, *input_shape) on the CPU (batches move to the
-        model's device)."""
-        preprocess = self.task.needs_input
+        model's device), or its universal encoder features read from the feature cache."""
+        preprocess = self.task.needs_input and self.features is None
+        features = self.features[i] if self.features is not None else None
         if self.records is not None:
             r = self.records[i]
             mod = self.model.modalities[self.modality]
-            x = mod.preprocess(r.input).unsqueeze(0) if preprocess else None
-            return Example(x, r.caption, r.turns, r.input)
+            x = None
+            if preprocess:
+                with materialised(r.input) as raw:
+                    x = mod.preprocess(raw).unsqueeze(0)
+            return Example(x, r.caption, r.turns, r.input if isinstance(r.input, str) else None,
+                           features=features)  # fmt: skip
         mod = self._kinds[i % len(self._kinds)]
         scene, x = rendered(mod, i, self.seed, preprocess=preprocess)
         rng = np.random.default_rng([self.seed, i, 7])
         turns = conversation(scene, rng)
-        return Example(x, scene.caption, turns, scene.input)
+        return Example(x, scene.caption, turns, scene.input, features=features)
 
 
 @functools.lru_cache(maxsize=8)

@@ -39,7 +39,10 @@ class TextTask(Task):
             batch = collate([rows[k] for k in group], model.text_tokenizer.pad_token_id or 0)
             part = [examples[k] for k in group]
             if b.modality is not None and self.to_llm:
-                batch["inputs"] = torch.cat([ex.input for ex in part])
+                if part[0].features is not None:  # the feature cache's encoder outputs
+                    batch["features"] = torch.cat([ex.features for ex in part])
+                else:
+                    batch["inputs"] = torch.cat([ex.input for ex in part])
             out.append(self.extra(batch, part, b))
         return out
 
@@ -53,11 +56,12 @@ class TextTask(Task):
     @staticmethod
     def input_modality(s: Step, batch: dict[str, Any]) -> str | None:
         """The modality whose input this batch carries into the LLM (None: text only)."""
-        return s.modality if "inputs" in batch else None
+        return s.modality if "inputs" in batch or "features" in batch else None
 
     def forward(self, s: Step, batch: dict[str, Any], items: torch.Tensor, **kwargs: Any):
         modality = self.input_modality(s, batch)
         return s.model(batch["input_ids"], inputs=batch.get("inputs"), modality=modality,
+                       features=batch.get("features"),
                        attention_mask=batch["attention_mask"], labels=batch["labels"],
                        num_items_in_batch=items, **kwargs)  # fmt: skip
 

@@ -1,0 +1,204 @@
+"""WebDataset tar shards as a training source: `data: shards/train-{000000..000099}.tar`.
+
+A sample is the tar members sharing a key (the format LAION / WebVid loaders write):
+`000123.jpg` (or .png, .wav, .npy, .gif, ... by the input's extension; paired inputs as
+`000123.rgb.png` + `000123.depth.png`) and `000123.json` with the caption or the LLaVA
+`conversations`, and optionally the `modality`.
+
+Shards are written with webdataset's `ShardWriter` (`onellm shards MANIFEST OUT`) and read
+by position with `wids` (webdataset's indexed reader: the tar's members are indexed once,
+mmapped, read at an offset), so a shard source keeps the recipe's (seed, position) replay
+guarantee that a streaming `WebDataset` pipeline cannot. A process holds at most
+`OPEN_SHARDS` shard indexes at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from braceexpand import braceexpand
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from onellm.data.manifest import Manifest, Record, fill_text
+from onellm.errors import InputError
+
+OPEN_SHARDS = 8  # indexes of recently read shards kept open per process
+IMAGE_EXTS = {"png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"}
+TEXT_EXTS = {"json", "txt", "cls"}
+
+
+def is_shards(data: str) -> bool:
+    """Whether a source's `data` names tar shards (a .tar path or brace pattern)."""
+    return data.endswith(".tar")
+
+
+@dataclass
+class Member:
+    """A tar member's bytes and extension, decoded when the example is made."""
+
+    ext: str
+    data: bytes
+    where: str
+
+
+@functools.lru_cache(maxsize=OPEN_SHARDS)
+def _open(path: str):
+    from wids.wids import IndexedTarSamples
+
+    try:
+        return IndexedTarSamples(path=path)
+    except (struct.error, ValueError, UnicodeDecodeError, AssertionError, OSError) as e:
+        raise InputError(
+            f"shard {path}: expected a tar file of samples, got unreadable: {e}"
+        ) from e
+
+
+class Shards:
+    """The samples of a list of tar shards, by position: `shards[i]` -> `Record`."""
+
+    def __init__(self, spec: str, modality: str) -> None:
+        self.paths = [str(Path(p)) for p in braceexpand(spec)]
+        for p in self.paths:
+            if not Path(p).is_file():
+                raise InputError(f"shards: expected tar files matching {spec!r}, got no {p!r}")
+        self.modality = modality
+        self.ends = np.cumsum([len(_open(p)) for p in self.paths])
+        if not len(self.ends) or self.ends[-1] == 0:
+            raise InputError(f"shards: expected at least one sample in {spec!r}, got none")
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, i: int) -> Record:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        s = int(np.searchsorted(self.ends, i, side="right"))
+        k = i - (int(self.ends[s - 1]) if s else 0)
+        path = self.paths[s]
+        shard = _open(path)
+        names = [shard.reader.by_index[j] for j in shard.samples[k]]
+        key = names[0][0].split("/")[-1].split(".", 1)[0]
+        where = f"shard {path}, sample {key!r}"
+        members = {}
+        for name, offset, size in names:
+            ext = name.split("/")[-1].split(".", 1)[1] if "." in name else ""
+            _, data = shard.reader.get_at_offset(offset)
+            if len(data) != size:
+                raise InputError(
+                    f"{where}: member {name!r} is truncated ({len(data)} of {size} bytes)"
+                )
+            members[ext] = data
+        if "json" not in members:
+            raise InputError(
+                f"{where}: expected a .json member with the caption, got {sorted(members)}"
+            )
+        try:
+            meta = json.loads(members.pop("json"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{where}: expected its .json member to be a JSON object: {e}") from e
+        if not isinstance(meta, dict):
+            raise InputError(f"{where}: expected its .json member to be a JSON object")
+        modality = meta.get("modality", self.modality)
+        if modality != self.modality:
+            raise InputError(f"{where}: expected a {self.modality} sample, got {modality!r}")
+        inputs = {e: Member(e, d, f"{where}, member .{e}") for e, d in members.items()
+                  if e not in TEXT_EXTS and not e.startswith("__")}  # fmt: skip
+        if not inputs:
+            raise InputError(f"{where}: expected an input member beside the .json, got none")
+        if len(inputs) == 1:
+            value: Any = next(iter(inputs.values()))
+        else:  # paired: rgb.png + depth.png -> {"rgb": .., "depth": ..}
+            value = {e.split(".", 1)[0]: m for e, m in inputs.items()}
+        record = Record(modality=modality, input=value)
+        fill_text(record, meta, where)
+        return record
+
+
+@contextlib.contextmanager
+def materialised(value: Any) -> Iterator[Any]:
+    """A record's input as a modality's `preprocess` reads it: images and arrays decoded
+    in memory, other members (audio, video, ...) as a temporary file with their extension,
+    so every modality's own file loader reads shards too. Paths pass through."""
+    if isinstance(value, dict):
+        with contextlib.ExitStack() as stack:
+            yield {k: stack.enter_context(materialised(v)) for k, v in value.items()}
+        return
+    if not isinstance(value, Member):
+        yield value
+        return
+    last = value.ext.rsplit(".", 1)[-1].lower()
+    try:
+        if last in IMAGE_EXTS:
+            with Image.open(io.BytesIO(value.data)) as im:
+                im.load()
+                yield im
+            return
+        if last in ("npy", "npz"):
+            with np.load(io.BytesIO(value.data), allow_pickle=False) as z:
+                yield z if last == "npy" else z[z.files[0]]
+            return
+    except (UnidentifiedImageError, OSError, ValueError, EOFError) as e:
+        raise InputError(
+            f"{value.where}: expected a .{last} file, got unreadable bytes: {e}"
+        ) from e
+    with tempfile.NamedTemporaryFile(suffix=f".{last}") as f:
+        f.write(value.data)
+        f.flush()
+        yield f.name
+
+
+def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, *, per_shard: int = 1000,
+                 quiet: bool = False) -> dict[str, str]:  # fmt: skip
+    """Write a manifest's records as tar shards, one folder per modality:
+    OUT/<modality>/shard-000000.tar, ... -> {modality: the brace pattern to train from}."""
+    import webdataset as wds
+
+    out = Path(out)
+    m = Manifest(manifest)
+    writers: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    try:
+        for i in tqdm(range(len(m)), desc="shards", unit="record", disable=quiet):
+            r = m[i]
+            if r.modality not in writers:
+                (out / r.modality).mkdir(parents=True, exist_ok=True)
+                writers[r.modality] = wds.ShardWriter(
+                    str(out / r.modality / "shard-%06d.tar"), maxcount=per_shard, verbose=0
+                )
+                counts[r.modality] = 0
+            sample: dict[str, Any] = {"__key__": f"{counts[r.modality]:09d}"}
+            parts = r.input if isinstance(r.input, dict) else {None: r.input}
+            for part, path in parts.items():
+                ext = Path(path).suffix.lower().lstrip(".")
+                if not ext or Path(path).is_dir():
+                    raise InputError(f"manifest {m.where(int(m.lines[i]))}: expected an input "
+                                     f"file with an extension to shard, got {path!r}")  # fmt: skip
+                sample[ext if part is None else f"{part}.{ext}"] = Path(path).read_bytes()
+            text = ({"conversations": [{"from": f, "value": v} for q, a in r.turns
+                                       for f, v in (("human", q), ("gpt", a))]}
+                    if r.turns else {"caption": r.caption})  # fmt: skip
+            sample["json"] = {"modality": r.modality, **text}
+            writers[r.modality].write(sample)
+            counts[r.modality] += 1
+    finally:
+        for w in writers.values():
+            w.close()
+    patterns = {}
+    for mod in writers:
+        n = len(list((out / mod).glob("shard-*.tar")))
+        patterns[mod] = str(
+            out / mod / (f"shard-{{000000..{n - 1:06d}}}.tar" if n > 1 else "shard-000000.tar")
+        )
+    return patterns
