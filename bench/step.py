@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import peak_matmul_flops, peak_rss_mb
-from bench.onellm_layout import OneLLMLayout
+from bench.onellm_layout import OneLLMLayout, active_layout
 from onellm import OneLLM
 from onellm.devices import autocast
 from onellm.freezing import set_trainable
@@ -35,9 +35,17 @@ def step_inputs(model: OneLLM, batch: int, text_tokens: int, seed: int = 0):
     return image.to(model.device, model.dtype), ids.to(model.device)
 
 
+def step_loss(model: OneLLM, image, ids) -> torch.Tensor:
+    """The step's loss: ours, or the official OneLLM code's inside `OneLLMLayout`."""
+    layout = active_layout(model)
+    if layout is not None:
+        return layout.loss(model, image, ids)
+    return model(ids, image, "image", labels=ids).loss
+
+
 def run_step(model: OneLLM, image, ids, precision: str, backward: bool) -> None:
     with autocast(model.device, precision):
-        loss = model(ids, image, "image", labels=ids).loss
+        loss = step_loss(model, image, ids)
     if backward:
         loss.backward()
         for p in model.parameters():
@@ -75,7 +83,7 @@ def measure(config: str, *, batch: int, text_tokens: int, precision: str, runs: 
     set_trainable(model, ["projection.*"])
     image, ids = step_inputs(model, batch, text_tokens)
     if layout == "reference":
-        check_same_output(model, image)
+        check_same_output(model, image, ids)
         with OneLLMLayout(model.projection):
             r = _measure(model, image, ids, batch, precision, runs, warmup)
     else:
@@ -84,11 +92,12 @@ def measure(config: str, *, batch: int, text_tokens: int, precision: str, runs: 
 
 
 @torch.no_grad()
-def check_same_output(model: OneLLM, image: torch.Tensor) -> None:
-    """The baseline computes what the library computes (else the timing means nothing)."""
-    ours = model.encode(image, "image")
+def check_same_output(model: OneLLM, image: torch.Tensor, ids: torch.Tensor) -> None:
+    """The baseline computes what the library computes (else the timing means nothing):
+    the same modality tokens and the same loss, in fp32."""
+    ours = (model.encode(image, "image"), step_loss(model, image, ids))
     with OneLLMLayout(model.projection):
-        theirs = model.encode(image, "image")
+        theirs = (model.encode(image, "image"), step_loss(model, image, ids))
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
@@ -138,7 +147,7 @@ def main() -> None:
         "--layout",
         choices=("onellm-lib", "reference"),
         default="onellm-lib",
-        help="reference: the UPM computed in OneLLM's order (bench/onellm_layout.py)",
+        help="reference: the official OneLLM code's step on our weights (bench/onellm_layout.py)",
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile the projection experts")
     ap.add_argument("overrides", nargs="*", help="model config key=value overrides")
