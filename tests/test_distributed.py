@@ -1,4 +1,5 @@
-"""The same recipe under torchrun: 2 gloo processes with FSDP2 == 1 process, same global batch."""
+"""The same recipe under torchrun: 2 gloo processes with FSDP2 (and 2 data workers each) ==
+1 process reading in-process, same global batch."""
 
 import json
 import os
@@ -38,7 +39,8 @@ def test_two_gloo_processes_give_the_losses_of_one(tmp_path):
         env,
     )
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "onellm.cli", "train", stage, f"output_dir={tmp_path / 'two'}", *ARGS], env)  # fmt: skip
+         "-m", "onellm.cli", "train", stage, f"output_dir={tmp_path / 'two'}", *ARGS,
+         "data_workers=2"], env)  # fmt: skip  # each rank's share decoded by its own 2 workers
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):

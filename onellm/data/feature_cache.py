@@ -31,6 +31,7 @@ from tqdm import tqdm
 from onellm.errors import CheckpointError
 
 ROWS = 1024  # examples per shard file
+OPEN_FILES = 16  # shard files a process keeps open
 DONE = "done.json"  # written last: a folder without it is an interrupted build
 
 
@@ -90,6 +91,8 @@ class FeatureCache:
                 self._open[shard] = safe_open(str(path), framework="pt")
             except Exception as e:  # safetensors raises its own error types
                 raise CheckpointError(f"feature cache: cannot read {path}: {e}") from e
+            if len(self._open) > OPEN_FILES:  # the oldest handle goes: bounded descriptors
+                del self._open[next(iter(self._open))]
         return self._open[shard].get_slice("features")[k : k + 1]
 
     def __getstate__(self) -> dict[str, Any]:  # workers open their own handles
