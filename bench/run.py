@@ -6,7 +6,9 @@ Rows: (a) the alignment step at the size of the OneLLM conformance fixture, as t
 OneLLM code computes it (bench/onellm_layout.py: its step re-stated on our weights; see
 docs/bench-baseline.md) and as we do; (b) the same step at the 'small' size in fp32 and bf16
 autocast, with MFU against the peak matmul rate measured in the same process; (c)
-`model.chat` against bare `generate` on the tiny and small configs.
+`model.chat` against bare `generate` on the tiny and small configs; (d-f) data at scale
+(bench/data.py, bench/align.py): decoding with 0 and 2 workers, memory over a 200,000-record
+manifest, the alignment workload against OneLLM's pipeline.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ STEPS = [  # (row name, bench.step arguments)
         "b. small step bf16, onellm",
         ["--config", SMALL, "--precision", "bf16", "--runs", "1", "--warmup", "1"],
     ),
+]
+DATA = [  # (row name, module, arguments, --quick's arguments)
+    (
+        "d. data loading",
+        "bench.data",
+        ["loading", "--images", "256"],
+        ["loading", "--images", "128"],
+    ),
+    ("e. memory, 200k-record manifest", "bench.data", ["memory"], ["memory", "--steps", "100"]),
+    ("f. alignment workload, small", "bench.align", ["--rounds", "8"], ["--rounds", "3"]),
 ]
 CHATS = [
     ("c. chat tiny", ["--config", "configs/tiny.yaml"]),
@@ -81,6 +93,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def data_table(rows: list[dict]) -> str:
+    """The data rows: (d) decoding samples/s and data wait, (e) memory, (f) alignment."""
+    lines = [f"{'data benchmark':<44} {'samples/s':>9} {'data wait':>9} {'RSS MB':>18}", "-" * 83]
+    for r in rows:
+        if r["bench"] == "data_loading":
+            for x in r["rows"]:
+                what = "tiny stage 1 on" if x.get("train_tiny") else "decode + preprocess 224 px,"
+                name = f"d. {what} {x['format']}, {x['workers']} workers"
+                wait = f"{100 * x['data_wait']:8.0f}%" if "data_wait" in x else f"{'':>9}"
+                lines.append(f"{name:<44} {x['samples_per_s']:9.1f} {wait}")
+        elif r["bench"] == "data_memory":
+            q = r["peak_rss_mb_by_progress"]
+            lines.append(f"{'e. ' + format(r['records'], ',') + '-record manifest, peak RSS':<44} "
+                         f"{'':>9} {'':>9} {q['10%']:7.0f} -> {q['100%']:7.0f}")  # fmt: skip
+            lines.append(f"   at 10/25/50/75/100% of {r['steps']} steps ({r['records_read']} records "
+                         f"read, {r['workers']} workers): " + " / ".join(f"{v:.0f}" for v in q.values()))  # fmt: skip
+            lines.append(f"   index: {r['index_mb']:.1f} MB, built in {r['index_s']:.2f} s")
+        else:
+            sps = r["samples_per_s"]
+            lines.append(
+                f"{'f. OneLLM pipeline (pad 96, CLIP each step)':<44} {sps['onellm_pipeline']:9.2f}"
+            )
+            lines.append(f"{'f. onellm (batch padding, feature cache)':<44} {sps['onellm']:9.2f}   "
+                         f"{r['speedup']:.2f}x")  # fmt: skip
+            g = r["step_gflop"]
+            lines.append(f"   GFLOP a step {g['onellm_pipeline']:.0f} vs {g['onellm']:.0f}; captions: median "
+                         f"{r['caption_tokens_median']:.0f} tokens, p95 {r['caption_tokens_p95']:.0f}; "
+                         f"cache built once at {r['cache_build_ms_per_image']:.0f} ms an image")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results.json")
@@ -104,10 +147,11 @@ def main() -> None:
         else:
             r["vs_base"] = r["decode_ratio"]
         rows.append(r)
-    text = table(rows)
+    data = [{"name": n, **run(m, q if args.quick else a)} for n, m, a, q in DATA]
+    text = table(rows) + "\n\n" + data_table(data)
     print(text)
-    Path(args.out).write_text(json.dumps({"rows": rows, "wall_seconds": time.time() - start},
-                                         indent=1))  # fmt: skip
+    Path(args.out).write_text(json.dumps({"rows": rows, "data": data,
+                                          "wall_seconds": time.time() - start}, indent=1))  # fmt: skip
     print(f"wrote {args.out}")
 
 
