@@ -9,7 +9,8 @@ inputs reach the encoder unchanged is encoded once into safetensors shards
     DIR/<source>-<fingerprint>/features-00000.safetensors   {"features": (rows, S+1, W)}
 
 and its examples carry those rows instead of the input. The fingerprint covers the encoder's
-and the modality tokenizer's weights, the modality's settings and the data, so a later stage
+and the modality tokenizer's weights, the modality's settings and the data (the manifest's or
+shards' size and modification time; not the media files they name), so a later stage
 with the same frozen encoder and data reuses the folder, and anything else builds its own.
 A source whose inputs change between passes (an augmentation such as `zoom`) or whose
 tokenizer or encoder trains reads its inputs as before, and the stage says why.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,11 @@ def fingerprint(model: Any, source: Any) -> str:
     mod = model.modalities[source.modality]
     plain = (int, float, str, bool, tuple, list, dict, type(None))
     settings = sorted((k, repr(v)) for k, v in vars(mod).items() if isinstance(v, plain))
-    data = (source.cfg.data, source.cfg.pool if source.records is None else len(source.records))
+    data: tuple = (source.cfg.data, source.cfg.pool)
+    if source.records is not None:  # the manifest or shard files as they are now
+        files = getattr(source.records, "paths", None) or [str(source.records.path)]
+        data = (source.cfg.data, len(source.records),
+                [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files])  # fmt: skip
     h.update(repr((type(mod).__name__, settings, data, source.seed, str(model.dtype))).encode())
     for part in (model.tokenizers[source.modality], model.encoder):
         for name, t in sorted(part.state_dict().items()):
