@@ -145,9 +145,13 @@ def materialised(value: Any) -> Iterator[Any]:
                 im.load()
                 yield im
             return
-        if last in ("npy", "npz"):
+        if last == "npy":
+            array = np.load(io.BytesIO(value.data), allow_pickle=False)
+        elif last == "npz":
             with np.load(io.BytesIO(value.data), allow_pickle=False) as z:
-                yield z if last == "npy" else z[z.files[0]]
+                array = z[z.files[0]]
+        if last in ("npy", "npz"):
+            yield array
             return
     except (UnidentifiedImageError, OSError, ValueError, EOFError) as e:
         raise InputError(

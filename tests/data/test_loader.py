@@ -223,3 +223,33 @@ def test_the_cache_stands_aside_where_inputs_or_the_encoder_change(tmp_path):
         == "reads its inputs: zoom changes the input on every pass (an augmentation)"
     )
     assert not cache.exists()
+
+
+def test_shard_members_reach_each_modalitys_loader(tmp_path):
+    """Arrays decode in memory, other members (a .wav here) go through a temporary file."""
+    import wave
+
+    from onellm.data.shards import Member, materialised
+
+    buf = io.BytesIO()
+    np.save(buf, np.arange(6.0).reshape(2, 3))
+    with materialised(
+        {"a": Member("npy", buf.getvalue(), "x"), "b": Member("npz", npz(), "y")}
+    ) as raw:
+        assert raw["a"].shape == (2, 3) and raw["b"].tolist() == [1, 2]
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(8000) / 5) * 3000).astype(np.int16).tobytes())
+    from onellm import OneLLM
+
+    audio = OneLLM.from_config("configs/tiny.yaml").modalities["audio"]
+    with materialised(Member("wav", wav.getvalue(), "z")) as path:
+        assert path.endswith(".wav") and audio.preprocess(path).shape[0] == 1
+    assert not __import__("os").path.exists(path)  # the temporary file is gone
+
+
+def npz():
+    buf = io.BytesIO()
+    np.savez(buf, x=np.array([1, 2]))
+    return buf.getvalue()
