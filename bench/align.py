@@ -94,7 +94,7 @@ def main() -> None:
 
         def ours(idx: list[int]) -> None:
             b = collate([(texts[i], texts[i]) for i in idx], 0)  # to the batch's longest
-            features = torch.cat([src[i].features for i in idx])  # what src's examples carry
+            features = torch.cat([src.scene(i).features for i in idx])  # scene i, as pixels[i]
             model(b["input_ids"], modality="image", features=features,
                   attention_mask=b["attention_mask"], labels=b["labels"]).loss.backward()  # fmt: skip
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from onellm import activation_checkpointing, distributed
 from onellm.data import feature_cache
-from onellm.data.loader import StepBatches, step_loader
+from onellm.data.loader import StepBatches, step_loader, steps
 from onellm.data.sources import Source
 from onellm.devices import PRECISIONS, autocast, grad_scaler, move
 from onellm.errors import ConfigError, InputError
@@ -206,7 +206,7 @@ class Recipe:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not self.d.main or self.quiet,
                    dynamic_ncols=True)  # fmt: skip
         tick, seen, waited = time.perf_counter(), 0, 0.0
-        loader = iter(step_loader(self.data, self.step, self.device))
+        loader = steps(step_loader(self.data, self.step, self.device))
         while self.step < cfg.steps:
             t = time.perf_counter()
             prepared = next(loader)

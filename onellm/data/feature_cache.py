@@ -80,7 +80,11 @@ class FeatureCache:
     """Cached features by example index: `cache[i]` -> (1, S+1, W), read from its shard."""
 
     def __init__(self, folder: Path) -> None:
-        meta = json.loads((folder / DONE).read_text())
+        try:
+            meta = json.loads((folder / DONE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"feature cache: expected a complete cache in {folder} "
+                                  f"(its {DONE}), got {e}; build it with onellm cache-features") from e  # fmt: skip
         self.folder, self.size, self.rows = folder, meta["size"], meta["rows"]
         self._open: dict[int, Any] = {}  # shard -> safe_open handle (mmapped)
 

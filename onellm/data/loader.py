@@ -11,7 +11,7 @@ moves finished batches to the device.
 
 from __future__ import annotations
 
-import multiprocessing
+import sys
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from onellm.data.sources import Source
+from onellm.errors import OneLLMError
 from onellm.stage import StageConfig
 
 
@@ -67,6 +68,23 @@ class StepBatches(Dataset):
         return out
 
 
+def steps(loader: DataLoader):
+    """The loader's steps; a worker's `OneLLMError` comes back as its own one-line message
+    (DataLoader re-raises it wrapped in the worker's traceback)."""
+    it = iter(loader)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except OneLLMError as e:
+            text = str(e)
+            if "DataLoader worker process" not in text:
+                raise
+            last = text.rstrip().splitlines()[-1]  # "onellm.errors.InputError: <message>"
+            raise type(e)(last.split(": ", 1)[1] if ": " in last else last) from None
+
+
 def _as_is(item: Any) -> Any:  # batch_size=None hands each step over whole
     return item
 
@@ -80,7 +98,8 @@ def step_loader(data: StepBatches, start: int, device: torch.device) -> DataLoad
     if workers:
         # fork shares the model's tokenizers and modalities with the workers as they are;
         # spawn would pickle the whole model (weights included) into every worker
-        ctx = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        # (Linux only: macOS's system frameworks are not fork-safe, its default is spawn)
+        ctx = "fork" if sys.platform.startswith("linux") else None
         options = {"prefetch_factor": cfg.prefetch, "multiprocessing_context": ctx}
     return DataLoader(data, batch_size=None, sampler=range(start, cfg.steps), num_workers=workers,
                       collate_fn=_as_is, pin_memory=device.type == "cuda", **options)  # fmt: skip

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import io
 import json
+import mmap
 import os
 import struct
 import tempfile
@@ -53,20 +54,40 @@ class Member:
     where: str
 
 
-@functools.lru_cache(maxsize=OPEN_SHARDS)
-def _open(path: str):
-    from wids.wids import IndexedTarSamples
+def _index(path: str) -> list[tuple[str, int, int]]:
+    """(name, header offset, size) of every file member, as wids' mmapped indexer reads it."""
+    from wids.wids_mmtar import MMIndexedTar
 
     try:
-        return IndexedTarSamples(path=path)
+        tar = MMIndexedTar(path)
     except (struct.error, ValueError, UnicodeDecodeError, AssertionError, OSError) as e:
         raise InputError(
             f"shard {path}: expected a tar file of samples, got unreadable: {e}"
         ) from e
+    try:
+        return list(tar.by_index)
+    finally:
+        tar.close()
+
+
+@functools.lru_cache(maxsize=OPEN_SHARDS)
+def _mmap(path: str) -> mmap.mmap:
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _split(name: str) -> tuple[str, str]:
+    base = name.split("/")[-1]
+    key, _, ext = base.partition(".")
+    return key, ext
 
 
 class Shards:
-    """The samples of a list of tar shards, by position: `shards[i]` -> `Record`."""
+    """The samples of a list of tar shards, by position: `shards[i]` -> `Record`.
+
+    Every shard is indexed once, here, into numpy arrays (each member's offset, size and
+    extension; each sample's first member: ~40 bytes a sample), so a read is one slice of
+    the shard's mmap, whichever shard a shuffled position lands in."""
 
     def __init__(self, spec: str, modality: str) -> None:
         self.paths = [str(Path(p)) for p in braceexpand(spec)]
@@ -74,32 +95,54 @@ class Shards:
             if not Path(p).is_file():
                 raise InputError(f"shards: expected tar files matching {spec!r}, got no {p!r}")
         self.modality = modality
-        self.ends = np.cumsum([len(_open(p)) for p in self.paths])
-        if not len(self.ends) or self.ends[-1] == 0:
+        exts: dict[str, int] = {}
+        offsets, sizes, kinds, starts, counts = [], [], [], [], []
+        for path in self.paths:
+            n = 0
+            last = None
+            for name, offset, size in _index(path):
+                key, ext = _split(name)
+                if key != last:  # webdataset: a sample's members are consecutive
+                    starts.append(len(offsets))
+                    last, n, seen = key, n + 1, set()
+                if ext in seen:
+                    raise InputError(f"shard {path}, sample {key!r}: expected one member per "
+                                     f"extension, got .{ext} twice")  # fmt: skip
+                seen.add(ext)
+                offsets.append(offset)
+                sizes.append(size)
+                kinds.append(exts.setdefault(ext, len(exts)))
+            counts.append(n)
+        if not starts:
             raise InputError(f"shards: expected at least one sample in {spec!r}, got none")
+        self.exts = list(exts)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.kinds = np.asarray(kinds, dtype=np.int16)
+        self.starts = np.asarray([*starts, len(offsets)], dtype=np.int64)
+        self.ends = np.cumsum(counts)
 
     def __len__(self) -> int:
-        return int(self.ends[-1])
+        return len(self.starts) - 1
 
     def __getitem__(self, i: int) -> Record:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        s = int(np.searchsorted(self.ends, i, side="right"))
-        k = i - (int(self.ends[s - 1]) if s else 0)
-        path = self.paths[s]
-        shard = _open(path)
-        names = [shard.reader.by_index[j] for j in shard.samples[k]]
-        key = names[0][0].split("/")[-1].split(".", 1)[0]
-        where = f"shard {path}, sample {key!r}"
-        members = {}
-        for name, offset, size in names:
-            ext = name.split("/")[-1].split(".", 1)[1] if "." in name else ""
-            _, data = shard.reader.get_at_offset(offset)
+        path = self.paths[int(np.searchsorted(self.ends, i, side="right"))]
+        m = _mmap(path)
+        members, key = {}, None
+        for j in range(int(self.starts[i]), int(self.starts[i + 1])):
+            offset, size, ext = int(self.offsets[j]), int(self.sizes[j]), self.exts[self.kinds[j]]
+            if key is None:
+                key = _split(
+                    m[offset : offset + 100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                )[0]
+            data = m[offset + 512 : offset + 512 + size]
             if len(data) != size:
-                raise InputError(
-                    f"{where}: member {name!r} is truncated ({len(data)} of {size} bytes)"
-                )
+                raise InputError(f"shard {path}, sample {key!r}: member .{ext} is truncated "
+                                 f"({len(data)} of {size} bytes)")  # fmt: skip
             members[ext] = data
+        where = f"shard {path}, sample {key!r}"
         if "json" not in members:
             raise InputError(
                 f"{where}: expected a .json member with the caption, got {sorted(members)}"
@@ -139,24 +182,24 @@ def materialised(value: Any) -> Iterator[Any]:
         yield value
         return
     last = value.ext.rsplit(".", 1)[-1].lower()
-    try:
+    decoded: Any = None
+    try:  # decode here; what the modality then does with it raises its own errors
         if last in IMAGE_EXTS:
             with Image.open(io.BytesIO(value.data)) as im:
                 im.load()
-                yield im
-            return
-        if last == "npy":
-            array = np.load(io.BytesIO(value.data), allow_pickle=False)
+                decoded = im.copy()
+        elif last == "npy":
+            decoded = np.load(io.BytesIO(value.data), allow_pickle=False)
         elif last == "npz":
             with np.load(io.BytesIO(value.data), allow_pickle=False) as z:
-                array = z[z.files[0]]
-        if last in ("npy", "npz"):
-            yield array
-            return
+                decoded = z[z.files[0]]
     except (UnidentifiedImageError, OSError, ValueError, EOFError) as e:
         raise InputError(
             f"{value.where}: expected a .{last} file, got unreadable bytes: {e}"
         ) from e
+    if decoded is not None:
+        yield decoded
+        return
     with tempfile.NamedTemporaryFile(suffix=f".{last}") as f:
         f.write(value.data)
         f.flush()
@@ -178,6 +221,9 @@ def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, *, per_sha
             r = m[i]
             if r.modality not in writers:
                 (out / r.modality).mkdir(parents=True, exist_ok=True)
+                if any((out / r.modality).iterdir()):  # its old shards would join the pattern
+                    raise InputError(f"shards: expected an empty folder for {r.modality}, got files "
+                                     f"in {str(out / r.modality)!r}")  # fmt: skip
                 writers[r.modality] = wds.ShardWriter(
                     str(out / r.modality / "shard-%06d.tar"), maxcount=per_shard, verbose=0
                 )

@@ -253,3 +253,30 @@ def npz():
     buf = io.BytesIO()
     np.savez(buf, x=np.array([1, 2]))
     return buf.getvalue()
+
+
+def test_a_bad_record_read_by_a_worker_is_still_one_line(tmp_path, manifest):
+    bad = manifest.parent / "worker-bad.jsonl"  # beside img/
+    lines = manifest.read_text().splitlines()
+    lines[2] = json.dumps({"modality": "image", "input": "img/none.png", "caption": "x"})
+    bad.write_text("\n".join(lines) + "\n")
+    r = Recipe(stage(tmp_path, "w", bad, "data_workers=2", "data.image.pool=24", "steps=8"),
+               quiet=True).setup()  # fmt: skip
+    with pytest.raises(InputError) as e:
+        r.train()
+    assert str(e.value).startswith("manifest ") and "worker-bad.jsonl:3: input" in str(e.value)
+    assert "Traceback" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shards_refuse_duplicate_members_and_stale_folders(tmp_path, manifest):
+    path = tmp_path / "dup.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("a.png", png()), ("a.png", png()), ("a.json", b'{"caption": "x"}')]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(InputError, match=r"dup.tar, sample 'a': expected one member per extension"):
+        Shards(str(path), "image")
+    write_shards(manifest, tmp_path / "out", quiet=True)
+    with pytest.raises(InputError, match=r"expected an empty folder for image"):
+        write_shards(manifest, tmp_path / "out", quiet=True)
