@@ -117,7 +117,8 @@ class Recipe:
         if cfg.feature_cache:  # before sharding: the whole encoder runs on rank 0
             self.cache_notes = feature_cache.attach(
                 self.model, self.sources, cfg.feature_cache, rank=self.d.rank, world=self.d.world,
-                workers=cfg.data_workers, quiet=self.quiet or not self.d.main)  # fmt: skip
+                workers=cfg.data_workers, precision=cfg.precision,
+                quiet=self.quiet or not self.d.main)  # fmt: skip
         if cfg.activation_checkpointing:
             activation_checkpointing.enable(self.model)
         if self.d.world > 1:

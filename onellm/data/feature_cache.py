@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from onellm.devices import autocast
 from onellm.errors import CheckpointError
 
 ROWS = 1024  # examples per shard file
@@ -57,7 +58,7 @@ def why_not(model: Any, source: Any) -> str | None:
     return None
 
 
-def fingerprint(model: Any, source: Any) -> str:
+def fingerprint(model: Any, source: Any, precision: str = "fp32") -> str:
     """A hash of everything the cached features depend on."""
     h = hashlib.sha256()
     mod = model.modalities[source.modality]
@@ -68,7 +69,11 @@ def fingerprint(model: Any, source: Any) -> str:
         files = getattr(source.records, "paths", None) or [str(source.records.path)]
         data = (source.cfg.data, len(source.records),
                 [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files])  # fmt: skip
-    h.update(repr((type(mod).__name__, settings, data, source.seed, str(model.dtype))).encode())
+    h.update(
+        repr(
+            (type(mod).__name__, settings, data, source.seed, str(model.dtype), precision)
+        ).encode()
+    )
     for part in (model.tokenizers[source.modality], model.encoder):
         for name, t in sorted(part.state_dict().items()):
             h.update(name.encode())
@@ -122,7 +127,7 @@ class _Inputs(Dataset):
 
 @torch.no_grad()
 def build(model: Any, source: Any, folder: Path, *, batch_size: int = 64, workers: int = 0,
-          quiet: bool = False) -> FeatureCache:  # fmt: skip
+          precision: str = "fp32", quiet: bool = False) -> FeatureCache:  # fmt: skip
     """Encode every example of `source` into `folder` (kept if already complete)."""
     if (folder / DONE).is_file():
         return FeatureCache(folder)
@@ -134,7 +139,8 @@ def build(model: Any, source: Any, folder: Path, *, batch_size: int = 64, worker
     model.eval()
     try:
         for x in tqdm(loader, desc=f"features {key}", unit="batch", disable=quiet):
-            rows += model._features(x.to(model.device, model.dtype), key).cpu().unbind(0)
+            with autocast(model.device, precision):  # as the uncached stage runs CLIP
+                rows += model._features(x.to(model.device, model.dtype), key).cpu().unbind(0)
             while len(rows) >= ROWS:
                 _save(folder, shard, rows[:ROWS])
                 rows, shard = rows[ROWS:], shard + 1
@@ -155,7 +161,7 @@ def _save(folder: Path, shard: int, rows: list[torch.Tensor]) -> None:
 
 
 def attach(model: Any, sources: dict[str, Any], root: str | Path, *, rank: int = 0, world: int = 1,
-           workers: int = 0, quiet: bool = False) -> dict[str, str]:  # fmt: skip
+           workers: int = 0, precision: str = "fp32", quiet: bool = False) -> dict[str, str]:  # fmt: skip
     """Give every source that can read cached features its cache (rank 0 builds what is
     missing while the others wait). -> {source: "cached in FOLDER" or why it reads inputs}."""
     said = {}
@@ -164,9 +170,9 @@ def attach(model: Any, sources: dict[str, Any], root: str | Path, *, rank: int =
         if reason is not None:
             said[name] = f"reads its inputs: {reason}"
             continue
-        folder = Path(root) / f"{name}-{fingerprint(model, source)}"
+        folder = Path(root) / f"{name}-{fingerprint(model, source, precision)}"
         if rank == 0:
-            build(model, source, folder, workers=workers, quiet=quiet)
+            build(model, source, folder, workers=workers, precision=precision, quiet=quiet)
         if world > 1:
             torch.distributed.barrier()
         source.features = FeatureCache(folder)
@@ -190,4 +196,5 @@ def cache_stage(cfg: Any, *, quiet: bool = False) -> dict[str, str]:
     sources = {k: Source(model, k, s, cfg.seed) for k, s in cfg.data.items()}
     apply_trainable(nn.ModuleDict({"model": model, "aux": nn.ModuleDict()}), cfg.trainable,
                     added, world=1)  # fmt: skip
-    return attach(model, sources, cfg.feature_cache, workers=cfg.data_workers, quiet=quiet)
+    return attach(model, sources, cfg.feature_cache, workers=cfg.data_workers,
+                  precision=cfg.precision, quiet=quiet)  # fmt: skip

@@ -280,3 +280,15 @@ def test_shards_refuse_duplicate_members_and_stale_folders(tmp_path, manifest):
     write_shards(manifest, tmp_path / "out", quiet=True)
     with pytest.raises(InputError, match=r"expected an empty folder for image"):
         write_shards(manifest, tmp_path / "out", quiet=True)
+
+
+def test_the_cache_is_built_under_the_stages_autocast(tmp_path):
+    """bf16: CLIP runs under autocast when uncached, so the cache is built under it too."""
+    run(stage(tmp_path, "plain", "synthetic", "data.image.pool=16", "precision=bf16"))
+    run(stage(tmp_path, "cached", "synthetic", "data.image.pool=16", "precision=bf16",
+              f"feature_cache={tmp_path / 'f'}"))  # fmt: skip
+    assert losses(tmp_path / "cached") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
+    fp32 = run(stage(tmp_path, "fp32", "synthetic", "data.image.pool=16",
+                     f"feature_cache={tmp_path / 'f'}"))  # fmt: skip
+    assert len(list((tmp_path / "f").iterdir())) == 2  # precision is in the fingerprint
+    assert fp32.sources["image"].features is not None
