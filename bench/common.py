@@ -1,12 +1,13 @@
-"""What every benchmark shares: the machine's peak matmul rate and the process's peak RSS."""
+"""What every benchmark shares: the machine's peak matmul rate and the process's peak RSS
+(`peak_rss_mb`, the one the training log uses)."""
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 
 import torch
+
+from onellm.train import peak_rss_mb  # noqa: F401  (re-exported for the benchmarks)
 
 
 def peak_matmul_flops(dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5,
@@ -31,9 +32,3 @@ def peak_matmul_flops(dtype: torch.dtype = torch.float32, n: int = 2048, runs: i
         sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
