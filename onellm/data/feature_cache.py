@@ -60,15 +60,16 @@ def why_not(model: Any, source: Any) -> str | None:
 
 def fingerprint(model: Any, source: Any, precision: str = "fp32") -> str:
     """A hash of everything the cached features depend on."""
+    from onellm.data.sources import modality_settings
+
     h = hashlib.sha256()
     mod = model.modalities[source.modality]
-    plain = (int, float, str, bool, tuple, list, dict, type(None))
-    settings = sorted((k, repr(v)) for k, v in vars(mod).items() if isinstance(v, plain))
+    settings = modality_settings(mod)
     data: tuple = (source.cfg.data, source.cfg.pool)
     if source.records is not None:  # the manifest or shard files as they are now
         files = getattr(source.records, "paths", None) or [str(source.records.path)]
         data = (source.cfg.data, len(source.records),
-                [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files])  # fmt: skip
+                [(f, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]])  # fmt: skip
     h.update(
         repr(
             (type(mod).__name__, settings, data, source.seed, str(model.dtype), precision)

@@ -129,12 +129,16 @@ _RENDERED: dict[tuple, list[Any]] = {}
 _RENDERED_MAX = 32768  # scenes; the tiny config's 8 pools of 2048 fit, a little under 1 GB
 
 
+def modality_settings(mod: Any) -> tuple[tuple[str, str], ...]:
+    """A modality object's plain settings (sizes, rates, ...): what its inputs depend on."""
+    plain = (int, float, str, bool, tuple, list, dict, type(None))
+    return tuple(sorted((k, repr(v)) for k, v in vars(mod).items() if isinstance(v, plain)))
+
+
 def rendered(mod: Any, i: int, seed: int, *, preprocess: bool) -> tuple[shapes.Scene, Any]:
     """Training scene `i` of modality object `mod` and, if asked, its preprocessed input
     (1, *input_shape) on the CPU."""
-    plain = (int, float, str, bool, tuple, list, dict, type(None))  # a modality's settings
-    sizes = tuple(sorted((k, repr(v)) for k, v in vars(mod).items() if isinstance(v, plain)))
-    key = (type(mod), sizes, i, seed)
+    key = (type(mod), modality_settings(mod), i, seed)
     if key not in _RENDERED:
         if len(_RENDERED) >= _RENDERED_MAX:
             _RENDERED.clear()
