@@ -36,3 +36,21 @@ def fixture_a() -> Path:
     if not (FIXTURE_A / "weights.safetensors").is_file():
         pytest.skip(f"conformance fixture not found at {FIXTURE_A} (it lives in ../shared)")
     return FIXTURE_A
+
+
+def train_until_killed(recipe, step: int, monkeypatch) -> None:
+    """Run `recipe.train()` until a KeyboardInterrupt at `step` (a crash mid-stage), then
+    give `Recipe.train_step` back."""
+    from onellm.train import Recipe
+
+    real = Recipe.train_step
+
+    def dies(self, s, prepared=None):
+        if s == step:
+            raise KeyboardInterrupt("killed")
+        return real(self, s, prepared)
+
+    monkeypatch.setattr(Recipe, "train_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train()
+    monkeypatch.setattr(Recipe, "train_step", real)

@@ -11,7 +11,7 @@ from onellm.errors import ConfigError
 from onellm.stage import load_stage
 from onellm.tasks import Step
 from onellm.train import Recipe, read_metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, train_until_killed
 
 STAGE1 = ROOT / "configs" / "stages" / "stage1_image.yaml"
 
@@ -76,17 +76,7 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, monkeypatch)
 
     cfg = short(tmp_path / "b", "checkpoint_every=5")
     killed = Recipe(cfg, quiet=True).setup()
-    real = Recipe.train_step
-
-    def dies_at_step_7(self, step, prepared=None):
-        if step == 7:
-            raise KeyboardInterrupt("killed")
-        return real(self, step, prepared)
-
-    monkeypatch.setattr(Recipe, "train_step", dies_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        killed.train()
-    monkeypatch.setattr(Recipe, "train_step", real)
+    train_until_killed(killed, 7, monkeypatch)
     assert (tmp_path / "b" / "run" / "checkpoints" / "step_0000005" / "trainer.json").is_file()
     assert not list((tmp_path / "b" / "run" / "checkpoints").glob(".tmp*"))
     resumed = Recipe(cfg, resume=True, quiet=True).setup()

@@ -16,7 +16,7 @@ from onellm.data.shards import Shards, write_shards
 from onellm.errors import InputError
 from onellm.stage import load_stage
 from onellm.train import Recipe, read_metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, train_until_killed
 
 STAGE1 = ROOT / "configs" / "stages" / "stage1_image.yaml"
 
@@ -61,17 +61,7 @@ def test_resumed_with_two_workers_equals_uninterrupted_in_process(tmp_path, mani
     whole = run(stage(tmp_path, "whole", manifest, "data_workers=0"))
     cfg = stage(tmp_path, "parts", manifest, "data_workers=2", "checkpoint_every=3")
     first = Recipe(cfg, quiet=True).setup()
-    real = Recipe.train_step
-
-    def dies_at_step_4(self, step, prepared=None):
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        return real(self, step, prepared)
-
-    monkeypatch.setattr(Recipe, "train_step", dies_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
-    monkeypatch.setattr(Recipe, "train_step", real)
+    train_until_killed(first, 4, monkeypatch)
     resumed = run(cfg, resume=True)
     assert resumed.step == 6
     want, got = trained(whole), trained(resumed)
