@@ -93,10 +93,11 @@ def main() -> None:
                 layout.loss(model, pixels[idx], ids).backward()
 
         def ours(idx: list[int]) -> None:
-            b = collate([(texts[i], texts[i]) for i in idx], 0)  # to the batch's longest
+            rows = [model.layout.place(texts[i], texts[i], ["image"]) for i in idx]
+            b = collate(rows, 0)  # to the batch's longest, the block's run after BOS
             features = torch.cat([src.scene(i).features for i in idx])  # scene i, as pixels[i]
-            model(b["input_ids"], modality="image", features=features,
-                  attention_mask=b["attention_mask"], labels=b["labels"]).loss.backward()  # fmt: skip
+            model(b["input_ids"], b["attention_mask"], b["labels"],
+                  features={"image": features}).loss.backward()  # fmt: skip
 
         if args.compile:  # as `compile: true` in a stage; the baseline's loop runs the layers eager
             model.projection.experts.compile()

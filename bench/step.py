@@ -40,7 +40,8 @@ def step_loss(model: OneLLM, image, ids) -> torch.Tensor:
     layout = active_layout(model)
     if layout is not None:
         return layout.loss(model, image, ids)
-    return model(ids, image, "image", labels=ids).loss
+    ids, labels = model.layout.widen(ids, ["image"], ids)  # the block's run after BOS
+    return model(ids, labels=labels, inputs={"image": image}).loss
 
 
 def run_step(model: OneLLM, image, ids, precision: str, backward: bool) -> None:

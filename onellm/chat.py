@@ -2,9 +2,11 @@
 
 inputs (raw | [raw, ...] | {modality: raw} | [{...}, ...])
   -> preprocess -> modality blocks (B_m, Q+2, D)
-prompt + history -> template text with <m> placeholders -> ids (placeholders expanded
-  to Q+2 positions, batch left-padded) -> inputs_embeds (masked_scatter of the blocks)
-  -> llm.generate (KV cache, sampling options) -> text, cut at the template's stop strings
+prompt + history -> template segments -> ids laid out as training lays them out
+  (onellm/layout.py: placeholders expanded to Q+2 positions; batch left-padded)
+  -> inputs_embeds (masked_scatter of the blocks) -> llm.generate (KV cache, sampling)
+  -> text, cut at the template's stop strings; masks / images from the states generate
+  computed at output tokens (onellm/outputs.py)
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import torch
 from transformers import TextIteratorStreamer
 
 from onellm.errors import InputError
-from onellm.special_tokens import encode_prompt
-from onellm.template import Turn, cut_at_stop, render_prompt, stream_visible
+from onellm.layout import pad
+from onellm.template import Segment, Turn, cut_at_stop, render_prompt, stream_visible
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -73,27 +75,9 @@ def _is_paired_raw(x: Mapping) -> bool:
     return "rgb" in x  # depth / normal raw form {"rgb": ..., "depth": ...}
 
 
-def prompt_ids(model: OneLLM, text: str, given: Sequence[str]) -> list[int]:
-    """Tokenise `text`, put missing placeholders first, check counts, expand each to Q+2 ids."""
-    tok = model.text_tokenizer
-    lead = "".join(f"<{k}>" for k in given if f"<{k}>" not in text)
-    # only placeholders become special ids: a typed "<seg>" stays text (onellm/special_tokens.py)
-    ids = encode_prompt(tok, lead + text, [f"<{k}>" for k in model.placeholder_ids])
-    out: list[int] = []
-    counts = {k: ids.count(pid) for k, pid in model.placeholder_ids.items()}
-    for key, n in counts.items():
-        if key in given and n != 1:
-            raise InputError(
-                f"{key}: expected one <{key}> placeholder for the {key} input, got {n}"
-            )
-        if key not in given and n:
-            raise InputError(
-                f"{key}: the prompt has a <{key}> placeholder, expected a {key} input, got none"
-            )
-    by_id = {pid: key for key, pid in model.placeholder_ids.items()}
-    for i in ids:
-        out.extend([i] * model.block_len if i in by_id else [i])
-    return out
+def prompt_ids(model: OneLLM, segments: Sequence[Segment], given: Sequence[str]) -> list[int]:
+    """The prompt's ids, laid out as a training row of the same conversation (onellm/layout.py)."""
+    return model.layout.row(segments, given)[0]
 
 
 @torch.no_grad()
@@ -118,18 +102,19 @@ def chat(
     if prompt is None and inputs is None:
         raise InputError("text: expected a prompt or an input, got an empty prompt and no input")
     samples, batched = normalise_inputs(model, inputs, modality)
-    text = render_prompt(model.config.chat, prompt, list(history or ()))
+    segments = render_prompt(model.config.chat, prompt, list(history or ()))
     prompts: dict[tuple[str, ...], list[int]] = {}  # samples with the same modalities share ids
     for s in samples:
         if tuple(s) not in prompts:
-            prompts[tuple(s)] = prompt_ids(model, text, list(s))
-    ids = [prompts[tuple(s)] for s in samples]
+            prompts[tuple(s)] = prompt_ids(model, segments, list(s))
+    rows = [(prompts[tuple(s)], prompts[tuple(s)]) for s in samples]
     blocks = {}
     for key in dict.fromkeys(k for s in samples for k in s):  # modalities in first-seen order
         batch = torch.cat([model.preprocess(s[key], key) for s in samples if key in s])
         blocks[key] = model.modality_block(batch, key)
-    input_ids, attention_mask = _left_pad(ids, tok.pad_token_id or 0, model.device)
-    embeds = model.embed(input_ids, blocks)
+    padded = pad(rows, tok.pad_token_id or 0, left=True)
+    attention_mask = padded["attention_mask"].to(model.device)
+    embeds = model.embed(padded["input_ids"].to(model.device), blocks)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         pad_token_id=tok.pad_token_id,
@@ -146,32 +131,23 @@ def chat(
         if len(samples) > 1:
             raise InputError(f"inputs: streaming takes one input, got a batch of {len(samples)}")
         return _stream(model, embeds, attention_mask, kwargs, stops)
+    read_states = len(model.outputs) > 0  # the output experts read generate's own states
+    if read_states:
+        kwargs.update(return_dict_in_generate=True, output_hidden_states=True)
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+    generated = out.sequences if read_states else out
     replies = [
         ChatResponse(
             text=cut_at_stop(tok.decode(row, skip_special_tokens=True), stops),
             token_ids=_trim(row, tok),
         )
-        for row in out.tolist()
+        for row in generated.tolist()
     ]
-    if model.output_token_ids:
+    if read_states and model.outputs.emitted(generated):
         from onellm.outputs import attach_outputs
 
-        attach_outputs(model, replies, input_ids, attention_mask, blocks, out, samples)
+        attach_outputs(model, replies, out, embeds, attention_mask, samples)
     return replies if batched else replies[0]
-
-
-def _left_pad(
-    rows: list[list[int]], pad: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left padding, as decoder-only generation wants; positions follow the attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _trim(row: list[int], tok) -> list[int]:

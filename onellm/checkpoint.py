@@ -37,6 +37,19 @@ def own_state_dict(model: OneLLM) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith(BASE_PREFIXES)}
 
 
+def _renamed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Runs saved before the output experts became one module kept `heads.<task>.` and
+    `decoders.<task>.`; today they are `outputs.<task>.head.` and `outputs.<task>.decoder.`."""
+    out = {}
+    for k, v in state.items():
+        part, _, rest = k.partition(".")
+        if part in ("heads", "decoders"):
+            task, _, rest = rest.partition(".")
+            k = f"outputs.{task}.{part[:-1]}.{rest}"
+        out[k] = v
+    return out
+
+
 def save_pretrained(
     model: OneLLM, directory: str | os.PathLike, base: Literal["store", "reference"] = "store"
 ) -> Path:
@@ -110,7 +123,7 @@ def from_pretrained(
         from peft import PeftModel
 
         model.llm = PeftModel.from_pretrained(model.llm, d / "lora", is_trainable=trainable_lora)
-    own = load_file(d / "model.safetensors", device=str(model.device))
+    own = _renamed(load_file(d / "model.safetensors", device=str(model.device)))
     expected = own_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(own)), sorted(set(own) - set(expected))
     if missing or unexpected:

@@ -10,6 +10,23 @@ import torch
 from safetensors.torch import load_file
 
 from onellm.convert import MODALITY_NAMES, from_onellm
+from onellm.errors import InputError
+
+
+def onellm_logits(model, tokens: torch.Tensor, x: torch.Tensor | None = None,
+                  modality: str | None = None) -> torch.Tensor:  # fmt: skip
+    """Logits (B, L, V) aligned as OneLLM's forward returns them for token rows `tokens`
+    (B, L) and, optionally, a batch `x` of `modality`. The rows are laid out by the one
+    layout path (the block right after BOS); with a modality, row 0 is the end-tag
+    position and rows 1.. are text tokens 1..: BOS, the start tag and the modality tokens
+    get no logits, as in OneLLM."""
+    given = [model.modality_key(modality)] if modality is not None else []
+    if (x is None) != (modality is None):
+        raise InputError("input and modality go together: got one without the other")
+    ids, _ = model.layout.widen(tokens, given)
+    inputs = {given[0]: x} if given else None
+    out = model(ids, inputs=inputs, use_cache=False)
+    return out.logits[:, model.layout.block_len if given else 0 :]
 
 
 @torch.no_grad()
@@ -24,12 +41,12 @@ def compare(fixture: str | os.PathLike) -> dict[str, float]:
         expert_heads=meta["upm"]["n_heads"],
     ).eval()
     inputs, outputs = load_file(d / "inputs.safetensors"), load_file(d / "outputs.safetensors")
-    errors = {"logits.text": _err(model.logits(inputs["tokens"]), outputs["logits.text"])}
+    errors = {"logits.text": _err(onellm_logits(model, inputs["tokens"]), outputs["logits.text"])}
     for ref in meta["modalities_with_outputs"]:
         x = inputs[ref]
         errors[f"encode.{ref}"] = _err(model.encode(x, ref), outputs[f"encode.{ref}"])
         errors[f"logits.{ref}"] = _err(
-            model.logits(inputs["tokens"], x, ref), outputs[f"logits.{ref}"]
+            onellm_logits(model, inputs["tokens"], x, ref), outputs[f"logits.{ref}"]
         )
     return errors
 

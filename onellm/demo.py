@@ -166,7 +166,7 @@ def output_chats(model, out: Path) -> list[dict[str, str]]:
     from onellm.data import output_scenes as tasks
 
     chats = []
-    if "seg" in model.output_token_ids:
+    if "seg" in model.outputs.token_ids:
         sc = tasks.seg_scene(7, "test", size=model.modalities["image"].input_shape()[-1])
         reply = model.chat(sc.image, modality="image", prompt=sc.prompt, max_new_tokens=4)
         iou = tasks.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
@@ -177,7 +177,7 @@ def output_chats(model, out: Path) -> list[dict[str, str]]:
         chats.append({"modality": "image", "prompt": sc.prompt, "reply": reply.text,
                       "truth": f"a mask, IoU {iou:.2f}", "file": str(path) * bool(reply.masks)})  # fmt: skip
         print(f"[image] {sc.prompt} -> {len(reply.masks)} mask(s), IoU {iou:.2f}   ({path})")
-    if "gen" in model.output_token_ids:
+    if "gen" in model.outputs.token_ids:
         n = model.config.outputs["gen"].tokens
         sc = tasks.gen_scene(3, "test", tokens=n)
         reply = model.chat(None, prompt=sc.prompt, max_new_tokens=n + 2)

@@ -67,7 +67,9 @@ def evaluate(
         inputs, refs = [s.input for s in scenes], [s.caption for s in scenes]
     else:
         records = [
-            r for r in read_manifest(data) if model.modality_key(r.modality) == key and r.caption
+            r
+            for r in read_manifest(data)
+            if not r.more and model.modality_key(r.modality) == key and r.caption
         ]
         inputs, refs = [r.input for r in records], [r.caption for r in records]
     preds: list[str] = []
@@ -105,7 +107,7 @@ def evaluate_qa(
         asked = [(s.input, q, a) for s in scenes for q, a in s.qa]
     else:
         asked = [(r.input, q, a) for r in read_manifest(data)
-                 if model.modality_key(r.modality) == key for q, a in r.turns]  # fmt: skip
+                 if not r.more and model.modality_key(r.modality) == key for q, a in r.turns]  # fmt: skip
     by_question: dict[str, list[tuple[Any, str]]] = {}
     for raw, q, a in asked:  # one batched chat per question: a shared prompt
         by_question.setdefault(q, []).append((raw, a))

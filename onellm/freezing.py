@@ -21,7 +21,7 @@ def output_token_rows(model: Any) -> dict[str, tuple[nn.Parameter, torch.Tensor]
     with a row mask (V, 1) on the table's device that keeps only the output tokens' rows.
     Without it the new tokens' lm_head rows stay at their mean-resized start and the LoRA
     alone has to bend the states towards them. -> {name: (table, mask)}."""
-    if not model.output_token_ids:
+    if not model.outputs.token_ids:
         raise ConfigError("trainable: '@output_tokens' needs outputs in the model config")
     names = {id(p): n for n, p in model.named_parameters()}
     out = {}
@@ -30,7 +30,7 @@ def output_token_rows(model: Any) -> dict[str, tuple[nn.Parameter, torch.Tensor]
         model.llm.get_output_embeddings().weight,
     ):
         keep = torch.zeros(table.shape[0], 1, device=table.device)
-        keep[list(model.output_token_ids.values())] = 1
+        keep[list(model.outputs.token_ids.values())] = 1
         out[f"model.{names[id(table)]}"] = (table, keep)
     return out
 

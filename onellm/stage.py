@@ -18,7 +18,9 @@ from onellm.errors import ConfigError
 class SourceConfig:
     """One data source. A step samples a source by `weight`; a batch holds one source."""
 
-    modality: str | None = None  # default: the source's key; none for task lm
+    # default: the source's key; none for task lm; a list: samples holding several
+    # modalities in one conversation (a manifest's `inputs` records, or shapes-world pairs)
+    modality: str | list[str] | None = None
     # a registered task (onellm/tasks/): caption | instruct | lm | clip | sam | t2i | seg | gen
     task: str = "caption"
     weight: float = 1.0

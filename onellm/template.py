@@ -1,4 +1,4 @@
-"""The conversation layout, one function each for inference and training, so both agree.
+"""The conversation layout: one function (`conversation`) for inference and training, so both agree.
 
     caption mode (no prompt, no history):  [BOS] <m> caption </s>
     chat:  [BOS] <m> system sep  user q1 sep assistant a1 sep  ...  user qN sep assistant
@@ -15,37 +15,43 @@ from onellm.errors import InputError
 Turn = tuple[str, str]
 
 
-def render_prompt(chat: ChatConfig, prompt: str | None, history: Sequence[Turn] = ()) -> str:
-    """The text the model continues: empty for captioning, else the template up to `assistant`."""
+Segment = tuple[str, bool]  # a piece of text, and whether it is a training target
+
+
+def conversation(chat: ChatConfig, turns: Sequence[tuple[str, str | None]]) -> list[Segment]:
+    """The one layout of a conversation: each question (no target) and its answer (a
+    target, `answer + separator`, as history replays it). An answer of None ends the text
+    at `assistant`: the prompt the model continues."""
+    segments: list[Segment] = []
+    for i, (q, a) in enumerate(turns):
+        lead = (chat.system + chat.separator if chat.system else "") if i == 0 else ""
+        segments.append((lead + chat.user + q + chat.separator + chat.assistant, False))
+        if a is not None:
+            segments.append((a + chat.separator, True))
+    return segments
+
+
+def render_prompt(
+    chat: ChatConfig, prompt: str | None, history: Sequence[Turn] = ()
+) -> list[Segment]:
+    """What the model continues: nothing for captioning, else the conversation up to `assistant`."""
     if prompt is None:
         if history:
             raise InputError("text: expected a prompt to follow the history, got none")
-        return ""
-    head = chat.system + chat.separator if chat.system else ""
-    done = "".join(
-        chat.user + q + chat.separator + chat.assistant + a + chat.separator for q, a in history
-    )
-    return head + done + chat.user + prompt + chat.separator + chat.assistant
+        return []
+    return conversation(chat, [*history, (prompt, None)])
 
 
 def render_training(
     chat: ChatConfig, turns: Sequence[Turn] | None, caption: str | None = None
-) -> list[tuple[str, bool]]:
-    """Text segments with a flag saying which are targets: `caption` alone (alignment), or turns.
-
-    Each answer's target is `answer + separator` (as history replays it); EOS follows the
-    last target and is a target too (the caller appends it).
-    """
+) -> list[Segment]:
+    """What a training row reads: `caption` alone (alignment), or the turns. EOS follows the
+    last target and is a target too (the layout appends it)."""
     if caption is not None:
         return [(caption, True)]
     if not turns:
         raise InputError("text: expected a caption or at least one conversation turn, got neither")
-    segments: list[tuple[str, bool]] = []
-    for i, (q, a) in enumerate(turns):
-        lead = (chat.system + chat.separator if chat.system else "") if i == 0 else ""
-        segments.append((lead + chat.user + q + chat.separator + chat.assistant, False))
-        segments.append((a + chat.separator, True))
-    return segments
+    return conversation(chat, turns)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:

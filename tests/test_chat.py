@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from onellm.chat import ChatResponse
+from onellm.conformance import onellm_logits
 from onellm.errors import InputError
 from onellm.template import render_prompt, render_training
 from tests.modalities.test_contract import RAW
@@ -37,7 +38,7 @@ def test_batch_of_three_equals_one_by_one(tiny_model):
     assert [r.token_ids for r in batch] == [r.token_ids for r in single]
     # the inputs matter: their next-token distributions differ
     x = torch.cat([tiny_model.preprocess(i, "image") for i in images])
-    nxt = tiny_model.logits(torch.ones(3, 1, dtype=torch.long), x, "image")[:, -1]
+    nxt = onellm_logits(tiny_model, torch.ones(3, 1, dtype=torch.long), x, "image")[:, -1]
     assert not torch.allclose(nxt[0], nxt[1]) and not torch.allclose(nxt[1], nxt[2])
 
 
@@ -82,7 +83,7 @@ def test_two_modalities_go_where_their_placeholders_stand(tiny_model, monkeypatc
         k: m.modality_block(m.preprocess(v, k), k)[0]
         for k, v in (("image", image), ("audio", audio))
     }
-    n = m.block_len
+    n = m.layout.block_len
     starts = {}
     for k, b in blocks.items():
         hits = [
@@ -105,7 +106,7 @@ def test_without_placeholders_the_block_goes_first(tiny_model, monkeypatch):
     m.chat(img(), modality="image", prompt="What is this?", max_new_tokens=1)
     embeds = seen["inputs_embeds"][0]
     block = m.modality_block(m.preprocess(img(), "image"), "image")[0]
-    torch.testing.assert_close(embeds[1 : 1 + m.block_len], block)  # right after BOS
+    torch.testing.assert_close(embeds[1 : 1 + m.layout.block_len], block)  # right after BOS
 
 
 def test_history_carries_earlier_turns(tiny_model, monkeypatch):
@@ -119,7 +120,10 @@ def test_history_carries_earlier_turns(tiny_model, monkeypatch):
     )
     with_history = seen["inputs_embeds"].shape[1]
     tiny_model.chat(img(), modality="image", prompt="And now?", max_new_tokens=1)
-    text = render_prompt(tiny_model.config.chat, "And now?", [("What is this?", "a red circle")])
+    segments = render_prompt(
+        tiny_model.config.chat, "And now?", [("What is this?", "a red circle")]
+    )
+    text = "".join(t for t, _ in segments)
     assert (
         text
         == "### Human: What is this?\n### Assistant: a red circle\n### Human: And now?\n### Assistant: "
@@ -131,11 +135,31 @@ def test_training_and_inference_use_the_same_layout(tiny_model):
     chat = tiny_model.config.chat
     turns = [("What is this?", "a red circle"), ("Where?", "on the left")]
     segments = render_training(chat, turns)
-    prefix = "".join(t for t, _ in segments[:-1])
-    assert prefix == render_prompt(chat, "Where?", turns[:1])
+    assert segments[:-1] == render_prompt(chat, "Where?", turns[:1])  # one function lays out both
     assert [t for t, target in segments if target] == ["a red circle\n", "on the left\n"]
     assert render_training(chat, None, caption="a red circle") == [("a red circle", True)]
-    assert render_prompt(chat, None) == ""  # captioning: the block, then the caption
+    assert render_prompt(chat, None) == []  # captioning: the block, then the caption
+
+
+def test_a_training_row_starts_with_the_chat_prompt_token_for_token(tiny_model):
+    from onellm.chat import prompt_ids
+    from onellm.data.batches import tokens
+    from onellm.data.sources import Example
+
+    m, chat = tiny_model, tiny_model.config.chat
+    turns = [("What is <image> this?", "it is <seg> here"), ("Where?", "on the left")]
+    ids, labels = tokens(Example(None, None, turns), m.layout, chat, np.random.default_rng(0),
+                         use_turns=True, given=["image"])  # fmt: skip
+    first = prompt_ids(m, render_prompt(chat, turns[0][0]), ["image"])
+    later = prompt_ids(m, render_prompt(chat, "Where?", turns[:1]), ["image"])
+    assert ids[: len(first)] == first and set(labels[: len(first)]) == {-100}
+    assert ids[: len(later)] == later  # history replays the answer as training read it
+    assert labels[len(later) :] == ids[len(later) :]  # the last answer and EOS are targets
+    assert ids[-1] == m.text_tokenizer.eos_token_id
+    run = [i for i, t in enumerate(ids) if t == m.layout.placeholder_ids["image"]]
+    assert len(run) == m.layout.block_len and run == list(range(run[0], run[0] + len(run)))
+    assert run[0] > 5  # where the question names <image>, not after BOS
+    assert ids.count(m.outputs.token_ids["seg"]) == 1  # an answer's <seg> is the special id
 
 
 def test_generate_options_pass_through(tiny_model):
@@ -172,7 +196,7 @@ BAD = {
     ),
     "placeholder without input": (
         dict(prompt="look: <image>"),
-        r"^image: the prompt has a <image> placeholder, expected a image input, got none",
+        r"^image: the text has a <image> placeholder, expected a image input, got none",
     ),
     "input without its placeholder": (
         dict(inputs={"image": img(), "audio": RAW["audio"]()}, prompt="<image> <image> <audio>"),
@@ -180,7 +204,7 @@ BAD = {
     ),
     "placeholder for another modality": (
         dict(inputs=img(), modality="image", prompt="<audio>?"),
-        r"^audio: the prompt has a <audio> placeholder",
+        r"^audio: the text has a <audio> placeholder",
     ),
     "empty prompt, no input": (
         dict(prompt="   "),

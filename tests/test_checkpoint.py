@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from onellm import OneLLM
+from onellm.conformance import onellm_logits
 from onellm.errors import CheckpointError
 from tests.conftest import TINY, random_input
 
@@ -11,7 +12,8 @@ IDS = torch.tensor([[1, 5, 9, 11, 20]])
 def logits_all(model):
     torch.manual_seed(1)
     return {
-        m: model.logits(IDS, random_input(model, m, batch=1), m) for m in ("image", "audio", "fmri")
+        m: onellm_logits(model, IDS, random_input(model, m, batch=1), m)
+        for m in ("image", "audio", "fmri")
     }
 
 
@@ -35,7 +37,7 @@ def test_save_and_load_give_identical_logits(trained, tmp_path):
     trained.save_pretrained(tmp_path / "run")
     loaded = OneLLM.from_pretrained(tmp_path / "run").eval()
     assert_same_logits(trained, loaded)
-    assert loaded.placeholder_ids == trained.placeholder_ids
+    assert loaded.layout.placeholder_ids == trained.layout.placeholder_ids
     assert (
         loaded.text_tokenizer("a red circle").input_ids
         == trained.text_tokenizer("a red circle").input_ids
@@ -62,11 +64,11 @@ def test_lora_adapters_are_saved_and_loaded_as_peft_does(trained, tmp_path):
 def test_base_models_can_be_referenced_by_path(trained, tmp_path):
     trained.encoder.clip.save_pretrained(tmp_path / "clip")
     trained.llm.save_pretrained(tmp_path / "llama")
+    trained.text_tokenizer.save_pretrained(tmp_path / "llama")  # as an HF model dir holds it
     ref = OneLLM.from_config(
         TINY, [f"encoder.path={tmp_path / 'clip'}", f"llm.path={tmp_path / 'llama'}"]
     ).eval()
     ref.load_state_dict(trained.state_dict())
-    ref.text_tokenizer = trained.text_tokenizer
     ref.save_pretrained(tmp_path / "run", base="reference")
     assert not (tmp_path / "run" / "llm").exists() and not (tmp_path / "run" / "encoder").exists()
     assert_same_logits(trained, OneLLM.from_pretrained(tmp_path / "run").eval())

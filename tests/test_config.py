@@ -24,7 +24,7 @@ def test_every_yaml_in_configs_loads_and_validates(path, monkeypatch):
     cfg = load_config(path)
     assert isinstance(cfg, ModelConfig)
     assert cfg.modalities, "a model config names its modalities"
-    from onellm.model import build_modality
+    from onellm.build import build_modality
 
     for name, spec in cfg.modalities.items():  # every modality spec builds
         assert build_modality(name, spec) is not None
@@ -80,7 +80,7 @@ def test_interpolation_and_defaults(monkeypatch):
 
 
 def test_unknown_modality_argument_is_named():
-    from onellm.model import build_modality
+    from onellm.build import build_modality
 
     with pytest.raises(ConfigError, match=r"modalities\.audio\.mel"):
         build_modality("audio", {"mel": 3})

@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from onellm.conformance import onellm_logits
 from onellm.convert import from_onellm, load_state_dict, permute_rotary
 from onellm.errors import CheckpointError
 from tests.conftest import fixture_a
@@ -26,14 +27,16 @@ def test_fixture_a_encode_and_logits(reference, modality):
     torch.testing.assert_close(
         model.encode(inputs[modality], modality), outputs[f"encode.{modality}"], **TOL
     )
-    logits = model.logits(inputs["tokens"], inputs[modality], modality)
+    logits = onellm_logits(model, inputs["tokens"], inputs[modality], modality)
     torch.testing.assert_close(logits, outputs[f"logits.{modality}"], **TOL)
 
 
 @torch.no_grad()
 def test_fixture_a_text_only_logits(reference):
     model, inputs, outputs = reference
-    torch.testing.assert_close(model.logits(inputs["tokens"]), outputs["logits.text"], **TOL)
+    torch.testing.assert_close(
+        onellm_logits(model, inputs["tokens"]), outputs["logits.text"], **TOL
+    )
 
 
 @torch.no_grad()
@@ -210,6 +213,6 @@ def test_other_sizes_are_read_from_the_weights(tmp_path):
     )
     with torch.no_grad():
         ids = torch.tensor([[1, 5, 7]])
-        assert m.logits(ids, torch.randn(1, 3, 64, 64), "image").shape == (1, 3, 300)
+        assert onellm_logits(m, ids, torch.randn(1, 3, 64, 64), "image").shape == (1, 3, 300)
         assert m.encode(torch.randn(1, 1, 100), "fmri").shape == (1, 10, 96)
         assert m.encode(torch.randn(1, 1, 128, 1024), "audio").shape == (1, 10, 96)

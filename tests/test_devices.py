@@ -76,7 +76,7 @@ def every_task_recipe(tmp_path, dtype: str) -> Recipe:
     cfg = load_stage(ROOT / "configs" / "stages" / "stage1_image.yaml", [
         f"init_from={TINY}", f"model_overrides=[dtype={dtype}]", f"output_dir={tmp_path}",
         "device=cpu", "batch_size=2", "steps=1", "eval.modalities=[]", f"data={ALL_TASKS}",
-        "trainable=[projection.*, heads.*, decoders.*]",
+        "trainable=[projection.*, outputs.*]",
     ])  # fmt: skip
     return Recipe(cfg, quiet=True).setup()
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from onellm.conformance import onellm_logits
 from onellm.errors import InputError, OneLLMError
 from tests.conftest import random_input
 
@@ -64,15 +65,23 @@ CASES = {
         r"^depth: expected shape \(B, 2, 3, 64, 64\)",
     ),
     "batch mismatch": (
-        lambda m: m.logits(torch.ones(3, 4, dtype=torch.long), good(m), "image"),
-        r"^image: expected a batch of 3 inputs",
+        lambda m: onellm_logits(m, torch.ones(3, 4, dtype=torch.long), good(m), "image"),
+        r"^image: expected 3 input\(s\) for the image placeholders in the text, got 2",
     ),
-    "input without modality": (
-        lambda m: m.logits(torch.ones(2, 4, dtype=torch.long), good(m)),
-        r"without a modality",
+    "input without its placeholders": (
+        lambda m: m(torch.ones(2, 4, dtype=torch.long), inputs={"image": good(m)}),
+        r"^image: expected a <image> placeholder run in the text for the 2 input\(s\) given",
+    ),
+    "input and cached features": (
+        lambda m: m(
+            torch.ones(2, 4, dtype=torch.long),
+            inputs={"image": good(m)},
+            features={"image": torch.zeros(2, 65, 64)},
+        ),
+        r"^image: expected an input or its cached features, got both",
     ),
     "empty text": (
-        lambda m: m.logits(torch.ones(2, 0, dtype=torch.long)),
+        lambda m: onellm_logits(m, torch.ones(2, 0, dtype=torch.long)),
         r"^text: expected input_ids \(B, L\) with L >= 1",
     ),
 }

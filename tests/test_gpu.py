@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from onellm import OneLLM
+from onellm.conformance import onellm_logits
 from onellm.stage import load_stage
 from onellm.train import Recipe, read_metrics
 from tests.conftest import ROOT, TINY
@@ -69,7 +70,7 @@ def test_save_and_load_on_the_gpu_give_the_same_logits(tmp_path):
     ids = torch.tensor([[1, 40, 41, 42]], device="cuda")
     image = torch.randn(1, 3, 64, 64, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
-        torch.testing.assert_close(model.logits(ids, image, "image"), back.logits(ids, image, "image"),
+        torch.testing.assert_close(onellm_logits(model, ids, image, "image"), onellm_logits(back, ids, image, "image"),
                                    rtol=0, atol=0)  # fmt: skip
 
 
@@ -117,5 +118,5 @@ def test_flash_attention_2_matches_sdpa():
             generator=torch.Generator("cuda").manual_seed(0),
         )
         with torch.no_grad():
-            logits[attn] = model.logits(ids, image, "image").float()
+            logits[attn] = onellm_logits(model, ids, image, "image").float()
     torch.testing.assert_close(logits["flash_attention_2"], logits["sdpa"], atol=3e-2, rtol=3e-2)

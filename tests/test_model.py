@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from onellm import OneLLM
+from onellm.conformance import onellm_logits
 from onellm.errors import InputError
 from tests.conftest import TINY, random_input
 
@@ -14,6 +15,11 @@ def ids(batch=2, length=7):
     return x
 
 
+def laid_out(model, text, modality, labels=None):
+    """Token rows with `modality`'s placeholder run after BOS (the one layout path)."""
+    return model.layout.widen(text, [modality], text if labels is None else labels)
+
+
 @pytest.fixture
 def model():
     torch.manual_seed(0)
@@ -23,7 +29,8 @@ def model():
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_forward_and_backward_through_the_whole_chain(model, modality):
     x = random_input(model, modality)
-    out = model(ids(), inputs=x, modality=modality, labels=ids())
+    text, labels = laid_out(model, ids(), modality)
+    out = model(text, labels=labels, inputs={modality: x})
     q = model.config.projection.num_queries
     assert out.logits.shape == (2, 7 + q + 2, 512)
     assert torch.isfinite(out.loss)
@@ -54,7 +61,7 @@ def test_defaults_freeze_encoder_and_llm_and_train_the_rest(model):
 def test_sequence_layout_is_bos_start_queries_end_text(model):
     x = random_input(model, "image")
     text = ids()
-    with_block, _, _ = model.insert_placeholders(text, "image")
+    with_block, _ = laid_out(model, text, "image")
     got = model.embed(with_block, {"image": model.modality_block(x, "image")})
     emb = model.llm.get_input_embeddings()(text)
     q = model.config.projection.num_queries
@@ -70,7 +77,8 @@ def test_loss_only_on_target_text_tokens(model):
     text = ids()
     labels = text.clone()
     labels[:, :4] = -100  # prompt
-    out = model(text, inputs=x, modality="audio", labels=labels)
+    widened, labels = laid_out(model, text, "audio", labels)
+    out = model(widened, labels=labels, inputs={"audio": x})
     n = model.config.projection.num_queries + 2
     # recompute CE by hand over the text targets only
     logits = out.logits[:, n + 3 : n + 6]  # positions predicting text tokens 4..6
@@ -81,10 +89,10 @@ def test_loss_only_on_target_text_tokens(model):
 def test_logits_are_aligned_like_onellm(model):
     x = random_input(model, "imu")
     text = ids()
-    full = model(text, inputs=x, modality="imu").logits
+    full = model(laid_out(model, text, "imu")[0], inputs={"imu": x}).logits
     n = model.config.projection.num_queries + 2
-    torch.testing.assert_close(model.logits(text, x, "imu"), full[:, n:])
-    assert model.logits(text).shape == (2, 7, 512)
+    torch.testing.assert_close(onellm_logits(model, text, x, "imu"), full[:, n:])
+    assert onellm_logits(model, text).shape == (2, 7, 512)
 
 
 def test_frozen_image_path_runs_outside_autograd(model):
@@ -137,7 +145,7 @@ def test_topk_router_from_config():
 
 def test_placeholder_count_is_checked(model):
     x = random_input(model, "image")
-    text, _, _ = model.insert_placeholders(ids(), "image")
+    text, _ = laid_out(model, ids(), "image")
     block = model.modality_block(x, "image")
     with pytest.raises(
         InputError,
@@ -152,9 +160,9 @@ def test_placeholder_count_is_checked(model):
 
 def test_placeholders_are_single_tokenizer_ids(model):
     tok = model.text_tokenizer
-    for key, pid in model.placeholder_ids.items():
+    for key, pid in model.layout.placeholder_ids.items():
         assert tok(f"<{key}>", add_special_tokens=False).input_ids == [pid]
-    assert len(set(model.placeholder_ids.values())) == len(model.modalities)
+    assert len(set(model.layout.placeholder_ids.values())) == len(model.modalities)
 
 
 def test_modality_tokens_start_at_the_llms_embedding_scale(model):

@@ -7,7 +7,6 @@ import yaml
 
 from experts.decoders.sam import mask_loss
 from onellm import OneLLM
-from onellm.outputs import last_hidden, seg_mask_logits, seg_prompts
 from tests.conftest import TINY
 
 OUTPUTS = {
@@ -26,19 +25,30 @@ def model():
     return OneLLM.from_config({**cfg, "outputs": OUTPUTS}).eval()
 
 
+def last_hidden(model, ids, attention_mask=None, blocks=None):
+    """A second full pass over `ids`: last-layer states and input embeddings (B, L, D)."""
+    embeds = model.embed(ids, blocks)
+    positions = None
+    if attention_mask is not None:  # as generate counts positions under left padding
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
+                    output_hidden_states=True, use_cache=False)  # fmt: skip
+    return out.hidden_states[-1], embeds
+
+
 def image(h=40, w=48):
     return np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
 
 
 def forced(model, token, n):
     """generate kwargs that make the model emit `token` n times."""
-    tid = model.output_token_ids[token]
+    tid = model.outputs.token_ids[token]
     return {"sequence_bias": {(tid,): 100.0}, "max_new_tokens": n, "min_new_tokens": n}
 
 
 def test_output_tokens_are_single_ids(model):
     tok = model.text_tokenizer
-    for task, i in model.output_token_ids.items():
+    for task, i in model.outputs.token_ids.items():
         assert tok(f"<{task}>", add_special_tokens=False).input_ids == [i]
 
 
@@ -50,8 +60,69 @@ def test_two_seg_tokens_give_two_masks_at_the_input_resolution(model):
     assert reply.images == []
 
 
+class EmitAt:
+    """A logits processor that makes row b emit `token` at the steps in `steps[b]`."""
+
+    def __init__(self, token, steps):
+        self.token, self.steps = token, steps
+
+    def __call__(self, input_ids, scores):
+        t = input_ids.shape[1]
+        for b, at in enumerate(self.steps):
+            if t in at:
+                scores[b] = float("-inf")
+                scores[b, self.token] = 0
+            else:
+                scores[b, self.token] = float("-inf")
+        return scores
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_masks_from_generates_states_equal_masks_from_a_second_pass(model, monkeypatch, use_cache):
+    """A left-padded batch of two: one <seg> mid-reply, one as the reply's last token (at
+    max_new_tokens, a state generate never computed); a second full pass over prompt +
+    reply, as chat once ran, gives the same states and masks."""
+    from transformers import LogitsProcessorList
+
+    from onellm import outputs
+
+    seg = model.outputs.token_ids["seg"]
+    seen = {}
+    real = outputs.attach_outputs
+
+    def spy(m, replies, out, prompt_embeds, attention_mask, samples):
+        seen.update(out=out, embeds=prompt_embeds, mask=attention_mask)
+        return real(m, replies, out, prompt_embeds, attention_mask, samples)
+
+    monkeypatch.setattr(outputs, "attach_outputs", spy)
+    images = [image(), image(32, 24)]
+    force = LogitsProcessorList([EmitAt(seg, [{1}, {4}])])
+    replies = model.chat([images[0], images[1]], modality="image",
+                         prompt="segment it",
+                         max_new_tokens=5, logits_processor=force, stop_strings=None,
+                         eos_token_id=None, use_cache=use_cache)  # fmt: skip
+    assert [r.token_ids.count(seg) for r in replies] == [1, 1]
+    out, mask = seen["out"], seen["mask"]
+    ids = torch.cat([torch.zeros_like(mask), out.sequences], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(out.sequences)], dim=1)
+    embeds = torch.cat([seen["embeds"], model.llm.get_input_embeddings()(out.sequences)], dim=1)
+    with torch.no_grad():
+        hidden = model.llm(inputs_embeds=embeds, attention_mask=full_mask,
+                           position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
+                           output_hidden_states=True, use_cache=False).hidden_states[-1]  # fmt: skip
+        want = outputs.generated_states(model, out, seen["embeds"], mask)
+        ours = hidden[:, mask.shape[1] :]
+        where = out.sequences == seg
+        torch.testing.assert_close(want[where], ours[where], rtol=1e-4, atol=1e-5)
+        pixels = [model.modalities["image"].pixels(x) for x in images]
+        again = model.outputs.reply(ids, hidden, model.llm.get_input_embeddings()(ids), pixels)
+    for reply, fields in zip(replies, again, strict=True):
+        assert len(reply.masks) == 1
+        assert torch.equal(reply.masks[0], fields["masks"][0])
+
+
 def test_typed_seg_text_does_not_trigger_the_decoder(model):
-    bad = [[i] for i in model.output_token_ids.values()]
+    bad = [[i] for i in model.outputs.token_ids.values()]
     reply = model.chat(image(), modality="image", prompt="<seg> <seg> please", max_new_tokens=3,
                        bad_words_ids=bad, stop_strings=None)  # fmt: skip
     assert reply.masks == [] and reply.images == []
@@ -67,17 +138,18 @@ def test_a_group_of_gen_tokens_gives_one_image(model):
 def test_seg_states_reach_the_mask_decoder_with_gradients_to_the_output_experts(model):
     model.zero_grad(set_to_none=True)
     tok = model.text_tokenizer
-    seg = model.output_token_ids["seg"]
+    seg = model.outputs.token_ids["seg"]
     ids = torch.tensor([[tok.bos_token_id, 30, 40, seg, 50, seg]])
-    hidden, embeds = last_hidden(model, ids, None, {})
-    prompts, where = seg_prompts(model, ids, hidden, embeds)
+    hidden, embeds = last_hidden(model, ids)
+    expert = model.outputs["seg"]
+    prompts, where = expert.prompts(ids, hidden, embeds)
     assert prompts.shape == (2, 32) and where.tolist() == [0, 0]
     pixels = torch.rand(3, 40, 48)
-    (logits,) = seg_mask_logits(model, prompts, where, [pixels])
+    (logits,) = expert.mask_logits(prompts, where, [pixels])
     assert logits.shape == (2, 40, 48)
     mask_loss(logits, torch.rand(2, 40, 48) > 0.5).backward()
-    assert all(p.grad is not None for p in model.heads["seg"].parameters())
-    assert all(p.grad is None for p in model.decoders["seg"].sam.image_encoder.parameters())
+    assert all(p.grad is not None for p in expert.head.parameters())
+    assert all(p.grad is None for p in expert.decoder.sam.image_encoder.parameters())
     assert all(p.grad is None for p in model.llm.parameters())  # frozen LLM
     model.zero_grad(set_to_none=True)
 
@@ -85,12 +157,9 @@ def test_seg_states_reach_the_mask_decoder_with_gradients_to_the_output_experts(
 def test_a_model_with_outputs_saves_and_loads(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
     back = OneLLM.from_pretrained(tmp_path / "m").eval()
-    assert back.output_token_ids == model.output_token_ids
-    for (n, a), (_, b) in zip(
-        model.heads.state_dict().items(), back.heads.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), n
-    sd_a, sd_b = model.decoders.state_dict(), back.decoders.state_dict()
+    assert back.outputs.token_ids == model.outputs.token_ids
+    sd_a, sd_b = model.outputs.state_dict(), back.outputs.state_dict()
+    assert sd_a.keys() == sd_b.keys() and any(k.startswith("seg.head.") for k in sd_a)
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
@@ -105,7 +174,7 @@ def test_a_short_decoder_stage_lowers_both_decoder_losses(tmp_path):
         f"init_from={tmp_path / 'base'}", f"output_dir={tmp_path / 'run'}", "steps=24",
         "batch_size=4", "log_every=1", "eval.samples=2", "eval.modalities=[image]",
         "data.seg.pool=16", "data.gen.pool=16", "data.image.weight=0", "data.audio.weight=0",
-        "trainable=[heads.*, decoders.seg.sam.mask_decoder.*, decoders.gen.unet.*]",
+        "trainable=[outputs.*.head.*, outputs.seg.decoder.sam.mask_decoder.*, outputs.gen.decoder.unet.*]",
         "optimizer.lr=3e-3", "schedule.warmup_steps=2",
     ])  # fmt: skip
     t = Recipe(cfg, quiet=True).setup()
@@ -168,10 +237,11 @@ def test_a_short_decoder_pretraining_trains_both_decoders_and_nothing_else(tmp_p
         losses = [r["loss"] for r in rows if r["event"] == "train" and r["source"] == src]
         assert len(losses) >= 10 and sum(losses[-4:]) < 0.8 * sum(losses[:4]), (src, losses)
     moved = {n for n, p in t.model.named_parameters() if not torch.equal(p, before[n])}
-    for part in ("decoders.seg.sam.image_encoder.", "decoders.seg.text.", "decoders.gen.text.",
-                 "decoders.gen.unet."):  # fmt: skip
+    for part in ("outputs.seg.decoder.sam.image_encoder.", "outputs.seg.decoder.text.",
+                 "outputs.gen.decoder.text.", "outputs.gen.decoder.unet."):  # fmt: skip
         assert any(n.startswith(part) for n in moved), part
-    assert not any(n.startswith(("llm.", "heads.", "encoder.", "projection.")) for n in moved)
+    assert not any(n.startswith(("llm.", "encoder.", "projection.")) for n in moved)
+    assert not any(".head." in n for n in moved)
     final = [r for r in rows if r["event"] == "eval" and r.get("final")][-1]["outputs"]
     for task, key in (
         ("sam", "sam_point_miou"),
@@ -191,13 +261,12 @@ def test_a_point_prompt_lies_in_its_mask():
 
 
 def test_seg_masks_of_a_batch_equal_those_of_each_image_alone(model):
-    from onellm.outputs import seg_mask_logits
-
+    expert = model.outputs["seg"]
     images = [torch.rand(3, 40, 48), None, torch.rand(3, 40, 48)]
-    prompts = torch.randn(3, model.heads["seg"].mix.experts[0][-1].out_features)
+    prompts = torch.randn(3, expert.head.mix.experts[0][-1].out_features)
     where = torch.tensor([0, 2, 2])
-    together = seg_mask_logits(model, prompts, where, images)
-    alone = seg_mask_logits(model, prompts[1:], torch.tensor([0, 0]), images[2:])
+    together = expert.mask_logits(prompts, where, images)
+    alone = expert.mask_logits(prompts[1:], torch.tensor([0, 0]), images[2:])
     assert [m.shape for m in together] == [(1, 40, 48), (0, 0, 0), (2, 40, 48)]
     assert torch.allclose(together[2], alone[0], atol=1e-5)
 
@@ -206,7 +275,6 @@ def test_align_adds_the_l2_from_each_head_to_its_decoders_text_encoder():
     """outputs.<task>.loss.align x MSE(head output, the decoder's text encoder on the named
     phrase) is added to the decoder loss; the text encoders read the LLM's tokenizer."""
     from onellm.data import output_scenes as tasks
-    from onellm.outputs import decoder_loss, gen_conditions
 
     torch.manual_seed(0)
     model = OneLLM.from_config(TINY).eval()
@@ -215,26 +283,27 @@ def test_align_adds_the_l2_from_each_head_to_its_decoders_text_encoder():
     for task, sc in (("seg", seg), ("gen", gen)):
         text = f"### Human: {sc.prompt}\n### Assistant: {sc.answer}"
         ids = torch.tensor([tok(text).input_ids])
-        batch = {"input_ids": ids, "phrases": [sc.phrase]}
+        targets = {"phrases": [sc.phrase]}
         if task == "seg":
-            batch |= {"seg_pixels": [model.modalities["image"].pixels(sc.image)],
-                      "seg_masks": [torch.from_numpy(sc.mask)]}  # fmt: skip
+            targets |= {"pixels": [model.modalities["image"].pixels(sc.image)],
+                        "masks": [torch.from_numpy(sc.mask)]}  # fmt: skip
         else:
-            batch["gen_images"] = torch.from_numpy(sc.target).permute(2, 0, 1)[None].float() / 255
+            targets["images"] = torch.from_numpy(sc.target).permute(2, 0, 1)[None].float() / 255
+        expert = model.outputs[task]
         with torch.no_grad():
             out = model.llm(input_ids=ids, output_hidden_states=True)
             hidden, embeds = out.hidden_states[-1], out.hidden_states[0]
             losses = {}
             for align in (0.0, 2.0):
-                model.config.outputs[task].loss["align"] = align
+                expert.align = align
                 torch.manual_seed(1)  # the same diffusion noise both times
-                losses[align] = decoder_loss(model, task, batch, out, None)
+                losses[align] = expert.loss(ids, hidden, embeds, targets)
             if task == "seg":
-                got = seg_prompts(model, ids, hidden, embeds)[0]
-                want = model.decoders["seg"].text_prompts([sc.phrase])
+                got = expert.prompts(ids, hidden, embeds)[0]
+                want = expert.decoder.text_prompts([sc.phrase])
             else:
-                got = gen_conditions(model, ids, hidden, embeds)[0]
-                want = model.decoders["gen"].caption_states([sc.phrase])
+                got = expert.conditions(ids, hidden, embeds)[0]
+                want = expert.decoder.caption_states([sc.phrase])
         mse = torch.nn.functional.mse_loss(got, want.expand_as(got))
         assert mse > 0
         assert torch.allclose(losses[2.0] - losses[0.0], 2 * mse, rtol=1e-4), task
@@ -242,7 +311,6 @@ def test_align_adds_the_l2_from_each_head_to_its_decoders_text_encoder():
 
 def test_a_gen_head_whose_queries_do_not_match_the_text_encoder_is_a_clear_error():
     from onellm.errors import ConfigError
-    from onellm.outputs import decoder_loss
 
     cfg = yaml.safe_load(TINY.read_text())
     cfg["outputs"]["gen"]["head"]["num_queries"] = 5
@@ -250,9 +318,9 @@ def test_a_gen_head_whose_queries_do_not_match_the_text_encoder_is_a_clear_error
     sc_ids = model.text_tokenizer("### Human: draw a red circle\n### Assistant: " + "<gen>" * 4)
     ids = torch.tensor([sc_ids.input_ids])
     out = model.llm(input_ids=ids, output_hidden_states=True)
-    batch = {"input_ids": ids, "phrases": ["a red circle"], "gen_images": torch.zeros(1, 3, 32, 32)}
+    targets = {"phrases": ["a red circle"], "images": torch.zeros(1, 3, 32, 32)}
     with pytest.raises(ConfigError, match="num_queries to 8"):
-        decoder_loss(model, "gen", batch, out, None)
+        model.outputs["gen"].loss(ids, out.hidden_states[-1], out.hidden_states[0], targets)
 
 
 def test_output_tokens_train_only_their_own_embedding_and_lm_head_rows(tmp_path):
@@ -274,7 +342,7 @@ def test_output_tokens_train_only_their_own_embedding_and_lm_head_rows(tmp_path)
     before = [w.detach().clone() for w in tables]
     t.train()
     t.save()
-    ids = sorted(t.model.output_token_ids.values())
+    ids = sorted(t.model.outputs.token_ids.values())
     for w, b in zip(tables, before, strict=True):
         changed = (w.detach() != b).any(-1).nonzero().flatten().tolist()
         assert changed == ids

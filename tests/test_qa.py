@@ -57,10 +57,11 @@ def test_a_manifests_conversations_are_asked_turn_by_turn(tiny_model, monkeypatc
              {"modality": "image", "input": "dark.png", "caption": "captions are not questions"},
              {"modality": "audio", "input": "dark.png", "conversations": conv("dark")}]  # fmt: skip
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    asked = answering(tiny_model, monkeypatch, right={"Is it bright?"})
+    asked = answering(tiny_model, monkeypatch, right={"<image>\nIs it bright?"})
     r = evaluate_qa(tiny_model, "image", data=str(tmp_path / "m.jsonl"))
-    assert sorted(asked) == [("And its shade?", 2), ("Is it bright?", 2)]  # one batch per question
-    assert r["by_question"] == {"Is it bright?": {"correct": 2, "n": 2},
+    # one batch per question; the image goes where the question names <image>, as in training
+    assert sorted(asked) == [("<image>\nIs it bright?", 2), ("And its shade?", 2)]
+    assert r["by_question"] == {"<image>\nIs it bright?": {"correct": 2, "n": 2},
                                 "And its shade?": {"correct": 0, "n": 2}}  # fmt: skip
     assert r["qa_accuracy"] == 0.5
 

@@ -53,7 +53,7 @@ def test_chat_prompts_keep_placeholders_and_not_typed_special_tokens():
     model = OneLLM.from_config(TINY)
     tok = model.text_tokenizer
     seg = add_special_tokens(tok, model.llm, ["<seg>"])["<seg>"]
-    ids = prompt_ids(model, "segment the <seg> red <image> circle", ["image"])
+    ids = prompt_ids(model, [("segment the <seg> red <image> circle", False)], ["image"])
     assert seg not in ids
-    assert ids.count(model.placeholder_ids["image"]) == model.block_len
+    assert ids.count(model.layout.placeholder_ids["image"]) == model.layout.block_len
     assert ids[0] == tok.bos_token_id

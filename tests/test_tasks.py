@@ -18,7 +18,7 @@ from tests.conftest import ROOT, TINY
 SOURCES = {"lm": "{task: lm}", "clip": "{task: clip, modality: image}", "caption": "{task: caption, modality: image}",
            "instruct": "{task: instruct, modality: audio}", "sam": "{task: sam, modality: image}",
            "t2i": "{task: t2i}", "seg": "{task: seg, modality: image}", "gen": "{task: gen}"}  # fmt: skip
-EVERYTHING = "[projection.*, tokenizers.*, heads.*, decoders.*, llm.*, encoder.*]"
+EVERYTHING = "[projection.*, tokenizers.*, outputs.*, llm.*, encoder.*]"
 
 
 def stage(tmp_path, data: str, *extra: str):
@@ -44,7 +44,7 @@ def test_task_contract(recipe, name):
     task, src = TASKS.get(name), recipe.sources[name]
     assert isinstance(task, Task) and task.name == name and src.task is task
     assert all(isinstance(m, str) for m in task.metrics)
-    assert task.output is None or task.output in recipe.model.output_token_ids
+    assert task.output is None or task.output in recipe.model.outputs.token_ids
     assert (src.modality is None) == (task.text_only and src.cfg.modality is None)
     # examples depend on the position alone
     a, b = src[3], src[3]

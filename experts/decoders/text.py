@@ -7,11 +7,13 @@ tiny decoders have no released encoder, so each can carry a small CLIP text towe
 pretrained with its decoder (stage 5a: caption -> image for the UNet; phrase -> mask for
 SAM, as the SAM paper's text prompts), then frozen: stage 5 aligns the heads to it.
 
-The tiny tower reads the LLM's own tokenizer (the words of the shapes world); the model
-binds it at build time (`tokenizer` is not a parameter and is not saved with the decoder).
+The tiny tower reads the LLM's own tokenizer (the words of the shapes world), given at
+construction (`tokenizer` is not a parameter and is not saved with the decoder).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +26,7 @@ class CaptionEncoder(nn.Module):
     """Texts -> (B, length, out_dim) token states (padded to `length`), or their masked mean."""
 
     def __init__(self, *, vocab_size: int, out_dim: int, width: int = 64, layers: int = 2,
-                 length: int = 8, token_std: float = 1.0) -> None:  # fmt: skip
+                 length: int = 8, token_std: float = 1.0, tokenizer: Any = None) -> None:  # fmt: skip
         super().__init__()
         cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width,
                              num_hidden_layers=layers, num_attention_heads=max(1, width // 32),
@@ -38,11 +40,11 @@ class CaptionEncoder(nn.Module):
         nn.init.normal_(self.model.get_input_embeddings().weight, std=token_std)
         self.proj = nn.Linear(width, out_dim)
         self.length = length
-        self.tokenizer = None  # bound by OneLLM: the LLM's text tokenizer
+        self.tokenizer = tokenizer  # the LLM's text tokenizer (not a parameter, not saved)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer is None:
-            raise ConfigError("caption encoder: no tokenizer bound (build it through OneLLM)")
+            raise ConfigError("caption encoder: no tokenizer given (build it through OneLLM)")
         t = self.tokenizer(list(texts), padding="max_length", max_length=self.length,
                            truncation=True, add_special_tokens=False, return_tensors="pt")  # fmt: skip
         device = self.proj.weight.device

@@ -141,7 +141,7 @@ def build(model: Any, source: Any, folder: Path, *, batch_size: int = 64, worker
     try:
         for x in tqdm(loader, desc=f"features {key}", unit="batch", disable=quiet):
             with autocast(model.device, precision):  # as the uncached stage runs CLIP
-                rows += model._features(x.to(model.device, model.dtype), key).cpu().unbind(0)
+                rows += model.features(x.to(model.device, model.dtype), key).cpu().unbind(0)
             while len(rows) >= ROWS:
                 _save(folder, shard, rows[:ROWS])
                 rows, shard = rows[ROWS:], shard + 1

@@ -4,6 +4,11 @@
     {"modality": "image", "input": "img/1.png", "conversations": [
         {"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "a cat"}]}
     {"modality": "depth", "input": {"rgb": "a.png", "depth": "a_depth.png"}, "caption": "..."}
+    {"inputs": {"image": "a.png", "audio": "a.wav"}, "conversations": [
+        {"from": "human", "value": "<image> <audio> Does the sound match the picture?"}, ...]}
+
+A record with several modalities (`inputs`) places each where its text names `<m>`, else
+first, in the order given (onellm/layout.py), as chat does.
 
 Relative inputs resolve against the manifest's folder. A bad record is an error naming its line.
 
@@ -29,17 +34,24 @@ from onellm.errors import InputError
 
 @dataclass
 class Record:
-    modality: str
+    modality: str  # the first (or only) modality of the record
     input: Any  # a path, or {part: path} for paired inputs (depth/normal with their rgb)
     caption: str | None = None
     turns: list[tuple[str, str]] = field(default_factory=list)
+    more: dict[str, Any] = field(default_factory=dict)  # the other modalities' inputs, in order
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return (self.modality, *self.more)
 
 
 class Manifest:
-    """The records of a JSONL manifest whose modality `keep` accepts (default: all), by
-    position. Holds offsets, never the records; `manifest[i]` parses line i's record."""
+    """The records of a JSONL manifest whose modalities (a tuple) `keep` accepts (default:
+    all), by position. Holds offsets, never the records; `manifest[i]` parses line i's."""
 
-    def __init__(self, path: str | os.PathLike, keep: Callable[[str], bool] | None = None):
+    def __init__(
+        self, path: str | os.PathLike, keep: Callable[[tuple[str, ...]], bool] | None = None
+    ):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(
@@ -52,7 +64,7 @@ class Manifest:
                 if line.strip():
                     raw = _parse(line, self.where(n))
                     try:
-                        wanted = keep is None or keep(raw["modality"])
+                        wanted = keep is None or keep(_modalities(raw))
                     except InputError as e:  # e.g. a modality the model does not have
                         raise InputError(f"manifest {self.where(n)}: {e}") from e
                     if wanted:
@@ -103,27 +115,41 @@ def _parse(line: bytes, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InputError(f"manifest {where}: expected a JSON object, got {type(raw).__name__}")
     if "inputs" in raw:
-        raise InputError(
-            f"manifest {where}: expected one 'modality' and its 'input', got 'inputs' "
-            "(several modalities in one training record are not read yet; chat takes them)"
-        )
-    if not isinstance(raw.get("modality"), str) or not raw["modality"]:
-        raise InputError(
-            f"manifest {where}: expected a string 'modality', got {raw.get('modality')!r}"
-        )
-    value = raw.get("input")
+        inputs = raw["inputs"]
+        if not isinstance(inputs, dict) or not inputs or "modality" in raw or "input" in raw:
+            raise InputError(
+                f"manifest {where}: expected 'inputs' as a dict {{modality: input}} (and no "
+                f"'modality'/'input' beside it), got {inputs!r:.80}"
+            )
+        for name, value in inputs.items():
+            _check_input(value, where, name)
+    else:
+        if not isinstance(raw.get("modality"), str) or not raw["modality"]:
+            raise InputError(
+                f"manifest {where}: expected a string 'modality', got {raw.get('modality')!r}"
+            )
+        _check_input(raw.get("input"), where)
+    fill_text(Record("", None), raw, where)  # its text is checked as it is indexed
+    return raw
+
+
+def _modalities(raw: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(raw["inputs"]) if "inputs" in raw else (raw["modality"],)
+
+
+def _check_input(value: Any, where: str, name: str | None = None) -> None:
+    """An input: a path, or a dict of paths (paired inputs such as rgb + depth)."""
     paired = (
         isinstance(value, dict)
         and value
         and all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items())
     )
     if not paired and (not isinstance(value, str) or not value):
+        field = f"input for {name!r}" if name else "'input'"
         raise InputError(
-            f"manifest {where}: expected a string 'input' or a dict of them "
+            f"manifest {where}: expected a string {field} or a dict of them "
             f'({{"rgb": "a.png", "depth": "a_depth.png"}}), got {value!r}'
         )
-    fill_text(Record(raw["modality"], value), raw, where)  # its text is checked as it is indexed
-    return raw
 
 
 def to_record(raw: dict[str, Any], where: str, root: Path) -> Record:
@@ -137,11 +163,14 @@ def to_record(raw: dict[str, Any], where: str, root: Path) -> Record:
             raise InputError(f"manifest {where}: input {str(source)!r} does not exist")
         return str(source)
 
-    value = raw["input"]
-    inputs = (
-        {k: resolve(v) for k, v in value.items()} if isinstance(value, dict) else resolve(value)
-    )
-    record = Record(modality=raw["modality"], input=inputs)
+    def resolved(value: Any) -> Any:
+        return (
+            {k: resolve(v) for k, v in value.items()} if isinstance(value, dict) else resolve(value)
+        )
+
+    given = raw["inputs"] if "inputs" in raw else {raw["modality"]: raw["input"]}
+    (first, value), *rest = given.items()
+    record = Record(modality=first, input=resolved(value), more={m: resolved(v) for m, v in rest})
     fill_text(record, raw, where)
     return record
 
@@ -171,6 +200,6 @@ def _turns(conv: object, where: str) -> list[tuple[str, str]]:
             raise InputError(
                 f"manifest {where}: turn {i // 2 + 1} must be a 'human' then a 'gpt' message"
             )
-        # the modality placeholder LLaVA writes (<image>) is the block; it goes first anyway
-        turns.append((human["value"].replace("<image>", "").strip(), gpt["value"].strip()))
+        # a placeholder the text names (LLaVA's <image>) is where that block goes (onellm/layout.py)
+        turns.append((human["value"].strip(), gpt["value"].strip()))
     return turns

@@ -7,7 +7,7 @@ over a fixed pool, so a run resumed at step s sees exactly what an uninterrupted
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ class Example:
     targets: dict[str, Any] | None = None  # seg: mask, pixels; gen: image; sam: its parts
     zoom: float | None = None  # clip: the scale this draw shrinks the image by
     features: torch.Tensor | None = None  # (1, S+1, W) universal encoder outputs, if cached
+    more: dict[str, torch.Tensor] = field(default_factory=dict)  # other modalities' inputs
 
 
 class Source:
@@ -43,13 +44,15 @@ class Source:
 
         self.cfg, self.seed, self.model = cfg, seed, model
         self.task = find_task(cfg.task)
-        self.modality = (
-            None
-            if self.task.text_only and cfg.modality is None
-            else model.modality_key(cfg.modality or key)
-        )
+        names = cfg.modality if isinstance(cfg.modality, list) else [cfg.modality or key]
+        text_only = self.task.text_only and cfg.modality is None
+        self.modality = None if text_only else model.modality_key(names[0])
+        # the other modalities each sample holds beside `modality`
+        self.more = [] if text_only else [model.modality_key(m) for m in names[1:]]
+        if len(set(self.more) | {self.modality}) != len(names) and not text_only:
+            raise ConfigError(f"data.{key}.modality: expected distinct modalities, got {names}")
         head = self.task.output
-        if head is not None and head not in model.output_token_ids:
+        if head is not None and head not in model.outputs.token_ids:
             raise ConfigError(
                 f"data.{key}: task {cfg.task} needs outputs.{head} in the model config"
             )
@@ -67,11 +70,20 @@ class Source:
             self._cache = {}
             kinds = [self.modality] if self.modality else list(model.modalities)
             self._kinds = [shapes.modality_instance(k, model) for k in kinds]
+            self._more = [shapes.modality_instance(k, model) for k in self.more]
         elif is_shards(cfg.data):
+            if self.more:
+                raise ConfigError(
+                    f"data.{key}: shards hold one modality per sample; give samples with "
+                    "several modalities as a manifest (`inputs` records)"
+                )
             self.records = Shards(cfg.data, self.modality)
             self.size = len(self.records)
         else:
-            self.records = Manifest(cfg.data, keep=lambda m: model.modality_key(m) == self.modality)
+            wanted = {self.modality, *self.more}
+            self.records = Manifest(
+                cfg.data, keep=lambda mods: {model.modality_key(m) for m in mods} == wanted
+            )
             self.size = len(self.records)
 
     def index(self, position: int) -> int:
@@ -99,18 +111,29 @@ class Source:
         features = self.features[i] if self.features is not None else None
         if self.records is not None:
             r = self.records[i]
-            mod = self.model.modalities[self.modality]
-            x = None
-            if preprocess:
-                with materialised(r.input) as raw:
-                    x = mod.preprocess(raw).unsqueeze(0)
+            inputs = {
+                self.model.modality_key(m): v
+                for m, v in zip(r.modalities, (r.input, *r.more.values()), strict=True)
+            }
+            x = self._preprocess(self.modality, inputs[self.modality]) if preprocess else None
+            more = {m: self._preprocess(m, inputs[m]) for m in self.more}
             return Example(x, r.caption, r.turns, r.input if isinstance(r.input, str) else None,
-                           features=features)  # fmt: skip
+                           features=features, more=more)  # fmt: skip
         mod = self._kinds[i % len(self._kinds)]
         scene, x = rendered(mod, i, self.seed, preprocess=preprocess)
+        if self._more:  # a shapes-world pair: scene i of each modality, described together
+            others = [rendered(m, i, self.seed, preprocess=True) for m in self._more]
+            caption = " and ".join([scene.caption, *(sc.caption for sc, _ in others)])
+            ask = "Describe both." if len(others) == 1 else "Describe them."
+            more = dict(zip(self.more, (y for _, y in others), strict=True))
+            return Example(x, caption, [(ask, caption)], scene.input, features=features, more=more)
         rng = np.random.default_rng([self.seed, i, 7])
         turns = conversation(scene, rng)
         return Example(x, scene.caption, turns, scene.input, features=features)
+
+    def _preprocess(self, key: str, raw: Any) -> torch.Tensor:
+        with materialised(raw) as path:
+            return self.model.modalities[key].preprocess(path).unsqueeze(0)
 
 
 @functools.lru_cache(maxsize=8)

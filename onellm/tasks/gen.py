@@ -27,15 +27,17 @@ class Generate(DecoderTask):
         return gen_example(source, i, turns=True)
 
     def extra(self, batch: dict[str, Any], examples, b) -> dict[str, Any]:
-        batch["phrases"] = [ex.caption for ex in examples]  # the heads' alignment target
-        batch["gen_images"] = torch.stack([ex.targets["image"] for ex in examples])
+        batch["targets"] = {"phrases": [ex.caption for ex in examples],  # the head's L2 target
+                            "images": torch.stack([ex.targets["image"] for ex in examples])}  # fmt: skip
         return batch
 
     def evaluate(self, model, *, samples: int, seed: int) -> dict[str, Any]:
         n = model.config.outputs["gen"].tokens
 
         def score(i: int):
-            sc = scenes.gen_scene(i, "test", seed, size=model.decoders["gen"].image_size, tokens=n)
+            sc = scenes.gen_scene(
+                i, "test", seed, size=model.outputs["gen"].decoder.image_size, tokens=n
+            )
             reply = model.chat(None, prompt=sc.prompt, max_new_tokens=n + 2)
             return ({"gen_color_accuracy": colour_score(reply.images, sc.attrs["colour"])},
                     sc.prompt, reply.text)  # fmt: skip

@@ -46,14 +46,32 @@ class Sam(Task):
         return batch["pixels"].shape[0]
 
     def loss(self, s, batch, items):
-        from onellm.outputs import pretrain_loss
+        """Every shape's mask from a point inside it, plus (with a text encoder) from the
+        phrase naming it, each LISA's mask loss; one image encoding serves all prompts."""
+        from experts.decoders.sam import mask_loss
 
-        return pretrain_loss(s.model, "sam", batch) * self.items(batch) / items, {}
+        expert = s.model.outputs[self.output]
+        decoder, pixels, masks = expert.decoder, batch["pixels"], batch["masks"]
+        emb, size = decoder.encode(pixels)  # once, for every prompt of every image
+        scale = size[0] / pixels.shape[-2]
+        prompt_sets = [[decoder.geometric_prompts(p, None, scale) for p in batch["points"]]]
+        if decoder.text is not None:
+            counts = [len(p) for p in batch["phrases"]]
+            texts = decoder.text_prompts([t for p in batch["phrases"] for t in p])
+            prompt_sets.append([t[:, None, :] for t in texts.split(counts)])
+
+        def mean_loss(sparse: list[torch.Tensor]) -> torch.Tensor:
+            logits = decoder.decode(emb, sparse, size, tuple(pixels.shape[-2:]))
+            per = [mask_loss(lg, m, **expert.weights) for lg, m in zip(logits, masks, strict=True)]
+            return torch.stack(per).mean()
+
+        loss = sum(mean_loss(sparse) for sparse in prompt_sets)
+        return loss * self.items(batch) / items, {}
 
     def evaluate(self, model, *, samples: int, seed: int) -> dict[str, Any]:
         key = pixel_modality(model)
         size = model.modalities[key].input_shape()[-1]
-        decoder = model.decoders["seg"]
+        decoder = model.outputs["seg"].decoder
 
         def score(i: int):
             sc = scenes.seg_scene(i, "test", seed, size=size)

@@ -24,10 +24,12 @@ class DecoderTask(TextTask):
         return True
 
     def loss(self, s, batch, items):
-        from onellm.outputs import decoder_loss
-
         out = self.forward(s, batch, items, output_hidden_states=True)
-        extra = decoder_loss(s.model, self.name, batch, out, self.input_modality(s, batch))
+        expert = s.model.outputs[self.output]
+        hidden, embeds = out.hidden_states[-1], out.hidden_states[0]
+        if not expert.tune_llm:  # the decoder loss trains the head only
+            hidden, embeds = hidden.detach(), embeds.detach()
+        extra = expert.loss(batch["input_ids"], hidden, embeds, batch["targets"])
         # the decoder loss is a mean per micro-batch
         return out.loss + extra / s.grad_accum, {"decoder_loss": float(extra.detach())}
 
@@ -46,9 +48,9 @@ class Segment(DecoderTask):
                        [(sc.prompt, sc.answer)], sc.image, targets)  # fmt: skip
 
     def extra(self, batch: dict[str, Any], examples, b) -> dict[str, Any]:
-        batch["phrases"] = [ex.caption for ex in examples]  # the heads' alignment target
-        batch["seg_masks"] = [ex.targets["mask"] for ex in examples]
-        batch["seg_pixels"] = [ex.targets["pixels"] for ex in examples]
+        batch["targets"] = {"phrases": [ex.caption for ex in examples],  # the head's L2 target
+                            "masks": [ex.targets["mask"] for ex in examples],
+                            "pixels": [ex.targets["pixels"] for ex in examples]}  # fmt: skip
         return batch
 
     def evaluate(self, model, *, samples: int, seed: int) -> dict[str, Any]:

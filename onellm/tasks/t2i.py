@@ -20,7 +20,7 @@ def gen_example(source, i: int, *, turns: bool) -> Example:
     """Training scene i of "draw a {colour} {shape}": the caption is the named phrase, what
     the decoders' text encoders read; the target image in [0, 1] (3, S, S)."""
     m = source.model
-    sc = scenes.gen_scene(i, "train", source.seed, size=m.decoders["gen"].image_size,
+    sc = scenes.gen_scene(i, "train", source.seed, size=m.outputs["gen"].decoder.image_size,
                           tokens=m.config.outputs["gen"].tokens)  # fmt: skip
     image = torch.from_numpy(sc.target).permute(2, 0, 1).float() / 255
     return Example(
@@ -51,12 +51,13 @@ class TextToImage(Task):
         return len(batch["texts"])
 
     def loss(self, s, batch, items):
-        from onellm.outputs import pretrain_loss
-
-        return pretrain_loss(s.model, "t2i", batch) * self.items(batch) / items, {}
+        """The denoising MSE of the target image under the caption's text states."""
+        decoder = s.model.outputs[self.output].decoder
+        loss = decoder.loss(batch["image"], decoder.caption_states(batch["texts"]))
+        return loss * self.items(batch) / items, {}
 
     def evaluate(self, model, *, samples: int, seed: int) -> dict[str, Any]:
-        decoder = model.decoders["gen"]
+        decoder = model.outputs["gen"].decoder
 
         def score(i: int):
             sc = scenes.gen_scene(i, "test", seed, size=decoder.image_size,

@@ -27,24 +27,39 @@ class TextTask(Task):
 
     def collate(self, examples: list[Example], b: Batching) -> list[dict[str, Any]]:
         model = b.model
-        rows = []
+        rows, given = [], []
         for j, ex in enumerate(examples):
             rng = b.rng(j)
             turns = self.use_turns(ex, rng, b)
-            rows.append(tokens(ex, model.text_tokenizer, model.config.chat, rng, use_turns=turns,
-                               lm=self.lm, context_mix=b.cfg.context_mix))  # fmt: skip
+            carried = self.carried(ex, b)
+            rows.append(tokens(ex, model.layout, model.config.chat, rng, use_turns=turns,
+                               lm=self.lm, context_mix=b.cfg.context_mix, given=carried))  # fmt: skip
+            given.append(carried)
         n = max(1, len(examples) // 16) if self.length_grouped else 1
         out = []
         for group in length_groups([len(ids) for ids, _ in rows], n):
             batch = collate([rows[k] for k in group], model.text_tokenizer.pad_token_id or 0)
-            part = [examples[k] for k in group]
-            if b.modality is not None and self.to_llm:
-                if part[0].features is not None:  # the feature cache's encoder outputs
-                    batch["features"] = torch.cat([ex.features for ex in part])
-                else:
-                    batch["inputs"] = torch.cat([ex.input for ex in part])
-            out.append(self.extra(batch, part, b))
+            inputs: dict[str, list] = {}
+            features: dict[str, list] = {}
+            for k in group:  # each modality's inputs in reading order, as the runs stand
+                ex = examples[k]
+                for m in given[k]:
+                    if m == b.modality and ex.features is not None:  # the feature cache's
+                        features.setdefault(m, []).append(ex.features)
+                    else:
+                        inputs.setdefault(m, []).append(ex.input if m == b.modality else ex.more[m])
+            if inputs:
+                batch["inputs"] = {m: torch.cat(xs) for m, xs in inputs.items()}
+            if features:
+                batch["features"] = {m: torch.cat(xs) for m, xs in features.items()}
+            out.append(self.extra(batch, [examples[k] for k in group], b))
         return out
+
+    def carried(self, example: Example, b: Batching) -> list[str]:
+        """The modalities whose inputs this example puts in the LLM's sequence."""
+        if b.modality is None or not self.to_llm:
+            return []
+        return [b.modality, *example.more]
 
     def extra(self, batch: dict[str, Any], examples: list[Example], b: Batching) -> dict[str, Any]:
         """What the task needs beside the token rows (decoder targets)."""
@@ -53,16 +68,9 @@ class TextTask(Task):
     def items(self, batch: dict[str, Any]) -> int:
         return int((batch["labels"][:, 1:] != -100).sum())
 
-    @staticmethod
-    def input_modality(s: Step, batch: dict[str, Any]) -> str | None:
-        """The modality whose input this batch carries into the LLM (None: text only)."""
-        return s.modality if "inputs" in batch or "features" in batch else None
-
     def forward(self, s: Step, batch: dict[str, Any], items: torch.Tensor, **kwargs: Any):
-        modality = self.input_modality(s, batch)
-        return s.model(batch["input_ids"], inputs=batch.get("inputs"), modality=modality,
-                       features=batch.get("features"),
-                       attention_mask=batch["attention_mask"], labels=batch["labels"],
+        return s.model(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                       inputs=batch.get("inputs"), features=batch.get("features"),
                        num_items_in_batch=items, **kwargs)  # fmt: skip
 
     def loss(self, s: Step, batch: dict[str, Any], items: torch.Tensor):

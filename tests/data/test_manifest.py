@@ -32,7 +32,8 @@ def test_records_resolve_relative_paths_and_read_conversations(folder):
     ])  # fmt: skip
     a, b = read_manifest(path)
     assert a.input == str(folder / "img" / "a.png") and a.caption == "a red circle"
-    assert b.turns == [("What is this?", "a red circle"), ("Colour?", "red")]
+    # LLaVA's <image> stays: the block goes where the text names it (onellm/layout.py)
+    assert b.turns == [("<image>\nWhat is this?", "a red circle"), ("Colour?", "red")]
 
 
 @pytest.mark.parametrize(

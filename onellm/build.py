@@ -1,0 +1,126 @@
+"""Building a `OneLLM` from a `ModelConfig`: its parts, its vocabulary, its token layout.
+
+The vocabulary is settled here, before the model exists: each modality's placeholder
+`<m>` and each output's `<task>` token are added to the text tokenizer, and the LLM's
+embeddings grow to fit the output tokens (placeholders are never embedded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from experts.outputs import build_outputs
+from experts.projection import UniversalProjection, llama_ffn_hidden
+from onellm.config import ModelConfig, check_kwargs
+from onellm.devices import DTYPES, resolve_device, resolve_dtype
+from onellm.encoder import UniversalEncoder
+from onellm.layout import TokenLayout
+from onellm.llm import build_llm, build_text_tokenizer
+from onellm.modality import MODALITIES, Modality, find_modality
+from onellm.special_tokens import add_special_tokens
+
+
+def build_modality(
+    name: str, spec: Mapping[str, Any], encoder: UniversalEncoder | None = None
+) -> Modality:
+    """`{type: <registry name>, **kwargs}` (type defaults to `name`) -> a Modality, with
+    sizes left unset taken from the encoder (image-like modalities' `bind`)."""
+    kwargs = dict(spec or {})
+    kind = kwargs.pop("type", name)
+    cls = find_modality(kind, name)
+    check_kwargs(cls, kwargs, f"modalities.{name}")
+    mod = cls(**kwargs)
+    if encoder is not None and hasattr(mod, "bind"):
+        mod.bind(encoder)
+    return mod
+
+
+def embedding_rms(llm: nn.Module) -> float:
+    """The RMS of the LLM's word embeddings: the scale new modality tokens start at."""
+    return float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+
+
+def name_table(modalities: Mapping[str, Modality]) -> dict[str, str]:
+    """Every accepted name (config key, registry type, its aliases) -> config key."""
+    table: dict[str, str] = {}
+    for key, mod in modalities.items():
+        kind = getattr(mod, "name", key)
+        aliases = MODALITIES.aliases(kind) if kind in MODALITIES else []
+        for n in (kind, *aliases):
+            table.setdefault(n, key)
+    table.update({k: k for k in modalities})
+    return table
+
+
+def token_layout(tokenizer, llm, names: Iterable[str], block_len: int,
+                 output_tokens: Iterable[str] = ()) -> TokenLayout:  # fmt: skip
+    """Each modality's placeholder id (`<m>` in the tokenizer, added if new; without a
+    tokenizer, one past the LLM's vocabulary) in a `TokenLayout`."""
+    names = list(names)
+    if tokenizer is None:
+        base = llm.config.vocab_size
+        ids = {key: base + i for i, key in enumerate(names)}
+        return TokenLayout(None, ids, block_len, bos_token_id=llm.config.bos_token_id)
+    new = [f"<{k}>" for k in names if f"<{k}>" not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_tokens(new, special_tokens=True)
+    ids = {key: tokenizer.convert_tokens_to_ids(f"<{key}>") for key in names}
+    return TokenLayout(tokenizer, ids, block_len, output_tokens=list(output_tokens))
+
+
+def build_projection(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> UniversalProjection:
+    p, width = cfg.projection, encoder.width
+    return UniversalProjection(
+        width=width, llm_width=llm.config.hidden_size, num_experts=p.num_experts,
+        layers_per_expert=p.layers_per_expert, num_heads=p.num_heads,
+        num_queries=p.num_queries,
+        ffn_hidden=p.ffn_hidden_size or llama_ffn_hidden(width, p.multiple_of),
+        router_hidden=p.router_hidden_size or 4 * width, router=p.router, norm_eps=p.norm_eps,
+    )  # fmt: skip
+
+
+def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None):
+    """Every part from `cfg`, on `device` (default cpu) in `dtype` (default the config's)."""
+    from onellm.model import OneLLM
+
+    where = resolve_device("cpu" if device is None else device)
+    cfg = dataclasses.replace(cfg, dtype=resolve_dtype(dtype, cfg.dtype, "config: dtype"))
+    torch_dtype = DTYPES[cfg.dtype]
+    encoder = UniversalEncoder.build(cfg.encoder)
+    llm = build_llm(cfg.llm, torch_dtype, where)
+    projection = build_projection(cfg, encoder, llm)
+    modalities, tokenizers = {}, nn.ModuleDict()
+    scale = embedding_rms(llm)
+    for name, spec in cfg.modalities.items():
+        modalities[name] = mod = build_modality(name, spec, encoder)
+        tokenizers[name] = mod.build_tokenizer(encoder=encoder)
+        projection.add_modality(name, output_scale=scale, experts=cfg.projection.routes.get(name))
+    llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
+    tok = build_text_tokenizer(cfg.llm, cfg.chat)
+    # placeholders first, then output tokens: the order the ids of saved runs were given in
+    layout = token_layout(tok, llm, modalities, projection.num_queries + 2)
+    token_ids: dict[str, int] = {}
+    if cfg.outputs and tok is not None:  # without a tokenizer: ids only, no outputs
+        added = add_special_tokens(tok, None, [f"<{t}>" for t in cfg.outputs])
+        token_ids = {t: added[f"<{t}>"] for t in cfg.outputs}
+        layout.output_tokens = list(added)
+    outputs = build_outputs(
+        cfg.outputs if token_ids else {}, llm_width=llm.config.hidden_size,
+        vocab_size=cfg.llm.vocab_size, tokenizer=tok, token_ids=token_ids,
+    )  # fmt: skip
+    if token_ids:  # the LLM grows its tables after the heads drew their random weights
+        add_special_tokens(tok, llm, layout.output_tokens)
+    model = OneLLM(config=cfg, modalities=modalities, tokenizers=tokenizers, encoder=encoder,
+                   projection=projection, llm=llm, text_tokenizer=tok, layout=layout,
+                   outputs=outputs)  # fmt: skip
+    return model.to(where, torch_dtype)
+
+
+def parts_dtype(model: torch.nn.Module) -> str:
+    """The config name of the model's dtype (`float32`, `bfloat16`, ...)."""
+    return next(name for name, d in DTYPES.items() if d == model.dtype)
