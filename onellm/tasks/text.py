@@ -27,12 +27,13 @@ class TextTask(Task):
 
     def collate(self, examples: list[Example], b: Batching) -> list[dict[str, Any]]:
         model = b.model
+        chat = model.config.chat  # derived from the modules on each read: once per batch
         rows, given = [], []
         for j, ex in enumerate(examples):
             rng = b.rng(j)
             turns = self.use_turns(ex, rng, b)
             carried = self.carried(ex, b)
-            rows.append(tokens(ex, model.layout, model.config.chat, rng, use_turns=turns,
+            rows.append(tokens(ex, model.layout, chat, rng, use_turns=turns,
                                lm=self.lm, context_mix=b.cfg.context_mix, given=carried))  # fmt: skip
             given.append(carried)
         n = max(1, len(examples) // 16) if self.length_grouped else 1
