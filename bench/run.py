@@ -6,7 +6,8 @@ Rows: (a) the alignment step at the size of the OneLLM conformance fixture, as t
 OneLLM code computes it (bench/onellm_layout.py: its step re-stated on our weights; see
 docs/bench-baseline.md) and as we do; (b) the same step at the 'small' size in fp32 and bf16
 autocast, with MFU against the peak matmul rate measured in the same process; (c)
-`model.chat` against bare `generate` on the tiny and small configs; (d-f) data at scale
+`model.chat` against bare `generate` on the tiny and small configs, and a chat that answers
+with `<seg>` (mask included) against the same chat without output experts; (d-f) data at scale
 (bench/data.py, bench/align.py): decoding with 0 and 2 workers, memory over a 200,000-record
 manifest, the alignment workload against OneLLM's pipeline.
 """
@@ -58,6 +59,7 @@ CHATS = [
     ("c. chat tiny", ["--config", "configs/tiny.yaml"]),
     ("c. chat small", ["--config", SMALL, "--tokens", "32", "--runs", "5"]),
 ]
+SEG_CHAT = ("c. <seg> chat small", ["--config", SMALL, "--runs", "9"])  # bench/seg_chat.py
 
 
 def run(module: str, args: list[str]) -> dict:
@@ -73,6 +75,11 @@ def table(rows: list[dict]) -> str:
     head = f"{'benchmark':<36} {'fwd ms':>8} {'fwd+bwd ms':>10} {'samples/s':>9} {'MFU':>5} {'TTFT ms':>8} {'tok/s':>7} {'vs base':>8} {'RSS MB':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        if "with_outputs_ms" in r:  # bench.seg_chat: whole chats, not per-token rates
+            lines.append(f"{r['name']:<36} {r['with_outputs_ms']:.1f} ms vs {r['without_ms']:.1f} "
+                         f"ms without output experts: {r['ratio']:.2f}x (mask decoding "
+                         f"{r['decoder_ms']:.1f} ms; the rest {r['ratio_beside_decoder']:.2f}x)")  # fmt: skip
+            continue
         if "forward_ms" in r:
             cells = (f"{r['forward_ms']:8.1f} {r['forward_backward_ms']:10.1f} "
                      f"{r['samples_per_s']:9.2f} {100 * r['mfu']:4.0f}% {'':>8} {'':>7}")  # fmt: skip
@@ -133,6 +140,8 @@ def main() -> None:
     rows, start = [], time.time()
     jobs = [("bench.step", n, a if "bf16" in a else a + quick) for n, a in STEPS]
     jobs += [("bench.chat", n, a + (["--runs", "3"] if args.quick else [])) for n, a in CHATS]
+    seg_name, seg_args = SEG_CHAT
+    jobs.append(("bench.seg_chat", seg_name, seg_args + (["--runs", "3"] if args.quick else [])))
     base: dict[str, float] = {}
     for module, name, a in tqdm(jobs, desc="benchmarks", unit="bench"):
         r = {"name": name, **run(module, a)}
@@ -144,7 +153,7 @@ def main() -> None:
                 r["vs_base"] = (
                     base.get(key, base.get((r["config"], "fp32"))) / r["forward_backward_ms"]
                 )
-        else:
+        elif module == "bench.chat":
             r["vs_base"] = r["decode_ratio"]
         rows.append(r)
     data = [{"name": n, **run(m, q if args.quick else a)} for n, m, a, q in DATA]

@@ -1,5 +1,5 @@
 """Output experts as one module: per task (`outputs.<task>`), its special token's id, its
-head (experts/output.py), its decoder (experts/decoders/) and its loss weights.
+head (experts/heads.py), its decoder (experts/decoders/) and its loss weights.
 
 Everything here takes tensors, never the model: token ids (B, L), the LLM's last-layer
 states and input embeddings at those positions (B, L, D), and the decoder's targets. The
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experts.output import OUTPUT_HEADS, token_states
+from experts.heads import OUTPUT_HEADS, token_states
 from onellm.config import OutputConfig, check_kwargs
 from onellm.errors import ConfigError
 

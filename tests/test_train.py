@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from onellm.data.loader import choose_source
-from onellm.errors import ConfigError
+from onellm.errors import ConfigError, InputError
 from onellm.stage import load_stage
 from onellm.tasks import Step
 from onellm.train import Recipe, read_metrics
@@ -203,3 +203,30 @@ def test_length_grouped_micro_batches_give_the_whole_batch_gradient(tmp_path, mo
         assert ours.keys() == theirs.keys() and ours
         for n in ours:
             torch.testing.assert_close(ours[n], theirs[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_a_two_modality_source_trains_and_its_placeholder_runs_are_checked(tmp_path):
+    cfg = short(tmp_path, "steps=30", "optimizer.lr=3e-3", "eval.modalities=[]",
+                "data={pair: {modality: [image, audio], task: caption, pool: 32}}")  # fmt: skip
+    t = Recipe(cfg, quiet=True).setup()
+    (batch,) = t.micro_batches(0, "pair")
+    layout, n = t.model.layout, cfg.batch_size
+    assert list(batch["inputs"]) == ["image", "audio"]  # reading order
+    assert [x.shape[0] for x in batch["inputs"].values()] == [n, n]
+    for ids in batch["input_ids"].tolist():  # one run each, the image's before the audio's
+        runs = [(ids.index(layout.placeholder_ids[m]), ids.count(layout.placeholder_ids[m]))
+                for m in ("image", "audio")]  # fmt: skip
+        assert [c for _, c in runs] == [layout.block_len] * 2 and runs[0][0] < runs[1][0]
+    runs = torch.isin(batch["input_ids"], torch.tensor(list(layout.placeholder_ids.values())))
+    assert (batch["labels"][runs] == -100).all()
+    with pytest.raises(InputError, match=r"^audio: expected an input for its placeholder"):
+        t.model(batch["input_ids"], inputs={"image": batch["inputs"]["image"]})
+    with pytest.raises(InputError, match=rf"^audio: expected {n} input\(s\) .* got {n - 1}"):
+        t.model(batch["input_ids"], inputs={**batch["inputs"], "audio": batch["inputs"]["audio"][1:]})  # fmt: skip
+    audio = t.model.projection.queries["audio"].detach().clone()
+    first = [t.train_step(s)["loss"] for s in range(3)]
+    t.step = 3
+    t.train()
+    losses = [r["loss"] for r in read_metrics(cfg.output_dir) if r["event"] == "train"]
+    assert sum(losses[-5:]) / 5 < 0.93 * sum(first) / 3, losses
+    assert not torch.equal(t.model.projection.queries["audio"], audio)  # the sound was read

@@ -282,3 +282,37 @@ def test_the_cache_is_built_under_the_stages_autocast(tmp_path):
                      f"feature_cache={tmp_path / 'f'}"))  # fmt: skip
     assert len(list((tmp_path / "f").iterdir())) == 2  # precision is in the fingerprint
     assert fp32.sources["image"].features is not None
+
+
+def test_a_manifest_record_with_two_inputs_is_laid_out_where_its_text_names_them(tmp_path):
+    import wave
+
+    lines = []
+    scenes = [shapes.sample(m, 4, split="train", seed=1) for m in ("image", "audio")]
+    for i, (img, snd) in enumerate(zip(*scenes, strict=True)):
+        Image.fromarray(img.input).save(tmp_path / f"{i}.png")
+        with wave.open(str(tmp_path / f"{i}.wav"), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+            w.writeframes((snd.input * 32767).astype("<i2").tobytes())
+        ask = "Here is <audio>. Does it match <image>?" if i % 2 else "Describe both."
+        lines.append({"inputs": {"image": f"{i}.png", "audio": f"{i}.wav"}, "conversations": [
+            {"from": "human", "value": ask}, {"from": "gpt", "value": f"{img.caption}, {snd.caption}"}]})  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    pair = f"{{modality: [image, audio], task: instruct, caption_mix: 0, data: {path}}}"
+    cfg = load_stage(STAGE1, ["init_from=configs/tiny.yaml", f"output_dir={tmp_path / 'run'}", "steps=2",
+                              "batch_size=4", "log_every=1", "eval.modalities=[]", f"data={{pair: {pair}}}"])  # fmt: skip
+    r = Recipe(cfg, quiet=True).setup()
+    (batch,) = r.micro_batches(0, "pair")
+    layout = r.model.layout
+    image, audio = (layout.placeholder_ids[m] for m in ("image", "audio"))
+    order = [r.data.sources["pair"].index(p) for p in range(4)]
+    for k, ids in zip(order, batch["input_ids"].tolist(), strict=True):
+        at = {m: ids.index(i) for m, i in (("image", image), ("audio", audio))}
+        assert ids.count(image) == ids.count(audio) == layout.block_len
+        assert (at["audio"] < at["image"]) == bool(k % 2), (k, at)  # where the text puts them
+        assert at["image" if k % 2 else "audio"] > 1  # inside the text, not after BOS
+    wav = r.model.preprocess(str(tmp_path / f"{order[0]}.wav"), "audio")
+    torch.testing.assert_close(batch["inputs"]["audio"][0], wav[0])
+    r.train()
+    assert len(losses(tmp_path / "run")) == 2

@@ -2,7 +2,7 @@
 
 import torch
 
-from experts.output import OUTPUT_HEADS, GenHead, SegHead, token_states
+from experts.heads import OUTPUT_HEADS, GenHead, SegHead, token_states
 
 
 def test_token_states_picks_each_special_token_in_reading_order():
