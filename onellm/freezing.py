@@ -1,5 +1,6 @@
 """What trains in a stage: freeze everything, unfreeze the parameters a stage's
-`trainable` globs name (OpenFlamingo's explicit freezing), and group them by learning rate.
+`trainable` globs name (OpenFlamingo's explicit freezing); learning-rate groups are in
+onellm/optim.py.
 
 Keywords beside the globs: `@added` (what `add_modality` created) and `@output_tokens`
 (the <seg>/<gen> rows of the LLM's embedding and lm_head tables, as LISA trains them).
@@ -71,21 +72,3 @@ def apply_trainable(
     for p, keep in rows.values():  # only the output tokens' rows of these tables move
         p.register_hook(lambda g, keep=keep: g * keep.to(g.dtype))
     return counts
-
-
-def param_groups(root: nn.Module, lr: float, scales: dict[str, float]) -> list[dict[str, Any]]:
-    """Trainable parameters grouped by the first `lr_scale` glob their name matches."""
-    groups: dict[float, list[nn.Parameter]] = {}
-    for name, p in root.named_parameters():
-        if p.requires_grad:
-            bare = name.removeprefix("model.")
-            scale = next(
-                (
-                    s
-                    for pat, s in scales.items()
-                    if fnmatch.fnmatchcase(bare, pat) or fnmatch.fnmatchcase(name, pat)
-                ),
-                1.0,
-            )
-            groups.setdefault(scale, []).append(p)
-    return [{"params": ps, "lr": lr * s} for s, ps in groups.items()]

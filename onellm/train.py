@@ -14,7 +14,6 @@ samples) and divided by the global count, so N processes match one with the same
 from __future__ import annotations
 
 import json
-import math
 import resource
 import sys
 import time
@@ -31,12 +30,13 @@ from onellm.data.loader import StepBatches, step_loader, steps
 from onellm.data.sources import Source
 from onellm.devices import PRECISIONS, autocast, grad_scaler, move
 from onellm.errors import ConfigError, InputError
-from onellm.evaluate import evaluate, evaluate_qa
-from onellm.freezing import apply_trainable, param_groups
+from onellm.evaluate import StageEval
+from onellm.freezing import apply_trainable
 from onellm.model import OneLLM
+from onellm.optim import optimizer
 from onellm.run_state import RunFiles, TrainState
 from onellm.stage import StageConfig
-from onellm.tasks import TASKS, Step, output_tasks
+from onellm.tasks import Step
 
 
 def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[str]]:
@@ -72,18 +72,6 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes there, KB here
 
 
-def lr_lambda(cfg: StageConfig):
-    warm, total, floor = cfg.schedule.warmup_steps, cfg.steps, cfg.schedule.min_lr_ratio
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 class Recipe:
     """One stage of training. `Recipe(cfg).setup()`, then `train()`, `save()`, `cleanup()`
     (or `train(cfg)`, which runs all four)."""
@@ -102,6 +90,7 @@ class Recipe:
         self.model, added = prepare_model(cfg, self.device)
         self.sources = {k: Source(self.model, k, s, cfg.seed) for k, s in cfg.data.items()}
         self.data = StepBatches(cfg, self.sources, self.model, rank=self.d.rank, world=self.d.world)
+        self.held_out = StageEval(cfg, self.sources, self.model)
         tasks = {s.task.name: s.task for s in self.sources.values()}  # each task once
         self.aux = nn.ModuleDict(
             {n: m for t in tasks.values() for n, m in t.aux(self.model).items()}
@@ -131,12 +120,7 @@ class Recipe:
             self.model.projection.experts.compile()
         # the optimiser
         self.params = [p for p in self.root.parameters() if p.requires_grad]
-        o = cfg.optimizer
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.root, o.lr, o.lr_scale), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-            weight_decay=o.weight_decay,
-        )  # fmt: skip
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.optimizer, self.scheduler = optimizer(self.root, cfg)
         self.scaler = grad_scaler(self.device, cfg.precision, self.d.world)
         self.state = TrainState(cfg.name, self.root, self.optimizer, self.scheduler, self.scaler)
         # the run's files; a resume restores the state and the step
@@ -232,50 +216,17 @@ class Recipe:
                 and not last
                 and self.d.world == 1
             ):
-                self.files.log({"event": "eval", "step": self.step, **self.run_eval()})
+                self.files.log({"event": "eval", "step": self.step, **self.held_out(self.model)})
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not last:
                 self.files.checkpoint(self.state, self.step)
         bar.close()
-
-    # ------------------------------------------------------------------ held-out metrics
-    def eval_modalities(self) -> list[str]:
-        if self.cfg.eval.modalities is not None:
-            return [self.model.modality_key(m) for m in self.cfg.eval.modalities]
-        return sorted({s.modality for s in self.sources.values() if s.modality and s.task.captions})
-
-    def output_tasks(self) -> list[str]:
-        """The tasks this stage trains that have a held-out metric of their own."""
-        return sorted({s.task.name for s in self.sources.values()} & set(output_tasks()))
-
-    def run_eval(self, model: Any = None) -> dict[str, Any]:
-        """Held-out metrics and mean routing weights of `model` (default: the one training)."""
-        from onellm.data import shapes
-
-        model = model or self.model
-        e = self.cfg.eval
-        results = {m: evaluate(model, m, samples=e.samples, seed=self.cfg.seed + 1, max_new_tokens=e.max_new_tokens)
-                   for m in self.eval_modalities()}  # fmt: skip
-        routing, per_query = {}, {}
-        for m in results:
-            x = torch.cat([model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=model)])
-            report = model.routing_report(m, x)
-            routing[m], per_query[m] = report["per_expert"], report["per_query"]
-        record = {"results": results, "routing": routing, "routing_per_query": per_query}
-        asked = {s.modality for s in self.sources.values() if s.task.questions}
-        if asked:  # instruction data trains: does it answer what it is asked?
-            record["qa"] = {m: evaluate_qa(model, m, samples=e.samples, seed=self.cfg.seed + 1)
-                            for m in self.eval_modalities() if m in asked}  # fmt: skip
-        if self.output_tasks():
-            record["outputs"] = {t: TASKS.get(t).evaluate(model, samples=e.samples, seed=self.cfg.seed + 1)
-                                 for t in self.output_tasks()}  # fmt: skip
-        return record
 
     # ------------------------------------------------------------------ save, cleanup
     def save(self) -> Path:
         """RUN/final, its held-out evaluation, and the run's plots."""
         twin = lambda: prepare_model(self.cfg, torch.device("cpu"))[0]  # noqa: E731
         final = self.files.save_final(self.state, twin)
-        if self.d.main and (self.eval_modalities() or self.output_tasks()):
+        if self.d.main and self.held_out:
             # under FSDP the training model is sharded; rank 0 evaluates the saved one
             model = (
                 self.model
@@ -283,7 +234,7 @@ class Recipe:
                 else OneLLM.from_pretrained(final, device=self.device)
             )
             self.files.log(
-                {"event": "eval", "step": self.step, "final": True, **self.run_eval(model)}
+                {"event": "eval", "step": self.step, "final": True, **self.held_out(model)}
             )
         if self.d.main:
             self.files.plot()
