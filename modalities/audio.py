@@ -4,16 +4,32 @@ As OneLLM (and AST): mean-removed waveform, 25 ms Hann frames every 10 ms, `mel_
 mel bins, no dither, no energy; padded or cut to `frames`; `(x + 4.2677393) / (2 *
 4.5689974)`. The fbank is transformers' `ASTFeatureExtractor` (the same Kaldi recipe).
 Tokens: a Conv2d patch embed (kernel 16, stride 10) and a learned positional embedding.
+
+Files are read by the library made for each kind, never by hand:
+
+- audio files (.wav .flac .ogg .oga .mp3) by `soundfile`: libsndfile decodes them exactly,
+  with every PCM/float subtype (wav 8/16/24/32-bit int, 32/64-bit float) scaled to [-1, 1];
+- audio inside a container (.mp4 .m4a .mov .mkv .webm .avi .aac .opus) by PyAV (FFmpeg):
+  the first audio stream, whatever its codec (AAC, Opus, Vorbis, MP3, PCM, ...).
+
+Either way channels are averaged to mono and the waveform is resampled to 16 kHz by
+`soxr` (libsoxr's band-limited resampler). Only the first `frames` of audio (plus a
+resampler margin) are decoded, so an hour-long or decompression-bomb file costs what ten
+seconds do. Any unreadable, empty or non-finite input is an `InputError` naming the file.
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
-import wave
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
+import soundfile
+import soxr
 import torch
 from einops import rearrange
 from torch import nn
@@ -26,33 +42,94 @@ from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, ch
 from onellm.positions import sincos_2d, with_class_slot
 
 SAMPLE_RATE = 16000
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3")
+CONTAINER_SUFFIXES = (".mp4", ".m4a", ".mov", ".mkv", ".webm", ".avi", ".aac", ".opus")
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + CONTAINER_SUFFIXES
+MAX_CHANNELS = 8  # a 2-D array is (channels, N) or (N, channels) only if one side is <= this
+RESAMPLER_MARGIN = 0.25  # seconds decoded past what is kept, so the resampler's tail is exact
+WAVEFORM = "a mono waveform (N,) or a (channels, N) / (N, channels) array"
 
 
-def read_wav(name: str, path: Any) -> tuple[np.ndarray, int]:
-    """A PCM .wav file -> (mono float32 waveform in [-1, 1], sample rate)."""
-    p = check_readable(name, as_path(path), (".wav",))
-    try:
-        with wave.open(str(p), "rb") as w:
-            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
-            data = w.readframes(w.getnframes())
-    except (wave.Error, EOFError, OSError) as e:
-        raise InputError(f"{name}: expected a PCM .wav file, got unreadable {str(p)!r}: {e}") from e
-    dtypes = {1: np.uint8, 2: np.int16, 4: np.int32}
-    if width not in dtypes:
-        raise InputError(f"{name}: expected 8/16/32-bit PCM, got {8 * width}-bit in {str(p)!r}")
-    x = np.frombuffer(data, dtype=dtypes[width]).astype(np.float32)
-    x = (x - 128.0) / 128.0 if width == 1 else x / float(2 ** (8 * width - 1))
-    return x.reshape(-1, channels).mean(axis=1), rate
+def read_audio(name: str, path: Any, seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """An audio or video file -> (mono float32 waveform (N,), its sample rate).
+
+    At most the first `seconds` are decoded (all when None).
+    """
+    p = check_readable(name, as_path(path), AUDIO_SUFFIXES)
+    suffix = p.suffix.lower()
+    if suffix in SOUNDFILE_SUFFIXES:
+        what = "a PCM .wav file" if suffix == ".wav" else f"a {suffix} audio file"
+        try:
+            x, rate = _read_soundfile(p, seconds)
+        except (soundfile.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+            raise InputError(f"{name}: expected {what}, got unreadable {p.name!r}: {e}") from e
+    else:
+        what = f"a {suffix} file with an audio stream"
+        try:
+            x, rate = _read_container(name, p, seconds)
+        except (av.error.FFmpegError, OSError, RuntimeError) as e:
+            raise InputError(f"{name}: expected {what}, got unreadable {p.name!r}: {e}") from e
+    if x.size == 0:
+        raise InputError(f"{name}: expected audio samples in {p.name!r}, got an empty stream")
+    if rate <= 0:
+        raise InputError(f"{name}: expected a positive sample rate in {p.name!r}, got {rate}")
+    if not np.isfinite(x).all():
+        raise InputError(f"{name}: expected finite samples in {p.name!r}, got NaN or Inf")
+    return x.mean(axis=0, dtype=np.float32), rate  # (channels, N) -> (N,)
+
+
+def _read_soundfile(p: Path, seconds: float | None) -> tuple[np.ndarray, int]:
+    """(channels, N) float32 in [-1, 1] (floats as stored) and the rate, by libsndfile."""
+    with soundfile.SoundFile(p) as f:
+        frames = -1 if seconds is None else int(np.ceil(seconds * f.samplerate))
+        x = f.read(frames, dtype="float32", always_2d=True)
+        return x.T, f.samplerate
+
+
+def _read_container(name: str, p: Path, seconds: float | None) -> tuple[np.ndarray, int]:
+    """The first audio stream's (channels, N) float32 and rate, by PyAV."""
+    with av.open(str(p)) as container:
+        if not container.streams.audio:
+            raise InputError(f"{name}: expected an audio stream in {p.name!r}, got none")
+        stream = container.streams.audio[0]
+        rate = stream.rate or stream.codec_context.sample_rate
+        limit = None if seconds is None else int(np.ceil(seconds * rate))
+        to_float = av.AudioResampler(format="fltp")  # any sample format -> planar float32
+        chunks, n = [], 0
+        for frame in container.decode(stream):
+            for f in to_float.resample(frame):
+                chunks.append(f.to_ndarray())
+                n += chunks[-1].shape[1]
+            if limit is not None and n >= limit:
+                break
+        else:
+            chunks += [f.to_ndarray() for f in to_float.resample(None)]
+    if not chunks:
+        return np.zeros((1, 0), np.float32), rate
+    x = np.concatenate(chunks, axis=1)
+    return (x if limit is None else x[:, :limit]), rate
 
 
 def resample(x: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling by zero-padding/truncating the spectrum (scipy's `resample`)."""
+    """(N,) at `rate` Hz -> (round(N * target / rate),) float32 at `target` Hz, by soxr (HQ)."""
     if rate == target:
         return x
-    n = max(1, round(len(x) * target / rate))
-    spec = torch.fft.rfft(torch.from_numpy(x).double())
-    out = torch.fft.irfft(spec, n=n) if n >= len(x) else torch.fft.irfft(spec[: n // 2 + 1], n=n)
-    return (out * (n / len(x))).float().numpy()
+    return soxr.resample(x, rate, target).astype(np.float32, copy=False)
+
+
+def as_mono(name: str, raw: Any) -> np.ndarray:
+    """A waveform array (N,), (channels, N) or (N, channels) -> (N,) float32, channels averaged."""
+    wav = as_float_array(name, raw, WAVEFORM).squeeze()
+    if wav.ndim == 2:
+        small = [i for i, n in enumerate(wav.shape) if n <= MAX_CHANNELS]
+        if len(small) == 1:
+            return wav.mean(axis=small[0], dtype=np.float32)
+    if wav.ndim != 1:
+        raise InputError(
+            f"{name}: expected {WAVEFORM} with at most {MAX_CHANNELS} channels, "
+            f"got shape {wav.shape}"
+        )
+    return wav
 
 
 class AudioTokenizer(nn.Module):
@@ -111,16 +188,16 @@ class AudioModality:
         return side(self.mel_bins), side(self.frames)
 
     def preprocess(self, raw: Any, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-        """A .wav path, or a mono waveform (numpy/tensor/list) at `sample_rate` Hz."""
+        """An audio/video file path, or a waveform (numpy/tensor/list) at `sample_rate` Hz:
+        mono (N,), or (channels, N) / (N, channels) with at most 8 channels (averaged)."""
+        keep = self.frames * 160 + 240  # samples at 16 kHz that make exactly `frames` frames
         if as_path(raw) is not None:
-            wav, sample_rate = read_wav(self.name, raw)
+            wav, sample_rate = read_audio(self.name, raw, keep / SAMPLE_RATE + RESAMPLER_MARGIN)
         else:
-            wav = as_float_array(self.name, raw, "a mono waveform (N,)").squeeze()
-            if wav.ndim != 1:
-                raise InputError(
-                    f"{self.name}: expected a mono waveform (N,), got shape {wav.shape}"
-                )
-        wav = resample(wav, sample_rate)
+            wav = as_mono(self.name, raw)
+        # Kaldi fbank removes each frame's DC offset, so keeping only the first `frames`
+        # frames' samples (here and in read_audio) gives the same features as the whole clip
+        wav = resample(wav, sample_rate)[:keep]
         if len(wav) < 400:  # one 25 ms frame
             raise InputError(
                 f"{self.name}: expected at least 25 ms of audio, got {len(wav)} samples"
@@ -128,6 +205,14 @@ class AudioModality:
         wav = wav - wav.mean()
         feats = self._fbank(wav, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_values"]
         return feats[0].T.unsqueeze(0).float()  # (frames, mel) -> (1, mel, frames)
+
+    def is_sample(self, raw: Any) -> bool:
+        """A non-empty list of numbers is one waveform, not a batch (chat's inputs)."""
+        return (
+            isinstance(raw, list)
+            and bool(raw)
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in raw)
+        )
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return AudioTokenizer(

@@ -1,39 +1,89 @@
 """Depth (OneLLM's `rgbd`): an RGB image paired with its depth map drawn as RGB, T = 2 frames.
 
-Raw forms: a pair `(rgb, depth)` or a dict `{"rgb": ..., "depth": ...}`. The depth map is
-a path / PIL / (H, W) array of distances (min-max scaled to [0, 1] and repeated to 3
-channels) or an already-coloured (H, W, 3) image. Both frames are CLIP-transformed.
+Raw forms: a pair `(rgb, depth)` or a dict `{"rgb": ..., "depth": ...}` of paths or arrays
+(from the CLI: `--input rgb.png --input depth.png` or `--input rgb=a.png,depth=b.png`).
+The depth map, in metric scale:
+- a 16-bit PNG / TIFF: integer depth in units of `1 / depth_scale` metres (1000: the
+  millimetres of Kinect, NYU and ScanNet files), read with PIL at full precision;
+- a .npy (H, W) array or an .exr (OpenEXR; its Z, then Y, R or depth channel) in metres;
+- an (H, W) array or tensor of distances.
+Zeros and non-finite values in a file are missing readings: they become the farthest
+valid depth. The metric map is then min-max scaled to [0, 1] per map (near dark, far
+light) and repeated to 3 channels. An 8-bit image (file, PIL, (H, W, 3) array) is taken
+as an already coloured depth image.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from PIL import Image
 
-from modalities.image import ClipPatchTokenizer, ImageModality, clip_transform, to_image_tensor
-from onellm.data.draw import Scene, canvas, paint, shape_mask
-from onellm.data.language import COLOURS, DISTANCES, SHAPES
+from modalities.clip_image import PairedMapInput, open_image, to_image_tensor
 from onellm.errors import InputError
-from onellm.modality import MODALITIES, EncoderInfo, as_float_array
+from onellm.modality import MODALITIES, as_float_array, as_path, check_readable
+
+DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".exr", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def split_pair(name: str, raw: Any, second: str) -> tuple[Any, Any]:
-    """`(rgb, x)` or `{"rgb": .., second: ..}` -> (rgb, x)."""
-    if isinstance(raw, dict) and {"rgb", second} <= set(raw):
-        return raw["rgb"], raw[second]
-    if isinstance(raw, (tuple, list)) and len(raw) == 2:
-        return raw[0], raw[1]
+def read_depth(name: str, path: Path, depth_scale: float = 1000.0) -> np.ndarray | Image.Image:
+    """A depth file -> (H, W) float32 metres, or an 8-bit image taken as coloured depth."""
+    p = check_readable(name, path, DEPTH_SUFFIXES)
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            d = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(
+                f"{name}: expected a .npy depth array, got unreadable {str(p)!r}: {e}"
+            ) from e
+        d = np.squeeze(d)
+    elif suffix == ".exr":
+        d = _read_exr(name, p)
+    else:
+        im = open_image(name, p)
+        if im.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            return im  # 8-bit: a depth image already coloured
+        d = np.asarray(im, dtype=np.float32) / (1.0 if im.mode == "F" else depth_scale)
+    if d.ndim != 2 or min(d.shape) == 0:
+        raise InputError(f"{name}: expected a depth map (H, W) in {str(p)!r}, got shape {d.shape}")
+    if not np.issubdtype(d.dtype, np.number):
+        raise InputError(f"{name}: expected numeric depth in {str(p)!r}, got dtype {d.dtype}")
+    d = d.astype(np.float32)
+    missing = ~np.isfinite(d) | (d <= 0)
+    if missing.all():
+        raise InputError(f"{name}: expected some valid (> 0, finite) depth in {str(p)!r}, got none")
+    d[missing] = d[~missing].max()
+    return d
+
+
+def exr_channels(name: str, p: Path) -> dict[str, np.ndarray]:
+    """An OpenEXR file's channels by name (its pixels as arrays)."""
+    import OpenEXR
+
+    try:
+        return {k: np.asarray(c.pixels) for k, c in OpenEXR.File(str(p)).channels().items()}
+    except (RuntimeError, OSError, ValueError) as e:
+        raise InputError(f"{name}: expected an OpenEXR file, got unreadable {str(p)!r}: {e}") from e
+
+
+def _read_exr(name: str, p: Path) -> np.ndarray:
+    channels = exr_channels(name, p)
+    for key in ("Z", "Y", "R", "depth", "Z.Z", "depth.Z"):
+        if key in channels:
+            return channels[key]
     raise InputError(
-        f"{name}: expected a pair (rgb, {second}) or a dict with keys 'rgb' and '{second}', "
-        f"got {type(raw).__name__}"
+        f"{name}: expected a Z, Y, R or depth channel in {str(p)!r}, got {sorted(channels)}"
     )
 
 
-def depth_to_image(name: str, raw: Any) -> torch.Tensor:
-    """A depth map -> (3, H, W) in [0, 1]: 2-D arrays are min-max scaled, images pass through."""
+def depth_to_image(name: str, raw: Any, depth_scale: float = 1000.0) -> torch.Tensor:
+    """A depth map -> (3, H, W) in [0, 1]: metric maps are min-max scaled, images pass through."""
+    if as_path(raw) is not None:
+        raw = read_depth(name, as_path(raw), depth_scale)
     if isinstance(raw, (np.ndarray, torch.Tensor)) and raw.ndim == 2:
         d = as_float_array(name, raw, "a depth map (H, W)")
         span = float(d.max() - d.min())
@@ -42,25 +92,18 @@ def depth_to_image(name: str, raw: Any) -> torch.Tensor:
     return to_image_tensor(name, raw)
 
 
-class PairedMapModality(ImageModality):
-    """An RGB image and a per-pixel map of the same scene: (2, 3, size, size)."""
+class DepthModality(PairedMapInput):
+    """RGB + depth: (2, 3, size, size). `depth_scale`: integer depth files' units per metre."""
 
     name = "depth"
     second = "depth"
 
-    def input_shape(self) -> tuple[int | None, ...]:
-        return (2, 3, self.size, self.size)
+    def __init__(self, *, size: int | None = None, depth_scale: float = 1000.0) -> None:
+        super().__init__(size=size)
+        self.depth_scale = depth_scale
 
     def map_to_image(self, raw: Any) -> torch.Tensor:
-        return depth_to_image(self.name, raw)
-
-    def preprocess(self, raw: Any) -> torch.Tensor:
-        rgb, other = split_pair(self.name, raw, self.second)
-        frames = [to_image_tensor(self.name, rgb), self.map_to_image(other)]
-        return torch.stack([clip_transform(f, self.size) for f in frames])
-
-    def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
-        return ClipPatchTokenizer()
+        return depth_to_image(self.name, raw, self.depth_scale)
 
     def render_map(
         self, rng: np.random.Generator, mask: np.ndarray, near: bool, size: int
@@ -72,22 +115,5 @@ class PairedMapModality(ImageModality):
         depth[mask] = (1.5 if near else 6.0) + rng.uniform(-0.2, 0.2)
         return depth
 
-    def render(self, rng: np.random.Generator) -> Scene:
-        """A shape near (large, close) or far (small, distant): "a near circle"."""
-        size = self.size or 64
-        shape, colour, distance = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(DISTANCES)
-        near = distance == "near"
-        radius = size * (rng.uniform(0.26, 0.29) if near else rng.uniform(0.18, 0.21))
-        cx, cy = size / 2 + rng.uniform(-4, 4, 2)
-        mask = shape_mask(shape, size, cx, cy, radius)
-        rgb = canvas(rng, size)
-        paint(rgb, mask, colour, rng)
-        return Scene(
-            input={"rgb": rgb, self.second: self.render_map(rng, mask, near, size)},
-            caption=f"a {distance} {shape}",
-            qa=[("Is it near or far?", distance), ("What shape is it?", shape)],
-            attrs={"shape": shape, "distance": distance},
-        )
 
-
-MODALITIES.register("depth", PairedMapModality, aliases=("rgbd",))
+MODALITIES.register("depth", DepthModality, aliases=("rgbd",))

@@ -1,8 +1,9 @@
 """Surface normals (OneLLM's `rgbn`): an RGB image paired with its normal map, T = 2 frames.
 
 Raw forms as for depth: `(rgb, normal)` or `{"rgb": ..., "normal": ...}`. A float
-(H, W, 3) normal map with components in [-1, 1] is mapped to colours by (n + 1) / 2; an
-image (file, PIL, uint8) is taken as already coloured.
+(H, W, 3) normal map with components in [-1, 1] (an array, a .npy, or an .exr's R, G, B
+channels) is mapped to colours by (n + 1) / 2; an 8-bit image (png, jpg, ...; file, PIL,
+uint8 array) is taken as already coloured, the usual (n + 1) / 2 * 255 encoding.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from modalities.depth import PairedMapModality
-from modalities.image import to_image_tensor
-from onellm.modality import MODALITIES, as_float_array
+from modalities.clip_image import PairedMapInput, to_image_tensor
+from onellm.errors import InputError
+from onellm.modality import MODALITIES, as_float_array, as_path, load_array_file
 
 
-class NormalModality(PairedMapModality):
+class NormalModality(PairedMapInput):
+    """RGB + surface normals: (2, 3, size, size)."""
+
     name = "normal"
     second = "normal"
 
@@ -39,6 +42,9 @@ class NormalModality(PairedMapModality):
         return np.clip(n + rng.normal(0, 0.02, n.shape), -1, 1)
 
     def map_to_image(self, raw: Any) -> torch.Tensor:
+        path = as_path(raw)
+        if path is not None and path.suffix.lower() in (".npy", ".npz", ".exr"):
+            raw = read_normals(self.name, path)
         is_float = isinstance(raw, (np.ndarray, torch.Tensor)) and raw.dtype not in (
             np.uint8,
             torch.uint8,
@@ -47,6 +53,22 @@ class NormalModality(PairedMapModality):
             n = as_float_array(self.name, raw, "a normal map (H, W, 3)")
             raw = np.clip((n + 1.0) / 2.0, 0.0, 1.0)
         return to_image_tensor(self.name, raw)
+
+
+def read_normals(name: str, path) -> np.ndarray:
+    """A float normal-map file (.npy, .exr) -> (H, W, 3) float32 components."""
+    if path.suffix.lower() == ".exr":
+        from modalities.depth import exr_channels
+
+        ch = exr_channels(name, path)
+        if "RGB" in ch:  # OpenEXR 3 groups R, G, B into one (H, W, 3) channel
+            return np.asarray(ch["RGB"], dtype=np.float32)
+        if not {"R", "G", "B"} <= set(ch):
+            raise InputError(
+                f"{name}: expected R, G and B channels in {str(path)!r}, got {sorted(ch)}"
+            )
+        return np.stack([ch[k] for k in "RGB"], -1).astype(np.float32)
+    return load_array_file(name, path)
 
 
 MODALITIES.register("normal", NormalModality, aliases=("rgbn",))

@@ -21,14 +21,7 @@ from einops import rearrange
 from PIL import Image, ImageSequence
 from torch import nn
 
-from modalities.image import (
-    IMAGE_SUFFIXES,
-    ClipPatchTokenizer,
-    ImageModality,
-    clip_transform,
-    load_image,
-    to_image_tensor,
-)
+from modalities.clip_image import IMAGE_SUFFIXES, ClipImageInput, ClipPatchTokenizer, open_image
 from onellm.data.draw import Scene, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, MOTIONS, SHAPES
 from onellm.errors import InputError
@@ -51,7 +44,7 @@ def load_frames(name: str, raw: Any) -> list[Any]:
         check_readable(name, path, (".gif", ".npy"))
         if path.suffix.lower() == ".npy":
             return list(np.load(path, allow_pickle=False))
-        load_image(name, path)  # raises a clear error if corrupt
+        open_image(name, path)  # raises a clear error if corrupt
         with Image.open(path) as im:
             return [f.convert("RGB") for f in ImageSequence.Iterator(im)]
     if isinstance(raw, (list, tuple)):
@@ -89,7 +82,7 @@ class MotionPatchTokenizer(ClipPatchTokenizer):
         return tokens + motion
 
 
-class VideoModality(ImageModality):
+class VideoModality(ClipImageInput):
     """`frames` frames of (3, size, size): (frames, 3, size, size)."""
 
     name = "video"
@@ -107,9 +100,7 @@ class VideoModality(ImageModality):
     def preprocess(self, raw: Any) -> torch.Tensor:
         frames = load_frames(self.name, raw)
         idx = np.linspace(0, len(frames) - 1, self.frames).round().astype(int)
-        return torch.stack(
-            [clip_transform(to_image_tensor(self.name, frames[i]), self.size) for i in idx]
-        )
+        return torch.stack([self.image(frames[i]) for i in idx])
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return MotionPatchTokenizer(encoder) if self.motion else ClipPatchTokenizer()

@@ -48,13 +48,18 @@ def normalise_inputs(
         if modality is not None:
             raise InputError(f"{modality}: a modality was named but no input was given")
         return [{}], False
-    batched = isinstance(inputs, list) and not (inputs and _is_scalar_list(inputs))
+    mod = model.modalities[model.modality_key(modality)] if modality is not None else None
+    # a list is a batch, unless the modality reads it as one input (audio: a waveform)
+    one = mod is not None and bool(getattr(mod, "is_sample", None)) and mod.is_sample(inputs)
+    batched = isinstance(inputs, list) and not one
     samples = inputs if batched else [inputs]
     if batched and not samples:
         raise InputError("inputs: expected at least one input in the list, got an empty list")
     out = []
     for raw in samples:
-        if isinstance(raw, Mapping) and not _is_paired_raw(raw):
+        # a dict names modalities, unless modality= is given and its keys are not all
+        # modalities (depth's {"rgb": ..., "depth": ...} is one raw input)
+        if isinstance(raw, Mapping) and (modality is None or set(raw) <= set(model.names)):
             if modality is not None:
                 raise InputError("inputs: a dict names its modalities; drop modality=")
             out.append({model.modality_key(m): v for m, v in raw.items()})
@@ -65,14 +70,6 @@ def normalise_inputs(
                 )
             out.append({model.modality_key(modality): raw})
     return out, batched
-
-
-def _is_scalar_list(x: list) -> bool:
-    return all(isinstance(v, (int, float)) for v in x)  # a waveform given as a list
-
-
-def _is_paired_raw(x: Mapping) -> bool:
-    return "rgb" in x  # depth / normal raw form {"rgb": ..., "depth": ...}
 
 
 def prompt_ids(model: OneLLM, segments: Sequence[Segment], given: Sequence[str]) -> list[int]:

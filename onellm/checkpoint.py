@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from onellm.config import load_config, to_dict
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
     from onellm.model import OneLLM
 
 BASE_PREFIXES = ("encoder.", "llm.")
+
+
+def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a `CheckpointError`
+    naming it (safetensors raises its own SafetensorError or OSError)."""
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path}: expected a complete safetensors file, got a truncated or corrupt one ({e})"
+        ) from e
 
 
 def _is_peft(llm) -> bool:
@@ -123,7 +135,7 @@ def from_pretrained(
         from peft import PeftModel
 
         model.llm = PeftModel.from_pretrained(model.llm, d / "lora", is_trainable=trainable_lora)
-    own = _renamed(load_file(d / "model.safetensors", device=str(model.device)))
+    own = _renamed(read_safetensors(d / "model.safetensors", device=str(model.device)))
     expected = own_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(own)), sorted(set(own) - set(expected))
     if missing or unexpected:

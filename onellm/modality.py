@@ -62,7 +62,8 @@ class Modality(Protocol):
 
     # Optional: `bind(encoder)` fills sizes left unset from the encoder (image-like
     # modalities take its image size); `render(rng) -> Scene` gives synthetic scenes;
-    # `pixels(raw) -> (3, H, W)` in [0, 1] marks an input a `<seg>` mask can be drawn on.
+    # `pixels(raw) -> (3, H, W)` in [0, 1] marks an input a `<seg>` mask can be drawn on;
+    # `is_sample(raw) -> bool` says a list is one input (a waveform), not a batch, in chat.
 
 
 # a modality's placeholder is `<name>`: these names would collide with the tokenizer's own
@@ -89,11 +90,6 @@ def find_modality(kind: str, name: str | None = None) -> type:
     if attr or "." in target:  # pkg.module, module:Class, path/file.py
         module = _import(target, kind)
         return _registered(getattr(module, attr) if attr else module, name or kind, kind)
-    if not any(True for _ in entry_points(group=ENTRY_POINT_GROUP)):
-        import modalities  # noqa: F401  (source tree without installed metadata)
-
-        if kind in MODALITIES:
-            return MODALITIES.get(kind)
     return MODALITIES.get(kind)  # raises RegistryError listing the registered names
 
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from onellm.checkpoint import read_safetensors
 from onellm.distributed import Dist
 from onellm.errors import CheckpointError
 
@@ -113,7 +114,7 @@ class RunFiles:
             raise CheckpointError(
                 f"{ckpt}: belongs to stage {meta.get('stage')!r}, not {state.stage!r}"
             )
-        trainable = load_file(ckpt / "trainable.safetensors")
+        trainable = read_safetensors(ckpt / "trainable.safetensors")
         saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         set_state_dict(state.root, state.optimizer, model_state_dict=trainable,
                        optim_state_dict=saved["optimizer"],

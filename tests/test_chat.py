@@ -231,3 +231,22 @@ def test_bad_chat_input(unchanged, case):
     kwargs, message = BAD[case]
     with pytest.raises(InputError, match=message):
         unchanged.chat(**kwargs)
+
+
+def test_a_modality_says_which_lists_and_dicts_are_one_input(tiny_model):
+    from onellm.chat import normalise_inputs
+
+    wave = [0.1 * np.sin(i / 5) for i in range(16000)]  # a waveform as a list: audio's is_sample
+    samples, batched = normalise_inputs(tiny_model, wave, "audio")
+    assert not batched and samples == [{"audio": wave}]
+    clips = [np.zeros(16000, np.float32), np.ones(16000, np.float32)]
+    samples, batched = normalise_inputs(tiny_model, clips, "audio")
+    assert batched and len(samples) == 2
+    pair = {"rgb": "a.png", "depth": "a_depth.png"}  # keys that are not all modalities: one raw
+    assert normalise_inputs(tiny_model, pair, "rgbd") == ([{"depth": pair}], False)
+    both = {"image": "a.png", "audio": "a.wav"}
+    assert normalise_inputs(tiny_model, both, None) == ([both], False)
+    with pytest.raises(InputError, match="a dict names its modalities; drop modality="):
+        normalise_inputs(tiny_model, both, "image")
+    reply = tiny_model.chat(wave, modality="audio", max_new_tokens=2)
+    assert isinstance(reply, ChatResponse)

@@ -88,3 +88,15 @@ def test_nothing_saved_needs_unpickling(trained, tmp_path):
 def test_loading_something_else_raises(tmp_path):
     with pytest.raises(CheckpointError, match="not a saved onellm model"):
         OneLLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_model_safetensors_is_a_checkpoint_error_naming_it(trained, tmp_path, damage):
+    trained.save_pretrained(tmp_path / "run")
+    path = tmp_path / "run" / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x07" * 64)
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors: expected a complete safetensors"
+    ):
+        OneLLM.from_pretrained(tmp_path / "run")

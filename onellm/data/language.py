@@ -1,5 +1,11 @@
 """The words of the shapes world (DESIGN.md), shared by the renderers, the captions and the
-tiny text tokenizer, so that all three agree."""
+tiny text tokenizer, so that all three agree.
+
+The caption forms are listed here rather than gathered from the registered modalities on
+purpose: the tiny tokenizer is trained on this corpus, and gathering it from the registry
+would make its vocabulary depend on which plug-ins happen to be imported in a process.
+A new modality needs no edit here: words outside the corpus encode as byte-level BPE
+pieces."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from onellm.errors import InputError
-from tests.conftest import random_input
+from tests.conftest import ROOT, random_input
 
 rng = np.random.default_rng(0)
 RAW = {
@@ -65,3 +65,46 @@ def test_unusable_raw_input_names_the_modality(tiny_model, name):
 def test_missing_file_is_an_input_error(tiny_model, tmp_path, name):
     with pytest.raises(InputError, match=f"^{name}: expected .*no such file"):
         tiny_model.modalities[name].preprocess(tmp_path / "missing.npy")
+
+
+def registered():
+    """Every modality the registry can find: the shipped entry points and the thermal
+    plug-in (a file outside the package), as a user's YAML would name it."""
+    from importlib.metadata import entry_points
+
+    from onellm.modality import ENTRY_POINT_GROUP, MODALITIES, find_modality
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+    find_modality(str(ROOT / "examples" / "thermal" / "onellm_thermal.py"), "thermal")
+    return sorted({MODALITIES.canonical(n) for n in MODALITIES.names()})
+
+
+@pytest.fixture(scope="module")
+def every_modality_model():
+    """The tiny model with every registered modality the tiny config does not hold added."""
+    from onellm import OneLLM
+
+    torch.manual_seed(0)
+    model = OneLLM.from_config(ROOT / "configs" / "tiny.yaml").eval()
+    for name in registered():
+        if name not in model.names:
+            model.add_modality(name, {"type": name}, new_experts=0)
+    return model
+
+
+@pytest.mark.parametrize("name", registered())
+def test_every_registered_modality_reads_its_own_scenes(every_modality_model, name):
+    model = every_modality_model
+    mod = model.modalities[model.modality_key(name)]
+    assert hasattr(mod, "render"), f"{name}: the contract needs a synthetic renderer"
+    scene = mod.render(np.random.default_rng(3))
+    x = mod.preprocess(scene.input)
+    want = tuple(x.shape[i] if s is None else s for i, s in enumerate(mod.input_shape()))
+    assert x.dtype == torch.float32 and tuple(x.shape) == want and torch.isfinite(x).all()
+    assert scene.caption and all(q and a for q, a in scene.qa)
+    with torch.no_grad():
+        out = model.encode(x.unsqueeze(0), name)
+    assert out.shape == (1, model.config.projection.num_queries, model.llm.config.hidden_size)
+    with pytest.raises(InputError, match=f"^{mod.name}: expected"):
+        mod.preprocess(object())

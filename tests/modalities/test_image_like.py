@@ -2,8 +2,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modalities.depth import PairedMapModality
-from modalities.image import CLIP_MEAN, CLIP_STD, ImageModality
+from modalities.clip_image import CLIP_MEAN, CLIP_STD
+from modalities.depth import DepthModality
+from modalities.image import ImageModality
 from modalities.normal import NormalModality
 from modalities.video import VideoModality
 
@@ -51,7 +52,7 @@ def test_video_samples_frames_uniformly(tmp_path):
 
 
 def test_depth_is_paired_with_rgb_and_min_max_scaled():
-    m = PairedMapModality(size=28)
+    m = DepthModality(size=28)
     rgb = np.zeros((28, 28, 3), dtype=np.uint8)
     d = np.linspace(2.0, 10.0, 28 * 28).reshape(28, 28)
     out = m.preprocess((rgb, d))

@@ -1,0 +1,219 @@
+"""What every modality that shows CLIP images shares (image, video, depth, normal and
+plug-ins such as thermal): reading image files, OneLLM's CLIP transform, CLIP's own patch
+embedding as the tokenizer, and a size bound to the encoder. A helper module, not a
+modality: nothing here registers.
+
+Image files are read with PIL: EXIF orientation applied, palette and CMYK converted to
+RGB, transparency composited over white (as a page shows it), 16-bit and 32-bit grey
+scaled from their full range (not clipped at 255), and files over `MAX_PIXELS` refused
+before they are decoded (a decompression bomb).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from einops import rearrange
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from onellm.data.draw import Scene, canvas, paint, shape_mask
+from onellm.data.language import COLOURS, DISTANCES, SHAPES
+from onellm.errors import ConfigError, InputError
+from onellm.modality import EncoderInfo, as_path, check_readable
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# 16384 x 16384: above any camera or scan a user chats about, far below what fills memory
+# (PIL's own guard warns at 89 MP and refuses at 179 MP; ours refuses first, clearly)
+MAX_PIXELS = 16384 * 16384
+HIGH_BIT = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+
+
+def open_image(name: str, path: Any) -> Image.Image:
+    """An image file, decoded and upright (EXIF orientation applied), in its own mode;
+    `InputError` for a missing, corrupt or oversized file."""
+    p = check_readable(name, as_path(path))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours is below
+            im = Image.open(p)
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            im.close()
+            raise InputError(
+                f"{name}: expected an image of at most {MAX_PIXELS:,} pixels, got {w} x {h} "
+                f"= {w * h:,} in {str(p)!r}"
+            )
+        with im:
+            im.load()
+            return ImageOps.exif_transpose(im) or im
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # fmt: skip
+        raise InputError(f"{name}: expected an image file, got unreadable {str(p)!r}: {e}") from e
+
+
+def load_image(name: str, path: Any) -> Image.Image:
+    """An image file as an 8-bit RGB PIL image (see `pil_to_tensor` for full precision)."""
+    return TF.to_pil_image(pil_to_tensor(open_image(name, path)))
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    """A PIL image in any mode -> float (3, H, W) in [0, 1]."""
+    if im.mode in HIGH_BIT or im.mode in ("I", "F"):
+        x = np.asarray(im, dtype=np.float32)
+        top = HIGH_BIT.get(im.mode) or (65535.0 if im.mode == "I" and x.max() <= 65535 else None)
+        x = x / top if top else x  # "F" (float) is taken as given, "I" beyond 16 bits as is
+        x = np.clip(x, 0.0, 1.0) if top else x
+        return torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0).expand(3, -1, -1).float()
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        page = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(page, im.convert("RGBA"))
+    return TF.to_dtype(TF.to_image(im.convert("RGB")), torch.float32, scale=True)
+
+
+def to_image_tensor(name: str, raw: Any) -> torch.Tensor:
+    """Path / PIL / numpy (H, W, 3) or (3, H, W) / tensor -> float (3, H, W) in [0, 1].
+
+    uint8 arrays are scaled by 1/255, uint16 by 1/65535; float arrays must already be in
+    [0, 1]. A PIL image given in memory is taken as it stands (no EXIF rotation).
+    """
+    if as_path(raw) is not None:
+        raw = open_image(name, raw)
+    if isinstance(raw, Image.Image):
+        return pil_to_tensor(raw)
+    if isinstance(raw, np.ndarray):
+        if raw.dtype == np.uint16:
+            raw = raw.astype(np.float32) / 65535.0
+        raw = torch.from_numpy(np.ascontiguousarray(raw))
+    if not isinstance(raw, torch.Tensor):
+        raise InputError(
+            f"{name}: expected a file path, PIL image, numpy array or tensor, got {type(raw).__name__}"
+        )
+    x = raw
+    if x.dim() == 2:  # grey
+        x = x.unsqueeze(0).expand(3, -1, -1)
+    if x.dim() == 3 and x.shape[0] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(2, 0, 1)  # HWC -> CHW
+    if x.dim() != 3 or x.shape[0] not in (1, 3) or min(x.shape[1:]) == 0:
+        raise InputError(
+            f"{name}: expected an image of shape (H, W, 3), (3, H, W) or (H, W), got {tuple(raw.shape)}"
+        )
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if not x.is_floating_point():
+        raise InputError(f"{name}: expected uint8, uint16 or float pixels, got dtype {x.dtype}")
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name}: expected finite pixel values, got NaN or Inf")
+    if x.min() < 0 or x.max() > 1:
+        raise InputError(
+            f"{name}: expected float pixels in [0, 1], got range [{x.min():.3g}, {x.max():.3g}]"
+        )
+    return x
+
+
+def clip_transform(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> short side to `size` (bicubic), centre crop, CLIP-normalise."""
+    x = TF.resize(x, [size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    x = TF.center_crop(x, [size, size]).clamp(0, 1)
+    return TF.normalize(x, CLIP_MEAN, CLIP_STD)
+
+
+class ClipPatchTokenizer(nn.Module):
+    """(B, [T,] 3, H, W) -> (B, T, S, W) through the encoder's own patch embedding (no params)."""
+
+    position_embedding = None  # use the encoder's
+
+    def forward(self, x: torch.Tensor, encoder: Any) -> torch.Tensor:
+        if x.dim() == 4:
+            x = x.unsqueeze(1)  # one frame
+        b = x.shape[0]
+        tokens = encoder.patch_embed(rearrange(x, "b t c h w -> (b t) c h w"))
+        return rearrange(tokens, "(b t) s w -> b t s w", b=b)
+
+
+class ClipImageInput:
+    """The part of a modality that shows CLIP images of `size` (the encoder's by default)."""
+
+    name = "image"
+
+    def __init__(self, *, size: int | None = None) -> None:
+        self.size = size
+
+    def bind(self, encoder: EncoderInfo) -> None:
+        """Take sizes left unset from the encoder (called once when the model is built)."""
+        if self.size is None:
+            self.size = encoder.image_size
+        elif self.size != encoder.image_size:
+            raise ConfigError(
+                f"{self.name}: size {self.size} must equal the encoder's image_size {encoder.image_size}"
+            )
+
+    def image(self, raw: Any) -> torch.Tensor:
+        """One raw image -> CLIP-transformed (3, size, size)."""
+        return clip_transform(to_image_tensor(self.name, raw), self.size)
+
+    def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
+        return ClipPatchTokenizer()
+
+
+def split_pair(name: str, raw: Any, second: str) -> tuple[Any, Any]:
+    """`(rgb, x)` or `{"rgb": .., second: ..}` -> (rgb, x) (depth's and normal's raw form)."""
+    if isinstance(raw, dict) and {"rgb", second} <= set(raw):
+        return raw["rgb"], raw[second]
+    if isinstance(raw, (tuple, list)) and len(raw) == 2:
+        return raw[0], raw[1]
+    raise InputError(
+        f"{name}: expected a pair (rgb, {second}) or a dict with keys 'rgb' and '{second}', "
+        f"got {type(raw).__name__}"
+    )
+
+
+class PairedMapInput(ClipImageInput):
+    """An RGB image and a per-pixel map of the same scene (depth, normal): (2, 3, size,
+    size), both CLIP-transformed. Subclasses say how the map becomes an image
+    (`map_to_image`) and draw it for the shapes world (`render_map`)."""
+
+    second = "map"
+
+    def input_shape(self) -> tuple[int | None, ...]:
+        return (2, 3, self.size, self.size)
+
+    def map_to_image(self, raw: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def preprocess(self, raw: Any) -> torch.Tensor:
+        rgb, other = split_pair(self.name, raw, self.second)
+        frames = [to_image_tensor(self.name, rgb), self.map_to_image(other)]
+        return torch.stack([clip_transform(f, self.size) for f in frames])
+
+    def render_map(
+        self, rng: np.random.Generator, mask: np.ndarray, near: bool, size: int
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+    def render(self, rng: np.random.Generator) -> Scene:
+        """A shape near (large, close) or far (small, distant): "a near circle"."""
+        size = self.size or 64
+        shape, colour, distance = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(DISTANCES)
+        near = distance == "near"
+        radius = size * (rng.uniform(0.26, 0.29) if near else rng.uniform(0.18, 0.21))
+        cx, cy = size / 2 + rng.uniform(-4, 4, 2)
+        mask = shape_mask(shape, size, cx, cy, radius)
+        rgb = canvas(rng, size)
+        paint(rgb, mask, colour, rng)
+        return Scene(
+            input={"rgb": rgb, self.second: self.render_map(rng, mask, near, size)},
+            caption=f"a {distance} {shape}",
+            qa=[("Is it near or far?", distance), ("What shape is it?", shape)],
+            attrs={"shape": shape, "distance": distance},
+        )
