@@ -219,6 +219,16 @@ class AudioModality:
             width=encoder.width, grid=self.grid(), kernel=self.kernel, stride=self.stride
         )
 
+    def write(self, raw: Any, stem: Path, sample_rate: int = SAMPLE_RATE) -> Path:
+        """A waveform as a 24-bit FLAC (lossless) at its own rate."""
+        path = Path(stem).with_suffix(".flac")
+        wav = np.clip(as_mono(self.name, raw), -1.0, 1.0)
+        soundfile.write(path, wav, sample_rate, subtype="PCM_24")
+        return path
+
+    def captions(self) -> list[str]:
+        return [f"a {p} {q} tone" for p in PITCHES for q in PATTERNS]
+
     def render(self, rng: np.random.Generator) -> Scene:
         """A tone, low (~400 Hz) or high (~2.4 kHz), steady / rising / falling / beeping."""
         pitch, pattern = rng.choice(PITCHES), rng.choice(PATTERNS)

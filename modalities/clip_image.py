@@ -12,6 +12,7 @@ before they are decoded (a decompression bomb).
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,13 @@ def to_image_tensor(name: str, raw: Any) -> torch.Tensor:
     return x
 
 
+def write_png(name: str, raw: Any, path: Path) -> Path:
+    """A raw image (anything `to_image_tensor` takes) as an 8-bit RGB PNG at `path`."""
+    x = (to_image_tensor(name, raw) * 255).round().to(torch.uint8)
+    TF.to_pil_image(x).save(path)
+    return path
+
+
 def clip_transform(x: torch.Tensor, size: int) -> torch.Tensor:
     """(3, H, W) in [0, 1] -> short side to `size` (bicubic), centre crop, CLIP-normalise."""
     x = TF.resize(x, [size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
@@ -200,6 +208,21 @@ class PairedMapInput(ClipImageInput):
         self, rng: np.random.Generator, mask: np.ndarray, near: bool, size: int
     ) -> np.ndarray:
         raise NotImplementedError
+
+    def write_map(self, raw: Any, stem: Path) -> Path:
+        """The map as the file its users have (a 16-bit depth PNG, an 8-bit normal PNG)."""
+        raise NotImplementedError
+
+    def write(self, raw: Any, stem: Path) -> dict[str, str]:
+        """The pair as two files, `stem`_rgb.png and the map's -> the dict preprocess reads."""
+        rgb, other = split_pair(self.name, raw, self.second)
+        stem = Path(stem)
+        rgb_path = write_png(self.name, rgb, stem.with_name(stem.name + "_rgb.png"))
+        map_path = self.write_map(other, stem.with_name(f"{stem.name}_{self.second}"))
+        return {"rgb": str(rgb_path), self.second: str(map_path)}
+
+    def captions(self) -> list[str]:
+        return [f"a {d} {s}" for d in DISTANCES for s in SHAPES]
 
     def render(self, rng: np.random.Generator) -> Scene:
         """A shape near (large, close) or far (small, distant): "a near circle"."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modalities.clip_image import PairedMapInput, open_image, to_image_tensor
+from modalities.clip_image import PairedMapInput, open_image, to_image_tensor, write_png
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, as_float_array, as_path, check_readable
 
@@ -104,6 +104,16 @@ class DepthModality(PairedMapInput):
 
     def map_to_image(self, raw: Any) -> torch.Tensor:
         return depth_to_image(self.name, raw, self.depth_scale)
+
+    def write_map(self, raw: Any, stem: Path) -> Path:
+        """Metric depth as a 16-bit PNG in units of 1 / depth_scale m (millimetres), as
+        Kinect, NYU and ScanNet write it; an 8-bit depth image as an 8-bit PNG."""
+        path = Path(stem).with_suffix(".png")
+        if isinstance(raw, (np.ndarray, torch.Tensor)) and raw.ndim == 2:
+            d = as_float_array(self.name, raw, "a depth map (H, W)") * self.depth_scale
+            Image.fromarray(np.clip(np.round(d), 0, 65535).astype(np.uint16)).save(path)
+            return path
+        return write_png(self.name, raw, path)
 
     def render_map(
         self, rng: np.random.Generator, mask: np.ndarray, near: bool, size: int

@@ -8,13 +8,22 @@ alpha and 16-bit grey handled there.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from modalities.clip_image import ClipImageInput, to_image_tensor
-from onellm.data.draw import Scene, canvas, paint, place_centre, shape_mask
+from modalities.clip_image import ClipImageInput, to_image_tensor, write_png
+from onellm.data.draw import (
+    Scene,
+    canvas,
+    one_shape_captions,
+    one_shape_scene,
+    paint,
+    place_centre,
+    shape_mask,
+)
 from onellm.data.language import COLOURS, PLACES, SHAPES
 from onellm.modality import MODALITIES
 
@@ -41,18 +50,14 @@ class ImageModality(ClipImageInput):
         img = canvas(rng, size)
         cx, cy = place_centre(rng, place, size)
         paint(img, shape_mask(shape, size, cx, cy, size * rng.uniform(0.22, 0.26)), colour, rng)
-        return scene_of(img, shape, colour, place)
+        return one_shape_scene(img, shape, colour, place)
 
+    def captions(self) -> list[str]:
+        return one_shape_captions()
 
-def scene_of(raw: Any, shape: str, colour: str, place: str) -> Scene:
-    """The caption and questions of a one-shape scene (shared by image and fMRI)."""
-    where = PLACES[place]
-    return Scene(
-        input=raw,
-        caption=f"a {colour} {shape} {where}",
-        qa=[("What colour is it?", colour), ("What shape is it?", shape), ("Where is it?", where)],
-        attrs={"shape": shape, "colour": colour, "place": place},
-    )
+    def write(self, raw: Any, stem: Path) -> Path:
+        """The image as an 8-bit RGB PNG."""
+        return write_png(self.name, raw, Path(stem).with_suffix(".png"))
 
 
 MODALITIES.register("image", ImageModality)

@@ -8,12 +8,13 @@ uint8 array) is taken as already coloured, the usual (n + 1) / 2 * 255 encoding.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from modalities.clip_image import PairedMapInput, to_image_tensor
+from modalities.clip_image import PairedMapInput, to_image_tensor, write_png
 from onellm.errors import InputError
 from onellm.modality import MODALITIES, as_float_array, as_path, load_array_file
 
@@ -40,6 +41,11 @@ class NormalModality(PairedMapInput):
             np.stack([bx, by, bz], 1), axis=1, keepdims=True
         )
         return np.clip(n + rng.normal(0, 0.02, n.shape), -1, 1)
+
+    def write_map(self, raw: Any, stem: Path) -> Path:
+        """Normals as the usual 8-bit PNG, (n + 1) / 2 * 255 per component."""
+        x = self.map_to_image(raw)  # (3, H, W) in [0, 1]
+        return write_png(self.name, x, Path(stem).with_suffix(".png"))
 
     def map_to_image(self, raw: Any) -> torch.Tensor:
         path = as_path(raw)

@@ -25,6 +25,7 @@ to last.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import av
@@ -40,6 +41,7 @@ from modalities.clip_image import (
     ClipImageInput,
     ClipPatchTokenizer,
     open_image,
+    to_image_tensor,
 )
 from onellm.data.draw import Scene, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, MOTIONS, SHAPES
@@ -247,6 +249,25 @@ class VideoModality(ClipImageInput):
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return MotionPatchTokenizer(encoder) if self.motion else ClipPatchTokenizer()
+
+    def write(self, raw: Any, stem: Path) -> Path:
+        """The frames the model takes from `raw` as an H.264 mp4 (lossless RGB), one a
+        second: OneLLM's clip starts then land on them, so the file reads as `raw` does."""
+        frames = load_frames(self.name, raw)
+        frames = [to_image_tensor(self.name, frames[i]) for i in evenly(len(frames), self.frames)]
+        path = Path(stem).with_suffix(".mp4")
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264rgb", rate=1)
+            stream.height, stream.width = frames[0].shape[1:]
+            stream.pix_fmt, stream.codec_context.options = "rgb24", {"crf": "0"}
+            for f in frames:
+                rgb = (f * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            out.mux(stream.encode(None))
+        return path
+
+    def captions(self) -> list[str]:
+        return [f"a {c} {s} moving {m}" for c in COLOURS for s in SHAPES for m in MOTIONS]
 
     def render(self, rng: np.random.Generator, frames: int = 4) -> Scene:
         """A shape moving left/right/up/down, drawn with a faint trail so that every frame

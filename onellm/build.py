@@ -40,6 +40,15 @@ def build_modality(
     return mod
 
 
+def shapes_captions(modalities: Iterable[Modality]) -> list[str]:
+    """The shapes world's captions of these modalities (their `captions()`), then the output
+    tasks' prompts: what a tiny text tokenizer learns."""
+    from onellm.data import output_scenes
+
+    mine = [c for m in modalities if hasattr(m, "captions") for c in m.captions()]
+    return [*mine, *output_scenes.captions()]
+
+
 def embedding_rms(llm: nn.Module) -> float:
     """The RMS of the LLM's word embeddings: the scale new modality tokens start at."""
     return float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
@@ -101,7 +110,7 @@ def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None):
         tokenizers[name] = mod.build_tokenizer(encoder=encoder)
         projection.add_modality(name, output_scale=scale, experts=cfg.projection.routes.get(name))
     llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
-    tok = build_text_tokenizer(cfg.llm, cfg.chat)
+    tok = build_text_tokenizer(cfg.llm, cfg.chat, shapes_captions(modalities.values()))
     # placeholders first, then output tokens: the order the ids of saved runs were given in
     layout = token_layout(tok, llm, modalities, projection.num_queries + 2)
     token_ids: dict[str, int] = {}

@@ -7,6 +7,7 @@ model goes to CUDA and its weights are fp16/bf16 (`attn_implementation: auto`).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -63,10 +64,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 def build_text_tokenizer(
-    cfg: LLMConfig, chat: ChatConfig | None = None
+    cfg: LLMConfig, chat: ChatConfig | None = None, captions: Iterable[str] = ()
 ) -> PreTrainedTokenizerBase | None:
     """The LLM's tokenizer from `cfg.tokenizer`, else from `cfg.path` if that dir holds one;
-    for a random LLM (no path), the tiny BPE tokenizer trained on the shapes world's language.
+    for a random LLM (no path), the tiny BPE tokenizer trained on the shapes world's language
+    (`captions`: those of the model's modalities and output tasks).
 
     None when a checkpoint dir has no tokenizer: the model still works on token ids.
     """
@@ -74,7 +76,8 @@ def build_text_tokenizer(
         from onellm.text_tokenizer import tiny_tokenizer
 
         chat = chat or ChatConfig()
-        return tiny_tokenizer(cfg.vocab_size, (chat.system, chat.user, chat.assistant, *chat.stop))
+        templates = (chat.system, chat.user, chat.assistant, *chat.stop)
+        return tiny_tokenizer(cfg.vocab_size, templates, captions)
     if cfg.tokenizer is not None:
         if not Path(cfg.tokenizer).is_dir():
             raise CheckpointError(f"llm: tokenizer directory not found: {cfg.tokenizer}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import pickle
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -185,19 +186,30 @@ def check_readable(name: str, path: Path, suffixes: tuple[str, ...] = ()) -> Pat
     return path
 
 
-def load_array_file(name: str, path: Path) -> np.ndarray:
-    """Read a `.npy` / `.npz` (first array) / `.csv` / `.txt` numeric file safely."""
+ARRAY_SUFFIXES = (".npy", ".npz", ".pt", ".csv", ".txt")
+
+
+def load_array_file(
+    name: str, path: Path, suffixes: tuple[str, ...] = ARRAY_SUFFIXES
+) -> np.ndarray:
+    """Read a numeric array file safely: `.npy`, `.npz` (its first array), `.pt` (a tensor,
+    `torch.load(weights_only=True)`), `.csv` (commas) or other text (whitespace)."""
     suffix = path.suffix.lower()
-    check_readable(name, path, (".npy", ".npz", ".csv", ".txt"))
+    check_readable(name, path, suffixes)
     try:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return z[z.files[0]]
+        if suffix == ".pt":
+            t = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"it holds a {type(t).__name__}, not a tensor")
+            return t.float().numpy()
         delim = "," if suffix == ".csv" else None
         return np.loadtxt(path, delimiter=delim, dtype=np.float32, ndmin=2)
-    except (ValueError, OSError, IndexError, EOFError) as e:
+    except (ValueError, OSError, IndexError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
         raise InputError(
             f"{name}: expected a numeric array file, got unreadable {str(path)!r}: {e}"
         ) from e

@@ -4,6 +4,8 @@ the shapes world's language, so the tiny model needs no download. Any text still
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -14,9 +16,10 @@ RESERVED = 32  # ids left free above the BPE vocabulary for added tokens (placeh
 
 
 def tiny_tokenizer(
-    vocab_size: int, template_strings: tuple[str, ...] = ()
+    vocab_size: int, template_strings: tuple[str, ...] = (), captions: Iterable[str] = ()
 ) -> PreTrainedTokenizerFast:
-    """A `PreTrainedTokenizerFast` with at most `vocab_size - RESERVED` BPE entries."""
+    """A `PreTrainedTokenizerFast` with at most `vocab_size - RESERVED` BPE entries, trained
+    on `captions` (the model's modalities' and output tasks'), questions and templates."""
     if vocab_size - RESERVED < 256 + len(SPECIALS):
         raise ValueError(
             f"tiny tokenizer: vocab_size must be >= {256 + len(SPECIALS) + RESERVED}, got {vocab_size}"
@@ -31,7 +34,7 @@ def tiny_tokenizer(
         min_frequency=1,
         show_progress=False,
     )
-    tok.train_from_iterator(corpus(template_strings) * 4, trainer)
+    tok.train_from_iterator(corpus(captions, template_strings) * 4, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

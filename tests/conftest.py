@@ -26,6 +26,18 @@ def tiny_model():
     return OneLLM.from_config(TINY).eval()
 
 
+@pytest.fixture
+def unchanged(tiny_model):
+    """The tiny model, checked after the test to hold the same weights and no gradients."""
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    yield tiny_model
+    after = tiny_model.state_dict()
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"{k} changed"
+    assert all(p.grad is None for p in tiny_model.parameters())
+
+
 def random_input(model, modality: str, batch: int = 2, frames: int = 2) -> torch.Tensor:
     """A random preprocessed batch of `modality` at the model's input shape."""
     shape = model.modalities[model.modality_key(modality)].input_shape()

@@ -16,6 +16,7 @@ once installed (`pip install -e examples/thermal`: its pyproject declares the en
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,16 @@ class ThermalModality:
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return ThermalTokenizer(width=encoder.width, size=self.size, patch=self.patch)
+
+    def captions(self) -> list[str]:
+        """Every caption `render` gives (a tiny text tokenizer learns these words)."""
+        return [f"a {d} {s}" for d in DISTANCES for s in SHAPES]
+
+    def write(self, raw: Any, stem: Path) -> Path:
+        """Temperatures as the .npy a camera SDK or `np.save` writes."""
+        path = Path(stem).with_suffix(".npy")
+        np.save(path, as_float_array(self.name, raw, "a (H, W) array of temperatures"))
+        return path
 
     def render(self, rng: np.random.Generator) -> Scene:
         shape, distance = rng.choice(SHAPES), rng.choice(DISTANCES)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.data.language import COLOURS
+from onellm.data.language import COLOURS, PLACES, SHAPES
 
 RGB = {
     "red": (220, 40, 40),
@@ -69,3 +69,19 @@ def paint(
     """Fill `mask` in `img` with `colour` (slightly varied), blended by `alpha`."""
     rgb = np.clip(np.array(RGB[colour]) + rng.integers(-15, 16, 3), 0, 255)
     img[mask] = (alpha * rgb + (1 - alpha) * img[mask]).astype(np.uint8)
+
+
+def one_shape_scene(raw: Any, shape: str, colour: str, place: str) -> Scene:
+    """The caption and questions of a one-shape scene (image's, and fMRI's of an image)."""
+    where = PLACES[place]
+    return Scene(
+        input=raw,
+        caption=f"a {colour} {shape} {where}",
+        qa=[("What colour is it?", colour), ("What shape is it?", shape), ("Where is it?", where)],
+        attrs={"shape": shape, "colour": colour, "place": place},
+    )
+
+
+def one_shape_captions() -> list[str]:
+    """Every caption `one_shape_scene` can give."""
+    return [f"a {c} {s} {p}" for c in COLOURS for s in SHAPES for p in PLACES.values()]

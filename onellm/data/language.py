@@ -1,16 +1,15 @@
-"""The words of the shapes world (DESIGN.md), shared by the renderers, the captions and the
-tiny text tokenizer, so that all three agree.
+"""The words of the shapes world (DESIGN.md), shared by the renderers and the tiny text
+tokenizer, so that both agree.
 
-The caption forms are listed here rather than gathered from the registered modalities on
-purpose: the tiny tokenizer is trained on this corpus, and gathering it from the registry
-would make its vocabulary depend on which plug-ins happen to be imported in a process.
-A new modality needs no edit here: words outside the corpus encode as byte-level BPE
-pieces."""
+Each modality says which captions its renderer gives (its `captions()`, beside `render`);
+the tiny tokenizer learns those of the modalities in the model's config (onellm/build.py),
+so its vocabulary depends on the config alone, never on which plug-ins a process imported.
+A modality added later needs no edit here: words outside the corpus encode as byte-level
+BPE pieces."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from itertools import product
+from collections.abc import Iterable
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow")
@@ -33,25 +32,7 @@ QUESTIONS = (
 )  # fmt: skip
 
 
-def captions() -> Iterator[str]:
-    """Every caption the shapes world can produce, one per scene kind."""
-    for c, s, p in product(COLOURS, SHAPES, PLACES.values()):
-        yield f"a {c} {s} {p}"
-    for c, s, m in product(COLOURS, SHAPES, MOTIONS):
-        yield f"a {c} {s} moving {m}"
-    for p, q in product(PITCHES, PATTERNS):
-        yield f"a {p} {q} tone"
-    for c, s in product(COLOURS, SOLIDS):
-        yield f"a {c} {s}"
-    for d, s in product(DISTANCES, SHAPES):
-        yield f"a {d} {s}"
-    for a in ACTIVITIES:
-        yield f"a person {a}"
-    for c, s in product(COLOURS, SHAPES):
-        yield f"segment the {c} {s}"
-        yield f"draw a {c} {s}"
-
-
-def corpus(extra: tuple[str, ...] = ()) -> list[str]:
-    """Text the tiny tokenizer is trained on: captions, questions and template strings."""
-    return [*captions(), *QUESTIONS, *extra]
+def corpus(captions: Iterable[str] = (), extra: tuple[str, ...] = ()) -> list[str]:
+    """Text the tiny tokenizer is trained on: captions (each once, first seen first),
+    questions and template strings."""
+    return [*dict.fromkeys(captions), *QUESTIONS, *extra]

@@ -88,3 +88,10 @@ def dominant_colour(image: np.ndarray, background: float = 30.0) -> str | None:
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     union = np.logical_or(pred, truth).sum()
     return float(np.logical_and(pred, truth).sum() / union) if union else 1.0
+
+
+def captions() -> list[str]:
+    """Every prompt the two tasks give ("segment the red circle", "draw a red circle")."""
+    return [
+        p for c, s in product(COLOURS, SHAPES) for p in (f"segment the {c} {s}", f"draw a {c} {s}")
+    ]

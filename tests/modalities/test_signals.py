@@ -79,7 +79,7 @@ def test_imu_layout_crop_and_pad(tmp_path):
 def test_fmri_checks_voxel_count():
     m = FMRIModality(voxels=300, tokens=8)
     assert m.preprocess(np.ones(300)).shape == (1, 300)
-    with pytest.raises(InputError, match="^fmri: expected 300 voxels, got 299"):
+    with pytest.raises(InputError, match=r"^fmri: expected 300 voxels, got shape \(1, 299\)"):
         m.preprocess(np.ones(299))
 
 
