@@ -62,7 +62,10 @@ class Modality(Protocol):
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module: ...
 
     # Optional: `bind(encoder)` fills sizes left unset from the encoder (image-like
-    # modalities take its image size); `render(rng) -> Scene` gives synthetic scenes;
+    # modalities take its image size); `render(rng) -> Scene` gives synthetic scenes and
+    # `captions()` every caption it can give (what a tiny text tokenizer learns);
+    # `write(raw, stem) -> path (or a dict of paths)` writes a raw input as the file its
+    # users have, which `preprocess` reads back as it reads `raw` (the contract suite checks);
     # `pixels(raw) -> (3, H, W)` in [0, 1] marks an input a `<seg>` mask can be drawn on;
     # `is_sample(raw) -> bool` says a list is one input (a waveform), not a batch, in chat.
 
