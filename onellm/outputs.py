@@ -10,7 +10,7 @@ No second pass over prompt and reply.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -49,8 +49,9 @@ def generated_states(model: OneLLM, out, prompt_embeds, attention_mask) -> torch
 
 
 @torch.no_grad()
-def attach_outputs(model: OneLLM, replies, out, prompt_embeds, attention_mask, samples) -> None:
-    """Fill `.masks` / `.images` of each reply whose generated tokens hold output tokens."""
+def attach_outputs(model: OneLLM, replies, out, prompt_embeds, attention_mask, pixels) -> None:
+    """Fill `.masks` / `.images` of each reply whose generated tokens hold output tokens;
+    `pixels`: per reply, the (3, H, W) image its masks are drawn on, or None."""
     seq = out.sequences
     if out.hidden_states[0][-1].shape[0] != seq.shape[0]:  # beam search: states of every beam
         raise InputError(
@@ -60,18 +61,8 @@ def attach_outputs(model: OneLLM, replies, out, prompt_embeds, attention_mask, s
         )
     hidden = generated_states(model, out, prompt_embeds, attention_mask)
     embeds = model.llm.get_input_embeddings()(seq)
-    pixels = [_pixels(model, s) for s in samples]
     for reply, fields in zip(
         replies, model.outputs.reply(seq, hidden, embeds, pixels), strict=True
     ):
         for name, values in fields.items():
             setattr(reply, name, values)
-
-
-def _pixels(model: OneLLM, sample: dict[str, Any]) -> torch.Tensor | None:
-    """The sample's first input that can carry a mask (a modality with `pixels`)."""
-    for key, raw in sample.items():
-        mod = model.modalities[key]
-        if hasattr(mod, "pixels"):
-            return mod.pixels(raw).to(model.device, model.dtype)
-    return None
