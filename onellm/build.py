@@ -93,15 +93,17 @@ def build_projection(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> Univer
     )  # fmt: skip
 
 
-def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None):
-    """Every part from `cfg`, on `device` (default cpu) in `dtype` (default the config's)."""
+def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantization=None):
+    """Every part from `cfg`, on `device` (default cpu) in `dtype` (default the config's);
+    `quantization` (onellm/quantize.py) is what quantises the LLM as it loads, if anything."""
     from onellm.model import OneLLM
+    from onellm.quantize import loading_config
 
     where = resolve_device("cpu" if device is None else device)
     cfg = dataclasses.replace(cfg, dtype=resolve_dtype(dtype, cfg.dtype, "config: dtype"))
     torch_dtype = DTYPES[cfg.dtype]
     encoder = UniversalEncoder.build(cfg.encoder)
-    llm = build_llm(cfg.llm, torch_dtype, where)
+    llm = build_llm(cfg.llm, torch_dtype, where, loading_config(quantization, torch_dtype))
     projection = build_projection(cfg, encoder, llm)
     modalities, tokenizers = {}, nn.ModuleDict()
     scale = embedding_rms(llm)

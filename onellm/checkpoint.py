@@ -67,6 +67,11 @@ def save_pretrained(
 ) -> Path:
     """Write `model` to `directory` (created). `base="reference"` keeps the encoder and LLM
     as the paths they were loaded from instead of copying them (they must be unchanged)."""
+    if getattr(model, "quantization", None) is not None:
+        raise CheckpointError(
+            f"save_pretrained: this model's LLM is quantised ({model.quantization}) for "
+            "inference; save the model it was loaded from instead"
+        )
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     cfg = to_dict(model.config)
@@ -116,9 +121,13 @@ def from_pretrained(
     trainable_lora: bool = False,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    quantization: str | None = None,
 ) -> OneLLM:
-    """Load a directory written by `save_pretrained` onto `device` in `dtype`."""
-    from onellm.model import OneLLM
+    """Load a directory written by `save_pretrained` onto `device` in `dtype`, its LLM
+    quantised if asked (onellm/quantize.py)."""
+    from onellm import quantize
+    from onellm.build import build_model
+    from onellm.devices import resolve_device
 
     d = Path(directory)
     if not (d / "config.yaml").is_file() or not (d / "model.safetensors").is_file():
@@ -130,7 +139,8 @@ def from_pretrained(
         value = getattr(part, key)
         if value is not None and not Path(value).is_absolute():
             setattr(part, key, str(d / value))  # stored parts live inside the run
-    model = OneLLM.from_config(cfg, device=device, dtype=dtype)
+    q = quantize.resolve(quantization, resolve_device("cpu" if device is None else device))
+    model = build_model(cfg, device, dtype, q)
     if (d / "lora").is_dir():
         from peft import PeftModel
 
@@ -143,4 +153,5 @@ def from_pretrained(
             f"{d}: weights do not fit the config; missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     model.load_state_dict(own, strict=False)
+    quantize.after_loading(model, q)  # after the LoRA: its factors stay unquantised
     return model

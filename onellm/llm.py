@@ -14,7 +14,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from onellm.config import ChatConfig, LLMConfig
-from onellm.errors import CheckpointError
+from onellm.errors import CheckpointError, ConfigError
 
 
 def attn_implementation(requested: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -29,17 +29,27 @@ def attn_implementation(requested: str, device: torch.device, dtype: torch.dtype
 
 
 def build_llm(
-    cfg: LLMConfig, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+    cfg: LLMConfig,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    quantization_config=None,
 ) -> LlamaForCausalLM:
     """A `LlamaForCausalLM` from `cfg.path` (a local HF dir) or random from `cfg`'s sizes,
-    with the attention kernel chosen for the `device` it will run on."""
+    with the attention kernel chosen for the `device` it will run on; `quantization_config`
+    (transformers', onellm/quantize.py) quantises a loaded one as it loads."""
     attn = attn_implementation(cfg.attn_implementation, device or torch.device("cpu"), dtype)
+    if quantization_config is not None and cfg.path is None:
+        raise ConfigError(
+            "quantization: bitsandbytes quantises an LLM as it loads from its directory "
+            "(llm.path), got a random LLM; save the model and load it with from_pretrained"
+        )
     if cfg.path is not None:
         if not Path(cfg.path).is_dir():
             raise CheckpointError(f"llm: checkpoint directory not found: {cfg.path}")
         return LlamaForCausalLM.from_pretrained(
             cfg.path, local_files_only=True, dtype=dtype, attn_implementation=attn,
             device_map=device,  # straight onto the GPU: a 7B LLM never sits in CPU memory
+            quantization_config=quantization_config,
         )  # fmt: skip
     config = LlamaConfig(
         vocab_size=cfg.vocab_size,

@@ -61,22 +61,31 @@ class OneLLM(nn.Module):
 
     @classmethod
     def from_config(cls, config: str | os.PathLike | Mapping | ModelConfig,
-                    overrides: Iterable[str] = (), *, device=None, dtype=None) -> OneLLM:  # fmt: skip
+                    overrides: Iterable[str] = (), *, device=None, dtype=None,
+                    quantization: str | None = None) -> OneLLM:  # fmt: skip
         """Build from a YAML path, a mapping, or a `ModelConfig` (+ `key=value` overrides),
         on `device` (auto | cpu | cuda | cuda:N; default cpu) in `dtype` (default the
-        config's), as transformers' `from_pretrained(device_map=, dtype=)`."""
+        config's), as transformers' `from_pretrained(device_map=, dtype=)`; `quantization`:
+        None, "8bit" or "4bit" LLM weights (onellm/quantize.py)."""
+        from onellm import quantize
         from onellm.build import build_model
+        from onellm.devices import resolve_device
 
         cfg = config if isinstance(config, ModelConfig) else load_config(config, overrides)
-        return build_model(cfg, device, dtype)
+        q = quantize.resolve(quantization, resolve_device("cpu" if device is None else device))
+        model = build_model(cfg, device, dtype, q)
+        quantize.after_loading(model, q)
+        return model
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, trainable_lora: bool = False,
-                        device=None, dtype=None) -> OneLLM:  # fmt: skip
-        """Load a model saved with `save_pretrained` (safetensors + HF dirs, nothing pickled)."""
+                        device=None, dtype=None, quantization: str | None = None) -> OneLLM:  # fmt: skip
+        """Load a model saved with `save_pretrained` (safetensors + HF dirs, nothing pickled);
+        `quantization`: None, "8bit" or "4bit" LLM weights (onellm/quantize.py)."""
         from onellm.checkpoint import from_pretrained
 
-        return from_pretrained(directory, trainable_lora=trainable_lora, device=device, dtype=dtype)
+        return from_pretrained(directory, trainable_lora=trainable_lora, device=device,
+                               dtype=dtype, quantization=quantization)  # fmt: skip
 
     def save_pretrained(self, directory: str | os.PathLike, *, base: str = "store"):
         """Save config, weights and tokenizer; `base="reference"` keeps base models as paths."""
