@@ -6,12 +6,21 @@ For modality m with encoder features f (B, S+1, W):
     y = sum_k w[..., k] * Expert_k(z)[:, :Q]            (B, Q, W)
     out = out_proj_m(y)                                 (B, Q, D)   D = LLM width
 Each expert is N LLaMA-style blocks at the encoder width, bidirectional, without rotary
-positions (OneLLM's `resample_layers`).
+positions (OneLLM's `resample_layers`). The router reads the query rows, which are the
+modality's learned queries: routing depends on the modality and the query slot, not on
+the input (as in OneLLM).
+
+Beyond OneLLM (experts/routers.py for the sparse routers): a query a capacity-bound router
+dropped from every expert passes through as z[:, q], the residual stream every expert adds
+its update to; `router: {shared: n}` adds n shared experts every modality always uses,
+whose updates E_s(z) - z are added to the routed mix (DeepSeekMoE's shared experts); and
+`upcycle` turns trained experts into more experts (sparse upcycling, MoE-LLaVA / CuMo).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +28,7 @@ from einops import rearrange
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from experts.routers import ROUTERS
+from experts.routers import ROUTERS, Routing, transplant
 
 
 def llama_ffn_hidden(width: int, multiple_of: int) -> int:
@@ -124,16 +133,11 @@ class UniversalProjection(nn.Module):
         super().__init__()
         self.width, self.llm_width, self.num_queries = width, llm_width, num_queries
         self.router_hidden, self.router_spec = router_hidden, dict(router)
-        self.experts = ExpertPool(
-            ProjectionExpert(
-                num_layers=layers_per_expert,
-                width=width,
-                num_heads=num_heads,
-                ffn_hidden=ffn_hidden,
-                eps=norm_eps,
-            )
-            for _ in range(num_experts)
-        )
+        block = dict(num_layers=layers_per_expert, width=width, num_heads=num_heads,
+                     ffn_hidden=ffn_hidden, eps=norm_eps)  # fmt: skip
+        self.experts = ExpertPool(ProjectionExpert(**block) for _ in range(num_experts))
+        # experts every modality uses beside its routed ones (none by default: OneLLM's UPM)
+        self.shared = ExpertPool(ProjectionExpert(**block) for _ in range(router.get("shared", 0)))
         self.queries = nn.ParameterDict()
         self.routers = nn.ModuleDict()
         self.in_proj = nn.ModuleDict()
@@ -143,18 +147,21 @@ class UniversalProjection(nn.Module):
         # the experts each modality's router weighs (default: all); an expert added later is
         # not in the earlier modalities' lists, so they give it exactly zero weight
         self.routes: dict[str, list[int]] = {}
+        # called with (modality, router input, Routing) on every routing (onellm/moe.py)
+        self.recorder: Callable[[str, torch.Tensor, Routing], None] | None = None
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def add_experts(self, count: int) -> list[int]:
-        """Append `count` experts, each a copy of an existing one (expert i % K), so a new
-        modality starts from what the experts already compute. -> their indices."""
-        old = self.num_experts
-        for i in range(count):
-            self.experts.append(copy.deepcopy(self.experts[i % old]))
-        return list(range(old, old + count))
+    def build_router(self, count: int, spec: dict | None = None) -> nn.Module:
+        """A router of kind `spec` (default the projection's) over `count` experts."""
+        spec = dict(self.router_spec if spec is None else spec)
+        kind = spec.pop("type", "soft")
+        spec.pop("shared", None)  # the projection's, not the router's
+        return ROUTERS.build(
+            kind, width=self.width, hidden=self.router_hidden, num_experts=count, **spec
+        )
 
     def add_modality(
         self, name: str, *, output_scale: float = 1.0, experts: list[int] | None = None
@@ -166,8 +173,6 @@ class UniversalProjection(nn.Module):
         own tokens have (OneLLM starts at gain 1: ~40x larger, which a tiny LLM cannot absorb).
         `experts`: the expert indices its router weighs (default: all there are now).
         """
-        spec = dict(self.router_spec)
-        kind = spec.pop("type", "soft")
         routes = list(range(self.num_experts)) if experts is None else list(experts)
         if not routes or any(not 0 <= e < self.num_experts for e in routes):
             raise ValueError(
@@ -175,9 +180,7 @@ class UniversalProjection(nn.Module):
             )
         self.routes[name] = routes
         self.queries[name] = nn.Parameter(torch.randn(1, self.num_queries, self.width) * 0.02)
-        self.routers[name] = ROUTERS.build(
-            kind, width=self.width, hidden=self.router_hidden, num_experts=len(routes), **spec
-        )
+        self.routers[name] = self.build_router(len(routes))
         self.in_proj[name] = _in_out(self.width, self.width)
         self.out_proj[name] = _in_out(self.width, self.llm_width)
         with torch.no_grad():
@@ -185,21 +188,32 @@ class UniversalProjection(nn.Module):
         self.start_tag[name] = nn.Parameter(torch.randn(1, 1, self.llm_width) * output_scale)
         self.end_tag[name] = nn.Parameter(torch.randn(1, 1, self.llm_width) * output_scale)
 
-    def route(self, features: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S+1, W) -> the expert input z (B, Q+S+1, W) and routing weights (B, Q, K_m)
-        over the modality's experts `routes[modality]`."""
+    def routing(self, features: torch.Tensor, modality: str) -> tuple[torch.Tensor, Routing]:
+        """(B, S+1, W) -> the expert input z (B, Q+S+1, W) and the `Routing` of its Q query
+        rows over the modality's experts `routes[modality]` (B, Q, K_m)."""
         f = self.in_proj[modality](features)
         q = self.queries[modality].to(f.dtype).expand(f.shape[0], -1, -1)
         z = torch.cat([q, f], dim=1)
         # only the query rows are kept, so the router runs on those alone
-        return z, self.routers[modality](z[:, : self.num_queries])
+        routing = self.routers[modality].route(z[:, : self.num_queries])
+        if self.recorder is not None:  # q: the same values, a graph the MoE losses can revisit
+            self.recorder(modality, q, routing)
+        return z, routing
+
+    def route(self, features: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`routing`, with the routing weights (B, Q, K_m) alone."""
+        z, routing = self.routing(features, modality)
+        return z, routing.weights
 
     def forward(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         """(B, S+1, W) encoder features -> (B, Q, D) tokens for the LLM."""
-        z, weights = self.route(features, modality)
+        z, routing = self.routing(features, modality)
         q = self.num_queries
         outs = self.experts(z, keep=q, experts=self.routes[modality])
-        y = torch.einsum("kbqw,bqk->bqw", outs, weights.to(z.dtype))
+        y = torch.einsum("kbqw,bqk->bqw", outs, routing.weights.to(z.dtype))
+        y = torch.where(routing.passed[..., None], z[:, :q].to(y.dtype), y)  # dropped: residual
+        if len(self.shared):
+            y = y + (self.shared(z, keep=q) - z[:, :q]).sum(0)
         return self.out_proj[modality](y)
 
     def full_weights(self, weights: torch.Tensor, modality: str) -> torch.Tensor:
@@ -207,3 +221,59 @@ class UniversalProjection(nn.Module):
         full = weights.new_zeros(*weights.shape[:-1], self.num_experts)
         full[..., self.routes[modality]] = weights
         return full
+
+    # ------------------------------------------------------------------ more experts
+    @torch.no_grad()
+    def add_experts(self, count: int, *, source: int | None = None, noise: float = 0.0,
+                    generator: torch.Generator | None = None) -> list[int]:  # fmt: skip
+        """Append `count` experts, copies of expert `source` (default: expert i % K for the
+        i-th), each weight scaled by 1 + noise x N(0, 1), so that a new modality starts from
+        what the experts already compute. No existing modality routes to them. -> indices."""
+        old = self.num_experts
+        if source is not None and not 0 <= source < old:
+            raise ValueError(f"expert to copy must be in 0..{old - 1}, got {source}")
+        for i in range(count):
+            copied = copy.deepcopy(self.experts[i % old if source is None else source])
+            for p in copied.parameters() if noise else ():
+                shake = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+                p.mul_(1 + noise * shake.to(p.device, p.dtype))
+            self.experts.append(copied)
+        return list(range(old, old + count))
+
+    def upcycle(self, sources: list[int], *, noise: float = 0.0,
+                generator: torch.Generator | None = None) -> list[int]:  # fmt: skip
+        """Sparse upcycling: one new expert per entry of `sources`, a copy of that expert
+        (see `add_experts`). Every modality that routes to a source also routes to its copy,
+        the copy's router row a copy of the source's (same noise). With noise 0 a soft
+        router that sees every expert copied equally gives the same outputs. -> indices."""
+        new = [self.add_experts(1, source=s, noise=noise, generator=generator)[0] for s in sources]
+        for m, routes in self.routes.items():
+            grown = [(j, routes.index(s)) for j, s in zip(new, sources, strict=True) if s in routes]
+            if grown:
+                self.routes[m] = routes + [j for j, _ in grown]
+                rows = list(range(len(routes))) + [r for _, r in grown]
+                self._rebuild_router(m, rows, noise=noise, generator=generator)
+        return new
+
+    def set_router(self, spec: dict) -> None:
+        """Every modality's router becomes kind `spec` (`{type: topk, k: 2, ...}`), keeping
+        its MLP (all routers but `constant` share OneLLM's). Shared experts stay as built."""
+        if spec.get("shared", 0) != self.router_spec.get("shared", 0):
+            raise ValueError(
+                f"router.shared: shared experts are fixed when the model is built "
+                f"({self.router_spec.get('shared', 0)}), got {spec.get('shared', 0)}"
+            )
+        self.build_router(self.num_experts, spec)  # a bad spec fails before anything changes
+        self.router_spec = dict(spec)
+        for m, routes in self.routes.items():
+            self._rebuild_router(m, list(range(len(routes))))
+
+    def _rebuild_router(self, modality: str, rows: list[int], **shake) -> None:
+        """Modality's router rebuilt over len(rows) experts, expert j from old row rows[j]."""
+        old = self.routers[modality]
+        new = self.build_router(len(rows))
+        transplant(old, new, rows, **shake)
+        like = next(old.parameters(), self.queries[modality])
+        new.to(like.device, like.dtype).train(old.training)
+        new.requires_grad_(like.requires_grad)
+        self.routers[modality] = new

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from experts.projection import ExpertBlock, UniversalProjection, llama_ffn_hidden
@@ -71,3 +72,86 @@ def test_a_frozen_expert_gets_no_gradient_in_the_pool():
     p(torch.randn(2, 7, 32), "image").sum().backward()
     assert all(q.grad is None for q in p.experts[0].parameters())
     assert all(q.grad is not None for q in p.experts[1].parameters())
+
+
+# ---------------------------------------------------------------- issue 22: MoE options
+def test_a_query_dropped_from_every_expert_passes_through_the_residual():
+    p = make({"type": "topk", "k": 1, "capacity_factor": 0.5}).train()
+    f = torch.randn(3, 7, 32)
+    z, r = p.routing(f, "image")
+    assert r.passed.any() and not r.passed.all()  # 15 queries, 3 experts: capacity 3 each
+    out = p(f, "image")
+    # the same call again routes the same way (no noise): compare the passed rows
+    kept = sum(e(z)[:, :5] * r.weights[..., k, None] for k, e in enumerate(p.experts))
+    want = torch.where(r.passed[..., None], z[:, :5], kept)
+    torch.testing.assert_close(out, p.out_proj["image"](want))
+    torch.testing.assert_close(out[r.passed], p.out_proj["image"](z[:, :5])[r.passed])
+
+
+def test_shared_experts_add_their_update_for_every_modality():
+    p = make({"type": "topk", "k": 1, "shared": 2})
+    p.add_modality("audio")
+    assert len(p.shared) == 2 and p.routes["audio"] == [0, 1, 2]  # shared ones are not routed
+    f = torch.randn(2, 9, 32)
+    for m in ("image", "audio"):
+        z, w = p.route(f, m)
+        routed = sum(e(z)[:, :5] * w[..., k, None] for k, e in enumerate(p.experts))
+        update = sum(s(z)[:, :5] - z[:, :5] for s in p.shared)
+        torch.testing.assert_close(p(f, m), p.out_proj[m](routed + update), atol=1e-5, rtol=1e-5)
+
+
+def test_upcycled_experts_give_the_same_output_as_the_originals_before_training():
+    p = make()
+    f = torch.randn(2, 9, 32)
+    before = p(f, "image")
+    new = p.upcycle([0, 1, 2])  # every expert copied once, noise 0: soft weights halve
+    assert new == [3, 4, 5] and p.routes["image"] == [0, 1, 2, 3, 4, 5]
+    z, _ = p.route(f, "image")
+    outs = p.experts(z, keep=5)
+    for j, s in zip(new, [0, 1, 2], strict=True):
+        torch.testing.assert_close(outs[j], outs[s])
+    torch.testing.assert_close(p(f, "image"), before, atol=1e-6, rtol=1e-5)
+
+
+def test_one_expert_upcycled_into_top2_of_four_is_that_expert():
+    """MoE-LLaVA's recipe: copies of one trained expert under a new top-2 router give that
+    expert's output before training (the weights of any two copies sum to 1)."""
+    p = make(experts=1)
+    f = torch.randn(2, 9, 32)
+    before = p(f, "image")
+    p.upcycle([0, 0, 0])
+    p.set_router({"type": "topk", "k": 2})
+    assert p.routes["image"] == [0, 1, 2, 3]
+    torch.testing.assert_close(p(f, "image"), before, atol=1e-5, rtol=1e-5)
+
+
+def test_upcycling_noise_shakes_the_copies_and_not_the_originals():
+    p = make()
+    snapshot = [t.clone() for t in p.experts[0].parameters()]
+    g = torch.Generator().manual_seed(0)
+    (j,) = p.upcycle([0], noise=0.01, generator=g)
+    for a, b, c in zip(snapshot, p.experts[0].parameters(), p.experts[j].parameters(), strict=True):
+        assert torch.equal(a, b)
+        assert not torch.equal(a, c) and torch.allclose(a, c, rtol=0.1, atol=1e-6)
+
+
+def test_set_router_keeps_the_mlp_so_topk_of_all_is_soft():
+    p = make()
+    f = torch.randn(2, 9, 32)
+    before = p(f, "image")
+    p.set_router({"type": "topk", "k": 3})
+    assert p.router_spec == {"type": "topk", "k": 3}
+    torch.testing.assert_close(p(f, "image"), before)
+    with pytest.raises(ValueError, match="k must be in 1..3"):
+        p.set_router({"type": "topk", "k": 4})
+    assert p.router_spec == {"type": "topk", "k": 3}  # a refused spec changes nothing
+
+
+def test_the_recorder_sees_every_routing_with_the_query_rows():
+    p = make()
+    seen = []
+    p.recorder = lambda m, x, r: seen.append((m, x, r))
+    f = torch.randn(2, 9, 32)
+    z, _ = p.route(f, "image")
+    ((m, x, r),) = seen
+    assert m == "image" and torch.equal(x, z[:, :5]) and r.weights.shape == (2, 5, 3)
