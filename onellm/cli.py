@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 from onellm.errors import ConfigError, OneLLMError
@@ -50,10 +51,35 @@ def _chat(args: argparse.Namespace) -> int:
         reply = model.chat(args.input, modality=args.modality if args.input else None,
                            prompt=args.prompt or None, **opts)  # fmt: skip
         print(reply.text)
+        stem = time.strftime("reply-%Y%m%d-%H%M%S")  # earlier replies' files stay
+        for path in reply.save(args.save_dir, stem):  # masks and images, one file each
+            print(f"saved {path}")
         return 0
     from onellm.interactive import session
 
-    session(model, modality=args.modality, source=args.input, **opts)
+    session(model, modality=args.modality, source=args.input, save_dir=args.save_dir, **opts)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from onellm.devices import resolve_device
+    from onellm.model import OneLLM
+
+    where = resolve_device(args.device)
+    quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
+    if args.run.endswith((".yaml", ".yml")):
+        model = OneLLM.from_config(args.run, device=where, quantization=quantization)
+    else:
+        model = OneLLM.from_pretrained(args.run, device=where, quantization=quantization)
+    from pathlib import Path
+
+    from onellm.serve.app import serve
+
+    model_id = args.name or Path(args.run.rstrip("/")).name
+    print(f"onellm: serving {model_id} on http://{args.host}:{args.port} (UI at /, API at /v1)")
+    serve(model, host=args.host, port=args.port, model_id=model_id, allow_dir=args.allow_dir,
+          max_body_mb=args.max_body_mb, max_batch=args.max_batch,
+          batch_wait_ms=args.batch_wait_ms, ui=not args.no_ui)  # fmt: skip
     return 0
 
 
@@ -218,8 +244,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--save-dir", default="onellm-outputs",
+                   help="where a reply's masks and images are saved (their paths are printed)")  # fmt: skip
     add_device(p)
     p.set_defaults(func=_chat)
+    p = sub.add_parser("serve", help="an OpenAI-compatible API and a web UI over one model")
+    p.add_argument("run", help="a saved run dir, or a model YAML such as configs/tiny.yaml")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
+    p.add_argument("--port", type=int, default=8000)
+    bits = p.add_mutually_exclusive_group()
+    bits.add_argument("--load-in-8bit", action="store_true",
+                      help="8-bit LLM weights: bitsandbytes on CUDA, torchao int8 on the CPU")  # fmt: skip
+    bits.add_argument("--load-in-4bit", action="store_true",
+                      help="4-bit NF4 LLM weights (bitsandbytes, CUDA only)")  # fmt: skip
+    p.add_argument("--allow-dir",
+                   help="a folder whose files requests may name by path (default: none)")  # fmt: skip
+    p.add_argument("--max-body-mb", type=float, default=32,
+                   help="largest request body (uploads are base64 inside it)")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=8, help="requests in one generate call")
+    p.add_argument("--batch-wait-ms", type=float, default=20,
+                   help="how long a batch waits for more requests before it runs")  # fmt: skip
+    p.add_argument("--name", help="the model id in /v1/models (default: RUN's folder name)")
+    p.add_argument("--no-ui", action="store_true", help="the API only, no Gradio UI")
+    add_device(p)
+    p.set_defaults(func=_serve)
     p = sub.add_parser("train", help="run one training stage from its YAML recipe")
     p.add_argument("stage", help="a stage YAML, e.g. configs/stages/stage1_image.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides (any key)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +24,13 @@ def session(
     source: str | None = None,
     read: Callable[[str], str] = input,
     write: Callable[..., None] = print,
+    save_dir: str | None = None,
     **chat_kwargs: Any,
 ) -> list[tuple[str, str]]:
-    """Read prompts until /quit or end of input; return the conversation's turns."""
+    """Read prompts until /quit or end of input; return the conversation's turns. A reply's
+    masks and images are saved under `save_dir` and their paths written."""
     history: list[tuple[str, str]] = []
+    replies, stamp = 0, time.strftime("%Y%m%d-%H%M%S")  # files of earlier sessions stay
     write(HELP)
     while True:
         try:
@@ -61,6 +65,10 @@ def session(
             except InputError as e:  # a bad file or prompt: say so and keep the session
                 write(f"error: {e}")
                 continue
+            replies += 1
+            if save_dir is not None:
+                for path in pieces.response.save(save_dir, stem=f"reply-{stamp}-{replies}"):
+                    write(f"saved {path}")
             if prompt is not None:
                 history.append((prompt, reply))
     return history

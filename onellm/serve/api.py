@@ -1,0 +1,186 @@
+"""The OpenAI-compatible routes: `POST /v1/chat/completions` (JSON or server-sent events),
+`GET /v1/models`, `GET /health`.
+
+A bad request is answered with a 4xx and OpenAI's error body carrying the `InputError`'s
+text; nothing of it reaches the queue. The body is read up to `max_body` bytes and no
+further (413).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from onellm.errors import InputError
+from onellm.serve import schemas
+from onellm.serve.batcher import Batcher, Busy, Job
+from onellm.serve.inputs import Forbidden, Uploads, prepare, read_messages
+
+if TYPE_CHECKING:
+    from onellm.model import OneLLM
+
+
+@dataclass
+class Service:
+    """What the routes and the UI share: the model, its queue, the operator's limits."""
+
+    model: OneLLM
+    batcher: Batcher
+    model_id: str
+    allow_dir: Path | None = None
+    max_body: int = 32 * 2**20
+    default_max_tokens: int = 256
+    started: int = 0
+
+    @property
+    def context(self) -> int:
+        return self.model.llm.config.max_position_embeddings
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+def failure(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse(schemas.error(message, kind), status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    too_big = f"body: expected at most {limit:,} bytes (--max-body-mb), got more"
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, too_big)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise RequestError(413, too_big)
+    return bytes(body)
+
+
+def parse(service: Service, body: bytes) -> tuple[schemas.ChatRequest, Any, int]:
+    """Body -> (request, prepared conversation, max_tokens); runs in a worker thread (it
+    decodes uploads)."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"body: expected a JSON object, got malformed JSON ({e})") from e
+    try:
+        req = schemas.ChatRequest.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise RequestError(400, f"{where}: {err['msg']}") from e
+    if req.model not in (None, service.model_id):
+        raise RequestError(404, f"model: expected {service.model_id!r} (GET /v1/models), "
+                                f"got {req.model!r}", "not_found_error")  # fmt: skip
+    max_tokens = req.max_completion_tokens or req.max_tokens or service.default_max_tokens
+    uploads = Uploads(service.allow_dir)
+    try:
+        system, history, prompt, raws = read_messages(service.model, req, uploads)
+        prepared = prepare(service.model, raws, prompt, history, system, service.context,
+                           max_tokens)  # fmt: skip
+    except Forbidden as e:
+        raise RequestError(403, str(e), "permission_error") from e
+    except InputError as e:
+        raise RequestError(400, uploads.hide(str(e))) from e
+    finally:
+        uploads.close()
+    return req, prepared, max_tokens
+
+
+def router(service: Service) -> APIRouter:
+    api = APIRouter()
+
+    @api.get("/health")
+    def health() -> dict[str, Any]:
+        q = getattr(service.model, "quantization", None)
+        return {"status": "ok", "model": service.model_id, "queued": service.batcher.jobs.qsize(),
+                "batches": dict(service.batcher.sizes), "quantization": q and str(q)}  # fmt: skip
+
+    @api.get("/v1/models")
+    def models() -> dict[str, Any]:
+        m = service.model
+        card = {"id": service.model_id, "object": "model", "created": service.started,
+                "owned_by": "onellm", "modalities": sorted(m.modalities),
+                "outputs": sorted(m.outputs.token_ids)}  # fmt: skip
+        return {"object": "list", "data": [card]}
+
+    @api.post("/v1/chat/completions")
+    async def completions(request: Request):
+        try:
+            body = await read_body(request, service.max_body)
+            req, prepared, max_tokens = await run_in_threadpool(parse, service, body)
+        except RequestError as e:
+            return failure(e.status, str(e), e.kind)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        job = Job(prepared.conversation, max_tokens, stream=req.stream,
+                  temperature=req.temperature, top_p=req.top_p,
+                  emit=lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)))  # fmt: skip
+        try:
+            service.batcher.submit(job)
+        except Busy as e:
+            return failure(503, str(e), "server_error")
+        cid = schemas.new_id()
+        if req.stream:
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(stream(service, cid, job, events, prepared, usage),
+                                     media_type="text/event-stream")  # fmt: skip
+        while True:
+            kind, value = await events.get()
+            if kind == "error":
+                return failure(500, f"generation failed: {value}", "server_error")
+            if kind == "done":
+                break
+        message = {"role": "assistant", "content": value.text,
+                   **schemas.output_parts(service.model, value)}  # fmt: skip
+        return schemas.completion(cid, service.model_id, message, finish(value, max_tokens),
+                                  schemas.usage(prepared.prompt_tokens, len(value.token_ids)))  # fmt: skip
+
+    return api
+
+
+def finish(reply, max_tokens: int) -> str:
+    return "length" if len(reply.token_ids) >= max_tokens else "stop"
+
+
+async def stream(service: Service, cid: str, job: Job, events: asyncio.Queue, prepared,
+                 include_usage: bool) -> AsyncIterator[str]:  # fmt: skip
+    """Server-sent events in OpenAI's chunk format; the last content chunk carries the
+    masks and images; then `[DONE]`. A client that leaves cancels its queued job."""
+    mid = service.model_id
+
+    def event(obj: dict[str, Any]) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    try:
+        yield event(schemas.chunk(cid, mid, {"role": "assistant", "content": ""}))
+        while True:
+            kind, value = await events.get()
+            if kind == "text":
+                yield event(schemas.chunk(cid, mid, {"content": value}))
+            elif kind == "error":
+                yield event(schemas.error(f"generation failed: {value}", "server_error"))
+                break
+            else:
+                outputs = schemas.output_parts(service.model, value)
+                yield event(schemas.chunk(cid, mid, outputs, finish(value, job.max_tokens)))
+                if include_usage:
+                    use = schemas.usage(prepared.prompt_tokens, len(value.token_ids))
+                    yield event(schemas.chunk(cid, mid, {}, use=use))
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()

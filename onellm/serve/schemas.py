@@ -1,0 +1,159 @@
+"""The wire format: OpenAI's chat completion request, and the replies built from a `ChatResponse`.
+
+Content parts: OpenAI's `text`, `image_url` (a data: URL), `input_audio` (base64 + format)
+and vLLM's `video_url`; `onellm_input` for any model modality by name:
+    {"type": "onellm_input", "onellm_input": {"modality": "point", "data": "<base64>", "format": "npy"}}
+    {"type": "onellm_input", "onellm_input": {"modality": "depth", "parts": {
+        "rgb": {"data": "...", "format": "png"}, "depth": {"data": "...", "format": "npy"}}}}
+A part may give `path` (or an `image_url` a file:// URL) instead of data when the server
+allows a folder (`--allow-dir`). Masks and images come back beside the text in the
+message (`masks`, `images`: base64 PNGs with the position of their `<seg>` / `<gen>`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from onellm.chat import ChatResponse
+    from onellm.model import OneLLM
+
+PART_TYPES = ("text", "image_url", "input_audio", "video_url", "onellm_input")
+
+
+class URL(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class InputAudio(BaseModel):
+    data: str
+    format: str = "wav"
+
+
+class FileData(BaseModel):
+    """A file's bytes (base64) and its format (the file suffix: png, wav, mp4, npy, ...),
+    or a path on the server inside `--allow-dir`."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str | None = None
+    format: str | None = None
+    path: str | None = None
+
+
+class ModalityInput(FileData):
+    """One input of a named modality: a file, or `parts` for a paired input (rgb + depth)."""
+
+    modality: str
+    parts: dict[str, FileData] | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    text: str | None = None
+    image_url: URL | None = None
+    video_url: URL | None = None
+    input_audio: InputAudio | None = None
+    onellm_input: ModalityInput | None = None
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatRequest(BaseModel):
+    """`POST /v1/chat/completions`. Unknown top-level keys are ignored, as OpenAI clients
+    send some this server has no use for; greedy unless `temperature` > 0."""
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def png_base64(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def output_parts(model: OneLLM, reply: ChatResponse) -> dict[str, list[dict[str, Any]]]:
+    """The reply's masks and images as base64 PNGs, each with the index of its output token
+    among the reply's tokens (`position`) and the length of the text before it (`offset`)."""
+    from PIL import Image
+
+    from onellm.template import cut_at_stop
+
+    tok, stops, ids = model.text_tokenizer, model.config.chat.stop, reply.token_ids
+    token_ids = model.outputs.token_ids
+
+    def where(task: str, every: int) -> list[int]:
+        at = [i for i, t in enumerate(ids) if t == token_ids.get(task)]
+        return at[::every]
+
+    def offset(pos: int) -> int:
+        return min(len(cut_at_stop(tok.decode(ids[:pos], skip_special_tokens=True), stops)),
+                   len(reply.text))  # fmt: skip
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    masks = [Image.fromarray(m.cpu().numpy().astype("uint8") * 255, mode="L") for m in reply.masks]
+    gen = getattr(model.outputs["gen"], "tokens", 1) if "gen" in model.outputs else 1
+    for field, task, items, every in (("masks", "seg", masks, 1),
+                                      ("images", "gen", reply.images, gen)):  # fmt: skip
+        if items:
+            out[field] = [
+                {
+                    "token": f"<{task}>",
+                    "position": p,
+                    "offset": offset(p),
+                    "width": im.width,
+                    "height": im.height,
+                    "png": png_base64(im),
+                }  # fmt: skip
+                for im, p in zip(items, where(task, every), strict=False)
+            ]
+    return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+
+
+def completion(cid: str, model_id: str, message: dict[str, Any], finish: str,
+               use: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_id,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": use}  # fmt: skip
+
+
+def chunk(cid: str, model_id: str, delta: dict[str, Any], finish: str | None = None,
+          use: dict[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One server-sent event of a streamed completion (`usage` chunks have no choices)."""
+    out: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk",
+                           "created": int(time.time()), "model": model_id}  # fmt: skip
+    out["choices"] = [] if use else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    if use:
+        out["usage"] = use
+    return out
+
+
+def error(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
+    """OpenAI's error body."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}

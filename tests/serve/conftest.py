@@ -1,0 +1,80 @@
+"""Serving fixtures: files a user would upload, a logits processor that makes the tiny
+random model emit an output token, and a live server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="onellm serve needs fastapi (pip install -e .)")
+
+
+class ForceAt:
+    """A logits processor: every row emits `token` as its new token number `step` (0-based;
+    generate's ids hold the new tokens only when it starts from inputs_embeds)."""
+
+    def __init__(self, token: int, step: int) -> None:
+        self.token, self.step = token, step
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.step:
+            scores[:] = float("-inf")
+            scores[:, self.token] = 0
+        return scores
+
+
+def b64(path) -> str:
+    return base64.b64encode(open(path, "rb").read()).decode()
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """One file per kind of upload: png image, wav audio, npy point cloud, a depth pair."""
+    d = tmp_path_factory.mktemp("uploads")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / "x.png")
+    sf.write(d / "x.wav", (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
+    np.save(d / "cloud.npy", rng.standard_normal((300, 6)).astype(np.float32))
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / "rgb.png")
+    np.save(d / "depth.npy", (rng.random((32, 32)) * 5).astype(np.float32))
+    return d
+
+
+def data_url(path, mime="image/png") -> str:
+    return f"data:{mime};base64,{b64(path)}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving `app` on 127.0.0.1 in a thread, stopped on `close`."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start within 60 s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
