@@ -150,9 +150,15 @@ class UniversalProjection(nn.Module):
         # called with (modality, router input, Routing) on every routing (onellm/moe.py)
         self.recorder: Callable[[str, torch.Tensor, Routing], None] | None = None
 
+    reads_frames = False  # frames are mean-pooled before it (experts/projections.py)
+
     @property
     def num_experts(self) -> int:
         return len(self.experts)
+
+    def num_tokens(self, modality: str) -> int:
+        """The tokens a modality's input becomes: its queries."""
+        return self.num_queries
 
     def build_router(self, count: int, spec: dict | None = None) -> nn.Module:
         """A router of kind `spec` (default the projection's) over `count` experts."""
@@ -163,15 +169,15 @@ class UniversalProjection(nn.Module):
             kind, width=self.width, hidden=self.router_hidden, num_experts=count, **spec
         )
 
-    def add_modality(
-        self, name: str, *, output_scale: float = 1.0, experts: list[int] | None = None
-    ) -> None:
+    def add_modality(self, name: str, *, output_scale: float = 1.0,
+                     experts: list[int] | None = None, tokens_in: int | None = None) -> None:  # fmt: skip
         """Create modality `name`'s queries, router, projections and tags (random init).
 
         `output_scale`: the RMS of the LLM's word embeddings. The output LayerNorm's gain
         and the tags start at that scale, so modality tokens enter the LLM at the size its
         own tokens have (OneLLM starts at gain 1: ~40x larger, which a tiny LLM cannot absorb).
         `experts`: the expert indices its router weighs (default: all there are now).
+        `tokens_in` (the encoder's S+1) is every projection kind's argument; queries ignore it.
         """
         routes = list(range(self.num_experts)) if experts is None else list(experts)
         if not routes or any(not 0 <= e < self.num_experts for e in routes):
