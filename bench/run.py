@@ -9,7 +9,9 @@ autocast, with MFU against the peak matmul rate measured in the same process; (c
 `model.chat` against bare `generate` on the tiny and small configs, and a chat that answers
 with `<seg>` (mask included) against the same chat without output experts; (d-f) data at scale
 (bench/data.py, bench/align.py): decoding with 0 and 2 workers, memory over a 200,000-record
-manifest, the alignment workload against OneLLM's pipeline.
+manifest, the alignment workload against OneLLM's pipeline; (g) `onellm serve` on the tiny
+config: tokens/s of 8 clients at once against 1, and the server's memory over a 500-request
+soak (bench/serve.py; loopback only).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ CHATS = [
     ("c. chat small", ["--config", SMALL, "--tokens", "32", "--runs", "5"]),
 ]
 SEG_CHAT = ("c. <seg> chat small", ["--config", SMALL, "--runs", "9"])  # bench/seg_chat.py
+SERVE = (["--requests", "12", "--soak", "500"], ["--requests", "4", "--soak", "100"])  # quick
 
 
 def run(module: str, args: list[str]) -> dict:
@@ -131,6 +134,22 @@ def data_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def serve_table(r: dict) -> str:
+    """(g) the server: tokens/s of 1 client and of 8 at once, batch sizes, soak memory."""
+    one, many, s = r["one_client"], r["many_clients"], r["soak"]
+    lines = [f"{'serve benchmark (tiny, 127.0.0.1)':<44} {'requests':>8} {'tok/s':>8} {'vs 1':>6}",
+             "-" * 69,
+             f"{'g. 1 client':<44} {one['requests']:8d} {one['tokens_per_s']:8.1f}",
+             f"{'g. ' + str(many['clients']) + ' clients at once':<44} {many['requests']:8d} "
+             f"{many['tokens_per_s']:8.1f} {r['speedup']:5.2f}x",
+             f"   generate calls by batch size: {r['batch_sizes']}"]  # fmt: skip
+    if s:
+        lines.append(f"g. soak: {s['requests']} requests {s['status_counts']}, server RSS "
+                     f"{s['rss_mb_after_warmup']:.0f} -> {s['rss_mb_by_100'][-1]:.0f} MB "
+                     f"(by 100: {' / '.join(f'{v:.0f}' for v in s['rss_mb_by_100'])})")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results.json")
@@ -157,9 +176,10 @@ def main() -> None:
             r["vs_base"] = r["decode_ratio"]
         rows.append(r)
     data = [{"name": n, **run(m, q if args.quick else a)} for n, m, a, q in DATA]
-    text = table(rows) + "\n\n" + data_table(data)
+    serve = run("bench.serve", SERVE[1] if args.quick else SERVE[0])
+    text = table(rows) + "\n\n" + data_table(data) + "\n\n" + serve_table(serve)
     print(text)
-    Path(args.out).write_text(json.dumps({"rows": rows, "data": data,
+    Path(args.out).write_text(json.dumps({"rows": rows, "data": data, "serve": serve,
                                           "wall_seconds": time.time() - start}, indent=1))  # fmt: skip
     print(f"wrote {args.out}")
 
