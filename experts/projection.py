@@ -160,6 +160,10 @@ class UniversalProjection(nn.Module):
         """The tokens a modality's input becomes: its queries."""
         return self.num_queries
 
+    def blocks(self) -> list[nn.Module]:
+        """The heavy blocks (checkpointed, sharded): every expert's layers, each called alone."""
+        return [layer for pool in (self.experts, self.shared) for e in pool for layer in e.layers]
+
     def build_router(self, count: int, spec: dict | None = None) -> nn.Module:
         """A router of kind `spec` (default the projection's) over `count` experts."""
         spec = dict(self.router_spec if spec is None else spec)
