@@ -1,4 +1,5 @@
-"""Plots a person can look at: RUN/plots/{loss,accuracy,routing}.png from metrics.jsonl."""
+"""Plots a person can look at: RUN/plots/{loss,accuracy,routing}.png from metrics.jsonl, and
+where the stage routes through the projection, expert_load.png and router_entropy.png."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def plot_run(run: str | Path) -> list[Path]:
         )
         ax.legend(fontsize=8)
         written.append(_save(fig, out / "loss.png"))
+    used = [r for r in train if r.get("routing")]
+    if used:
+        written += plot_expert_use(used, out, run.name)
     evals = [r for r in records if r["event"] == "eval"]
     if evals:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -62,6 +66,39 @@ def plot_run(run: str | Path) -> list[Path]:
         per_query = evals[-1].get("routing_per_query", {})
         if per_query:
             written.append(plot_routing_per_query(per_query, out / "routing_per_query.png"))
+    return written
+
+
+def plot_expert_use(train: list[dict], out: Path, name: str) -> list[Path]:
+    """Per modality, each expert's share of the routing weight over the steps (stacked),
+    and all modalities together with the collapse alarm's steps; the router entropy."""
+    mods = sorted({m for r in train for m in r["routing"]})
+    k = len(next(iter(train[-1]["routing"].values()))["load"])
+    panels = [*mods, "all"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1, 3.2), squeeze=False)
+    for ax, m in zip(axes[0], panels, strict=True):
+        rows = [r for r in train if m == "all" or m in r["routing"]]
+        steps = [r["step"] for r in rows]
+        if m == "all":
+            loads = [[s or 0.0 for s in r["expert_share"]] for r in rows]
+        else:
+            loads = [r["routing"][m]["load"] for r in rows]
+        ax.stackplot(steps, *zip(*loads, strict=True), labels=[f"expert {e}" for e in range(k)])
+        alarms = [r["step"] for r in rows if m == "all" and r.get("collapse")]
+        if alarms:
+            ax.plot(alarms, [1.0] * len(alarms), "rx", label="collapse alarm")
+        ax.set(title=m, xlabel="step", ylim=(0, 1))
+    axes[0][0].set_ylabel("share of routing weight")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{name}: expert load")
+    written = [_save(fig, out / "expert_load.png")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m in mods:
+        pts = [(r["step"], r["routing"][m]["entropy"]) for r in train if m in r["routing"]]
+        ax.plot(*zip(*pts, strict=True), ".-", label=m)
+    ax.set(xlabel="step", ylabel="mean router entropy (nats)", title=f"{name}: router entropy")
+    ax.legend(fontsize=8)
+    written.append(_save(fig, out / "router_entropy.png"))
     return written
 
 
