@@ -81,7 +81,42 @@ class AddModalityConfig:
     type: str | None = None  # registered name, entry point, module[:Class] or file.py[:Class]
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the modality's kwargs
     new_experts: int = 0
+    upcycle_from: int | None = None  # the new experts copy this expert (default: i % K)
+    expert_noise: float = 0.0  # ... each weight scaled by 1 + expert_noise x N(0, 1)
     init_from: str | None = None  # copy queries, router, projections, tags from this modality
+
+
+@dataclasses.dataclass
+class UpcycleConfig:
+    """Sparse upcycling (MoE-LLaVA, CuMo) before training: the trained experts become
+    `experts` experts, the new ones copies of `sources` (default: expert i % K for the
+    i-th new one) with each weight scaled by 1 + noise x N(0, 1), every router's rows
+    extended to them; `router` (optional) re-types the routers, keeping their MLPs."""
+
+    experts: int
+    sources: list[int] | None = None
+    noise: float = 0.01
+    router: dict[str, Any] | None = None  # e.g. {type: topk, k: 2}
+
+
+@dataclasses.dataclass
+class CollapseConfig:
+    """The collapse alarm: an expert under `floor` x its fair share of the routing weight
+    (all modalities together) for `steps` steps is a warning in the log and the metrics."""
+
+    floor: float = 0.1
+    steps: int = 100
+
+
+@dataclasses.dataclass
+class MoEConfig:
+    """Losses on the projection's routers (onellm/moe.py): Switch balance and router
+    z-loss weights, over each micro-batch or the whole optimiser step (`global`)."""
+
+    balance: float = 0.0
+    z_loss: float = 0.0
+    scope: str = "global"  # micro_batch | global
+    collapse: CollapseConfig = dataclasses.field(default_factory=CollapseConfig)
 
 
 @dataclasses.dataclass
@@ -94,6 +129,10 @@ class StageConfig:
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1
+    # each of a step's grad_accum micro-batches draws its own source, so that one optimiser
+    # step spans several modalities (as OneLLM's GPUs each hold one); moe.scope: global
+    # then balances the experts over them together
+    mix_sources: bool = False
     grad_clip: float | None = 1.0
     # auto (CUDA when there is one) | cpu | cuda | cuda:N; under torchrun cuda:LOCAL_RANK
     device: str = "auto"
@@ -117,6 +156,8 @@ class StageConfig:
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     lora: LoraConfig | None = None
     add_modality: AddModalityConfig | None = None
+    upcycle: UpcycleConfig | None = None
+    moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
     # {new: trained}: a new modality's queries, router, projections and tags start as a
     # copy of a trained one's (OneLLM's --init_from_image), applied when the stage starts
     init_modalities: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -171,3 +212,21 @@ def validate(cfg: StageConfig) -> None:
     resolve_device(cfg.device)  # no CUDA where it asks for one: say so now, not mid-setup
     if not cfg.trainable:
         raise ConfigError("trainable: name at least one parameter pattern")
+    validate_moe(cfg)
+
+
+def validate_moe(cfg: StageConfig) -> None:
+    m = cfg.moe
+    if m.scope not in ("micro_batch", "global"):
+        raise ConfigError(f"moe.scope: expected micro_batch or global, got {m.scope!r}")
+    for name in ("balance", "z_loss"):
+        if getattr(m, name) < 0:
+            raise ConfigError(f"moe.{name}: expected >= 0, got {getattr(m, name)}")
+    if not 0 <= m.collapse.floor <= 1 or m.collapse.steps < 1:
+        raise ConfigError(f"moe.collapse: expected floor in [0, 1] and steps >= 1, got "
+                          f"{m.collapse.floor} and {m.collapse.steps}")  # fmt: skip
+    u = cfg.upcycle
+    if u is not None and (u.experts < 1 or u.noise < 0):
+        raise ConfigError(
+            f"upcycle: expected experts >= 1 and noise >= 0, got {u.experts} and {u.noise}"
+        )

@@ -1,10 +1,12 @@
-"""Model surgery: a new modality, a modality started from another, LoRA on the LLM.
+"""Model surgery: a new modality, a modality started from another, more experts by
+sparse upcycling, LoRA on the LLM.
 
 Each changes the model's modules; the saved config follows from them (`OneLLM.config`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -13,8 +15,15 @@ import torch
 from torch import nn
 
 from experts.projection import UniversalProjection
-from onellm.build import build_modality, embedding_rms, name_table, token_layout
-from onellm.errors import ConfigError, InputError
+from onellm.build import (
+    build_modality,
+    embedding_rms,
+    name_table,
+    run_lengths,
+    token_layout,
+    tokens_in,
+)
+from onellm.errors import ConfigError, InputError, RegistryError
 from onellm.modality import SPECIAL_TOKEN_NAMES
 
 if TYPE_CHECKING:
@@ -59,9 +68,14 @@ def init_modality_from(model: OneLLM, modality: str, source: str) -> None:
 
 
 def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None, *,
-                 new_experts: int = 0, init_from: str | None = None,
-                 freeze_old: bool = True) -> list[str]:  # fmt: skip
-    """See `OneLLM.add_modality`."""
+                 new_experts: int = 0, init_from: str | None = None, freeze_old: bool = True,
+                 upcycle_from: int | None = None, expert_noise: float = 0.0) -> list[str]:  # fmt: skip
+    """See `OneLLM.add_modality`. `upcycle_from`: the new experts are copies of this expert
+    (default: expert i % K for the i-th), each weight scaled by 1 + expert_noise x N(0, 1)."""
+    k = model.projection.num_experts
+    if upcycle_from is not None and not 0 <= upcycle_from < k:
+        raise ConfigError(f"add_modality {name!r}: upcycle_from must be an expert in 0..{k - 1}, "
+                          f"got {upcycle_from}")  # fmt: skip
     if name in model.names:
         raise ConfigError(f"modality {name!r}: this model already has it ({model.names[name]})")
     tok = model.text_tokenizer
@@ -76,8 +90,9 @@ def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None
     before = {n for n, _ in model.named_parameters()}
     proj = model.projection
     if new_experts:  # earlier modalities keep exactly the experts they route to
-        proj.add_experts(new_experts)
-    proj.add_modality(name, output_scale=embedding_rms(model.llm))
+        proj.add_experts(new_experts, source=upcycle_from, noise=expert_noise)
+    proj.add_modality(name, output_scale=embedding_rms(model.llm),
+                      tokens_in=tokens_in(tokenizer, model.encoder))  # fmt: skip
     proj.to(model.device, model.dtype)
     model.tokenizers[name] = tokenizer
     model.modalities[name] = mod
@@ -86,7 +101,7 @@ def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None
         spec["type"] = os.path.abspath(file) + colon + attr
     model.specs[name] = spec
     model.names = name_table(model.modalities)
-    layout = token_layout(tok, model.llm, model.modalities, model.layout.block_len,
+    layout = token_layout(tok, model.llm, run_lengths(proj, model.modalities),
                           model.layout.output_tokens)  # fmt: skip
     model.layout = layout
     if source is not None:
@@ -97,6 +112,43 @@ def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None
         params = dict(model.named_parameters())
         for n in new:
             params[n].requires_grad_(True)
+    return new
+
+
+def upcycle(model: OneLLM, experts: int, *, sources: list[int] | None = None, noise: float = 0.0,
+            router: Mapping[str, Any] | None = None,
+            generator: torch.Generator | None = None) -> list[int]:  # fmt: skip
+    """Sparse upcycling (MoE-LLaVA, CuMo): the projection's K trained experts become
+    `experts`, the new ones copies of `sources` (default: expert i % K for the i-th new
+    one), each weight scaled by 1 + noise x N(0, 1), every router that weighs a source
+    extended to its copies (`UniversalProjection.upcycle`); `router` re-types the routers
+    (`{type: topk, k: 2}`), keeping their MLPs. -> the new experts' indices."""
+    proj = model.projection
+    old = proj.num_experts
+    if experts < old:
+        raise ConfigError(f"upcycle.experts: expected at least the model's {old}, got {experts}")
+    sources = [i % old for i in range(experts - old)] if sources is None else list(sources)
+    if len(sources) != experts - old or any(not 0 <= s < old for s in sources):
+        raise ConfigError(f"upcycle.sources: expected {experts - old} experts in 0..{old - 1}, "
+                          f"got {sources}")  # fmt: skip
+    if router is not None:  # refuse a bad router before anything changes
+        if router.get("shared", 0) != proj.router_spec.get("shared", 0):
+            raise ConfigError(
+                "upcycle.router.shared: shared experts are fixed when the model is built"
+            )
+        for routes in proj.routes.values():
+            count = len(routes) + sum(s in routes for s in sources)
+            try:
+                proj.build_router(count, dict(router))
+            except (TypeError, ValueError, RegistryError) as e:
+                raise ConfigError(f"upcycle.router: {e}") from None
+    new = proj.upcycle(sources, noise=noise, generator=generator)
+    if router is not None:
+        proj.set_router(dict(router))
+        cfg = model.base_config  # the router spec is not read back from the modules
+        model.base_config = dataclasses.replace(
+            cfg, projection=dataclasses.replace(cfg.projection, router=dict(router))
+        )
     return new
 
 

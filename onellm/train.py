@@ -9,6 +9,9 @@ what trains in onellm/freezing.py; where it runs in onellm/devices.py. Step s dr
 source and examples from (seed, s) alone, so a resumed run replays exactly what an
 uninterrupted one would. Losses are summed over the task's items (target tokens or
 samples) and divided by the global count, so N processes match one with the same batch.
+With `mix_sources` each micro-batch draws its own source (its loss a mean over its own
+items, divided by their number). The projection's routings are recorded through the step
+for the MoE losses and the expert-use figures (onellm/moe.py, `moe:` in the stage).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from onellm import activation_checkpointing, distributed
+from onellm import activation_checkpointing, distributed, surgery
 from onellm.data import feature_cache
 from onellm.data.loader import StepBatches, step_loader, steps
 from onellm.data.sources import Source
@@ -33,6 +36,7 @@ from onellm.errors import ConfigError, InputError
 from onellm.evaluate import StageEval
 from onellm.freezing import apply_trainable
 from onellm.model import OneLLM
+from onellm.moe import StepMoE
 from onellm.optim import optimizer
 from onellm.run_state import RunFiles, TrainState
 from onellm.stage import StageConfig
@@ -53,11 +57,16 @@ def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[
         model.add_lora(
             r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=tuple(lo.target_modules)
         )
+    if cfg.upcycle is not None:  # seeded: a resume or FSDP's saving twin gets the same copies
+        u = cfg.upcycle
+        surgery.upcycle(model, u.experts, sources=u.sources, noise=u.noise, router=u.router,
+                        generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     added: list[str] = []
     if cfg.add_modality is not None:
         a = cfg.add_modality
         spec = {**({"type": a.type} if a.type else {}), **a.options}
-        added = model.add_modality(a.name, spec, new_experts=a.new_experts, init_from=a.init_from)
+        added = model.add_modality(a.name, spec, new_experts=a.new_experts, init_from=a.init_from,
+                                   upcycle_from=a.upcycle_from, expert_noise=a.expert_noise)  # fmt: skip
     for new, trained in cfg.init_modalities.items():
         try:
             model.init_modality_from(new, trained)
@@ -96,6 +105,7 @@ class Recipe:
             {n: m for t in tasks.values() for n, m in t.aux(self.model).items()}
         )
         self.aux.to(self.device, self.model.dtype)
+        self.moe = StepMoE(cfg.moe, self.model.projection, self.d)  # MoE losses, expert use
         # one root so that names (for patterns and checkpoints) are "model.*" / "aux.*"
         self.root = nn.ModuleDict({"model": self.model, "aux": self.aux})
         # freezing, and how the trained blocks run
@@ -148,24 +158,48 @@ class Recipe:
         return [move(b, self.device, self.model.dtype) for b in self.data.batches(step, key)]
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, step: int, prepared: tuple[str, list] | None = None) -> dict[str, Any]:
-        """One optimiser step on step `step`'s batches (`prepared`: as the loader gave them)."""
-        cfg = self.cfg
-        key, batches = prepared if prepared is not None else self.data[step]
-        task = self.sources[key].task
+    def step_examples(self, key: str | tuple[str, ...]) -> int:
+        """The examples (all processes) of a step reading `key` (mixed: one per micro-batch)."""
+        if isinstance(key, tuple):
+            return sum(self.batch_size(k) for k in key)
+        return self.batch_size(key) * self.cfg.grad_accum
+
+    def backward(self, key: str, batches: list[dict[str, Any]], share: int):
+        """Forward and backward over one source's micro-batches; their loss is a mean over
+        the task's items on all processes, divided by `share` (the step's sources, mixed).
+        -> (the loss, each micro-batch's extra figures)."""
+        cfg, task = self.cfg, self.sources[key].task
         batches = [move(b, self.device, self.model.dtype) for b in batches]
         # per-process normaliser: FSDP averages gradients over processes
         count = torch.tensor(float(sum(task.items(b) for b in batches)), device=self.device)
         items = self.d.all_sum(count) / self.d.world
-        step_ctx = Step(self.model, self.aux, self.sources[key].modality, cfg.grad_accum)
+        accum = cfg.grad_accum if share == 1 else 1  # a mixed step's source: one micro-batch
+        step_ctx = Step(self.model, self.aux, self.sources[key].modality, accum)
         logged, extras = torch.zeros((), device=self.device), []
         for batch in batches:
             with autocast(self.device, cfg.precision):
                 loss, extra = task.loss(step_ctx, batch, items)
+            if share > 1:
+                loss = loss / share
             if loss.requires_grad:  # a frozen modality's replay reaches no trainable part
                 self.scaler.scale(loss).backward()
             logged += loss.detach().float()
             extras.append(extra)
+        return logged, extras
+
+    def train_step(self, step: int, prepared: tuple[Any, list] | None = None) -> dict[str, Any]:
+        """One optimiser step on step `step`'s batches (`prepared`: as the loader gave them)."""
+        cfg = self.cfg
+        key, batches = prepared if prepared is not None else self.data[step]
+        parts = list(zip(key, batches, strict=True)) if isinstance(key, tuple) else [(key, batches)]
+        with self.moe.recording():  # the routings, for the MoE losses and the expert-use figures
+            done = [self.backward(k, b, len(parts)) for k, b in parts]
+        with autocast(self.device, cfg.precision):
+            moe_loss, moe_stats = self.moe.finish()
+        if moe_loss is not None and moe_loss.requires_grad:
+            self.scaler.scale(moe_loss).backward()
+        logged = sum(d[0] for d in done)
+        extras = [e for d in done for e in d[1]]
         stepped = any(p.grad is not None for p in self.params)
         if stepped:
             self.scaler.unscale_(self.optimizer)  # fp16: clip the true gradients
@@ -178,8 +212,9 @@ class Recipe:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = {"loss": float(self.d.all_sum(logged)) / self.d.world, "source": key,
-                 "grad_norm": norm, "lr": max(self.scheduler.get_last_lr())}  # fmt: skip
+        stats = {"loss": float(self.d.all_sum(logged)) / self.d.world,
+                 "source": key if len(parts) == 1 else "mixed", "grad_norm": norm,
+                 "lr": max(self.scheduler.get_last_lr()), **moe_stats}  # fmt: skip
         for name in {k for e in extras for k in e}:  # e.g. the decoder's part of the loss
             values = [e[name] for e in extras if name in e]
             stats[name] = sum(values) / len(values)
@@ -197,14 +232,18 @@ class Recipe:
             prepared = next(loader)
             waited += time.perf_counter() - t
             stats = self.train_step(self.step, prepared)
-            seen += self.batch_size(stats["source"]) * cfg.grad_accum
+            seen += self.step_examples(prepared[0])
             self.step += 1
             if self.d.main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 elapsed = time.perf_counter() - tick
                 rate, wait = seen / elapsed, waited / elapsed
                 tick, seen, waited = time.perf_counter(), 0, 0.0
+                use = self.moe.report()  # expert use since the last log, the collapse alarm
+                for warning in use.pop("warnings", []):
+                    tqdm.write(f"[{cfg.name}] warning: {warning}")
+                    self.files.log({"event": "warning", "step": self.step, "message": warning})
                 self.files.log({"event": "train", "step": self.step, "samples_per_s": rate,
-                                "data_wait": wait, "peak_rss_mb": peak_rss_mb(), **stats})  # fmt: skip
+                                "data_wait": wait, "peak_rss_mb": peak_rss_mb(), **stats, **use})  # fmt: skip
                 bar.set_postfix(
                     loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}", sps=f"{rate:.0f}"
                 )

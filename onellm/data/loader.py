@@ -31,7 +31,9 @@ def choose_source(weights: dict[str, float], seed: int, step: int) -> str:
 
 
 class StepBatches(Dataset):
-    """Step s -> (the source it reads, this process's micro-batches of it, on the CPU)."""
+    """Step s -> (the source it reads, this process's micro-batches of it, on the CPU); with
+    `mix_sources`, each micro-batch draws its own source: (the sources, in order, and each
+    one's micro-batches)."""
 
     def __init__(self, cfg: StageConfig, sources: dict[str, Source], model: Any, *,
                  rank: int = 0, world: int = 1) -> None:  # fmt: skip
@@ -45,21 +47,28 @@ class StepBatches(Dataset):
     def batch_size(self, key: str) -> int:
         return self.cfg.data[key].batch_size or self.cfg.batch_size
 
-    def source_for(self, step: int) -> str:
+    def source_for(self, step: int, slot: int = 0) -> str:
+        """The source of step `step` (of its micro-batch `slot` when sources mix)."""
+        if self.cfg.mix_sources:
+            return choose_source(self.weights, self.cfg.seed, step * self.cfg.grad_accum + slot)
         return choose_source(self.weights, self.cfg.seed, step)
 
-    def __getitem__(self, step: int) -> tuple[str, list[dict[str, Any]]]:
+    def __getitem__(self, step: int) -> tuple[Any, list[Any]]:
+        if self.cfg.mix_sources:
+            keys = tuple(self.source_for(step, a) for a in range(self.cfg.grad_accum))
+            return keys, [self.batches(step, k, slots=[a]) for a, k in enumerate(keys)]
         key = self.source_for(step)
         return key, self.batches(step, key)
 
-    def batches(self, step: int, key: str) -> list[dict[str, Any]]:
-        """This process's micro-batches of step `step` from source `key`."""
+    def batches(self, step: int, key: str, slots: list[int] | None = None) -> list[dict[str, Any]]:
+        """This process's micro-batches of step `step` from source `key` (those of the
+        micro-batch `slots` alone, when given)."""
         from onellm.tasks import Batching
 
         src, size = self.sources[key], self.batch_size(key)
         local = size // self.world
         out = []
-        for a in range(self.cfg.grad_accum):
+        for a in range(self.cfg.grad_accum) if slots is None else slots:
             # a source's scenes are indexed by step, so steps given to other sources leave gaps
             first = (step * self.cfg.grad_accum + a) * size + self.rank * local
             positions = list(range(first, first + local))
