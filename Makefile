@@ -24,9 +24,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
-# on a CUDA machine: the gpu-marked tests, then the GPU bench (bench/gpu_results.json)
+# on a CUDA machine: the gpu-marked tests (bitsandbytes 8-bit/NF4 loading too: pip install
+# -e ".[cuda-quant]"), then the GPU bench (bench/gpu_results.json)
 gpu-check: $(STAMP)
-	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py tests/test_quantize.py
 	$(BIN)/python -m bench.gpu
 
 lint: $(STAMP)

@@ -126,9 +126,15 @@ def router(service: Service) -> APIRouter:
         except RequestError as e:
             return failure(e.status, str(e), e.kind)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        job = Job(prepared.conversation, max_tokens, stream=req.stream,
-                  temperature=req.temperature, top_p=req.top_p,
-                  emit=lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)))  # fmt: skip
+
+        def emit(kind: str, value: Any) -> None:  # called from the batcher's thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+            except RuntimeError:  # the event loop has closed (shutdown): nobody is listening
+                pass
+
+        job = Job(prepared.conversation, max_tokens, emit, stream=req.stream,
+                  temperature=req.temperature, top_p=req.top_p)  # fmt: skip
         try:
             service.batcher.submit(job)
         except Busy as e:

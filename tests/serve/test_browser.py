@@ -60,3 +60,6 @@ def test_the_ui_answers_an_uploaded_image_with_text_and_a_mask(server, tmp_path)
         finally:
             browser.close()
     assert Image.open(tmp_path / "ui.png").size[0] == 1280
+    import httpx  # the API answers on the same server as the UI
+
+    assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "tiny"
