@@ -44,7 +44,24 @@ def files(tmp_path_factory):
     np.save(d / "cloud.npy", rng.standard_normal((300, 6)).astype(np.float32))
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / "rgb.png")
     np.save(d / "depth.npy", (rng.random((32, 32)) * 5).astype(np.float32))
+    np.save(d / "normal.npy", rng.uniform(-1, 1, (32, 32, 3)).astype(np.float32))
+    np.save(d / "imu.npy", rng.standard_normal((80, 6)).astype(np.float32))
+    np.save(d / "fmri.npy", rng.standard_normal(48).astype(np.float32))
+    write_video(d / "clip.mp4", rng)
     return d
+
+
+def write_video(path, rng, frames: int = 6) -> None:
+    """A short H.264 clip, as a phone would upload one."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(frames):
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        c.mux(s.encode())
 
 
 def data_url(path, mime="image/png") -> str:

@@ -77,6 +77,42 @@ def test_two_and_three_modalities_in_one_message(client, tiny_model, files):
     assert text_of(got) == want.text
 
 
+UPLOADS = {  # modality -> the file (or pair of files) a user uploads
+    "image": "x.png", "video": "clip.mp4", "audio": "x.wav", "point": "cloud.npy",
+    "imu": "imu.npy", "fmri": "fmri.npy", "depth": {"rgb": "rgb.png", "depth": "depth.npy"},
+    "normal": {"rgb": "rgb.png", "normal": "normal.npy"},
+}  # fmt: skip
+
+
+def upload(files, name):
+    return {"data": b64(files / name), "format": name.rsplit(".", 1)[1]}
+
+
+@pytest.mark.parametrize("modality", sorted(UPLOADS))
+def test_every_modality_as_an_onellm_input_equals_chat_on_its_file(client, tiny_model, files,
+                                                                    modality):  # fmt: skip
+    spec = UPLOADS[modality]
+    if isinstance(spec, dict):
+        x = {"modality": modality, "parts": {k: upload(files, v) for k, v in spec.items()}}
+        raw = {k: str(files / v) for k, v in spec.items()}
+    else:
+        x = {"modality": modality, **upload(files, spec)}
+        raw = str(files / spec)
+    body = ask(client, [{"type": "onellm_input", "onellm_input": x},
+                        {"type": "text", "text": "What is it?"}], max_tokens=5)  # fmt: skip
+    want = tiny_model.chat(raw, modality=modality, prompt="What is it?", max_new_tokens=5)
+    assert text_of(body) == want.text and body["usage"]["completion_tokens"] == len(want.token_ids)
+
+
+def test_video_url_is_a_video(client, tiny_model, files):
+    url = data_url(files / "clip.mp4", "video/mp4")
+    body = ask(client, [{"type": "video_url", "video_url": {"url": url}},
+                        {"type": "text", "text": "What moves?"}], max_tokens=5)  # fmt: skip
+    want = tiny_model.chat(str(files / "clip.mp4"), modality="video", prompt="What moves?",
+                           max_new_tokens=5)  # fmt: skip
+    assert text_of(body) == want.text
+
+
 def test_history_and_system_message(client, tiny_model):
     messages = [{"role": "user", "content": "What is it?"},
                 {"role": "assistant", "content": "a red circle"},
@@ -138,6 +174,18 @@ def test_masks_come_back_as_pngs_at_their_seg(seg_client, tiny_model, files):
     chunks = sse(client, {"messages": [{"role": "user", "content": content}], "max_tokens": 6,
                           "stream": True})  # fmt: skip
     assert chunks[-1]["choices"][0]["delta"]["masks"] == [mask]  # the last chunk carries them
+
+
+def test_a_run_of_gen_tokens_comes_back_as_one_image(tiny_model):
+    gen, n = tiny_model.outputs.token_ids["gen"], tiny_model.outputs["gen"].tokens
+    force = LogitsProcessorList([ForceAt(gen, i) for i in range(1, 1 + n)])
+    app = create_app(tiny_model, ui=False, generate_kwargs={"logits_processor": force})
+    with TestClient(app) as c:
+        body = ask(c, "draw a green square", max_tokens=n + 2)
+    (image,) = body["choices"][0]["message"]["images"]
+    assert image["token"] == "<gen>" and image["position"] == 1
+    decoded = Image.open(io.BytesIO(base64.b64decode(image["png"])))
+    assert decoded.size == (image["width"], image["height"]) == (32, 32)  # the tiny UNet's
 
 
 def test_models_and_health(client, tiny_model):
