@@ -53,7 +53,7 @@ def create_app(model: OneLLM, *, model_id: str = "onellm", allow_dir: str | Path
 
         blocks = build_ui(service).queue(default_concurrency_limit=max(2 * max_batch, 4))
         app = gr.mount_gradio_app(app, blocks, path="/", max_file_size=f"{max_body_mb}mb",
-                                  footer_links=[])  # fmt: skip
+                                  footer_links=[], ssr_mode=False)  # fmt: skip
     return app
 
 

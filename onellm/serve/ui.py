@@ -109,7 +109,8 @@ def routing_figure(model, inputs) -> Any:
 
 def build_ui(service: Service) -> gr.Blocks:
     model = service.model
-    with gr.Blocks(title=f"onellm · {service.model_id}") as ui:
+    # no telemetry: the server talks to its clients and nothing else
+    with gr.Blocks(title=f"onellm · {service.model_id}", analytics_enabled=False) as ui:
         gr.Markdown(f"### onellm · `{service.model_id}`  \nUpload inputs (several modalities "
                     "may go in one message), then ask. The API is at `/v1/chat/completions`.")  # fmt: skip
         with gr.Row():

@@ -43,6 +43,15 @@ def test_the_ui_answers_an_uploaded_image_with_text_and_a_mask(server, tmp_path)
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            outside: list[str] = []  # the page may load nothing but from its own server
+
+            def only_loopback(route):
+                if route.request.url.startswith(server.url):
+                    return route.continue_()
+                outside.append(route.request.url)
+                return route.abort()
+
+            page.route("**/*", only_loopback)
             page.goto(server.url + "/")
             page.locator("#input-image input[type=file]").set_input_files(str(picture))
             page.locator("#prompt textarea").fill("segment the shape")
@@ -60,6 +69,7 @@ def test_the_ui_answers_an_uploaded_image_with_text_and_a_mask(server, tmp_path)
         finally:
             browser.close()
     assert Image.open(tmp_path / "ui.png").size[0] == 1280
+    assert outside == []
     import httpx  # the API answers on the same server as the UI
 
     assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "tiny"
