@@ -16,14 +16,14 @@ from torch import nn
 
 
 def enable(model: Any) -> list[nn.Module]:
-    """Recompute in backward: every projection expert block, CLIP's and the LLM's layers.
-    -> the expert blocks checkpointed. Only takes effect in train mode (HF's rule)."""
+    """Recompute in backward: the projection's blocks (UPM: each expert's; perceiver: its
+    layers), CLIP's and the LLM's layers. -> the projection blocks checkpointed. Only takes effect in train mode (HF's rule)."""
     from torch.distributed._composable import checkpoint
 
     llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
     for part in (llm, model.encoder.clip):
         hf_enable(part)
-    blocks = [layer for expert in model.projection.experts for layer in expert.layers]
+    blocks = model.projection.blocks()
     for block in blocks:
         checkpoint(block)
     return blocks

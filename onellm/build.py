@@ -8,6 +8,7 @@ embeddings grow to fit the output tokens (placeholders are never embedded).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from experts.projection import UniversalProjection, llama_ffn_hidden
 from onellm.config import ModelConfig, check_kwargs
 from onellm.devices import DTYPES, resolve_device, resolve_dtype
 from onellm.encoder import UniversalEncoder
+from onellm.errors import ConfigError
 from onellm.layout import TokenLayout
 from onellm.llm import build_llm, build_text_tokenizer
 from onellm.modality import MODALITIES, Modality, find_modality
@@ -66,31 +68,68 @@ def name_table(modalities: Mapping[str, Modality]) -> dict[str, str]:
     return table
 
 
-def token_layout(tokenizer, llm, names: Iterable[str], block_len: int,
+def build_moai(spec: Mapping[str, Any] | None, llm) -> nn.Module | None:
+    """MoAI's sources, compressor and mixers from the `moai:` section, joined to `llm`'s
+    chosen decoder layers (experts/moai.py); None without the section."""
+    if spec is None:
+        return None
+    from experts.moai import MoAI
+
+    check_kwargs(MoAI, spec, "moai")
+    moai = MoAI(llm_width=llm.config.hidden_size, **spec)
+    moai.attach(llm)
+    return moai
+
+
+def run_lengths(projection: nn.Module, names: Iterable[str]) -> dict[str, int]:
+    """Each modality's placeholder run: its tokens and the two tags."""
+    return {key: projection.num_tokens(key) + 2 for key in names}
+
+
+def token_layout(tokenizer, llm, lengths: Mapping[str, int],
                  output_tokens: Iterable[str] = ()) -> TokenLayout:  # fmt: skip
     """Each modality's placeholder id (`<m>` in the tokenizer, added if new; without a
-    tokenizer, one past the LLM's vocabulary) in a `TokenLayout`."""
-    names = list(names)
+    tokenizer, one past the LLM's vocabulary) and run length in a `TokenLayout`."""
+    names = list(lengths)
     if tokenizer is None:
         base = llm.config.vocab_size
         ids = {key: base + i for i, key in enumerate(names)}
-        return TokenLayout(None, ids, block_len, bos_token_id=llm.config.bos_token_id)
+        return TokenLayout(None, ids, lengths, bos_token_id=llm.config.bos_token_id)
     new = [f"<{k}>" for k in names if f"<{k}>" not in tokenizer.get_vocab()]
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
     ids = {key: tokenizer.convert_tokens_to_ids(f"<{key}>") for key in names}
-    return TokenLayout(tokenizer, ids, block_len, output_tokens=list(output_tokens))
+    return TokenLayout(tokenizer, ids, lengths, output_tokens=list(output_tokens))
 
 
-def build_projection(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> UniversalProjection:
-    p, width = cfg.projection, encoder.width
-    return UniversalProjection(
-        width=width, llm_width=llm.config.hidden_size, num_experts=p.num_experts,
-        layers_per_expert=p.layers_per_expert, num_heads=p.num_heads,
-        num_queries=p.num_queries,
-        ffn_hidden=p.ffn_hidden_size or llama_ffn_hidden(width, p.multiple_of),
-        router_hidden=p.router_hidden_size or 4 * width, router=p.router, norm_eps=p.norm_eps,
-    )  # fmt: skip
+def build_projection(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> nn.Module:
+    """The projection kind `cfg.projection.type` (experts/projections.py); unknown types and
+    options are refused by name."""
+    from experts.projections import PROJECTIONS
+
+    p, width, llm_width = cfg.projection, encoder.width, llm.config.hidden_size
+    kind = PROJECTIONS.get(p.type)  # RegistryError listing the kinds
+    if p.type == "upm":
+        if p.options:
+            raise ConfigError("projection.options: the upm takes its fields directly, got options")
+        return UniversalProjection(
+            width=width, llm_width=llm_width, num_experts=p.num_experts,
+            layers_per_expert=p.layers_per_expert, num_heads=p.num_heads,
+            num_queries=p.num_queries,
+            ffn_hidden=p.ffn_hidden_size or llama_ffn_hidden(width, p.multiple_of),
+            router_hidden=p.router_hidden_size or 4 * width, router=p.router, norm_eps=p.norm_eps,
+        )  # fmt: skip
+    check_kwargs(kind, p.options, "projection.options")
+    shared = {"num_queries": p.num_queries, "num_heads": p.num_heads}
+    accepted = inspect.signature(kind).parameters
+    shared = {k: v for k, v in shared.items() if k in accepted and k not in p.options}
+    return kind(width=width, llm_width=llm_width, **shared, **p.options)
+
+
+def tokens_in(tokenizer: nn.Module, encoder: UniversalEncoder) -> int:
+    """How many tokens (S+1) the encoder gives for a modality: its positional table's rows."""
+    pos = tokenizer.position_embedding
+    return int((encoder.position_embedding if pos is None else pos).shape[0])
 
 
 def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantization=None):
@@ -110,11 +149,12 @@ def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantiz
     for name, spec in cfg.modalities.items():
         modalities[name] = mod = build_modality(name, spec, encoder)
         tokenizers[name] = mod.build_tokenizer(encoder=encoder)
-        projection.add_modality(name, output_scale=scale, experts=cfg.projection.routes.get(name))
+        projection.add_modality(name, output_scale=scale, experts=cfg.projection.routes.get(name),
+                                tokens_in=tokens_in(tokenizers[name], encoder))  # fmt: skip
     llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
     tok = build_text_tokenizer(cfg.llm, cfg.chat, shapes_captions(modalities.values()))
     # placeholders first, then output tokens: the order the ids of saved runs were given in
-    layout = token_layout(tok, llm, modalities, projection.num_queries + 2)
+    layout = token_layout(tok, llm, run_lengths(projection, modalities))
     token_ids: dict[str, int] = {}
     if cfg.outputs and tok is not None:  # without a tokenizer: ids only, no outputs
         added = add_special_tokens(tok, None, [f"<{t}>" for t in cfg.outputs])
@@ -128,7 +168,7 @@ def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantiz
         add_special_tokens(tok, llm, layout.output_tokens)
     model = OneLLM(config=cfg, modalities=modalities, tokenizers=tokenizers, encoder=encoder,
                    projection=projection, llm=llm, text_tokenizer=tok, layout=layout,
-                   outputs=outputs)  # fmt: skip
+                   outputs=outputs, moai=build_moai(cfg.moai, llm))  # fmt: skip
     return model.to(where, torch_dtype)
 
 

@@ -198,17 +198,20 @@ def generate(
     read_states = len(model.outputs) > 0  # the output experts read generate's own states
     if read_states:
         kwargs.update(return_dict_in_generate=True, output_hidden_states=True)
-    out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
-    generated = out.sequences if read_states else out
-    replies = []
-    for row, limit in zip(generated.tolist(), limits, strict=True):
-        row = row[:limit]
-        replies.append(ChatResponse(text=cut_at_stop(tok.decode(row, skip_special_tokens=True),
-                                                     stops), token_ids=_trim(row, tok)))  # fmt: skip
-    if read_states and model.outputs.emitted(generated):
-        from onellm.outputs import attach_outputs
+    # a MoAI mixer hears what its auxiliary sources say about each row's image
+    aux = None if model.moai is None else model.moai.describe(model, [r.pixels for r in rows])
+    with model.mixing(padded["input_ids"].to(model.device), aux):
+        out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        generated = out.sequences if read_states else out
+        replies = []
+        for row, limit in zip(generated.tolist(), limits, strict=True):
+            row = row[:limit]
+            replies.append(ChatResponse(text=cut_at_stop(tok.decode(row, skip_special_tokens=True),
+                                                         stops), token_ids=_trim(row, tok)))  # fmt: skip
+        if read_states and model.outputs.emitted(generated):
+            from onellm.outputs import attach_outputs
 
-        attach_outputs(model, replies, out, embeds, attention_mask, [r.pixels for r in rows])
+            attach_outputs(model, replies, out, embeds, attention_mask, [r.pixels for r in rows])
     return replies
 
 

@@ -11,7 +11,9 @@ Nothing is pickled: safetensors and JSON/YAML only.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from onellm.config import load_config, to_dict
 from onellm.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -122,9 +126,13 @@ def from_pretrained(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     quantization: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> OneLLM:
     """Load a directory written by `save_pretrained` onto `device` in `dtype`, its LLM
-    quantised if asked (onellm/quantize.py)."""
+    quantised if asked (onellm/quantize.py). `overrides` (`key=value`) change its config
+    first (another projection kind, a `moai` section): then its weights load wherever
+    they still fit by name and shape, the parts the change made start as built, and what
+    was left out is logged."""
     from onellm import quantize
     from onellm.build import build_model
     from onellm.devices import resolve_device
@@ -134,7 +142,7 @@ def from_pretrained(
         raise CheckpointError(
             f"{d}: not a saved onellm model (expected config.yaml and model.safetensors)"
         )
-    cfg = load_config(d / "config.yaml")
+    cfg = load_config(d / "config.yaml", overrides)
     for part, key in ((cfg.encoder, "path"), (cfg.llm, "path"), (cfg.llm, "tokenizer")):
         value = getattr(part, key)
         if value is not None and not Path(value).is_absolute():
@@ -147,8 +155,14 @@ def from_pretrained(
         model.llm = PeftModel.from_pretrained(model.llm, d / "lora", is_trainable=trainable_lora)
     own = _renamed(read_safetensors(d / "model.safetensors", device=str(model.device)))
     expected = own_state_dict(model)
+    if overrides:  # a changed model: what still fits loads
+        fits = {k: v for k, v in own.items() if k in expected and expected[k].shape == v.shape}
+        fresh, dropped = sorted(set(expected) - set(fits)), sorted(set(own) - set(fits))
+        log.info("%s with %s: %d tensors start as built (%s ...), %d saved ones left out (%s ...)",
+                 d, list(overrides), len(fresh), fresh[:3], len(dropped), dropped[:3])  # fmt: skip
+        own = fits
     missing, unexpected = sorted(set(expected) - set(own)), sorted(set(own) - set(expected))
-    if missing or unexpected:
+    if (missing and not overrides) or unexpected:
         raise CheckpointError(
             f"{d}: weights do not fit the config; missing {missing[:3]}, unexpected {unexpected[:3]}"
         )

@@ -65,8 +65,13 @@ class LLMConfig:
 
 @dataclasses.dataclass
 class ProjectionConfig:
-    """Universal projection module: K experts of N blocks, per-modality queries and routers."""
+    """How encoder features become LLM tokens. `type`: the projection kind (experts/projections.py):
+    `upm` (OneLLM's universal projection module: K experts of N blocks, per-modality queries
+    and routers; the fields below), `perceiver` (BLIP-3) or `mlp` (LLaVA), each with its
+    own keyword arguments in `options`; `num_queries` and `num_heads` are shared."""
 
+    type: str = "upm"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the kind's own arguments
     num_experts: int = 3
     layers_per_expert: int = 8
     num_heads: int = 16
@@ -126,6 +131,8 @@ class ModelConfig:
     modalities: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     chat: ChatConfig = dataclasses.field(default_factory=ChatConfig)
     outputs: dict[str, OutputConfig] = dataclasses.field(default_factory=dict)  # <seg>, <gen>, ...
+    # MoAI's auxiliary sources, compressor and mixer (experts/moai.py); None: none
+    moai: dict[str, Any] | None = None
     dtype: str = "float32"
     vars: dict[str, Any] = dataclasses.field(default_factory=dict)  # free-form, for ${vars.x}
 

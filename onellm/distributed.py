@@ -80,8 +80,9 @@ def shard(
 
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
 
-    # expert layers, not whole experts: ExpertPool calls each layer (FSDP hooks run on __call__)
-    blocks: list[nn.Module] = [layer for e in model.projection.experts for layer in e.layers]
+    # the projection's blocks: expert layers, not whole experts (ExpertPool calls each layer;
+    # FSDP hooks run on __call__)
+    blocks: list[nn.Module] = model.projection.blocks()
     llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
     blocks += list(llm.model.layers) + list(model.encoder.clip.encoder.layers)
     sharded = []

@@ -75,10 +75,10 @@ class UniversalEncoder(nn.Module):
         conv = self.clip.embeddings.patch_embedding
         return rearrange(conv(pixels.to(conv.weight.dtype)), "n w gh gw -> n (gh gw) w")
 
-    def forward(
-        self, tokens: torch.Tensor, position_embedding: torch.Tensor | None
-    ) -> torch.Tensor:
-        """(B, T, S, W) tokens -> (B, S+1, W) features, frames mean-pooled after encoding."""
+    def forward(self, tokens: torch.Tensor, position_embedding: torch.Tensor | None,
+                pool: bool = True) -> torch.Tensor:  # fmt: skip
+        """(B, T, S, W) tokens -> (B, S+1, W) features, frames mean-pooled after encoding
+        (`pool=False`: each frame's, (B, T, S+1, W))."""
         b, t, s, w = tokens.shape
         clip = self.clip
         pos = self.position_embedding if position_embedding is None else position_embedding
@@ -92,4 +92,5 @@ class UniversalEncoder(nn.Module):
         x = clip.pre_layrnorm(x)
         x = clip.encoder(inputs_embeds=x).last_hidden_state
         x = clip.post_layernorm(x)
-        return rearrange(x, "(b t) s w -> b t s w", b=b).mean(dim=1)
+        x = rearrange(x, "(b t) s w -> b t s w", b=b)
+        return x.mean(dim=1) if pool else x

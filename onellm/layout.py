@@ -1,7 +1,7 @@
 """The token layout: the one path from text segments and modality inputs to the ids the LLM
 reads, for training rows and chat prompts alike (transformers' llava layout).
 
-    [BOS] <m> x (Q+2) ... text ... [EOS]     one placeholder run per modality input
+    [BOS] <m> x (N_m+2) ... text ... [EOS]   one placeholder run per modality input
 
 A modality's placeholder `<m>` goes where the text names it, else right after BOS
 (OneLLM's layout). Each segment is tokenised on its own, so a training row's prompt is
@@ -34,29 +34,39 @@ def check_ids(input_ids: torch.Tensor) -> None:
 
 
 class TokenLayout:
-    """Placeholder ids, the block length, and how a sequence is laid out and filled."""
+    """Placeholder ids, each modality's run length (its N_m tokens and two tags: the
+    projection's), and how a sequence is laid out and filled."""
 
     def __init__(
         self,
         tokenizer,
         placeholder_ids: Mapping[str, int],
-        block_len: int,
+        run_lengths: Mapping[str, int],
         *,
         output_tokens: Sequence[str] = (),
         bos_token_id: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.placeholder_ids = dict(placeholder_ids)
-        self.block_len = block_len
+        self.run_lengths = dict(run_lengths)
+        self._by_id = {self.placeholder_ids[k]: n for k, n in self.run_lengths.items()}
         self.output_tokens = list(output_tokens)
         self.bos_token_id = tokenizer.bos_token_id if tokenizer is not None else bos_token_id
+
+    @property
+    def block_len(self) -> int:
+        """The run length every modality shares (query projections: Q+2)."""
+        lengths = set(self.run_lengths.values())
+        if len(lengths) != 1:
+            raise ValueError(f"run lengths differ by modality: {self.run_lengths}")
+        return lengths.pop()
 
     def row(
         self, segments: Sequence[Segment], given: Sequence[str], *, eos: bool = False
     ) -> tuple[list[int], list[int]]:
         """Segments (text, is target) of one sample and the modalities it carries ->
         (input_ids, labels): BOS, the segments' tokens (labels on targets only), EOS as a
-        target if asked, and a run of Q+2 placeholder ids per modality (never targets)."""
+        target if asked, and a run of N_m+2 placeholder ids per modality (never targets)."""
         tok = self.tokenizer
         if tok is None:
             raise InputError(
@@ -92,12 +102,11 @@ class TokenLayout:
         at = int(bool(ids) and ids[0] == self.bos_token_id)
         ids = ids[:at] + lead + ids[at:]
         labels = labels[:at] + [IGNORE_INDEX] * len(lead) + labels[at:]
-        placeholders = set(self.placeholder_ids.values())
         out_ids, out_labels = [], []
         for i, label in zip(ids, labels, strict=True):
-            n = self.block_len if i in placeholders else 1
+            n = self._by_id.get(i, 1)
             out_ids += [i] * n
-            out_labels += [IGNORE_INDEX if n > 1 else label] * n
+            out_labels += [IGNORE_INDEX if i in self._by_id else label] * n
         return out_ids, out_labels
 
     def widen(
@@ -121,7 +130,7 @@ class TokenLayout:
         blocks: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Ids (B, L) with placeholder runs -> `inputs_embeds` (B, L, D): `blocks[m]`
-        (N, Q+2, D) fills modality m's runs in reading order (sample by sample), after a
+        (N, N_m+2, D) fills modality m's runs in reading order (sample by sample), after a
         count check; every run must be filled."""
         check_ids(input_ids)
         blocks = dict(blocks or {})
@@ -139,7 +148,7 @@ class TokenLayout:
                 )
             if given != needed:
                 raise InputError(
-                    f"{key}: expected {needed // self.block_len} input(s) for the {key} "
+                    f"{key}: expected {needed // self.run_lengths[key]} input(s) for the {key} "
                     f"placeholders in the text, got {block.shape[0]}"
                 )
             embeds = embeds.masked_scatter(where.unsqueeze(-1), block.to(embeds.dtype))

@@ -8,9 +8,10 @@ output experts (experts/outputs.py) read the LLM's states at `<seg>`, `<gen>`, .
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,11 +28,11 @@ class OneLLM(nn.Module):
 
     Parts (module names, used by trainable patterns): `tokenizers.<m>`, `encoder`,
     `projection` (experts, routers, queries, in/out projections, tags), `llm`,
-    `outputs.<task>` (`head`, `decoder`).
+    `outputs.<task>` (`head`, `decoder`), `moai` (compressor, mixers) when configured.
     """
 
     def __init__(self, *, config: ModelConfig, modalities, tokenizers: nn.ModuleDict, encoder,
-                 projection, llm, text_tokenizer, layout, outputs) -> None:  # fmt: skip
+                 projection, llm, text_tokenizer, layout, outputs, moai=None) -> None:  # fmt: skip
         super().__init__()
         from onellm.build import name_table
 
@@ -46,16 +47,18 @@ class OneLLM(nn.Module):
             llm,
         )
         self.text_tokenizer, self.layout, self.outputs = text_tokenizer, layout, outputs
+        self.moai = moai  # MoAI's compressor + mixer (experts/moai.py), or None
 
     @property
     def config(self) -> ModelConfig:
         """The config that rebuilds this model: derived from the modules, never edited."""
         from onellm.build import parts_dtype
 
-        p, every = self.projection, list(range(self.projection.num_experts))
-        routes = {m: list(r) for m, r in p.routes.items() if list(r) != every}
-        projection = dataclasses.replace(self.base_config.projection, num_experts=p.num_experts,
-                                         routes=routes)  # fmt: skip
+        p, projection = self.projection, self.base_config.projection
+        if hasattr(p, "routes"):  # a routed projection (the UPM) grows experts and routes
+            every = list(range(p.num_experts))
+            routes = {m: list(r) for m, r in p.routes.items() if list(r) != every}
+            projection = dataclasses.replace(projection, num_experts=p.num_experts, routes=routes)
         return dataclasses.replace(self.base_config, modalities=dict(self.specs),
                                    projection=projection, dtype=parts_dtype(self))  # fmt: skip
 
@@ -79,13 +82,16 @@ class OneLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, trainable_lora: bool = False,
-                        device=None, dtype=None, quantization: str | None = None) -> OneLLM:  # fmt: skip
+                        device=None, dtype=None, quantization: str | None = None,
+                        overrides: Iterable[str] = ()) -> OneLLM:  # fmt: skip
         """Load a model saved with `save_pretrained` (safetensors + HF dirs, nothing pickled);
-        `quantization`: None, "8bit" or "4bit" LLM weights (onellm/quantize.py)."""
+        `quantization`: None, "8bit" or "4bit" LLM weights (onellm/quantize.py);
+        `overrides`: `key=value` changes to its config (its weights load where they fit)."""
         from onellm.checkpoint import from_pretrained
 
         return from_pretrained(directory, trainable_lora=trainable_lora, device=device,
-                               dtype=dtype, quantization=quantization)  # fmt: skip
+                               dtype=dtype, quantization=quantization,
+                               overrides=list(overrides))  # fmt: skip
 
     def save_pretrained(self, directory: str | os.PathLike, *, base: str = "store"):
         """Save config, weights and tokenizer; `base="reference"` keeps base models as paths."""
@@ -119,7 +125,8 @@ class OneLLM(nn.Module):
         return self.modalities[key].preprocess(raw).unsqueeze(0).to(self.device, self.dtype)
 
     def features(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        """Checked batch -> tokenizer -> universal encoder -> features (B, S+1, W)."""
+        """Checked batch -> tokenizer -> universal encoder -> features (B, S+1, W), or per
+        frame (B, T, S+1, W) for a projection that reads frames."""
         key = self.modality_key(modality)
         check_batch(key, x, self.modalities[key].input_shape())
         tokenizer = self.tokenizers[key]
@@ -127,18 +134,19 @@ class OneLLM(nn.Module):
         # keep the frozen encoder out of autograd when nothing before it trains
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
             tokens = tokenizer(x.to(self.encoder.clip.dtype), self.encoder)
-            return self.encoder(tokens, tokenizer.position_embedding)
+            pool = not self.projection.reads_frames  # a perceiver reads each frame
+            return self.encoder(tokens, tokenizer.position_embedding, pool=pool)
 
     def encode(self, x: torch.Tensor, modality: str, *, cached: bool = False) -> torch.Tensor:
-        """(B, *input_shape) -> the Q modality tokens in LLM space (B, Q, D); `cached`: x is
-        already the universal encoder's features (B, S+1, W)."""
+        """(B, *input_shape) -> the modality's N tokens in LLM space (B, N, D) (N: the
+        projection's `num_tokens`); `cached`: x is already the encoder's features."""
         key = self.modality_key(modality)
         return self.projection(x if cached else self.features(x, key), key)
 
     def modality_block(
         self, x: torch.Tensor, modality: str, *, cached: bool = False
     ) -> torch.Tensor:
-        """(B, *input_shape) -> [start tag, Q tokens, end tag] embeddings (B, Q+2, D)."""
+        """(B, *input_shape) -> [start tag, N tokens, end tag] embeddings (B, N+2, D)."""
         key = self.modality_key(modality)
         tokens = self.encode(x, key, cached=cached)
         start, end = (t[key].to(tokens.dtype).expand(tokens.shape[0], -1, -1)
@@ -152,11 +160,13 @@ class OneLLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, inputs: Mapping[str, torch.Tensor] | None = None,
-                features: Mapping[str, torch.Tensor] | None = None, **llm_kwargs: Any):  # fmt: skip
+                features: Mapping[str, torch.Tensor] | None = None,
+                aux: Sequence[str] | None = None, **llm_kwargs: Any):  # fmt: skip
         """The LLM over `input_ids` laid out by onellm/layout.py, each placeholder run
         filled from `inputs[m]` (N_m, *input_shape) in reading order, or from `features[m]`
         (N_m, S+1, W), the universal encoder's outputs (a feature cache's). `loss`: the
-        cross-entropy on `labels` != -100 (placeholder runs never are targets)."""
+        cross-entropy on `labels` != -100 (placeholder runs never are targets). `aux`: one
+        auxiliary text per row for a MoAI mixer (experts/moai.py)."""
         both = set(inputs or {}) & set(features or {})
         if both:
             raise InputError(
@@ -165,8 +175,23 @@ class OneLLM(nn.Module):
         blocks = {m: self.modality_block(x, m) for m, x in (inputs or {}).items()}
         blocks |= {m: self.modality_block(f, m, cached=True) for m, f in (features or {}).items()}
         embeds = self.embed(input_ids, blocks)
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                        **llm_kwargs)  # fmt: skip
+        with self.mixing(input_ids, aux):
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                            **llm_kwargs)  # fmt: skip
+
+    @contextlib.contextmanager
+    def mixing(self, input_ids: torch.Tensor, aux: Sequence[str] | None) -> Iterator[None]:
+        """The LLM calls inside mix in the auxiliary texts `aux` (one per row of `input_ids`)
+        through the MoAI mixer; without one, nothing happens (and `aux` is refused)."""
+        if self.moai is None:
+            if aux is not None:
+                raise InputError(
+                    "aux: this model has no MoAI mixer (a `moai:` section), got aux texts"
+                )
+            yield
+            return
+        with self.moai.mixing(self, input_ids, [""] * len(input_ids) if aux is None else aux):
+            yield
 
     def chat(self, inputs: Any = None, modality: str | None = None, prompt: str | None = None,
              history: list[tuple[str, str]] | None = None, **kwargs: Any):  # fmt: skip
@@ -187,4 +212,7 @@ class OneLLM(nn.Module):
         """Which experts `modality` uses on `inputs`; see onellm/routing.py."""
         from onellm.routing import routing_report
 
+        if not hasattr(self.projection, "routes"):
+            kind = self.config.projection.type
+            raise InputError(f"routing: expected a routed projection (upm), got the {kind} kind")
         return routing_report(self, modality, inputs)

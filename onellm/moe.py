@@ -145,6 +145,8 @@ class StepMoE:
         """The step's MoE loss and logged values; its expert use joins the report."""
         calls, self.calls = self.calls, []
         p, cfg = self.projection, self.cfg
+        if not hasattr(p, "routes"):  # a perceiver or MLP projection: nothing is routed
+            return None, {}
         names = sorted(p.routes)
         rows = torch.zeros(len(names), HEAD + 4 * p.num_experts, device=self.d.device)
         for c in calls:

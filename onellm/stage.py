@@ -164,7 +164,9 @@ class StageConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: none)
     log_every: int = 10
-    model_overrides: list[str] = dataclasses.field(default_factory=list)  # when init_from is a YAML
+    # `key=value` changes to the starting model's config; from a saved run, its weights load
+    # where they still fit (another projection kind, a moai section: those start as built)
+    model_overrides: list[str] = dataclasses.field(default_factory=list)
     vars: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

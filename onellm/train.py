@@ -51,7 +51,8 @@ def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[
     if src.endswith((".yaml", ".yml")):
         model = OneLLM.from_config(src, cfg.model_overrides, device=device)
     else:
-        model = OneLLM.from_pretrained(src, trainable_lora=True, device=device)
+        model = OneLLM.from_pretrained(src, trainable_lora=True, device=device,
+                                       overrides=cfg.model_overrides)  # fmt: skip
     if cfg.lora is not None and not hasattr(model.llm, "peft_config"):
         lo = cfg.lora
         model.add_lora(

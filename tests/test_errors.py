@@ -112,7 +112,8 @@ def test_raw_input_problems(unchanged):
     with pytest.raises(InputError, match=r"^audio: expected finite values in a mono waveform"):
         unchanged.preprocess(np.array([0.0, np.nan] * 500), "audio")
     with pytest.raises(
-        InputError, match=r"^point: expected an \(N, 3\) xyz or \(N, 6\) xyz\+rgb point cloud, got an empty"
+        InputError,
+        match=r"^point: expected an \(N, 3\) xyz or \(N, 6\) xyz\+rgb point cloud, got an empty",
     ):
         unchanged.preprocess(np.zeros((0, 6)), "point")
     with pytest.raises(InputError, match=r"^depth: expected a pair \(rgb, depth\)"):

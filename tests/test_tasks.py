@@ -17,7 +17,8 @@ from tests.conftest import ROOT, TINY
 
 SOURCES = {"lm": "{task: lm}", "clip": "{task: clip, modality: image}", "caption": "{task: caption, modality: image}",
            "instruct": "{task: instruct, modality: audio}", "sam": "{task: sam, modality: image}",
-           "t2i": "{task: t2i}", "seg": "{task: seg, modality: image}", "gen": "{task: gen}"}  # fmt: skip
+           "t2i": "{task: t2i}", "seg": "{task: seg, modality: image}", "gen": "{task: gen}",
+           "sceneqa": "{task: sceneqa, modality: image}"}  # fmt: skip
 EVERYTHING = "[projection.*, tokenizers.*, outputs.*, llm.*, encoder.*]"
 
 

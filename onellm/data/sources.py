@@ -32,6 +32,7 @@ class Example:
     zoom: float | None = None  # clip: the scale this draw shrinks the image by
     features: torch.Tensor | None = None  # (1, S+1, W) universal encoder outputs, if cached
     more: dict[str, torch.Tensor] = field(default_factory=dict)  # other modalities' inputs
+    aux: str | None = None  # what a MoAI model's auxiliary sources say about `raw` (kept once said)
 
 
 class Source:

@@ -1,12 +1,13 @@
 """Training tasks as plug-ins, one file each ending in one `register(...)` call, found by
 `task:` in a stage's data sources: caption, instruct, lm, clip (stage 0), sam and t2i
-(the decoders' own pretraining), seg and gen (the output experts). onellm/tasks/base.py
+(the decoders' own pretraining), seg and gen (the output experts), sceneqa (spatial
+questions about several shapes). onellm/tasks/base.py
 holds the contract; a task from outside the package registers the same way, and an
 installed package names its module under the `onellm.tasks` entry-point group."""
 
 from importlib.metadata import entry_points
 
-from onellm.tasks import caption, clip, gen, instruct, lm, sam, seg, t2i  # noqa: F401  (registers)
+from onellm.tasks import caption, clip, gen, instruct, lm, sam, sceneqa, seg, t2i  # noqa: F401  (registers)
 from onellm.tasks.base import TASKS, Batching, Step, Task, register
 
 

@@ -53,6 +53,8 @@ class TextTask(Task):
                 batch["inputs"] = {m: torch.cat(xs) for m, xs in inputs.items()}
             if features:
                 batch["features"] = {m: torch.cat(xs) for m, xs in features.items()}
+            if model.moai is not None:
+                batch["aux"] = [aux_text(model, examples[k], b.modality) for k in group]
             out.append(self.extra(batch, [examples[k] for k in group], b))
         return out
 
@@ -72,10 +74,21 @@ class TextTask(Task):
     def forward(self, s: Step, batch: dict[str, Any], items: torch.Tensor, **kwargs: Any):
         return s.model(batch["input_ids"], batch["attention_mask"], batch["labels"],
                        inputs=batch.get("inputs"), features=batch.get("features"),
-                       num_items_in_batch=items, **kwargs)  # fmt: skip
+                       aux=batch.get("aux"), num_items_in_batch=items, **kwargs)  # fmt: skip
 
     def loss(self, s: Step, batch: dict[str, Any], items: torch.Tensor):
         return self.forward(s, batch, items).loss, {}
+
+
+def aux_text(model, example: Example, modality: str | None) -> str:
+    """What the MoAI model's auxiliary sources say about the example's raw input (an input
+    without pixels says nothing); said once per example (the shapes world keeps examples)."""
+    if example.aux is None:
+        mod = model.modalities.get(modality) if modality is not None else None
+        can_see = mod is not None and hasattr(mod, "pixels") and example.raw is not None
+        pixels = mod.pixels(example.raw).to(model.device) if can_see else None
+        example.aux = model.moai.describe(model, [pixels])[0]
+    return example.aux
 
 
 class ConversationTask(TextTask):

@@ -1,0 +1,162 @@
+"""MoAI's auxiliary sources, compressor and mixer (experts/auxiliary.py, experts/moai.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from experts.auxiliary import AUXILIARY, ColourRegions, build_source, describe
+from onellm import OneLLM
+from onellm.data import scene_qa
+from onellm.errors import ConfigError, InputError, RegistryError
+from tests.conftest import TINY
+
+MOAI = "moai={layers: [1, 3], sources: [components, sam], queries: 6, rank: 32, heads: 4}"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The tiny model without and with an untrained mixer, the same weights otherwise."""
+    torch.manual_seed(0)
+    plain = OneLLM.from_config(TINY).eval()
+    torch.manual_seed(0)
+    return plain, OneLLM.from_config(TINY, [MOAI]).eval()
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return scene_qa.scene(3, "test", size=64)
+
+
+def prompt(model, question="What is left of the red circle?"):
+    ids, _ = model.layout.row([(question, False)], ["image"])
+    return torch.tensor([ids, ids])
+
+
+def perturbed(model):
+    with torch.no_grad():
+        for p in model.moai.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+
+
+def test_sources_are_registered_and_refused_by_name():
+    assert {"sam", "components"} <= set(AUXILIARY.names())
+    with pytest.raises(
+        RegistryError, match="unknown auxiliary source 'ocr'; registered: components, sam"
+    ):
+        build_source("ocr")
+    with pytest.raises(ConfigError, match="cannot import"):
+        build_source("nowhere.at_all:describe")
+    fn = build_source("experts.auxiliary:describe")  # a user's function by import path
+    assert fn is describe
+
+
+def test_the_colour_detector_finds_each_shape_where_it_is(scene):
+    pixels = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255
+    said = ColourRegions()(pixels)
+    regions = said.split("; ")
+    assert len(regions) == len(scene.shapes)
+    for colour, _, cell in scene.shapes:  # its colour, at its quadrant's side of the image
+        row, col = divmod(cell, 2)
+        match = [r for r in regions if r.startswith(colour)]
+        x, y = (int(v) for v in match[0].split("(")[1].split(")")[0].split(", "))
+        assert (x > 50) == bool(col) and (y > 50) == bool(row), (said, scene.shapes)
+
+
+def test_an_untrained_mixer_leaves_the_llm_bit_identical(pair, scene):
+    plain, mixed = pair
+    x = plain.preprocess(scene.image, "image").expand(2, -1, -1, -1)
+    aux = mixed.moai.describe(mixed, [plain.modalities["image"].pixels(scene.image)] * 2)
+    assert aux[0]  # the components source says something
+    a = plain(prompt(plain), inputs={"image": x}).logits
+    b = mixed(prompt(mixed), inputs={"image": x}, aux=aux).logits
+    assert torch.equal(a, b)
+    q = "How many circles?"
+    assert (
+        plain.chat(scene.image, "image", q).token_ids
+        == mixed.chat(scene.image, "image", q).token_ids
+    )
+
+
+def test_the_compressor_gives_its_queries_for_any_text_length(pair):
+    _, mixed = pair
+    out = mixed.moai.compress(mixed, ["", "a red ellipse at (25, 25), area 6; " * 8])
+    assert out.shape == (2, 6, mixed.llm.config.hidden_size) and torch.isfinite(out).all()
+
+
+def test_the_mixer_trains_with_the_llm_frozen(scene):
+    torch.manual_seed(0)
+    model = OneLLM.from_config(TINY, [MOAI]).train()
+    model.requires_grad_(False)
+    model.moai.requires_grad_(True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x = model.preprocess(scene.image, "image").expand(2, -1, -1, -1)
+    ids = prompt(model)
+    for _ in range(2):  # the first step moves the zero output projections, the second the rest
+        loss = model(ids, inputs={"image": x}, labels=ids, aux=["red ellipse at (20, 30)"] * 2).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(n.startswith("moai.") for n in moved)
+    assert any(".out." in n for n in moved) and any(".q." in n for n in moved)
+    assert any(n.startswith("moai.compressor.") for n in moved)
+
+
+def test_mixed_generation_with_and_without_the_cache_agrees(scene, tmp_path):
+    torch.manual_seed(0)
+    model = OneLLM.from_config(TINY, [MOAI]).eval()
+    perturbed(model)
+    q = "Where is the red circle?"
+    cached = model.chat(scene.image, "image", q, max_new_tokens=8)
+    assert (
+        cached.token_ids
+        == model.chat(scene.image, "image", q, max_new_tokens=8, use_cache=False).token_ids
+    )
+    model.save_pretrained(tmp_path / "moai")
+    back = OneLLM.from_pretrained(tmp_path / "moai").eval()
+    assert back.chat(scene.image, "image", q, max_new_tokens=8).token_ids == cached.token_ids
+
+
+def test_the_mixer_can_change_what_the_model_says(pair, scene):
+    _, mixed = pair
+    x = mixed.preprocess(scene.image, "image").expand(2, -1, -1, -1)
+    before = mixed(prompt(mixed), inputs={"image": x}, aux=["a", "b"]).logits
+    torch.manual_seed(1)
+    model = OneLLM.from_config(TINY, [MOAI]).eval()
+    model.load_state_dict(mixed.state_dict())
+    perturbed(model)
+    after = model(prompt(model), inputs={"image": x}, aux=["a", "b"]).logits
+    assert not torch.allclose(before, after)
+
+
+def test_bad_moai_settings_and_aux_are_refused(pair):
+    plain, mixed = pair
+    text = torch.tensor([[1, 40, 41], [1, 42, 43]])  # no modality input
+    with pytest.raises(InputError, match="aux: this model has no MoAI mixer"):
+        plain(text, aux=["x", "y"])
+    with pytest.raises(InputError, match="one auxiliary text per row"):
+        mixed(text, aux=["x"])
+    with pytest.raises(InputError, match=r"moai.layers: expected layers in 0..3, got 9"):
+        OneLLM.from_config(TINY, ["moai={layers: [9], sources: [components]}"])
+    with pytest.raises(ConfigError, match="unknown key 'moai.depth'"):
+        OneLLM.from_config(TINY, ["moai={layers: [1], depth: 2}"])
+
+
+def test_the_sam_source_reads_the_models_own_sam(pair, scene):
+    _, mixed = pair
+    pixels = mixed.modalities["image"].pixels(scene.image)
+    said = AUXILIARY.get("sam")(grid=3, min_area=0.0, max_area=1.0)(pixels, mixed)
+    assert isinstance(said, str)  # an untrained SAM may see anything; the words are the format
+    for part in filter(None, said.split("; ")):
+        assert " at (" in part and ", area " in part
+    with pytest.raises(ConfigError, match="no outputs.seg"):
+        AUXILIARY.get("sam")()(pixels, type("NoSam", (), {"outputs": {}})())
+
+
+def test_describe_names_colour_shape_centre_and_area():
+    img = torch.full((3, 20, 20), 0.5)
+    mask = np.zeros((20, 20), bool)
+    mask[2:8, 10:16] = True  # a 6 x 6 square, top right
+    img[:, 2:8, 10:16] = torch.tensor([220, 40, 40]).view(3, 1, 1) / 255
+    assert describe(img, [mask]) == "red rectangle at (65, 25), area 9"
