@@ -75,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from onellm.serve.app import serve
 
-    model_id = args.name or Path(args.run.rstrip("/")).name
+    run = Path(args.run.rstrip("/"))
+    model_id = args.name or (run.stem if run.suffix in (".yaml", ".yml") else run.name)
     print(f"onellm: serving {model_id} on http://{args.host}:{args.port} (UI at /, API at /v1)")
     serve(model, host=args.host, port=args.port, model_id=model_id, allow_dir=args.allow_dir,
           max_body_mb=args.max_body_mb, max_batch=args.max_batch,

@@ -57,6 +57,6 @@ def test_serve_passes_its_options_to_the_server(tmp_path, monkeypatch):
             "--max-body-mb", "4", "--max-batch", "3", "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     assert str(seen["model"].quantization) == "8bit (torchao)"
-    assert (seen["host"], seen["port"], seen["model_id"]) == ("127.0.0.1", 8123, "tiny.yaml")
+    assert (seen["host"], seen["port"], seen["model_id"]) == ("127.0.0.1", 8123, "tiny")
     assert (seen["allow_dir"], seen["max_body_mb"], seen["max_batch"]) == (str(tmp_path), 4, 3)
     assert main(["serve", str(TINY), "--load-in-4bit", "--device", "cpu"]) == 2  # CPU: no NF4
