@@ -1,0 +1,118 @@
+"""The MoE study (docs/moe.md): stage 2 from the demo's stage 1 with its experts upcycled to
+4 under top-2 routing, (a) without balance, (b) balanced per micro-batch, (c) balanced over
+the whole step, and OneLLM's soft routing over the same 4 experts as the reference.
+
+    .venv/bin/python -m bench.moe_study [--root runs/moe] [--steps 1000]
+
+Runs the demo's stages 0 and 1 into ROOT unless ROOT/stage1/final exists, then the four
+variants of configs/stages/moe_stage2_top2.yaml with the same seed and steps, and prints
+the tables: held-out caption accuracy, each modality's share of the routing weight per
+expert and its router entropy (the final model at inference on 64 held-out scenes), the
+collapse alarms and the wall time. Writes ROOT/moe_study.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+STAGES = Path(__file__).resolve().parents[1] / "configs" / "stages"
+VARIANTS = {  # name -> overrides of moe_stage2_top2.yaml
+    "soft": ["upcycle.router={type: soft}", "moe.balance=0", "moe.z_loss=0"],  # OneLLM's
+    "none": ["moe.balance=0"],
+    "micro": ["moe.scope=micro_batch"],
+    "global": [],
+}
+MODALITIES = ("image", "video", "audio", "point")
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def train_stage(path: Path, overrides: list[str]) -> float:
+    """Train one stage; -> its wall seconds."""
+    from onellm.stage import load_stage
+    from onellm.train import train
+
+    t = time.perf_counter()
+    train(load_stage(path, overrides), quiet=False)
+    return time.perf_counter() - t
+
+
+def routing_at_inference(run: Path) -> dict[str, dict]:
+    """The final model's routing on 64 held-out scenes per modality (routing_report)."""
+    from onellm import OneLLM
+    from onellm.data import shapes
+
+    model = OneLLM.from_pretrained(run / "final").eval()
+    out = {}
+    for m in MODALITIES:
+        x = torch.cat([model.preprocess(s.input, m)
+                       for s in shapes.sample(m, 64, split="test", seed=7, model=model)])  # fmt: skip
+        report = model.routing_report(m, x)
+        out[m] = {"load": report["load"], "entropy": report["entropy"]}
+    return out
+
+
+def variant(root: Path, name: str, steps: int) -> dict:
+    from onellm.demo import final_accuracy
+    from onellm.train import read_metrics
+
+    overrides = [f"vars.root={root}", f"vars.variant={name}", f"steps={steps}", *VARIANTS[name]]
+    load = os.getloadavg()[0]
+    seconds = train_stage(STAGES / "moe_stage2_top2.yaml", overrides)
+    run = root / f"stage2-{name}"
+    alarms = [r for r in read_metrics(run) if r["event"] == "warning"]
+    return {"variant": name, "overrides": overrides, "seconds": seconds,
+            "load_before": load, "load_after": os.getloadavg()[0],
+            "accuracy": final_accuracy(run), "routing": routing_at_inference(run),
+            "alarms": len(alarms), "first_alarm": alarms[0]["step"] if alarms else None}  # fmt: skip
+
+
+def tables(rows: list[dict]) -> str:
+    """The study's two tables in Markdown."""
+    head = "| variant | " + " | ".join(MODALITIES) + " | mean entropy (nats) | alarms | wall |"
+    lines = [head, "|" + "---|" * (len(MODALITIES) + 4)]
+    for r in rows:
+        acc = " | ".join(f"{100 * r['accuracy'].get(m, float('nan')):.0f}%" for m in MODALITIES)
+        ent = sum(r["routing"][m]["entropy"] for m in MODALITIES) / len(MODALITIES)
+        lines.append(
+            f"| {r['variant']} | {acc} | {ent:.2f} | {r['alarms']} | {r['seconds']:.0f} s |"
+        )
+    lines += ["", "| variant | modality | expert 0 | expert 1 | expert 2 | expert 3 | entropy |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        for m in MODALITIES:
+            u = r["routing"][m]
+            shares = " | ".join(f"{100 * s:.0f}%" for s in u["load"])
+            lines.append(f"| {r['variant']} | {m} | {shares} | {u['entropy']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default="runs/moe")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    args = ap.parse_args()
+    root = Path(args.root)
+    if not (root / "stage1" / "final").is_dir():
+        for stage in ("stage0_pretrain", "stage1_image"):
+            train_stage(STAGES / f"{stage}.yaml", [f"vars.root={root}"])
+    rows = [variant(root, name, args.steps) for name in args.variants]
+    report = {"machine": machine(), "steps": args.steps, "rows": rows}
+    (root / "moe_study.json").write_text(json.dumps(report, indent=1))
+    print(f"\n{report['machine']}\n\n{tables(rows)}")
+
+
+if __name__ == "__main__":
+    main()
