@@ -65,11 +65,12 @@ def describe(pixels: torch.Tensor, masks: list[np.ndarray]) -> str:
     return "; ".join(words for _, _, words in sorted(found))
 
 
-def deduplicate(masks: list[np.ndarray], iou: float = 0.6) -> list[np.ndarray]:
-    """Largest first, each mask kept unless it overlaps a kept one by more than `iou`."""
+def deduplicate(masks: list[np.ndarray], overlap: float = 0.5) -> list[np.ndarray]:
+    """Largest first, each mask kept unless more than `overlap` of it lies in a kept one
+    (a part of a shape found from a point near its edge is the same shape)."""
     kept: list[np.ndarray] = []
     for m in sorted(masks, key=lambda m: -int(m.sum())):
-        if all((m & k).sum() / (m | k).sum() <= iou for k in kept):
+        if all((m & k).sum() / m.sum() <= overlap for k in kept):
             kept.append(m)
     return kept
 
@@ -81,11 +82,14 @@ def in_range(masks: list[np.ndarray], lo: float, hi: float) -> list[np.ndarray]:
 
 class SamRegions:
     """The model's SAM (`outputs.seg.decoder`) prompted at a `grid` x `grid` of points, as
-    SAM's automatic mask generator does; masks between `min_area` and `max_area` of the
-    image, deduplicated, each verbalised."""
+    SAM's automatic mask generator does: masks kept if stable (the mask at logit > 1 is at
+    least `stability` IoU of the one at logit > -1, SAM's stability score) and between
+    `min_area` and `max_area` of the image, deduplicated, each verbalised."""
 
-    def __init__(self, *, grid: int = 6, min_area: float = 0.004, max_area: float = 0.4) -> None:
+    def __init__(self, *, grid: int = 6, min_area: float = 0.004, max_area: float = 0.4,
+                 stability: float = 0.85) -> None:  # fmt: skip
         self.grid, self.min_area, self.max_area = grid, min_area, max_area
+        self.stability = stability
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor, model: Any) -> str:
@@ -98,7 +102,11 @@ class SamRegions:
         emb, size = decoder.encode(pixels[None].to(decoder.dtype))
         prompts = decoder.geometric_prompts(points, None, size[0] / h)  # (N, T, C)
         logits = decoder.decode(emb, [prompts], size, (h, w))[0]
-        masks = [m for m in (logits > 0).cpu().numpy() if m.any()]
+        inner, outer = (logits > 1).sum((1, 2)), (logits > -1).sum((1, 2))
+        stable = (inner >= self.stability * outer.clamp_min(1)).cpu().numpy()
+        masks = [
+            m for m, ok in zip((logits > 0).cpu().numpy(), stable, strict=True) if ok and m.any()
+        ]
         return describe(pixels, deduplicate(in_range(masks, self.min_area, self.max_area)))
 
 
