@@ -23,7 +23,7 @@ def enable(model: Any) -> list[nn.Module]:
     llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
     for part in (llm, model.encoder.clip):
         hf_enable(part)
-    blocks = model.projection.blocks()
+    blocks = [b for p in (model.projection, *model.projections.values()) for b in p.blocks()]
     for block in blocks:
         checkpoint(block)
     return blocks

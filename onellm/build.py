@@ -81,9 +81,11 @@ def build_moai(spec: Mapping[str, Any] | None, llm) -> nn.Module | None:
     return moai
 
 
-def run_lengths(projection: nn.Module, names: Iterable[str]) -> dict[str, int]:
-    """Each modality's placeholder run: its tokens and the two tags."""
-    return {key: projection.num_tokens(key) + 2 for key in names}
+def run_lengths(model_or_projectors: Any, names: Iterable[str]) -> dict[str, int]:
+    """Each modality's placeholder run: its projection's tokens and the two tags
+    (`model_or_projectors`: a model, or {modality: its projection})."""
+    of = getattr(model_or_projectors, "projector", None) or model_or_projectors.__getitem__
+    return {key: of(key).num_tokens(key) + 2 for key in names}
 
 
 def token_layout(tokenizer, llm, lengths: Mapping[str, int],
@@ -102,16 +104,22 @@ def token_layout(tokenizer, llm, lengths: Mapping[str, int],
     return TokenLayout(tokenizer, ids, lengths, output_tokens=list(output_tokens))
 
 
-def build_projection(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> nn.Module:
-    """The projection kind `cfg.projection.type` (experts/projections.py); unknown types and
-    options are refused by name."""
+def build_projection(cfg: ModelConfig, encoder: UniversalEncoder, llm, type_: str | None = None,
+                     options: Mapping[str, Any] | None = None,
+                     where: str = "projection.options") -> nn.Module:  # fmt: skip
+    """The projection kind `type_` (default `cfg.projection.type`; experts/projections.py)
+    with `options` (default `cfg.projection.options`); unknown types and options are
+    refused by name."""
     from experts.projections import PROJECTIONS
 
     p, width, llm_width = cfg.projection, encoder.width, llm.config.hidden_size
-    kind = PROJECTIONS.get(p.type)  # RegistryError listing the kinds
-    if p.type == "upm":
-        if p.options:
-            raise ConfigError("projection.options: the upm takes its fields directly, got options")
+    type_, options = (p.type, p.options) if type_ is None else (type_, dict(options or {}))
+    kind = PROJECTIONS.get(type_)  # RegistryError listing the kinds
+    if type_ == "upm":
+        if options:
+            raise ConfigError(
+                f"{where}: the upm takes the projection's own fields, got {sorted(options)}"
+            )
         return UniversalProjection(
             width=width, llm_width=llm_width, num_experts=p.num_experts,
             layers_per_expert=p.layers_per_expert, num_heads=p.num_heads,
@@ -119,11 +127,30 @@ def build_projection(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> nn.Mod
             ffn_hidden=p.ffn_hidden_size or llama_ffn_hidden(width, p.multiple_of),
             router_hidden=p.router_hidden_size or 4 * width, router=p.router, norm_eps=p.norm_eps,
         )  # fmt: skip
-    check_kwargs(kind, p.options, "projection.options")
+    check_kwargs(kind, options, where)
     shared = {"num_queries": p.num_queries, "num_heads": p.num_heads}
     accepted = inspect.signature(kind).parameters
-    shared = {k: v for k, v in shared.items() if k in accepted and k not in p.options}
-    return kind(width=width, llm_width=llm_width, **shared, **p.options)
+    shared = {k: v for k, v in shared.items() if k in accepted and k not in options}
+    return kind(width=width, llm_width=llm_width, **shared, **options)
+
+
+def build_side_projections(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> nn.ModuleDict:
+    """The kinds `projection.by_modality` names ({modality: {type: kind, **options}}), one
+    instance per kind, shared by the modalities that name it with the same options."""
+    specs: dict[str, dict[str, Any]] = {}
+    for m, spec in cfg.projection.by_modality.items():
+        spec = dict(spec)
+        kind = spec.pop("type", None)
+        if not isinstance(kind, str):
+            raise ConfigError(
+                f"projection.by_modality.{m}: expected {{type: kind, ...}}, got {spec}"
+            )
+        if specs.setdefault(kind, spec) != spec:
+            raise ConfigError(f"projection.by_modality.{m}: the {kind} kind is shared; its options "
+                              f"must match {specs[kind]}, got {spec}")  # fmt: skip
+    return nn.ModuleDict({kind: build_projection(cfg, encoder, llm, kind, opts,
+                                                 f"projection.by_modality.{kind}")
+                          for kind, opts in specs.items()})  # fmt: skip
 
 
 def tokens_in(tokenizer: nn.Module, encoder: UniversalEncoder) -> int:
@@ -144,17 +171,21 @@ def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantiz
     encoder = UniversalEncoder.build(cfg.encoder)
     llm = build_llm(cfg.llm, torch_dtype, where, loading_config(quantization, torch_dtype))
     projection = build_projection(cfg, encoder, llm)
+    side = build_side_projections(cfg, encoder, llm)
+    projectors: dict[str, nn.Module] = {}
     modalities, tokenizers = {}, nn.ModuleDict()
     scale = embedding_rms(llm)
     for name, spec in cfg.modalities.items():
         modalities[name] = mod = build_modality(name, spec, encoder)
         tokenizers[name] = mod.build_tokenizer(encoder=encoder)
-        projection.add_modality(name, output_scale=scale, experts=cfg.projection.routes.get(name),
-                                tokens_in=tokens_in(tokenizers[name], encoder))  # fmt: skip
+        kind = cfg.projection.by_modality.get(name, {}).get("type")
+        projectors[name] = proj = projection if kind is None else side[kind]
+        proj.add_modality(name, output_scale=scale, experts=cfg.projection.routes.get(name),
+                          tokens_in=tokens_in(tokenizers[name], encoder))  # fmt: skip
     llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
     tok = build_text_tokenizer(cfg.llm, cfg.chat, shapes_captions(modalities.values()))
     # placeholders first, then output tokens: the order the ids of saved runs were given in
-    layout = token_layout(tok, llm, run_lengths(projection, modalities))
+    layout = token_layout(tok, llm, run_lengths(projectors, modalities))
     token_ids: dict[str, int] = {}
     if cfg.outputs and tok is not None:  # without a tokenizer: ids only, no outputs
         added = add_special_tokens(tok, None, [f"<{t}>" for t in cfg.outputs])
@@ -168,7 +199,7 @@ def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantiz
         add_special_tokens(tok, llm, layout.output_tokens)
     model = OneLLM(config=cfg, modalities=modalities, tokenizers=tokenizers, encoder=encoder,
                    projection=projection, llm=llm, text_tokenizer=tok, layout=layout,
-                   outputs=outputs, moai=build_moai(cfg.moai, llm))  # fmt: skip
+                   outputs=outputs, moai=build_moai(cfg.moai, llm), projections=side)  # fmt: skip
     return model.to(where, torch_dtype)
 
 

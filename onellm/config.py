@@ -68,10 +68,13 @@ class ProjectionConfig:
     """How encoder features become LLM tokens. `type`: the projection kind (experts/projections.py):
     `upm` (OneLLM's universal projection module: K experts of N blocks, per-modality queries
     and routers; the fields below), `perceiver` (BLIP-3) or `mlp` (LLaVA), each with its
-    own keyword arguments in `options`; `num_queries` and `num_heads` are shared."""
+    own keyword arguments in `options`; `num_queries` and `num_heads` are shared.
+    `by_modality` gives single modalities another kind (`{image: {type: mlp}}`)."""
 
     type: str = "upm"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the kind's own arguments
+    # modality -> {type: kind, **options}: another kind for that modality (one instance per kind)
+    by_modality: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     num_experts: int = 3
     layers_per_expert: int = 8
     num_heads: int = 16

@@ -82,7 +82,8 @@ def shard(
 
     # the projection's blocks: expert layers, not whole experts (ExpertPool calls each layer;
     # FSDP hooks run on __call__)
-    blocks: list[nn.Module] = model.projection.blocks()
+    projections = (model.projection, *model.projections.values())
+    blocks: list[nn.Module] = [b for p in projections for b in p.blocks()]
     llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
     blocks += list(llm.model.layers) + list(model.encoder.clip.encoder.layers)
     sharded = []

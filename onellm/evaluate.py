@@ -196,8 +196,8 @@ class StageEval:
         results = {m: evaluate(model, m, samples=e.samples, seed=seed, max_new_tokens=e.max_new_tokens)
                    for m in self.modalities}  # fmt: skip
         routing, per_query = {}, {}
-        routed = hasattr(model.projection, "routes")  # perceiver and MLP projections have no router
-        for m in results if routed else ():
+        # perceiver and MLP projections have no router
+        for m in [m for m in results if hasattr(model.projector(m), "routes")]:
             x = torch.cat([model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=model)])
             report = model.routing_report(m, x)
             routing[m], per_query[m] = report["per_expert"], report["per_query"]

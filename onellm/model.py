@@ -27,12 +27,14 @@ class OneLLM(nn.Module):
     """One multimodal LLM. Build with `OneLLM.from_config(...)` or `from_pretrained(...)`.
 
     Parts (module names, used by trainable patterns): `tokenizers.<m>`, `encoder`,
-    `projection` (experts, routers, queries, in/out projections, tags), `llm`,
+    `projection` (experts, routers, queries, in/out projections, tags), `projections.<kind>`
+    (kinds single modalities use instead, `projection.by_modality`), `llm`,
     `outputs.<task>` (`head`, `decoder`), `moai` (compressor, mixers) when configured.
     """
 
     def __init__(self, *, config: ModelConfig, modalities, tokenizers: nn.ModuleDict, encoder,
-                 projection, llm, text_tokenizer, layout, outputs, moai=None) -> None:  # fmt: skip
+                 projection, llm, text_tokenizer, layout, outputs, moai=None,
+                 projections=None) -> None:  # fmt: skip
         super().__init__()
         from onellm.build import name_table
 
@@ -48,6 +50,8 @@ class OneLLM(nn.Module):
         )
         self.text_tokenizer, self.layout, self.outputs = text_tokenizer, layout, outputs
         self.moai = moai  # MoAI's compressor + mixer (experts/moai.py), or None
+        # the other projection kinds some modalities use (`projection.by_modality`), by kind
+        self.projections = projections if projections is not None else nn.ModuleDict()
 
     @property
     def config(self) -> ModelConfig:
@@ -111,6 +115,13 @@ class OneLLM(nn.Module):
     def device(self) -> torch.device:
         return self.llm.device
 
+    def projector(self, modality: str) -> nn.Module:
+        """The projection modality `modality` goes through: `projection`, or the kind
+        `projection.by_modality` names for it."""
+        key = self.modality_key(modality)
+        kind = self.base_config.projection.by_modality.get(key, {}).get("type")
+        return self.projection if kind is None else self.projections[kind]
+
     def modality_key(self, modality: str) -> str:
         """The config key for `modality` (or an alias such as rgbd/rgbn); `InputError` if absent."""
         if modality not in self.names:
@@ -134,14 +145,14 @@ class OneLLM(nn.Module):
         # keep the frozen encoder out of autograd when nothing before it trains
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
             tokens = tokenizer(x.to(self.encoder.clip.dtype), self.encoder)
-            pool = not self.projection.reads_frames  # a perceiver reads each frame
+            pool = not self.projector(key).reads_frames  # a perceiver reads each frame
             return self.encoder(tokens, tokenizer.position_embedding, pool=pool)
 
     def encode(self, x: torch.Tensor, modality: str, *, cached: bool = False) -> torch.Tensor:
         """(B, *input_shape) -> the modality's N tokens in LLM space (B, N, D) (N: the
         projection's `num_tokens`); `cached`: x is already the encoder's features."""
         key = self.modality_key(modality)
-        return self.projection(x if cached else self.features(x, key), key)
+        return self.projector(key)(x if cached else self.features(x, key), key)
 
     def modality_block(
         self, x: torch.Tensor, modality: str, *, cached: bool = False
@@ -149,8 +160,9 @@ class OneLLM(nn.Module):
         """(B, *input_shape) -> [start tag, N tokens, end tag] embeddings (B, N+2, D)."""
         key = self.modality_key(modality)
         tokens = self.encode(x, key, cached=cached)
+        proj = self.projector(key)
         start, end = (t[key].to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-                      for t in (self.projection.start_tag, self.projection.end_tag))  # fmt: skip
+                      for t in (proj.start_tag, proj.end_tag))  # fmt: skip
         return torch.cat([start, tokens, end], dim=1)
 
     def embed(self, input_ids: torch.Tensor, blocks: Mapping[str, torch.Tensor] | None = None):
@@ -212,7 +224,11 @@ class OneLLM(nn.Module):
         """Which experts `modality` uses on `inputs`; see onellm/routing.py."""
         from onellm.routing import routing_report
 
-        if not hasattr(self.projection, "routes"):
-            kind = self.config.projection.type
-            raise InputError(f"routing: expected a routed projection (upm), got the {kind} kind")
+        proj = self.projector(modality)
+        if not hasattr(proj, "routes"):
+            kind = self.base_config.projection.by_modality.get(self.modality_key(modality), {})
+            kind = kind.get("type", self.base_config.projection.type)
+            raise InputError(
+                f"routing: {modality} goes through the {kind} projection, which has no router"
+            )
         return routing_report(self, modality, inputs)

@@ -7,7 +7,7 @@ import torch
 from experts.perceiver import PerceiverProjection, PerceiverResampler
 from experts.projections import PROJECTIONS
 from onellm import OneLLM
-from onellm.errors import ConfigError, RegistryError
+from onellm.errors import ConfigError, InputError, RegistryError
 from tests.conftest import TINY, random_input
 
 KINDS = {"upm": [], "perceiver": ["projection.options={layers: 2}"], "mlp": []}
@@ -102,3 +102,32 @@ def test_the_resampler_ignores_masked_media():
     changed = media.clone()
     changed[:, 3:] = 100.0  # what the mask hides may be anything
     torch.testing.assert_close(r(media, latents, valid), r(changed, latents, valid))
+
+
+def test_single_modalities_can_take_another_kind(tmp_path):
+    torch.manual_seed(0)
+    model = OneLLM.from_config(
+        TINY, ["projection.by_modality={image: {type: mlp}, audio: {type: perceiver, layers: 1}}"]
+    ).eval()
+    assert set(model.projections) == {"mlp", "perceiver"}
+    assert model.projector("image") is model.projections["mlp"]
+    assert model.projector("video") is model.projection  # the UPM for the rest
+    assert (
+        model.layout.run_lengths["image"] == 65 + 2 and model.layout.run_lengths["video"] == 8 + 2
+    )
+    assert "image" not in model.projection.routes and "video" in model.projection.routes
+    x = {m: random_input(model, m, batch=1) for m in ("image", "audio", "video")}
+    ids, _ = model.layout.row([("Compare <image> with <audio> and <video>.", False)], list(x))
+    logits = model(torch.tensor([ids]), inputs=x).logits
+    assert logits.shape[1] == len(ids)
+    with pytest.raises(
+        InputError, match="image goes through the mlp projection, which has no router"
+    ):
+        model.routing_report("image", x["image"])
+    model.save_pretrained(tmp_path / "mixed")
+    back = OneLLM.from_pretrained(tmp_path / "mixed").eval()
+    torch.testing.assert_close(back(torch.tensor([ids]), inputs=x).logits, logits, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="the mlp kind is shared; its options must match"):
+        OneLLM.from_config(
+            TINY, ["projection.by_modality={image: {type: mlp}, audio: {type: mlp, hidden: 32}}"]
+        )
