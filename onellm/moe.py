@@ -119,6 +119,8 @@ def step_losses(calls: list[Call], *, balance: float, z_loss: float, scope: str,
                                    for c, r in zip(calls, fresh, strict=True))  # fmt: skip
     if z_loss and any(r.logits is not None for r in fresh):
         terms["z_loss"] = sum(router_z(r.logits) for r in fresh if r.logits is not None) / n
+    if not terms:  # a z-loss alone over parameter-free routers
+        return None, {}
     weight = {"balance": balance, "z_loss": z_loss}
     loss = world * sum(weight[k] * v for k, v in terms.items())
     values = all_sum(torch.stack([v.detach().float() for v in terms.values()]))

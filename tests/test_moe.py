@@ -54,6 +54,12 @@ def test_balance_on_a_hand_made_routing_matches_the_formula():
         assert float(loss) == pytest.approx(0.5 * want + 0.1 * z)
 
 
+def test_a_z_loss_over_routers_without_logits_is_nothing_to_add():
+    router = ROUTERS.build("constant", width=16, hidden=32, num_experts=4)
+    calls = calls_of(router, [torch.randn(2, 3, 16)], [0, 1, 2, 3])
+    assert step_losses(calls, balance=0.0, z_loss=0.1, scope="global", num_experts=4) == (None, {})
+
+
 def grads(loss, params):
     return torch.autograd.grad(loss, params)
 
