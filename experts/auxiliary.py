@@ -11,10 +11,11 @@ called as `source(pixels, model) -> str`, `pixels` the image (3, H, W) in [0, 1]
 | `components` | a colour-region detector: connected components of saturated pixels (scipy.ndimage) |
 | a function   | `AUXILIARY.register("mine", fn)`, or `pkg.module:fn` in the YAML  |
 
-Both shipped sources verbalise each region the same way (`describe`): "red ellipse at (25,
-70), area 6": the mean colour's nearest name, a shape word from how much of its bounding
-box the region fills, its centre as percent of the width and height, its area as percent
-of the image. Regions are listed top to bottom, then left to right.
+Both shipped sources verbalise each region the same way (`describe`): "red ellipse, bottom
+left (25, 70), area 6": the mean colour's nearest name, a shape word from how much of its
+bounding box the region fills, its centre in words (thirds of the image) and as percent of
+the width and height, its area as percent of the image. Regions are listed top to bottom,
+then left to right.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def colour_word(rgb: np.ndarray) -> str:
     return names[int(np.argmin(((table - rgb) ** 2).sum(1)))]
 
 
+def place_word(percent: int, words: tuple[str, str, str]) -> str:
+    """Which third of the image a coordinate (percent) falls in."""
+    return words[0] if percent < 100 / 3 else words[2] if percent > 200 / 3 else words[1]
+
+
 def describe(pixels: torch.Tensor, masks: list[np.ndarray]) -> str:
     """Regions (boolean (H, W) masks) of an image (3, H, W) in [0, 1] -> one line of words."""
     img = pixels.float().permute(1, 2, 0).cpu().numpy() * 255
@@ -60,7 +66,8 @@ def describe(pixels: torch.Tensor, masks: list[np.ndarray]) -> str:
         ys, xs = np.nonzero(m)
         x, y = round(100 * (xs.mean() + 0.5) / w), round(100 * (ys.mean() + 0.5) / h)
         area = round(100 * m.sum() / (h * w))
-        words = f"{colour_word(img[m].mean(0))} {shape_word(m)} at ({x}, {y}), area {area}"
+        where = f"{place_word(y, ('top', 'middle', 'bottom'))} {place_word(x, ('left', 'centre', 'right'))}"
+        words = f"{colour_word(img[m].mean(0))} {shape_word(m)}, {where} ({x}, {y}), area {area}"
         found.append((y, x, words))
     return "; ".join(words for _, _, words in sorted(found))
 

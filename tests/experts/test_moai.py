@@ -59,6 +59,7 @@ def test_the_colour_detector_finds_each_shape_where_it_is(scene):
         row, col = divmod(cell, 2)
         match = [r for r in regions if r.startswith(colour)]
         x, y = (int(v) for v in match[0].split("(")[1].split(")")[0].split(", "))
+        assert ("left" in match[0]) != bool(col) and ("top" in match[0]) != bool(row)
         assert (x > 50) == bool(col) and (y > 50) == bool(row), (said, scene.shapes)
 
 
@@ -159,4 +160,4 @@ def test_describe_names_colour_shape_centre_and_area():
     mask = np.zeros((20, 20), bool)
     mask[2:8, 10:16] = True  # a 6 x 6 square, top right
     img[:, 2:8, 10:16] = torch.tensor([220, 40, 40]).view(3, 1, 1) / 255
-    assert describe(img, [mask]) == "red rectangle at (65, 25), area 9"
+    assert describe(img, [mask]) == "red rectangle, top centre (65, 25), area 9"
