@@ -94,7 +94,13 @@ def routing_figure(model, inputs) -> Any:
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 2.4))
-    k = model.projection.num_experts
+    routed = {k: x for k, x in inputs.items() if hasattr(model.projector(k), "routes")}
+    if not routed:  # a perceiver or MLP projection has no experts to show
+        ax.text(0.5, 0.5, "no routed projection for this input", ha="center", va="center")
+        ax.set_axis_off()
+        plt.close(fig)
+        return fig
+    inputs, k = routed, model.projection.num_experts
     width = 0.8 / max(1, len(inputs))
     for j, (key, x) in enumerate(inputs.items()):
         weights = model.routing_report(key, x)["per_expert"]
