@@ -3,8 +3,9 @@
 
     .venv/bin/python -m bench.projection_study [--root runs/study] [--samples 200]
 
-From ROOT/stage0/final (the demo's stage 0: pretrained tiny LLM and CLIP; made here unless
-it exists), with the same data, steps, batch and schedule for each row:
+From ROOT/stage0/final (configs/stages/study_stage0.yaml: the demo's stage 0, pretrained
+tiny LLM and CLIP, whose LM also reads the questions' text), with the same data, steps,
+batch and schedule for each row:
   1. configs/stages/study_sam.yaml       the tiny SAM learns masks (MoAI's `sam` source)
   2. configs/stages/study_sceneqa.yaml   once per projection kind: upm, perceiver, mlp
   3. configs/stages/study_moai.yaml      UPM + MoAI's compressor and mixer over SAM's words,
@@ -56,7 +57,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # beside other work, 2 threads thrash
     times: dict[str, float | None] = {}
     if not (root / "stage0" / "final").is_dir():
-        times["stage0"] = stage(root, "stage0", "stage0_pretrain.yaml", [])
+        times["stage0"] = stage(root, "stage0", "study_stage0.yaml", [])
     times["sam"] = stage(root, "sam", "study_sam.yaml", [])
     rows = {}
     for kind in ("upm", "perceiver", "mlp"):

@@ -18,7 +18,8 @@ from tests.conftest import ROOT, TINY
 SOURCES = {"lm": "{task: lm}", "clip": "{task: clip, modality: image}", "caption": "{task: caption, modality: image}",
            "instruct": "{task: instruct, modality: audio}", "sam": "{task: sam, modality: image}",
            "t2i": "{task: t2i}", "seg": "{task: seg, modality: image}", "gen": "{task: gen}",
-           "sceneqa": "{task: sceneqa, modality: image}"}  # fmt: skip
+           "sceneqa": "{task: sceneqa, modality: image}",
+           "sceneqa_lm": "{task: sceneqa_lm, modality: image}"}  # fmt: skip
 EVERYTHING = "[projection.*, tokenizers.*, outputs.*, llm.*, encoder.*]"
 
 

@@ -1,7 +1,8 @@
 """sceneqa: spatial questions about several shapes (onellm/data/scene_qa.py): existence,
 position, relation and count, 1-3 questions an example, the loss on the answers. Held out:
 exact-match accuracy per kind, one question of each kind per scene asked alone through
-`model.chat`. The projection and MoAI study trains and scores on it (docs/moai.md)."""
+`model.chat`. The projection and MoAI study trains and scores on it (docs/moai.md);
+`sceneqa_lm` is its text alone, for the tiny LLM's language pretraining."""
 
 from __future__ import annotations
 
@@ -12,9 +13,18 @@ import numpy as np
 from onellm.data import scene_qa
 from onellm.data.sources import Example
 from onellm.evaluate import held_out
-from onellm.tasks.base import register
+from onellm.tasks.base import Task, register
 from onellm.tasks.sam import pixel_modality
 from onellm.tasks.text import TextTask
+
+
+def scene_turns(source, i: int) -> tuple[scene_qa.SceneQA, list[tuple[str, str]]]:
+    """Training scene i and 1-3 of its questions with their answers."""
+    size = source.model.modalities[source.modality].input_shape()[-1]
+    sc = scene_qa.scene(i, "train", source.seed, size=size)
+    pool = [qa for kind in scene_qa.KINDS for qa in sc.questions[kind]]
+    rng = np.random.default_rng([source.seed, i, 17])
+    return sc, [pool[j] for j in rng.choice(len(pool), min(3, len(pool)), replace=False)]
 
 
 class SceneQuestions(TextTask):
@@ -27,10 +37,7 @@ class SceneQuestions(TextTask):
 
     def example(self, source, i: int) -> Example:
         mod = source.model.modalities[source.modality]
-        sc = scene_qa.scene(i, "train", source.seed, size=mod.input_shape()[-1])
-        pool = [qa for kind in scene_qa.KINDS for qa in sc.questions[kind]]
-        rng = np.random.default_rng([source.seed, i, 17])
-        turns = [pool[j] for j in rng.choice(len(pool), min(3, len(pool)), replace=False)]
+        sc, turns = scene_turns(source, i)
         return Example(mod.preprocess(sc.image).unsqueeze(0), None, turns, sc.image)
 
     def evaluate(self, model, *, samples: int, seed: int) -> dict[str, Any]:
@@ -56,4 +63,20 @@ class SceneQuestions(TextTask):
         return held_out(model, self.name, samples, score)
 
 
+class SceneLanguage(SceneQuestions):
+    """sceneqa_lm: the same conversations as text alone, every token a target: the tiny
+    LLM's stage 0 learns the words these questions and answers use, as a real LLM knows
+    them before it ever sees an image."""
+
+    name = "sceneqa_lm"
+    needs_input = to_llm = False
+    lm = length_grouped = True
+    metrics = ()
+    evaluate = Task.evaluate
+
+    def example(self, source, i: int) -> Example:
+        return Example(None, None, scene_turns(source, i)[1])
+
+
 register(SceneQuestions())
+register(SceneLanguage())
