@@ -19,7 +19,7 @@ subclassing `LlamaDecoderLayer`: the LLM's modules, weights and saved directory 
 they are (LoRA, quantisation and FSDP see the same layers). A mixing context holds what
 one call needs (the visual positions, the compressed aux tokens, each layer's visual
 states); `generate`'s later steps, one token each, are language positions that read the
-visual states the prefill kept.
+visual states the prefill kept (without a KV cache each step is the whole sequence again).
 """
 
 from __future__ import annotations
@@ -143,8 +143,9 @@ class MoAI(nn.Module):
             raise InputError(
                 "moai: expected the batch the mixing began with (beam search is not supported)"
             )
-        if h.shape[1] == ctx.is_visual.shape[1]:  # the whole sequence: training, or a prefill
-            is_visual = ctx.is_visual
+        n, length = ctx.is_visual.shape[1], h.shape[1]
+        if length >= n:  # the whole sequence (training, a prefill, or generate without a cache)
+            is_visual = F.pad(ctx.is_visual, (0, length - n))  # what follows the prompt is text
             ctx.visual[i] = gather_visual(h, is_visual)
         else:  # generate's later steps: language positions over the prefill's visual states
             is_visual = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)

@@ -161,3 +161,25 @@ def test_describe_names_colour_shape_centre_and_area():
     mask[2:8, 10:16] = True  # a 6 x 6 square, top right
     img[:, 2:8, 10:16] = torch.tensor([220, 40, 40]).view(3, 1, 1) / 255
     assert describe(img, [mask]) == "red rectangle, top centre (65, 25), area 9"
+
+
+def test_a_cached_step_equals_the_whole_sequence(scene):
+    """The prefill keeps each layer's visual states; a cached step reads them and gives the
+    logits the whole sequence gives at that position."""
+    torch.manual_seed(0)
+    model = OneLLM.from_config(TINY, [MOAI]).eval()
+    perturbed(model)
+    x = model.preprocess(scene.image, "image")
+    ids = prompt(model)[:1]
+    aux = model.moai.describe(model, [model.modalities["image"].pixels(scene.image)])
+    embeds = model.embed(ids, {"image": model.modality_block(x, "image")})
+    with torch.no_grad():
+        with model.mixing(ids, aux):
+            whole = model.llm(inputs_embeds=embeds).logits
+        with model.mixing(ids[:, :-2], aux):  # generate's: the prompt, then a step at a time
+            first = model.llm(inputs_embeds=embeds[:, :-2], use_cache=True)
+            step = model.llm(inputs_embeds=embeds[:, -2:-1], use_cache=True,
+                             past_key_values=first.past_key_values)  # fmt: skip
+            again = model.llm(inputs_embeds=embeds[:, :-1]).logits  # no cache: all again
+    torch.testing.assert_close(step.logits[:, -1], whole[:, -2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again[:, -1], whole[:, -2], rtol=1e-4, atol=1e-5)
