@@ -102,21 +102,25 @@ def used(load: list[float]) -> float:
 
 def tables(rows: list[dict]) -> str:
     """The study's two tables in Markdown."""
-    head = "| variant | " + " | ".join(MODALITIES) + " | mean entropy (nats) | alarms | wall |"
-    lines = [head, "|" + "---|" * (len(MODALITIES) + 4)]
+    lines = ["| variant | " + " | ".join(MODALITIES) + " | router entropy | experts per modality "
+             "| all modalities' share per expert | alarms | wall |",
+             "|" + "---|" * (len(MODALITIES) + 6)]  # fmt: skip
     for r in rows:
         acc = " | ".join(f"{100 * r['accuracy'].get(m, float('nan')):.0f}%" for m in MODALITIES)
         ent = sum(r["routing"][m]["entropy"] for m in MODALITIES) / len(MODALITIES)
-        lines.append(
-            f"| {r['variant']} | {acc} | {ent:.2f} | {r['alarms']} | {r['seconds']:.0f} s |"
-        )
-    lines += ["", "| variant | modality | expert 0 | expert 1 | expert 2 | expert 3 | entropy |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+        per = sum(used(r["routing"][m]["load"]) for m in MODALITIES) / len(MODALITIES)
+        share = " / ".join(f"{100 * s:.0f}" for s in r["share"])
+        lines.append(f"| {r['variant']} | {acc} | {ent:.2f} | {per:.2f} | {share} | "
+                     f"{r['alarms']} | {r['seconds']:.0f} s |")  # fmt: skip
+    lines += ["", "| variant | modality | expert 0 | expert 1 | expert 2 | expert 3 | experts | entropy |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         for m in MODALITIES:
             u = r["routing"][m]
             shares = " | ".join(f"{100 * s:.0f}%" for s in u["load"])
-            lines.append(f"| {r['variant']} | {m} | {shares} | {u['entropy']:.2f} |")
+            lines.append(
+                f"| {r['variant']} | {m} | {shares} | {used(u['load']):.2f} | {u['entropy']:.2f} |"
+            )
     return "\n".join(lines)
 
 
