@@ -4,15 +4,17 @@
       --compressor: `queries` latents over the aux tokens (a perceiver)--> A (B, N, D)
     at each chosen decoder layer l, the states h (B, L, D) entering it become
       visual positions:   h + g_v1(h) * CA(h -> A) + g_v2(h) * SA(h -> V_l)
-      language positions: h + g_t1(h) * CA(h -> A) + g_t2(h) * CA(h -> V_l)
-    V_l: the states of the visual positions (the modality runs) entering layer l;
+      language positions: h + g_t1(h) * CA(h -> A) + g_t2(h) * CA(h -> V_l) + g_t3(h) * SA(h -> T_l)
+    V_l: the states of the visual positions (the modality runs) entering layer l; T_l those
+    of the language positions up to this one (causal, padding left out);
     g: softmax gates (MoAI's gating networks); each CA/SA a low-rank attention (MoAI's
     LoRA attention) whose output projection starts at zero.
 
 Zero-initialised, an untrained mixer adds exact zeros: the LLM's outputs are bit-identical.
-Two departures from MoAI, both for a causal LLM: visual states do not attend to language
-(the text follows them, so in training they would see the answer), and language attends to
-itself only through the layer's own self-attention (MoAI's SA_lang would be a second one).
+One departure from MoAI, for a causal LLM: visual states do not attend to language (the
+text follows them, so in training they would see the answer), and language attends to
+language causally. MoAI's SA_lang matters with a frozen LLM: it is what can carry the
+question's object to the answer's position, where CA(-> A) looks it up.
 
 The mixer joins each layer through `register_forward_pre_hook`, never by replacing or
 subclassing `LlamaDecoderLayer`: the LLM's modules, weights and saved directory stay as
@@ -41,8 +43,9 @@ from onellm.errors import InputError
 
 
 class LowRankAttention(nn.Module):
-    """Attention from x (B, L, D) to a context (B, N, D) through `rank` dims; `valid` (B, N)
-    masks the context. Its output starts at zero; a row with no valid context gives zero."""
+    """Attention from x (B, L, D) to a context (B, N, D) through `rank` dims; `valid` (B, N),
+    or (B, L, N) per row, masks the context. Its output starts at zero; a row with no valid
+    context gives zero."""
 
     def __init__(self, *, width: int, rank: int, heads: int) -> None:
         super().__init__()
@@ -56,11 +59,13 @@ class LowRankAttention(nn.Module):
         c = self.norm_context(context)
         q = rearrange(self.q(self.norm_x(x)), "b l (h d) -> b h l d", h=self.heads)
         k, v = (rearrange(p(c), "b n (h d) -> b h n d", h=self.heads) for p in (self.k, self.v))
-        some = valid.any(-1)
-        mask = (valid | ~some[:, None])[:, None, None, :]  # an empty row attends, then is zeroed
+        if valid.dim() == 2:
+            valid = valid[:, None, :].expand(-1, x.shape[1], -1)
+        some = valid.any(-1, keepdim=True)  # (B, L, 1)
+        mask = (valid | ~some)[:, None]  # an empty row attends to anything, then is zeroed
         out = self.out(rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                                  "b h l d -> b l (h d)"))  # fmt: skip
-        return out * some[:, None, None].to(out.dtype)
+        return out * some.to(out.dtype)
 
 
 class LayerMixer(nn.Module):
@@ -70,17 +75,20 @@ class LayerMixer(nn.Module):
         super().__init__()
         expert = functools.partial(LowRankAttention, width=width, rank=rank, heads=heads)
         self.visual_aux, self.visual_self = expert(), expert()
-        self.language_aux, self.language_visual = expert(), expert()
-        self.gate_visual, self.gate_language = nn.Linear(width, 2), nn.Linear(width, 2)
+        self.language_aux, self.language_visual, self.language_self = expert(), expert(), expert()
+        self.gate_visual, self.gate_language = nn.Linear(width, 2), nn.Linear(width, 3)
 
-    def forward(self, h: torch.Tensor, is_visual: torch.Tensor, visual: torch.Tensor,
-                visual_valid: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def forward(self, h: torch.Tensor, is_visual: torch.Tensor, visual: tuple[torch.Tensor, ...],
+                language: tuple[torch.Tensor, ...], aux: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """h (B, L, D); `visual`: the visual states (B, Nv, D) and valid (B, Nv); `language`:
+        the language states so far (B, Nt, D) and which each row may read (B, L, Nt)."""
         aux_valid = torch.ones(aux.shape[:2], dtype=torch.bool, device=aux.device)
         gv, gl = self.gate_visual(h).softmax(-1), self.gate_language(h).softmax(-1)
         mix_v = gv[..., :1] * self.visual_aux(h, aux, aux_valid)
-        mix_v = mix_v + gv[..., 1:] * self.visual_self(h, visual, visual_valid)
+        mix_v = mix_v + gv[..., 1:] * self.visual_self(h, *visual)
         mix_l = gl[..., :1] * self.language_aux(h, aux, aux_valid)
-        mix_l = mix_l + gl[..., 1:] * self.language_visual(h, visual, visual_valid)
+        mix_l = mix_l + gl[..., 1:2] * self.language_visual(h, *visual)
+        mix_l = mix_l + gl[..., 2:] * self.language_self(h, *language)
         return h + torch.where(is_visual[..., None], mix_v, mix_l).to(h.dtype)
 
 
@@ -88,9 +96,12 @@ class LayerMixer(nn.Module):
 class MixContext:
     """What one LLM call (or one `generate`) mixes with."""
 
-    is_visual: torch.Tensor  # (B, L) bool, the whole sequence's visual positions
+    is_visual: torch.Tensor  # (B, L) bool, the prompt's visual positions
+    valid: torch.Tensor  # (B, L) bool, its real positions (not padding)
     aux: torch.Tensor  # (B, N, D) compressed auxiliary tokens
+    # per layer: the visual states and their mask, and the language states so far and theirs
     visual: dict[int, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    language: dict[int, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
 def gather_visual(h: torch.Tensor, is_visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,11 +157,22 @@ class MoAI(nn.Module):
         n, length = ctx.is_visual.shape[1], h.shape[1]
         if length >= n:  # the whole sequence (training, a prefill, or generate without a cache)
             is_visual = F.pad(ctx.is_visual, (0, length - n))  # what follows the prompt is text
+            keys = ~is_visual & F.pad(ctx.valid, (0, length - n), value=True)
             ctx.visual[i] = gather_visual(h, is_visual)
-        else:  # generate's later steps: language positions over the prefill's visual states
+            ctx.language[i] = (h, keys)
+            causal = torch.ones(length, length, dtype=torch.bool, device=h.device).tril()
+            language = (h, causal[None] & keys[:, None, :])
+        else:  # generate's later steps: text, reading the prefill's visual states
             is_visual = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+            before, keys = ctx.language[i]  # and the language states so far, with its own
+            keys = torch.cat([keys, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)], 1)
+            ctx.language[i] = (torch.cat([before, h], dim=1), keys)
+            causal = torch.ones(length, keys.shape[1], dtype=torch.bool, device=h.device).tril(
+                keys.shape[1] - length
+            )
+            language = (ctx.language[i][0], causal[None] & keys[:, None, :])
         mixer = self.mixers[str(i)]
-        out = mixer(h, is_visual, *ctx.visual[i], ctx.aux.to(h.dtype))
+        out = mixer(h, is_visual, ctx.visual[i], language, ctx.aux.to(h.dtype))
         return ((out, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": out})
 
     # ------------------------------------------------------------------ per call
@@ -173,9 +195,10 @@ class MoAI(nn.Module):
         return self.compressor(embeds, latents, valid)
 
     @contextlib.contextmanager
-    def mixing(self, model: Any, input_ids: torch.Tensor, texts: Sequence[str]) -> Iterator[None]:
-        """Mix during the LLM calls inside: `input_ids` (B, L) with placeholder runs, one
-        auxiliary text per row."""
+    def mixing(self, model: Any, input_ids: torch.Tensor, texts: Sequence[str],
+               attention_mask: torch.Tensor | None = None) -> Iterator[None]:  # fmt: skip
+        """Mix during the LLM calls inside: `input_ids` (B, L) with placeholder runs (and its
+        `attention_mask`: padding is no one's context), one auxiliary text per row."""
         if len(texts) != input_ids.shape[0]:
             raise InputError(
                 f"moai: expected one auxiliary text per row ({input_ids.shape[0]}), got {len(texts)}"
@@ -183,7 +206,14 @@ class MoAI(nn.Module):
         placeholders = torch.tensor(
             list(model.layout.placeholder_ids.values()), device=input_ids.device
         )
-        self.context = MixContext(torch.isin(input_ids, placeholders), self.compress(model, texts))
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask.bool()
+        )
+        self.context = MixContext(
+            torch.isin(input_ids, placeholders), valid, self.compress(model, texts)
+        )
         try:
             yield
         finally:

@@ -200,7 +200,7 @@ def generate(
         kwargs.update(return_dict_in_generate=True, output_hidden_states=True)
     # a MoAI mixer hears what its auxiliary sources say about each row's image
     aux = None if model.moai is None else model.moai.describe(model, [r.pixels for r in rows])
-    with model.mixing(padded["input_ids"].to(model.device), aux):
+    with model.mixing(padded["input_ids"].to(model.device), aux, attention_mask):
         out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
         generated = out.sequences if read_states else out
         replies = []

@@ -187,14 +187,16 @@ class OneLLM(nn.Module):
         blocks = {m: self.modality_block(x, m) for m, x in (inputs or {}).items()}
         blocks |= {m: self.modality_block(f, m, cached=True) for m, f in (features or {}).items()}
         embeds = self.embed(input_ids, blocks)
-        with self.mixing(input_ids, aux):
+        with self.mixing(input_ids, aux, attention_mask):
             return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                             **llm_kwargs)  # fmt: skip
 
     @contextlib.contextmanager
-    def mixing(self, input_ids: torch.Tensor, aux: Sequence[str] | None) -> Iterator[None]:
-        """The LLM calls inside mix in the auxiliary texts `aux` (one per row of `input_ids`)
-        through the MoAI mixer; without one, nothing happens (and `aux` is refused)."""
+    def mixing(self, input_ids: torch.Tensor, aux: Sequence[str] | None,
+               attention_mask: torch.Tensor | None = None) -> Iterator[None]:  # fmt: skip
+        """The LLM calls inside mix in the auxiliary texts `aux` (one per row of `input_ids`;
+        `attention_mask`: its padding) through the MoAI mixer; without one, nothing happens
+        (and `aux` is refused)."""
         if self.moai is None:
             if aux is not None:
                 raise InputError(
@@ -202,7 +204,8 @@ class OneLLM(nn.Module):
                 )
             yield
             return
-        with self.moai.mixing(self, input_ids, [""] * len(input_ids) if aux is None else aux):
+        aux = [""] * len(input_ids) if aux is None else aux
+        with self.moai.mixing(self, input_ids, aux, attention_mask):
             yield
 
     def chat(self, inputs: Any = None, modality: str | None = None, prompt: str | None = None,

@@ -32,10 +32,10 @@ def prompt(model, question="What is left of the red circle?"):
     return torch.tensor([ids, ids])
 
 
-def perturbed(model):
+def perturbed(model, scale: float = 0.2):
     with torch.no_grad():
         for p in model.moai.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
+            p.add_(torch.randn_like(p) * scale)
 
 
 def test_sources_are_registered_and_refused_by_name():
@@ -183,3 +183,23 @@ def test_a_cached_step_equals_the_whole_sequence(scene):
             again = model.llm(inputs_embeds=embeds[:, :-1]).logits  # no cache: all again
     torch.testing.assert_close(step.logits[:, -1], whole[:, -2], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(again[:, -1], whole[:, -2], rtol=1e-4, atol=1e-5)
+
+
+def test_left_padded_rows_each_equal_their_chat_alone(scene):
+    """A batch of prompts of different lengths (left-padded in one generate) with a trained
+    mixer: padding is nobody's context, so each row says what it says alone."""
+    from onellm.chat import Conversation, generate
+    from onellm.template import render_prompt
+
+    torch.manual_seed(0)
+    model = OneLLM.from_config(TINY, [MOAI]).eval()
+    perturbed(model, 1.0)  # a mixer strong enough that reading padding would change words
+    other = scene_qa.scene(4, "test", size=64)
+    asks = [(scene, "How many circles?"), (other, "What is left of the blue square in it?")]
+    pixels = model.modalities["image"].pixels
+    rows = [Conversation({"image": model.preprocess(sc.image, "image")},
+                         render_prompt(model.config.chat, q, []), pixels(sc.image))
+            for sc, q in asks]  # fmt: skip
+    together = generate(model, rows, max_new_tokens=12)
+    alone = [model.chat(sc.image, "image", q, max_new_tokens=12) for sc, q in asks]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
