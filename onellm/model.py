@@ -62,7 +62,8 @@ class OneLLM(nn.Module):
         if hasattr(p, "routes"):  # a routed projection (the UPM) grows experts and routes
             every = list(range(p.num_experts))
             routes = {m: list(r) for m, r in p.routes.items() if list(r) != every}
-            projection = dataclasses.replace(projection, num_experts=p.num_experts, routes=routes)
+            projection = dataclasses.replace(projection, num_experts=p.num_experts, routes=routes,
+                                             router=dict(p.router_spec))  # fmt: skip
         return dataclasses.replace(self.base_config, modalities=dict(self.specs),
                                    projection=projection, dtype=parts_dtype(self))  # fmt: skip
 

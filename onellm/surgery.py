@@ -6,7 +6,6 @@ Each changes the model's modules; the saved config follows from them (`OneLLM.co
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -144,11 +143,7 @@ def upcycle(model: OneLLM, experts: int, *, sources: list[int] | None = None, no
                 raise ConfigError(f"upcycle.router: {e}") from None
     new = proj.upcycle(sources, noise=noise, generator=generator)
     if router is not None:
-        proj.set_router(dict(router))
-        cfg = model.base_config  # the router spec is not read back from the modules
-        model.base_config = dataclasses.replace(
-            cfg, projection=dataclasses.replace(cfg.projection, router=dict(router))
-        )
+        proj.set_router(dict(router))  # OneLLM.config reads the spec back from the projection
     return new
 
 
