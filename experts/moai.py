@@ -160,17 +160,14 @@ class MoAI(nn.Module):
             keys = ~is_visual & F.pad(ctx.valid, (0, length - n), value=True)
             ctx.visual[i] = gather_visual(h, is_visual)
             ctx.language[i] = (h, keys)
-            causal = torch.ones(length, length, dtype=torch.bool, device=h.device).tril()
-            language = (h, causal[None] & keys[:, None, :])
         else:  # generate's later steps: text, reading the prefill's visual states
             is_visual = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
             before, keys = ctx.language[i]  # and the language states so far, with its own
             keys = torch.cat([keys, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)], 1)
             ctx.language[i] = (torch.cat([before, h], dim=1), keys)
-            causal = torch.ones(length, keys.shape[1], dtype=torch.bool, device=h.device).tril(
-                keys.shape[1] - length
-            )
-            language = (ctx.language[i][0], causal[None] & keys[:, None, :])
+        states, keys = ctx.language[i]  # row r (the last `length` positions) reads keys <= r
+        causal = torch.ones(length, keys.shape[1], dtype=torch.bool, device=h.device)
+        language = (states, causal.tril(keys.shape[1] - length)[None] & keys[:, None, :])
         mixer = self.mixers[str(i)]
         out = mixer(h, is_visual, ctx.visual[i], language, ctx.aux.to(h.dtype))
         return ((out, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": out})

@@ -81,11 +81,10 @@ def build_moai(spec: Mapping[str, Any] | None, llm) -> nn.Module | None:
     return moai
 
 
-def run_lengths(model_or_projectors: Any, names: Iterable[str]) -> dict[str, int]:
-    """Each modality's placeholder run: its projection's tokens and the two tags
-    (`model_or_projectors`: a model, or {modality: its projection})."""
-    of = getattr(model_or_projectors, "projector", None) or model_or_projectors.__getitem__
-    return {key: of(key).num_tokens(key) + 2 for key in names}
+def run_lengths(projectors: Mapping[str, nn.Module]) -> dict[str, int]:
+    """Each modality's placeholder run ({modality: its projection}): its projection's
+    tokens and the two tags."""
+    return {key: proj.num_tokens(key) + 2 for key, proj in projectors.items()}
 
 
 def token_layout(tokenizer, llm, lengths: Mapping[str, int],
@@ -178,14 +177,14 @@ def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantiz
     for name, spec in cfg.modalities.items():
         modalities[name] = mod = build_modality(name, spec, encoder)
         tokenizers[name] = mod.build_tokenizer(encoder=encoder)
-        kind = cfg.projection.by_modality.get(name, {}).get("type")
+        kind = cfg.projection.kind_of(name)
         projectors[name] = proj = projection if kind is None else side[kind]
         proj.add_modality(name, output_scale=scale, experts=cfg.projection.routes.get(name),
                           tokens_in=tokens_in(tokenizers[name], encoder))  # fmt: skip
     llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
     tok = build_text_tokenizer(cfg.llm, cfg.chat, shapes_captions(modalities.values()))
     # placeholders first, then output tokens: the order the ids of saved runs were given in
-    layout = token_layout(tok, llm, run_lengths(projectors, modalities))
+    layout = token_layout(tok, llm, run_lengths(projectors))
     token_ids: dict[str, int] = {}
     if cfg.outputs and tok is not None:  # without a tokenizer: ids only, no outputs
         added = add_special_tokens(tok, None, [f"<{t}>" for t in cfg.outputs])

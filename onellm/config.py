@@ -75,6 +75,11 @@ class ProjectionConfig:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the kind's own arguments
     # modality -> {type: kind, **options}: another kind for that modality (one instance per kind)
     by_modality: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def kind_of(self, modality: str) -> str | None:
+        """The kind `by_modality` gives `modality`, or None (it goes through `type`)."""
+        return self.by_modality.get(modality, {}).get("type")
+
     num_experts: int = 3
     layers_per_expert: int = 8
     num_heads: int = 16

@@ -119,8 +119,7 @@ class OneLLM(nn.Module):
     def projector(self, modality: str) -> nn.Module:
         """The projection modality `modality` goes through: `projection`, or the kind
         `projection.by_modality` names for it."""
-        key = self.modality_key(modality)
-        kind = self.base_config.projection.by_modality.get(key, {}).get("type")
+        kind = self.base_config.projection.kind_of(self.modality_key(modality))
         return self.projection if kind is None else self.projections[kind]
 
     def modality_key(self, modality: str) -> str:
@@ -228,10 +227,9 @@ class OneLLM(nn.Module):
         """Which experts `modality` uses on `inputs`; see onellm/routing.py."""
         from onellm.routing import routing_report
 
-        proj = self.projector(modality)
-        if not hasattr(proj, "routes"):
-            kind = self.base_config.projection.by_modality.get(self.modality_key(modality), {})
-            kind = kind.get("type", self.base_config.projection.type)
+        if not hasattr(self.projector(modality), "routes"):
+            p = self.base_config.projection
+            kind = p.kind_of(self.modality_key(modality)) or p.type
             raise InputError(
                 f"routing: {modality} goes through the {kind} projection, which has no router"
             )

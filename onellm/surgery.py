@@ -100,7 +100,7 @@ def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None
         spec["type"] = os.path.abspath(file) + colon + attr
     model.specs[name] = spec
     model.names = name_table(model.modalities)
-    layout = token_layout(tok, model.llm, run_lengths(model, model.modalities),
+    layout = token_layout(tok, model.llm, run_lengths({k: model.projector(k) for k in model.modalities}),
                           model.layout.output_tokens)  # fmt: skip
     model.layout = layout
     if source is not None:

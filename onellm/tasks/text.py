@@ -84,10 +84,10 @@ def aux_text(model, example: Example, modality: str | None) -> str:
     """What the MoAI model's auxiliary sources say about the example's raw input (an input
     without pixels says nothing); said once per example (the shapes world keeps examples)."""
     if example.aux is None:
-        mod = model.modalities.get(modality) if modality is not None else None
-        can_see = mod is not None and hasattr(mod, "pixels") and example.raw is not None
-        pixels = mod.pixels(example.raw).to(model.device) if can_see else None
-        example.aux = model.moai.describe(model, [pixels])[0]
+        from onellm.chat import pixels_of
+
+        seen = {} if modality is None or example.raw is None else {modality: example.raw}
+        example.aux = model.moai.describe(model, [pixels_of(model, seen)])[0]
     return example.aux
 
 
