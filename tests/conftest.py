@@ -38,6 +38,20 @@ def unchanged(tiny_model):
     assert all(p.grad is None for p in tiny_model.parameters())
 
 
+class ForceAt:
+    """A logits processor: every row emits `token` as its new token number `step` (0-based;
+    generate's ids hold the new tokens only when it starts from inputs_embeds)."""
+
+    def __init__(self, token: int, step: int) -> None:
+        self.token, self.step = token, step
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.step:
+            scores[:] = float("-inf")
+            scores[:, self.token] = 0
+        return scores
+
+
 def random_input(model, modality: str, batch: int = 2, frames: int = 2) -> torch.Tensor:
     """A random preprocessed batch of `modality` at the model's input shape."""
     shape = model.modalities[model.modality_key(modality)].input_shape()

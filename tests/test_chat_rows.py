@@ -8,18 +8,8 @@ from transformers import LogitsProcessorList
 
 from onellm.chat import ChatResponse, ChatStream, Conversation, generate
 from onellm.template import render_prompt
+from tests.conftest import ForceAt
 from tests.modalities.test_contract import RAW
-
-
-class ForceAt:
-    def __init__(self, token, step):
-        self.token, self.step = token, step
-
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[1] == self.step:
-            scores[:] = float("-inf")
-            scores[:, self.token] = 0
-        return scores
 
 
 def img(seed=0):

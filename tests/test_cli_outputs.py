@@ -10,8 +10,7 @@ from onellm import OneLLM
 from onellm.chat import ChatResponse
 from onellm.cli import main
 from onellm.interactive import session
-from tests.conftest import TINY
-from tests.test_chat_rows import ForceAt
+from tests.conftest import TINY, ForceAt
 
 
 def test_chat_saves_masks_and_images_and_prints_their_paths(tmp_path, capsys, monkeypatch):

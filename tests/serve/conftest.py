@@ -16,20 +16,6 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="onellm serve needs fastapi (pip install -e .)")
 
 
-class ForceAt:
-    """A logits processor: every row emits `token` as its new token number `step` (0-based;
-    generate's ids hold the new tokens only when it starts from inputs_embeds)."""
-
-    def __init__(self, token: int, step: int) -> None:
-        self.token, self.step = token, step
-
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[1] == self.step:
-            scores[:] = float("-inf")
-            scores[:, self.token] = 0
-        return scores
-
-
 def b64(path) -> str:
     return base64.b64encode(open(path, "rb").read()).decode()
 

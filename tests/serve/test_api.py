@@ -15,7 +15,8 @@ from PIL import Image
 from transformers import LogitsProcessorList
 
 from onellm.serve.app import create_app
-from tests.serve.conftest import ForceAt, b64, data_url
+from tests.conftest import ForceAt
+from tests.serve.conftest import b64, data_url
 
 
 @pytest.fixture(scope="module")

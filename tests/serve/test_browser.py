@@ -15,7 +15,8 @@ from PIL import Image
 from transformers import LogitsProcessorList
 
 from onellm.serve.app import create_app
-from tests.serve.conftest import ForceAt, LiveServer
+from tests.conftest import ForceAt
+from tests.serve.conftest import LiveServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
