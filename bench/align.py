@@ -36,8 +36,8 @@ from onellm import OneLLM
 from onellm.data import feature_cache, shapes
 from onellm.data.batches import collate
 from onellm.data.sources import Source
-from onellm.freezing import set_trainable
-from onellm.stage import load_stage
+from onellm.training.freezing import set_trainable
+from onellm.training.stage import load_stage
 
 MAX_WORDS = 96  # OneLLM's pretraining datasets pad or cut every caption to this
 

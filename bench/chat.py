@@ -88,8 +88,8 @@ def measure(config: str, *, tokens: int, runs: int) -> dict:
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     prompt = "What shape is in the picture?"
     # the same total length as chat's sequence: template + placeholders expanded
-    from onellm.chat import prompt_ids
-    from onellm.template import render_prompt
+    from onellm.inference.chat import prompt_ids
+    from onellm.modeling.template import render_prompt
 
     length = len(prompt_ids(model, render_prompt(model.config.chat, prompt, []), ["image"]))
     g = torch.Generator().manual_seed(0)

@@ -37,7 +37,7 @@ SMALL = "bench/configs/small.yaml"
 
 def write_images(folder: Path, n: int, size: tuple[int, int], fmt: str) -> Path:
     """n noisy shapes-world images of `size` as `fmt` files, and their manifest."""
-    from modalities.image import ImageModality
+    from onellm.modalities.image import ImageModality
 
     mod = ImageModality(size=max(size))
     rng = np.random.default_rng(0)
@@ -56,7 +56,7 @@ def write_images(folder: Path, n: int, size: tuple[int, int], fmt: str) -> Path:
 
 
 def stage(manifest: Path, out: Path, *extra: str):
-    from onellm.stage import load_stage
+    from onellm.training.stage import load_stage
 
     return load_stage(STAGE1, [f"output_dir={out}", f"data.image.data={manifest}",
                                "eval.modalities=[]", "log_every=5", *extra])  # fmt: skip
@@ -66,7 +66,7 @@ def loading(args) -> dict:
     from onellm import OneLLM
     from onellm.data.loader import StepBatches, step_loader
     from onellm.data.sources import Source
-    from onellm.train import Recipe, read_metrics
+    from onellm.training.recipe import Recipe, read_metrics
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +102,7 @@ def loading(args) -> dict:
 
 def memory(args) -> dict:
     from onellm.data.manifest import Manifest
-    from onellm.train import Recipe
+    from onellm.training.recipe import Recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

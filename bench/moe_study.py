@@ -48,8 +48,8 @@ def machine() -> str:
 
 def train_stage(path: Path, overrides: list[str]) -> float:
     """Train one stage; -> its wall seconds."""
-    from onellm.stage import load_stage
-    from onellm.train import train
+    from onellm.training.recipe import train
+    from onellm.training.stage import load_stage
 
     t = time.perf_counter()
     train(load_stage(path, overrides), quiet=False)
@@ -73,8 +73,8 @@ def routing_at_inference(run: Path) -> dict[str, dict]:
 
 def variant(root: Path, name: str, steps: int, retrain: bool) -> dict:
     """Train variant `name` (unless it has run: its row is kept in its run folder)."""
-    from onellm.demo import final_accuracy
-    from onellm.train import read_metrics
+    from onellm.cli.demo import final_accuracy
+    from onellm.training.recipe import read_metrics
 
     run = root / f"stage2-{name}"
     if (run / "study_row.json").is_file() and not retrain:

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from experts.projection import UniversalProjection
+from onellm.experts.projection.upm import UniversalProjection
 
 
 # ---------------------------------------------------------------------------- pieces

@@ -29,8 +29,8 @@ KINDS = ("existence", "position", "relation", "count")
 
 def stage(root: Path, name: str, config: str, overrides: list[str]) -> float | None:
     """Train a stage into ROOT/name unless it is there; -> its wall seconds (None: kept)."""
-    from onellm.stage import load_stage
-    from onellm.train import train
+    from onellm.training.recipe import train
+    from onellm.training.stage import load_stage
 
     if (root / name / "final").is_dir():
         return None

@@ -15,7 +15,7 @@ import tempfile
 import torch
 
 from onellm import OneLLM
-from onellm.quantize import weight_bytes
+from onellm.modeling.quantize import weight_bytes
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def with_seg(config: str) -> dict:
 @contextlib.contextmanager
 def outputs_off(model: OneLLM):
     """The same model, its output experts unused by chat (the reply stays text)."""
-    from experts.outputs import OutputExperts
+    from onellm.modeling.outputs import OutputExperts
 
     saved = model.outputs
     model.outputs = OutputExperts()

@@ -19,7 +19,7 @@ import torch
 from bench.onellm_layout import OneLLMLayout
 from bench.step import check_same_output, run_step, step_inputs
 from onellm import OneLLM
-from onellm.freezing import set_trainable
+from onellm.training.freezing import set_trainable
 
 
 def main() -> None:

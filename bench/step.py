@@ -22,8 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import peak_matmul_flops, peak_rss_mb
 from bench.onellm_layout import OneLLMLayout, active_layout
 from onellm import OneLLM
-from onellm.devices import autocast
-from onellm.freezing import set_trainable
+from onellm.modeling.devices import autocast
+from onellm.training.freezing import set_trainable
 
 
 def step_inputs(model: OneLLM, batch: int, text_tokens: int, seed: int = 0):

@@ -1,3 +1,2 @@
-"""The modalities shipped with onellm; importing this package registers them all."""
-
-from modalities import audio, depth, fmri, image, imu, normal, point, video  # noqa: F401
+"""The modalities shipped with onellm, one file each, found by name through the
+`onellm.modalities` entry-point group (pyproject.toml): nothing imports them all."""

@@ -25,7 +25,7 @@ from torch import nn
 from onellm.data.draw import Scene, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, DISTANCES, SHAPES
 from onellm.errors import ConfigError, InputError
-from onellm.modality import EncoderInfo, as_path, check_readable
+from onellm.modeling.modality import EncoderInfo, as_path, check_readable
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

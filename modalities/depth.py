@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from onellm.modalities.clip_image import PairedMapInput, open_image, to_image_tensor, write_png
 from PIL import Image
 
-from modalities.clip_image import PairedMapInput, open_image, to_image_tensor, write_png
 from onellm.errors import InputError
-from onellm.modality import MODALITIES, as_float_array, as_path, check_readable
+from onellm.modeling.modality import MODALITIES, as_float_array, as_path, check_readable
 
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".exr", ".jpg", ".jpeg", ".bmp", ".webp")
 

@@ -30,7 +30,7 @@ from torch import nn
 from onellm.data.draw import Scene, one_shape_captions, one_shape_scene
 from onellm.data.language import COLOURS, PLACES, SHAPES
 from onellm.errors import InputError
-from onellm.modality import (
+from onellm.modeling.modality import (
     MODALITIES,
     EncoderInfo,
     as_float_array,
@@ -38,7 +38,7 @@ from onellm.modality import (
     check_readable,
     load_array_file,
 )
-from onellm.positions import sincos_1d, with_class_slot
+from onellm.modeling.positions import sincos_1d, with_class_slot
 
 NIFTI_SUFFIXES = (".nii", ".gz")
 MAX_VOXELS = 2**28  # values in one NIfTI file (1 GiB of float32): far above a whole-brain series

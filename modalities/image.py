@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from onellm.modalities.clip_image import ClipImageInput, to_image_tensor, write_png
 
-from modalities.clip_image import ClipImageInput, to_image_tensor, write_png
 from onellm.data.draw import (
     Scene,
     canvas,
@@ -25,7 +25,7 @@ from onellm.data.draw import (
     shape_mask,
 )
 from onellm.data.language import COLOURS, PLACES, SHAPES
-from onellm.modality import MODALITIES
+from onellm.modeling.modality import MODALITIES
 
 
 class ImageModality(ClipImageInput):

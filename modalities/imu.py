@@ -36,7 +36,7 @@ from torch import nn
 from onellm.data.draw import Scene
 from onellm.data.language import ACTIVITIES
 from onellm.errors import InputError
-from onellm.modality import (
+from onellm.modeling.modality import (
     MODALITIES,
     EncoderInfo,
     as_float_array,
@@ -44,7 +44,7 @@ from onellm.modality import (
     check_readable,
     load_array_file,
 )
-from onellm.positions import sincos_1d, with_class_slot
+from onellm.modeling.positions import sincos_1d, with_class_slot
 
 CHANNELS = "a (6, N) or (N, 6) array (accelerometer x, y, z, gyroscope x, y, z)"
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}

@@ -37,7 +37,7 @@ from torch import nn
 from onellm.data.draw import RGB, Scene
 from onellm.data.language import COLOURS, SOLIDS
 from onellm.errors import InputError
-from onellm.modality import (
+from onellm.modeling.modality import (
     MODALITIES,
     EncoderInfo,
     as_float_array,
@@ -45,7 +45,7 @@ from onellm.modality import (
     check_readable,
     load_array_file,
 )
-from onellm.positions import sincos_1d, with_class_slot
+from onellm.modeling.positions import sincos_1d, with_class_slot
 
 _COORDS = {"xyz": slice(0, 3), "rgb": slice(3, 6)}
 XYZ_COLOURS = ("auto", "grey", "position")

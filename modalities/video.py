@@ -32,10 +32,7 @@ import av
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image, ImageSequence
-from torch import nn
-
-from modalities.clip_image import (
+from onellm.modalities.clip_image import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     ClipImageInput,
@@ -43,10 +40,13 @@ from modalities.clip_image import (
     open_image,
     to_image_tensor,
 )
+from PIL import Image, ImageSequence
+from torch import nn
+
 from onellm.data.draw import Scene, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, MOTIONS, SHAPES
 from onellm.errors import InputError
-from onellm.modality import MODALITIES, EncoderInfo, as_path, check_readable
+from onellm.modeling.modality import MODALITIES, EncoderInfo, as_path, check_readable
 
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ogv")

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from onellm import surgery
 from onellm.config import ModelConfig, load_config
 from onellm.errors import InputError
-from onellm.modality import check_batch
+from onellm.modeling import surgery
+from onellm.modeling.modality import check_batch
 
 
 class OneLLM(nn.Module):
@@ -36,7 +36,7 @@ class OneLLM(nn.Module):
                  projection, llm, text_tokenizer, layout, outputs, moai=None,
                  projections=None) -> None:  # fmt: skip
         super().__init__()
-        from onellm.build import name_table
+        from onellm.modeling.build import name_table
 
         self.base_config = config  # what the modules do not say: sizes, chat template, outputs
         self.specs = {k: dict(v) for k, v in config.modalities.items()}
@@ -56,7 +56,7 @@ class OneLLM(nn.Module):
     @property
     def config(self) -> ModelConfig:
         """The config that rebuilds this model: derived from the modules, never edited."""
-        from onellm.build import parts_dtype
+        from onellm.modeling.build import parts_dtype
 
         p, projection = self.projection, self.base_config.projection
         if hasattr(p, "routes"):  # a routed projection (the UPM) grows experts and routes
@@ -75,9 +75,9 @@ class OneLLM(nn.Module):
         on `device` (auto | cpu | cuda | cuda:N; default cpu) in `dtype` (default the
         config's), as transformers' `from_pretrained(device_map=, dtype=)`; `quantization`:
         None, "8bit" or "4bit" LLM weights (onellm/quantize.py)."""
-        from onellm import quantize
-        from onellm.build import build_model
-        from onellm.devices import resolve_device
+        from onellm.modeling import quantize
+        from onellm.modeling.build import build_model
+        from onellm.modeling.devices import resolve_device
 
         cfg = config if isinstance(config, ModelConfig) else load_config(config, overrides)
         q = quantize.resolve(quantization, resolve_device("cpu" if device is None else device))
@@ -92,7 +92,7 @@ class OneLLM(nn.Module):
         """Load a model saved with `save_pretrained` (safetensors + HF dirs, nothing pickled);
         `quantization`: None, "8bit" or "4bit" LLM weights (onellm/quantize.py);
         `overrides`: `key=value` changes to its config (its weights load where they fit)."""
-        from onellm.checkpoint import from_pretrained
+        from onellm.checkpoints.pretrained import from_pretrained
 
         return from_pretrained(directory, trainable_lora=trainable_lora, device=device,
                                dtype=dtype, quantization=quantization,
@@ -100,7 +100,7 @@ class OneLLM(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, *, base: str = "store"):
         """Save config, weights and tokenizer; `base="reference"` keeps base models as paths."""
-        from onellm.checkpoint import save_pretrained
+        from onellm.checkpoints.pretrained import save_pretrained
 
         return save_pretrained(self, directory, base=base)  # type: ignore[arg-type]
 
@@ -219,13 +219,13 @@ class OneLLM(nn.Module):
         `max_new_tokens`, `temperature`, `top_p`, `stream=True` (an iterator of text
         pieces); other keyword arguments go to transformers' `generate`.
         """
-        from onellm.chat import chat
+        from onellm.inference.chat import chat
 
         return chat(self, inputs, modality, prompt, history, **kwargs)
 
     def routing_report(self, modality: str, inputs: Any) -> dict[str, Any]:
         """Which experts `modality` uses on `inputs`; see onellm/routing.py."""
-        from onellm.routing import routing_report
+        from onellm.inference.routing import routing_report
 
         if not hasattr(self.projector(modality), "routes"):
             p = self.base_config.projection

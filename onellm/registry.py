@@ -1,10 +1,20 @@
-"""One small `Registry` type; the library keeps a few instances (modalities, routers, ...)."""
+"""One small `Registry` type, and the library's extension points: one instance per kind of
+plug-in, each also filled from its entry-point group.
+
+A plug-in module ends in one registration (`ROUTERS.register("soft", SoftRouter)`) and is
+named in its package's entry points (`[project.entry-points."onellm.routers"] soft =
+"pkg.module"`); a lookup of a name not yet registered imports the module its entry point
+names, so the core never imports a plug-in and an installed package adds one with no edit
+to onellm. The shipped plug-ins are found the same way (pyproject.toml).
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import types
+from collections.abc import Callable, Iterable, Iterator
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
 
 from onellm.errors import RegistryError
 
@@ -13,18 +23,32 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class Registry(Generic[T]):
-    """A name -> object table that validates names and refuses duplicates.
+    """A name -> object table that validates names, refuses duplicates and loads what its
+    entry-point group names on first lookup.
 
     >>> routers = Registry("routers")
     >>> @routers.register("soft")
     ... class Soft: ...
     """
 
-    def __init__(self, kind: str, *, reserved: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        group: str | None = None,
+        reserved: Callable[[], Iterable[str]] | tuple[str, ...] = (),
+    ) -> None:
         self.kind = kind
-        self.reserved = reserved  # names refused, with the reason given in the error
+        self.group = group  # the entry-point group installed packages name their plug-ins in
+        self._reserved = reserved  # names refused (special tokens), or a function giving them
         self._entries: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
+        self._loaded_all = False
+
+    @property
+    def reserved(self) -> tuple[str, ...]:
+        r = self._reserved
+        return tuple(r() if callable(r) else r)
 
     def register(self, name: str, obj: T | None = None, *, aliases: tuple[str, ...] = ()):
         """Register `obj` under `name` (usable as a decorator when `obj` is omitted)."""
@@ -49,13 +73,32 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def _known(self, name: str) -> bool:
+        return name in self._entries or name in self._aliases
+
+    def _load(self, name: str | None = None) -> None:
+        """Import the plug-ins the entry-point group names (`name`'s only, or all of them).
+        An entry point naming a module registers by importing it; one naming an object is
+        registered under the entry point's name."""
+        if self.group is None or (name is None and self._loaded_all):
+            return
+        for ep in entry_points(group=self.group):
+            if (name is not None and ep.name != name) or self._known(ep.name):
+                continue
+            obj = ep.load()
+            if not self._known(ep.name) and not isinstance(obj, types.ModuleType):
+                self.register(ep.name, obj)
+        self._loaded_all = self._loaded_all or name is None
+
     def canonical(self, name: str) -> str:
         """The registered name for `name` or one of its aliases."""
+        if not self._known(name):
+            self._load(name)
         if name in self._entries:
             return name
         if name in self._aliases:
             return self._aliases[name]
-        known = ", ".join(sorted([*self._entries, *self._aliases])) or "(none)"
+        known = ", ".join(self.names(aliases=True)) or "(none)"
         raise RegistryError(f"unknown {self.kind} {name!r}; registered: {known}")
 
     def aliases(self, name: str) -> list[str]:
@@ -66,15 +109,46 @@ class Registry(Generic[T]):
         return self._entries[self.canonical(name)]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries or name in self._aliases
+        if isinstance(name, str) and not self._known(name):
+            self._load(name)
+        return self._known(name)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+        return iter(self.names())
 
-    def names(self) -> list[str]:
-        return sorted(self._entries)
+    def names(self, *, aliases: bool = False) -> list[str]:
+        """Every registered name (entry points loaded), with the aliases if asked."""
+        self._load()
+        return sorted([*self._entries, *(self._aliases if aliases else ())])
 
-    def build(self, name: str, **kwargs) -> object:
+    def items(self) -> list[tuple[str, T]]:
+        return [(n, self._entries[n]) for n in self.names()]
+
+    def build(self, name: str, **kwargs: Any) -> object:
         """Look up `name` and call it with `kwargs` (the YAML `type:` convention)."""
         factory: Callable = self.get(name)  # type: ignore[assignment]
         return factory(**kwargs)
+
+
+# ----------------------------------------------------------------------------- extension points
+def _output_tokens() -> list[str]:
+    # a modality's placeholder `<m>` must not be a tokenizer token (<s>, <unk>, <pad>) nor an
+    # output kind's special token (<seg>, <gen>, ...)
+    return ["s", "unk", "pad", *OUTPUT_KINDS.names()]
+
+
+MODALITIES: Registry[type] = Registry(
+    "modality", group="onellm.modalities", reserved=_output_tokens
+)
+TASKS: Registry[Any] = Registry("task", group="onellm.tasks")
+ROUTERS: Registry[type] = Registry("router", group="onellm.routers")
+PROJECTIONS: Registry[type] = Registry("projection kind", group="onellm.projections")
+OUTPUT_KINDS: Registry[type] = Registry("output kind", group="onellm.outputs")
+DECODERS: Registry[Callable] = Registry("decoder", group="onellm.decoders")
+AUXILIARY: Registry[Any] = Registry("auxiliary source", group="onellm.auxiliary")
+MIXERS: Registry[type] = Registry("mixer", group="onellm.mixers")  # MoAI's, from `moai:`
+
+EXTENSION_POINTS: dict[str, Registry] = {
+    r.group: r  # type: ignore[misc]
+    for r in (MODALITIES, TASKS, ROUTERS, PROJECTIONS, OUTPUT_KINDS, DECODERS, AUXILIARY, MIXERS)
+}

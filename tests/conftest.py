@@ -67,7 +67,7 @@ def fixture_a() -> Path:
 def train_until_killed(recipe, step: int, monkeypatch) -> None:
     """Run `recipe.train()` until a KeyboardInterrupt at `step` (a crash mid-stage), then
     give `Recipe.train_step` back."""
-    from onellm.train import Recipe
+    from onellm.training.recipe import Recipe
 
     real = Recipe.train_step
 

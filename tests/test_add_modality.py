@@ -1,17 +1,18 @@
 """Adding a modality (and experts) to a model without changing what it does for the others."""
 
+import importlib.metadata
 from importlib.metadata import EntryPoint
 
 import pytest
 import torch
 
 from onellm import OneLLM
-from onellm.conformance import onellm_logits
+from onellm.checkpoints.conformance import onellm_logits
 from onellm.errors import ConfigError, RegistryError
-from onellm.modality import MODALITIES, find_modality
+from onellm.modeling.modality import MODALITIES, find_modality
 from onellm.registry import Registry
-from onellm.stage import load_stage
-from onellm.train import Recipe, read_metrics
+from onellm.training.recipe import Recipe, read_metrics
+from onellm.training.stage import load_stage
 from tests.conftest import ROOT, TINY, random_input
 
 PLUGIN = ROOT / "examples" / "thermal" / "onellm_thermal.py"
@@ -110,8 +111,8 @@ def test_plugins_are_found_by_file_module_path_and_entry_point(monkeypatch, tmp_
     assert find_modality(f"{PLUGIN}:ThermalModality") is cls
     # a module path, importable from sys.path
     (tmp_path / "my_sonar.py").write_text(
-        "from modalities.imu import IMUModality\n"
-        "from onellm.modality import MODALITIES\n"
+        "from onellm.modalities.imu import IMUModality\n"
+        "from onellm.modeling.modality import MODALITIES\n"
         "class Sonar(IMUModality):\n    name = 'sonar'\n"
         "MODALITIES.register('sonar', Sonar)\n"
     )
@@ -119,10 +120,14 @@ def test_plugins_are_found_by_file_module_path_and_entry_point(monkeypatch, tmp_
     assert find_modality("my_sonar:Sonar", "sonar").__name__ == "Sonar"
     # an installed plug-in: its entry point is loaded by name
     (tmp_path / "radar_plugin.py").write_text(
-        "from modalities.imu import IMUModality\nclass Radar(IMUModality):\n    name = 'radar'\n"
+        "from onellm.modalities.imu import IMUModality\nclass Radar(IMUModality):\n    name = 'radar'\n"
     )
     eps = [EntryPoint("radar", "radar_plugin:Radar", "onellm.modalities")]
-    monkeypatch.setattr("onellm.modality.entry_points", lambda group: eps)
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(
+        "onellm.registry.entry_points",
+        lambda group: eps if group == "onellm.modalities" else real(group=group),
+    )
     assert find_modality("radar").__name__ == "Radar"
     # and from YAML: the model config names the type
     model = OneLLM.from_config(TINY, ["modalities={radar: {length: 64}}"])

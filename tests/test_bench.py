@@ -5,7 +5,7 @@ import torch
 from bench.onellm_layout import OneLLMLayout
 from bench.step import count_flops, run_step, step_inputs
 from onellm import OneLLM
-from onellm.freezing import set_trainable
+from onellm.training.freezing import set_trainable
 from tests.conftest import TINY
 
 

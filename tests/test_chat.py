@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from onellm.chat import ChatResponse
-from onellm.conformance import onellm_logits
+from onellm.checkpoints.conformance import onellm_logits
 from onellm.errors import InputError
-from onellm.template import render_prompt, render_training
+from onellm.inference.chat import ChatResponse
+from onellm.modeling.template import render_prompt, render_training
 from tests.modalities.test_contract import RAW
 
 MODALITIES = sorted(RAW)
@@ -142,9 +142,9 @@ def test_training_and_inference_use_the_same_layout(tiny_model):
 
 
 def test_a_training_row_starts_with_the_chat_prompt_token_for_token(tiny_model):
-    from onellm.chat import prompt_ids
     from onellm.data.batches import tokens
     from onellm.data.sources import Example
+    from onellm.inference.chat import prompt_ids
 
     m, chat = tiny_model, tiny_model.config.chat
     turns = [("What is <image> this?", "it is <seg> here"), ("Where?", "on the left")]
@@ -234,7 +234,7 @@ def test_bad_chat_input(unchanged, case):
 
 
 def test_a_modality_says_which_lists_and_dicts_are_one_input(tiny_model):
-    from onellm.chat import normalise_inputs
+    from onellm.inference.chat import normalise_inputs
 
     wave = [0.1 * np.sin(i / 5) for i in range(16000)]  # a waveform as a list: audio's is_sample
     samples, batched = normalise_inputs(tiny_model, wave, "audio")

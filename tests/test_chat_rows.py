@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList
 
-from onellm.chat import ChatResponse, ChatStream, Conversation, generate
-from onellm.template import render_prompt
+from onellm.inference.chat import ChatResponse, ChatStream, Conversation, generate
+from onellm.modeling.template import render_prompt
 from tests.conftest import ForceAt
 from tests.modalities.test_contract import RAW
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from onellm import OneLLM
-from onellm.conformance import onellm_logits
+from onellm.checkpoints.conformance import onellm_logits
 from onellm.errors import CheckpointError
 from tests.conftest import TINY, random_input
 

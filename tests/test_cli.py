@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from onellm.cli import main
-from onellm.interactive import session
+from onellm.cli.main import main
+from onellm.inference.interactive import session
 from tests.conftest import TINY
 
 

@@ -7,9 +7,9 @@ from PIL import Image
 from transformers import LogitsProcessorList
 
 from onellm import OneLLM
-from onellm.chat import ChatResponse
-from onellm.cli import main
-from onellm.interactive import session
+from onellm.cli.main import main
+from onellm.inference.chat import ChatResponse
+from onellm.inference.interactive import session
 from tests.conftest import TINY, ForceAt
 
 

@@ -12,19 +12,17 @@ def test_every_yaml_in_configs_loads_and_validates(path, monkeypatch):
     monkeypatch.setenv("ONELLM_CLIP_DIR", "/models/clip")
     monkeypatch.setenv("ONELLM_LLAMA_DIR", "/models/llama")
     if "stages" in path.parts:
-        from onellm.stage import StageConfig, load_stage
+        from onellm.training.stage import StageConfig, load_stage
 
         stage = load_stage(path)
         assert isinstance(stage, StageConfig)
         first = path.read_text().splitlines()[0]
-        assert first == f"# onellm train configs/stages/{path.name}", (
-            "a stage YAML starts with its run command"
-        )
+        assert first == f"# onellm train {path.stem}", "a stage YAML starts with its run command"
         return
     cfg = load_config(path)
     assert isinstance(cfg, ModelConfig)
     assert cfg.modalities, "a model config names its modalities"
-    from onellm.build import build_modality
+    from onellm.modeling.build import build_modality
 
     for name, spec in cfg.modalities.items():  # every modality spec builds
         assert build_modality(name, spec) is not None
@@ -80,7 +78,7 @@ def test_interpolation_and_defaults(monkeypatch):
 
 
 def test_unknown_modality_argument_is_named():
-    from onellm.build import build_modality
+    from onellm.modeling.build import build_modality
 
     with pytest.raises(ConfigError, match=r"modalities\.audio\.mel"):
         build_modality("audio", {"mel": 3})

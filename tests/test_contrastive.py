@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from onellm.contrastive import ContrastiveHead, zoom_out
 from onellm.data.sources import Source
 from onellm.errors import ConfigError
 from onellm.model import OneLLM
-from onellm.stage import SourceConfig, load_stage
-from onellm.train import Recipe, read_metrics
+from onellm.training.contrastive import ContrastiveHead, zoom_out
+from onellm.training.recipe import Recipe, read_metrics
+from onellm.training.stage import SourceConfig, load_stage
 from tests.conftest import ROOT
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onellm.conformance import onellm_logits
-from onellm.convert import from_onellm, load_state_dict, permute_rotary
+from onellm.checkpoints.conformance import onellm_logits
+from onellm.checkpoints.convert import from_onellm, load_state_dict, permute_rotary
 from onellm.errors import CheckpointError
 from tests.conftest import fixture_a
 

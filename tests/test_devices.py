@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from onellm import OneLLM
-from onellm.devices import resolve_device
 from onellm.errors import ConfigError
-from onellm.stage import load_stage
-from onellm.train import Recipe
+from onellm.modeling.devices import resolve_device
+from onellm.training.recipe import Recipe
+from onellm.training.stage import load_stage
 from tests.conftest import ROOT, TINY
 
 ALL_TASKS = ("{text: {task: lm, pool: 4}, clip: {task: clip, modality: image, pool: 4}, "
@@ -165,7 +165,7 @@ def test_torchrun_takes_the_local_rank_gpu_only(monkeypatch):
 def test_auto_attention_picks_flash_only_for_half_precision_cuda(monkeypatch):
     import importlib.util
 
-    from onellm.llm import attn_implementation
+    from onellm.modeling.llm import attn_implementation
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     real = importlib.util.find_spec
@@ -214,7 +214,7 @@ def test_precision_sets_the_dtype_computed_inside_the_step(tmp_path, precision):
 
 def saved_bytes_and_grads(r: Recipe, key: str) -> tuple[int, dict[str, torch.Tensor]]:
     """Bytes autograd keeps for backward over one micro-batch, and the gradients."""
-    from onellm.tasks import Step
+    from onellm.training.task import Step
 
     (batch,) = r.micro_batches(0, key)
     task = r.sources[key].task
@@ -252,7 +252,7 @@ def test_activation_checkpointing_keeps_less_and_gives_the_same_gradients(tmp_pa
 
 
 def test_fp16_scales_the_loss_in_one_process_and_is_refused_under_fsdp():
-    from onellm.devices import grad_scaler
+    from onellm.modeling.devices import grad_scaler
 
     cpu = torch.device("cpu")
     assert grad_scaler(cpu, "fp16", 1).is_enabled()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from onellm.conformance import onellm_logits
+from onellm.checkpoints.conformance import onellm_logits
 from onellm.errors import InputError, OneLLMError
 from tests.conftest import random_input
 

@@ -1,6 +1,6 @@
 import pytest
 
-from onellm.evaluate import caption_metrics, normalise
+from onellm.training.evaluate import caption_metrics, normalise
 
 
 def test_exact_match_normalises_case_spaces_and_a_final_period():

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from onellm import OneLLM
-from onellm.conformance import onellm_logits
-from onellm.stage import load_stage
-from onellm.train import Recipe, read_metrics
+from onellm.checkpoints.conformance import onellm_logits
+from onellm.training.recipe import Recipe, read_metrics
+from onellm.training.stage import load_stage
 from tests.conftest import ROOT, TINY
 
 pytestmark = [
@@ -98,7 +98,7 @@ def test_fsdp2_over_every_gpu_gives_the_losses_of_one(tmp_path):
     importlib.util.find_spec("flash_attn") is None, reason="flash-attn not installed"
 )
 def test_flash_attention_2_matches_sdpa():
-    from onellm.llm import attn_implementation
+    from onellm.modeling.llm import attn_implementation
 
     assert attn_implementation("auto", torch.device("cuda"), torch.bfloat16) == "flash_attention_2"
     logits = {}

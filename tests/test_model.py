@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from onellm import OneLLM
-from onellm.conformance import onellm_logits
+from onellm.checkpoints.conformance import onellm_logits
 from onellm.errors import InputError
 from tests.conftest import TINY, random_input
 
@@ -172,7 +172,7 @@ def test_modality_tokens_start_at_the_llms_embedding_scale(model):
 
 
 def test_random_position_tables_tell_positions_apart(model):
-    from onellm.positions import sincos_2d
+    from onellm.modeling.positions import sincos_2d
 
     table = model.encoder.position_embedding[1:]  # patches (the class slot is row 0)
     sims = (

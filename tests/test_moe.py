@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from onellm.experts.projection.routers import ROUTERS, Routing
+from onellm.experts.projection.upm import UniversalProjection
 
-from experts.projection import UniversalProjection
-from experts.routers import ROUTERS, Routing
-from onellm.moe import Call, recording, step_losses, switch_balance
-from onellm.routing import ExpertUse, summarise, use_of
+from onellm.inference.routing import ExpertUse, summarise, use_of
+from onellm.training.moe import Call, recording, step_losses, switch_balance
 
 
 def projection(router: dict, experts: int = 4) -> UniversalProjection:

@@ -8,8 +8,8 @@ import torch
 
 from onellm import OneLLM
 from onellm.errors import ConfigError
-from onellm.stage import load_stage
-from onellm.train import Recipe, read_metrics
+from onellm.training.recipe import Recipe, read_metrics
+from onellm.training.stage import load_stage
 from tests.conftest import ROOT, TINY, random_input
 
 STAGE2 = ROOT / "configs" / "stages" / "stage2_video_audio_point.yaml"

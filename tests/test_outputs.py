@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from onellm.experts.output.decoders.sam import mask_loss
 
-from experts.decoders.sam import mask_loss
 from onellm import OneLLM
 from tests.conftest import TINY
 
@@ -84,7 +84,7 @@ def test_masks_from_generates_states_equal_masks_from_a_second_pass(model, monke
     reply, as chat once ran, gives the same states and masks."""
     from transformers import LogitsProcessorList
 
-    from onellm import outputs
+    from onellm.inference import output_states as outputs
 
     seg = model.outputs.token_ids["seg"]
     seen = {}
@@ -164,8 +164,8 @@ def test_a_model_with_outputs_saves_and_loads(model, tmp_path):
 
 
 def test_a_short_decoder_stage_lowers_both_decoder_losses(tmp_path):
-    from onellm.stage import load_stage
-    from onellm.train import Recipe, read_metrics
+    from onellm.training.recipe import Recipe, read_metrics
+    from onellm.training.stage import load_stage
     from tests.conftest import ROOT
 
     torch.manual_seed(0)
@@ -219,8 +219,8 @@ def test_a_short_decoder_pretraining_trains_both_decoders_and_nothing_else(tmp_p
     """Stage 5a: point / phrase prompts -> masks, captions -> images; both decoder losses
     fall, SAM's image encoder, both caption encoders and the UNet move, the LLM does not,
     and the final eval reports each decoder's own metrics."""
-    from onellm.stage import load_stage
-    from onellm.train import Recipe, read_metrics
+    from onellm.training.recipe import Recipe, read_metrics
+    from onellm.training.stage import load_stage
     from tests.conftest import ROOT
 
     cfg = load_stage(ROOT / "configs" / "stages" / "stage5a_decoder_pretrain.yaml", [
@@ -326,8 +326,8 @@ def test_a_gen_head_whose_queries_do_not_match_the_text_encoder_is_a_clear_error
 def test_output_tokens_train_only_their_own_embedding_and_lm_head_rows(tmp_path):
     """`trainable: [@output_tokens]` moves the <seg>/<gen> rows of the input embeddings and
     the lm_head, and no other row (LISA trains them; the LoRA then need not bend states)."""
-    from onellm.stage import load_stage
-    from onellm.train import Recipe
+    from onellm.training.recipe import Recipe
+    from onellm.training.stage import load_stage
     from tests.conftest import ROOT
 
     torch.manual_seed(0)

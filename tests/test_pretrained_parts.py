@@ -5,7 +5,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from onellm import OneLLM
-from onellm.conformance import onellm_logits
+from onellm.checkpoints.conformance import onellm_logits
 from onellm.errors import CheckpointError
 from tests.conftest import TINY, random_input
 

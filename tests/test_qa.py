@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onellm.chat import ChatResponse
-from onellm.evaluate import evaluate_qa, qa_metrics
-from onellm.stage import load_stage
-from onellm.train import Recipe, read_metrics
+from onellm.inference.chat import ChatResponse
+from onellm.training.evaluate import evaluate_qa, qa_metrics
+from onellm.training.recipe import Recipe, read_metrics
+from onellm.training.stage import load_stage
 from tests.conftest import ROOT, TINY
 
 
@@ -82,7 +82,7 @@ def test_every_stage_that_trains_instruction_data_reports_qa(tmp_path):
 
 
 def test_onellm_eval_task_qa_prints_and_writes_per_question(tmp_path, capsys):
-    from onellm.cli import main
+    from onellm.cli.main import main
 
     assert main(["eval", str(TINY), "--task", "qa", "--modality", "imu", "--modality", "audio",
                  "--samples", "4", "--json", str(tmp_path / "qa.json")]) == 0  # fmt: skip
@@ -94,7 +94,7 @@ def test_onellm_eval_task_qa_prints_and_writes_per_question(tmp_path, capsys):
 
 
 def test_the_demo_report_carries_the_qa_table(tmp_path, capsys):
-    from onellm.demo import run_demo
+    from onellm.cli.demo import run_demo
 
     report = run_demo(tmp_path, quiet=True, steps_scale=0.002, device="cpu",
                       overrides=["eval.samples=2"])  # fmt: skip

@@ -7,7 +7,7 @@ import torch
 
 from onellm import OneLLM
 from onellm.errors import CheckpointError, ConfigError
-from onellm.quantize import weight_bytes
+from onellm.modeling.quantize import weight_bytes
 from tests.conftest import TINY
 
 TOL = 0.05  # max |logit error| as a share of the largest |fp32 logit| (measured: 1.4%)

@@ -32,8 +32,7 @@ def test_failed_lookup_lists_what_is_registered():
 
 
 def test_shipped_modalities_are_registered():
-    import modalities  # noqa: F401
-    from onellm.modality import MODALITIES
+    from onellm.registry import MODALITIES
 
     expected = {"image", "video", "audio", "point", "depth", "normal", "imu", "fmri"}
     assert expected <= set(MODALITIES.names())

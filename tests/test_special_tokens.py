@@ -4,10 +4,10 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from onellm import OneLLM
-from onellm.chat import prompt_ids
 from onellm.errors import ConfigError
-from onellm.special_tokens import add_special_tokens, encode_prompt
-from onellm.text_tokenizer import tiny_tokenizer
+from onellm.inference.chat import prompt_ids
+from onellm.modeling.special_tokens import add_special_tokens, encode_prompt
+from onellm.modeling.text_tokenizer import tiny_tokenizer
 from tests.conftest import TINY
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from onellm.errors import RegistryError
-from onellm.evaluate import evaluate
-from onellm.stage import load_stage
-from onellm.tasks import TASKS, Batching, Step, Task, output_tasks, register
-from onellm.tasks.text import TextTask
-from onellm.train import Recipe
+from onellm.registry import TASKS
+from onellm.training.evaluate import evaluate
+from onellm.training.recipe import Recipe
+from onellm.training.stage import load_stage
+from onellm.training.task import Batching, Step, Task, output_tasks, register
+from onellm.training.text_tasks import TextTask
 from tests.conftest import ROOT, TINY
 
 SOURCES = {"lm": "{task: lm}", "clip": "{task: clip, modality: image}", "caption": "{task: caption, modality: image}",

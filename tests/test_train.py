@@ -8,9 +8,9 @@ import torch
 
 from onellm.data.loader import choose_source
 from onellm.errors import ConfigError, InputError
-from onellm.stage import load_stage
-from onellm.tasks import Step
-from onellm.train import Recipe, read_metrics
+from onellm.training.recipe import Recipe, read_metrics
+from onellm.training.stage import load_stage
+from onellm.training.task import Step
 from tests.conftest import ROOT, train_until_killed
 
 STAGE1 = ROOT / "configs" / "stages" / "stage1_image.yaml"
@@ -195,7 +195,8 @@ def test_length_grouped_micro_batches_give_the_whole_batch_gradient(tmp_path, mo
         grouped, ours = grads(key)
         with monkeypatch.context() as m:  # one batch padded to its longest row
             m.setattr(
-                "onellm.tasks.text.length_groups", lambda lengths, n: [list(range(len(lengths)))]
+                "onellm.training.text_tasks.length_groups",
+                lambda lengths, n: [list(range(len(lengths)))],
             )
             (whole,), theirs = grads(key)
         assert len(grouped) == 2

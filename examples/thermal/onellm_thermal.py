@@ -28,8 +28,14 @@ from torch import nn
 from onellm.data.draw import Scene, shape_mask
 from onellm.data.language import DISTANCES, SHAPES
 from onellm.errors import InputError
-from onellm.modality import MODALITIES, EncoderInfo, as_float_array, as_path, load_array_file
-from onellm.positions import sincos_2d, with_class_slot
+from onellm.modeling.modality import (
+    MODALITIES,
+    EncoderInfo,
+    as_float_array,
+    as_path,
+    load_array_file,
+)
+from onellm.modeling.positions import sincos_2d, with_class_slot
 
 ROOM_C, SCALE_C = 25.0, 10.0  # temperatures are fed as (t - 25 C) / 10 C
 

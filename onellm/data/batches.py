@@ -18,8 +18,8 @@ import numpy as np
 
 from onellm.config import ChatConfig
 from onellm.data.sources import Example
-from onellm.layout import TokenLayout, pad
-from onellm.template import render_training
+from onellm.modeling.layout import TokenLayout, pad
+from onellm.modeling.template import render_training
 
 
 def tokens(

@@ -30,8 +30,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from onellm.devices import autocast
 from onellm.errors import CheckpointError
+from onellm.modeling.devices import autocast
 
 ROWS = 1024  # examples per shard file
 OPEN_FILES = 16  # shard files a process keeps open
@@ -40,8 +40,8 @@ DONE = "done.json"  # written last: a folder without it is an interrupted build
 
 def why_not(model: Any, source: Any) -> str | None:
     """Why `source` cannot read cached features (None: it can)."""
-    from onellm.tasks.base import Task
-    from onellm.tasks.text import TextTask
+    from onellm.training.task import Task
+    from onellm.training.text_tasks import TextTask
 
     task = source.task
     if source.cfg.zoom is not None:
@@ -186,10 +186,10 @@ def cache_stage(cfg: Any, *, quiet: bool = False) -> dict[str, str]:
     from torch import nn
 
     from onellm.data.sources import Source
-    from onellm.devices import resolve_device
     from onellm.errors import ConfigError
-    from onellm.freezing import apply_trainable
-    from onellm.train import prepare_model
+    from onellm.modeling.devices import resolve_device
+    from onellm.training.freezing import apply_trainable
+    from onellm.training.recipe import prepare_model
 
     if cfg.feature_cache is None:
         raise ConfigError("feature_cache: name the folder to cache in (feature_cache=DIR)")

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from onellm.data.sources import Source
 from onellm.errors import OneLLMError
-from onellm.stage import StageConfig
+from onellm.training.stage import StageConfig
 
 
 def choose_source(weights: dict[str, float], seed: int, step: int) -> str:
@@ -63,7 +63,7 @@ class StepBatches(Dataset):
     def batches(self, step: int, key: str, slots: list[int] | None = None) -> list[dict[str, Any]]:
         """This process's micro-batches of step `step` from source `key` (those of the
         micro-batch `slots` alone, when given)."""
-        from onellm.tasks import Batching
+        from onellm.training.task import Batching
 
         src, size = self.sources[key], self.batch_size(key)
         local = size // self.world

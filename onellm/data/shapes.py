@@ -13,7 +13,7 @@ import numpy as np
 
 from onellm.data.draw import Scene
 from onellm.errors import InputError
-from onellm.modality import find_modality
+from onellm.modeling.modality import find_modality
 
 SPLITS = {"train": 0, "test": 1}
 

@@ -17,7 +17,7 @@ from onellm.data import shapes
 from onellm.data.manifest import Manifest
 from onellm.data.shards import Shards, is_shards, materialised
 from onellm.errors import ConfigError
-from onellm.stage import SourceConfig
+from onellm.training.stage import SourceConfig
 
 
 @dataclass
@@ -41,10 +41,10 @@ class Source:
     scene or a manifest record."""
 
     def __init__(self, model: Any, key: str, cfg: SourceConfig, seed: int) -> None:
-        from onellm.tasks import find_task
+        from onellm.registry import TASKS
 
         self.cfg, self.seed, self.model = cfg, seed, model
-        self.task = find_task(cfg.task)
+        self.task = TASKS.get(cfg.task)
         names = cfg.modality if isinstance(cfg.modality, list) else [cfg.modality or key]
         text_only = self.task.text_only and cfg.modality is None
         self.modality = None if text_only else model.modality_key(names[0])

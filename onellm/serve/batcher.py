@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from onellm.chat import Conversation, generate
+from onellm.inference.chat import Conversation, generate
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onellm.chat import Conversation, pixels_of, prompt_ids
 from onellm.errors import InputError
+from onellm.inference.chat import Conversation, pixels_of, prompt_ids
+from onellm.modeling.template import render_prompt
 from onellm.serve.schemas import PART_TYPES, ChatRequest, ContentPart, FileData
-from onellm.template import render_prompt
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from onellm.chat import ChatResponse
+    from onellm.inference.chat import ChatResponse
     from onellm.model import OneLLM
 
 PART_TYPES = ("text", "image_url", "input_audio", "video_url", "onellm_input")
@@ -99,7 +99,7 @@ def output_parts(model: OneLLM, reply: ChatResponse) -> dict[str, list[dict[str,
     among the reply's tokens (`position`) and the length of the text before it (`offset`)."""
     from PIL import Image
 
-    from onellm.template import cut_at_stop
+    from onellm.modeling.template import cut_at_stop
 
     tok, stops, ids = model.text_tokenizer, model.config.chat.stop, reply.token_ids
     token_ids = model.outputs.token_ids

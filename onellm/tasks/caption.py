@@ -3,8 +3,8 @@ the caption. Held out: exact match, BLEU-4 and CIDEr of greedy captions per moda
 
 from __future__ import annotations
 
-from onellm.tasks.base import register
-from onellm.tasks.text import TextTask
+from onellm.training.task import register
+from onellm.training.text_tasks import TextTask
 
 
 class Caption(TextTask):

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from onellm.contrastive import ContrastiveHead, zoom_out
 from onellm.errors import ConfigError
-from onellm.tasks.base import register
-from onellm.tasks.text import TextTask
+from onellm.training.contrastive import ContrastiveHead, zoom_out
+from onellm.training.task import register
+from onellm.training.text_tasks import TextTask
 
 
 class Clip(TextTask):

@@ -11,10 +11,10 @@ import torch
 
 from onellm.data import output_scenes as scenes
 from onellm.data.sources import Example
-from onellm.evaluate import held_out
-from onellm.tasks.base import register
 from onellm.tasks.seg import DecoderTask
 from onellm.tasks.t2i import colour_score, gen_example
+from onellm.training.evaluate import held_out
+from onellm.training.task import register
 
 
 class Generate(DecoderTask):

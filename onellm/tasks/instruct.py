@@ -5,8 +5,8 @@ question answering (`evaluate_qa`: every question of held-out scenes, asked alon
 
 from __future__ import annotations
 
-from onellm.tasks.base import register
-from onellm.tasks.text import ConversationTask
+from onellm.training.task import register
+from onellm.training.text_tasks import ConversationTask
 
 
 class Instruct(ConversationTask):

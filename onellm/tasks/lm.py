@@ -5,8 +5,8 @@ later stages' caption tables show what it gave."""
 
 from __future__ import annotations
 
-from onellm.tasks.base import register
-from onellm.tasks.text import ConversationTask
+from onellm.training.task import register
+from onellm.training.text_tasks import ConversationTask
 
 
 class LanguageModelling(ConversationTask):

@@ -12,9 +12,9 @@ import torch
 
 from onellm.data import output_scenes as scenes
 from onellm.data.sources import Example
-from onellm.devices import move
-from onellm.evaluate import held_out
-from onellm.tasks.base import Task, register
+from onellm.modeling.devices import move
+from onellm.training.evaluate import held_out
+from onellm.training.task import Task, register
 
 
 def pixel_modality(model) -> str:
@@ -48,7 +48,7 @@ class Sam(Task):
     def loss(self, s, batch, items):
         """Every shape's mask from a point inside it, plus (with a text encoder) from the
         phrase naming it, each LISA's mask loss; one image encoding serves all prompts."""
-        from experts.decoders.sam import mask_loss
+        from onellm.experts.output.decoders.sam import mask_loss
 
         expert = s.model.outputs[self.output]
         decoder, pixels, masks = expert.decoder, batch["pixels"], batch["masks"]

@@ -12,10 +12,10 @@ import numpy as np
 
 from onellm.data import scene_qa
 from onellm.data.sources import Example
-from onellm.evaluate import held_out
-from onellm.tasks.base import Task, register
 from onellm.tasks.sam import pixel_modality
-from onellm.tasks.text import TextTask
+from onellm.training.evaluate import held_out
+from onellm.training.task import Task, register
+from onellm.training.text_tasks import TextTask
 
 
 def scene_turns(source, i: int) -> tuple[scene_qa.SceneQA, list[tuple[str, str]]]:

@@ -11,10 +11,10 @@ import torch
 
 from onellm.data import output_scenes as scenes
 from onellm.data.sources import Example
-from onellm.evaluate import held_out
-from onellm.tasks.base import register
 from onellm.tasks.sam import pixel_modality
-from onellm.tasks.text import TextTask
+from onellm.training.evaluate import held_out
+from onellm.training.task import register
+from onellm.training.text_tasks import TextTask
 
 
 class DecoderTask(TextTask):

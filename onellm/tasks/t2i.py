@@ -12,8 +12,8 @@ import torch
 
 from onellm.data import output_scenes as scenes
 from onellm.data.sources import Example
-from onellm.evaluate import held_out
-from onellm.tasks.base import Task, register
+from onellm.training.evaluate import held_out
+from onellm.training.task import Task, register
 
 
 def gen_example(source, i: int, *, turns: bool) -> Example:

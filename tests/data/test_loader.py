@@ -14,8 +14,8 @@ from onellm.data.feature_cache import FeatureCache
 from onellm.data.manifest import Manifest, Record
 from onellm.data.shards import Shards, write_shards
 from onellm.errors import InputError
-from onellm.stage import load_stage
-from onellm.train import Recipe, read_metrics
+from onellm.training.recipe import Recipe, read_metrics
+from onellm.training.stage import load_stage
 from tests.conftest import ROOT, train_until_killed
 
 STAGE1 = ROOT / "configs" / "stages" / "stage1_image.yaml"

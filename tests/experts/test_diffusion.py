@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from onellm.experts.output.decoders.diffusion import DiffusionDecoder, tiny_unet
 
-from experts.decoders.diffusion import DiffusionDecoder, tiny_unet
 from onellm.errors import CheckpointError, InputError
 
 

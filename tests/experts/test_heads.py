@@ -1,8 +1,9 @@
 """Output experts: special-token states routed by the emitted token to task heads."""
 
 import torch
+from onellm.experts.output.heads import GenHead, SegHead, token_states
 
-from experts.heads import OUTPUT_HEADS, GenHead, SegHead, token_states
+from onellm.registry import OUTPUT_KINDS
 
 
 def test_token_states_picks_each_special_token_in_reading_order():
@@ -41,4 +42,5 @@ def test_gen_head_decodes_learned_queries_over_the_signal_states():
     other[1] += 1.0
     out2, _ = head(other)
     assert torch.allclose(out2[0], out[0]) and not torch.allclose(out2[1], out[1])  # per group
-    assert set(OUTPUT_HEADS.names()) >= {"seg", "gen"}
+    assert OUTPUT_KINDS.get("seg").head_class is SegHead
+    assert OUTPUT_KINDS.get("gen").head_class is GenHead

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from onellm.experts.moai.auxiliary import AUXILIARY, ColourRegions, build_source, describe
 
-from experts.auxiliary import AUXILIARY, ColourRegions, build_source, describe
 from onellm import OneLLM
 from onellm.data import scene_qa
 from onellm.errors import ConfigError, InputError, RegistryError
@@ -46,7 +46,7 @@ def test_sources_are_registered_and_refused_by_name():
         build_source("ocr")
     with pytest.raises(ConfigError, match="cannot import"):
         build_source("nowhere.at_all:describe")
-    fn = build_source("experts.auxiliary:describe")  # a user's function by import path
+    fn = build_source("onellm.experts.moai.auxiliary:describe")  # a user's function by import path
     assert fn is describe
 
 
@@ -188,8 +188,8 @@ def test_a_cached_step_equals_the_whole_sequence(scene):
 def test_left_padded_rows_each_equal_their_chat_alone(scene):
     """A batch of prompts of different lengths (left-padded in one generate) with a trained
     mixer: padding is nobody's context, so each row says what it says alone."""
-    from onellm.chat import Conversation, generate
-    from onellm.template import render_prompt
+    from onellm.inference.chat import Conversation, generate
+    from onellm.modeling.template import render_prompt
 
     torch.manual_seed(0)
     model = OneLLM.from_config(TINY, [MOAI]).eval()

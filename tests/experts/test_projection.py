@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from experts.projection import ExpertBlock, UniversalProjection, llama_ffn_hidden
+from onellm.experts.projection.upm import ExpertBlock, UniversalProjection, llama_ffn_hidden
 
 
 def make(router=None, experts=3):

@@ -3,11 +3,11 @@ kind's own: the perceiver over any number of frames, the MLP over every encoder 
 
 import pytest
 import torch
+from onellm.experts.projection.perceiver import PerceiverProjection, PerceiverResampler
 
-from experts.perceiver import PerceiverProjection, PerceiverResampler
-from experts.projections import PROJECTIONS
 from onellm import OneLLM
 from onellm.errors import ConfigError, InputError, RegistryError
+from onellm.registry import PROJECTIONS
 from tests.conftest import TINY, random_input
 
 KINDS = {"upm": [], "perceiver": ["projection.options={layers: 2}"], "mlp": []}

@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from experts.routers import ROUTERS
+from onellm.experts.projection.routers import ROUTERS
 
 
 def build(kind, **kw):
@@ -64,7 +63,7 @@ def rigged(kind, logits, **kw):
 
 
 def test_over_capacity_drops_exactly_the_late_assignments():
-    from experts.routers import over_capacity
+    from onellm.experts.projection.routers import over_capacity
 
     # 2 examples x 3 queries, 2 experts; expert 0 chosen 5 times, expert 1 once
     chosen = torch.tensor([[[1, 0], [1, 1], [1, 0]], [[1, 0], [1, 0], [0, 0]]], dtype=torch.bool)
@@ -158,7 +157,7 @@ def test_bad_router_options_are_refused():
 
 
 def test_transplant_copies_rows_and_upcycled_rows_match_their_source():
-    from experts.routers import transplant
+    from onellm.experts.projection.routers import transplant
 
     old, new = build("soft"), ROUTERS.build("topk", width=16, hidden=32, num_experts=6, k=2)
     transplant(old, new, [0, 1, 2, 3, 1, 1])

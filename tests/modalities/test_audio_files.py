@@ -21,8 +21,8 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
+from onellm.modalities.audio import AudioModality, resample
 
-from modalities.audio import AudioModality, resample
 from onellm.errors import InputError
 
 RATE = 22050

@@ -9,9 +9,9 @@ import nibabel
 import numpy as np
 import pytest
 import torch
+from onellm.modalities import fmri as fmri_module
+from onellm.modalities.fmri import FMRIModality
 
-from modalities import fmri as fmri_module
-from modalities.fmri import FMRIModality
 from onellm.errors import InputError
 
 VOXELS = 48

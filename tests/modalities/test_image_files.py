@@ -5,10 +5,10 @@ import numpy as np
 import OpenEXR
 import pytest
 import torch
+from onellm.modalities import clip_image
+from onellm.modalities.clip_image import to_image_tensor
 from PIL import Image
 
-from modalities import clip_image
-from modalities.clip_image import to_image_tensor
 from onellm.errors import InputError
 
 rng = np.random.default_rng(0)
@@ -73,7 +73,7 @@ def test_hostile_image_files_are_input_errors(tmp_path, monkeypatch, tiny_model)
 
 
 def test_depth_from_a_16_bit_png_keeps_its_metric_range(tmp_path, tiny_model):
-    from modalities.depth import read_depth
+    from onellm.modalities.depth import read_depth
 
     mod = tiny_model.modalities["depth"]
     mm = np.linspace(500, 8000, 24 * 32).reshape(24, 32).astype(np.uint16)  # millimetres

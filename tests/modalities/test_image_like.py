@@ -1,12 +1,11 @@
 import numpy as np
 import torch
+from onellm.modalities.clip_image import CLIP_MEAN, CLIP_STD
+from onellm.modalities.depth import DepthModality
+from onellm.modalities.image import ImageModality
+from onellm.modalities.normal import NormalModality
+from onellm.modalities.video import VideoModality
 from PIL import Image
-
-from modalities.clip_image import CLIP_MEAN, CLIP_STD
-from modalities.depth import DepthModality
-from modalities.image import ImageModality
-from modalities.normal import NormalModality
-from modalities.video import VideoModality
 
 
 def image(size=28):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soxr
 import torch
+from onellm.modalities.imu import IMUModality
 
-from modalities.imu import IMUModality
 from onellm.errors import InputError
 
 RATE = 200.0

@@ -8,9 +8,9 @@ import numpy as np
 import plyfile
 import pytest
 import torch
+from onellm.modalities.point import PointModality
 from pypcd4 import Encoding, PointCloud
 
-from modalities.point import PointModality
 from onellm.errors import InputError
 
 rng = np.random.default_rng(0)

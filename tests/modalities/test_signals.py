@@ -3,11 +3,11 @@ import wave
 import numpy as np
 import pytest
 import torch
+from onellm.modalities.audio import AudioModality, resample
+from onellm.modalities.fmri import FMRIModality
+from onellm.modalities.imu import IMUModality
+from onellm.modalities.point import PointModality, PointTokenizer, furthest_point_sample
 
-from modalities.audio import AudioModality, resample
-from modalities.fmri import FMRIModality
-from modalities.imu import IMUModality
-from modalities.point import PointModality, PointTokenizer, furthest_point_sample
 from onellm.errors import InputError
 
 
@@ -84,7 +84,7 @@ def test_fmri_checks_voxel_count():
 
 
 def test_fmri_tokens_are_read_channel_major():
-    from modalities.fmri import FMRITokenizer
+    from onellm.modalities.fmri import FMRITokenizer
 
     t = FMRITokenizer(width=4, voxels=3, tokens=2)
     y = t.proj(torch.ones(1, 3))

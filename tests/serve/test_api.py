@@ -284,7 +284,7 @@ def test_importing_onellm_loads_no_server_libraries():
     import subprocess
     import sys
 
-    code = ("import sys, onellm, onellm.chat, onellm.cli; "
+    code = ("import sys, onellm, onellm.inference.chat, onellm.cli.main; "
             "print(sorted(m for m in ('gradio', 'fastapi', 'uvicorn') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

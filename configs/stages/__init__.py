@@ -1,0 +1,1 @@
+"""The shipped stage recipes, installed as package data: `onellm train stage1_image`."""

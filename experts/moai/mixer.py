@@ -1,0 +1,221 @@
+"""MoAI's compressor and mixer (Lee et al., 2024) around a frozen LLM.
+
+    aux text (experts/auxiliary.py) --LLM word embeddings--> (B, La, D)
+      --compressor: `queries` latents over the aux tokens (a perceiver)--> A (B, N, D)
+    at each chosen decoder layer l, the states h (B, L, D) entering it become
+      visual positions:   h + g_v1(h) * CA(h -> A) + g_v2(h) * SA(h -> V_l)
+      language positions: h + g_t1(h) * CA(h -> A) + g_t2(h) * CA(h -> V_l) + g_t3(h) * SA(h -> T_l)
+    V_l: the states of the visual positions (the modality runs) entering layer l; T_l those
+    of the language positions up to this one (causal, padding left out);
+    g: softmax gates (MoAI's gating networks); each CA/SA a low-rank attention (MoAI's
+    LoRA attention) whose output projection starts at zero.
+
+Zero-initialised, an untrained mixer adds exact zeros: the LLM's outputs are bit-identical.
+One departure from MoAI, for a causal LLM: visual states do not attend to language (the
+text follows them, so in training they would see the answer), and language attends to
+language causally. MoAI's SA_lang matters with a frozen LLM: it is what can carry the
+question's object to the answer's position, where CA(-> A) looks it up.
+
+The mixer joins each layer through `register_forward_pre_hook`, never by replacing or
+subclassing `LlamaDecoderLayer`: the LLM's modules, weights and saved directory stay as
+they are (LoRA, quantisation and FSDP see the same layers). A mixing context holds what
+one call needs (the visual positions, the compressed aux tokens, each layer's visual
+states); `generate`'s later steps, one token each, are language positions that read the
+visual states the prefill kept (without a KV cache each step is the whole sequence again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from onellm.experts.moai.auxiliary import build_source, run_sources
+from onellm.experts.projection.perceiver import PerceiverResampler
+from torch import nn
+
+from onellm.errors import InputError
+from onellm.registry import MIXERS
+
+
+class LowRankAttention(nn.Module):
+    """Attention from x (B, L, D) to a context (B, N, D) through `rank` dims; `valid` (B, N),
+    or (B, L, N) per row, masks the context. Its output starts at zero; a row with no valid
+    context gives zero."""
+
+    def __init__(self, *, width: int, rank: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_x, self.norm_context = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.k, self.v = (nn.Linear(width, rank, bias=False) for _ in range(3))
+        self.out = nn.Linear(rank, width, bias=False)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        c = self.norm_context(context)
+        q = rearrange(self.q(self.norm_x(x)), "b l (h d) -> b h l d", h=self.heads)
+        k, v = (rearrange(p(c), "b n (h d) -> b h n d", h=self.heads) for p in (self.k, self.v))
+        if valid.dim() == 2:
+            valid = valid[:, None, :].expand(-1, x.shape[1], -1)
+        some = valid.any(-1, keepdim=True)  # (B, L, 1)
+        mask = (valid | ~some)[:, None]  # an empty row attends to anything, then is zeroed
+        out = self.out(rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                                 "b h l d -> b l (h d)"))  # fmt: skip
+        return out * some.to(out.dtype)
+
+
+class LayerMixer(nn.Module):
+    """One decoder layer's experts and gates."""
+
+    def __init__(self, *, width: int, rank: int, heads: int) -> None:
+        super().__init__()
+        expert = functools.partial(LowRankAttention, width=width, rank=rank, heads=heads)
+        self.visual_aux, self.visual_self = expert(), expert()
+        self.language_aux, self.language_visual, self.language_self = expert(), expert(), expert()
+        self.gate_visual, self.gate_language = nn.Linear(width, 2), nn.Linear(width, 3)
+
+    def forward(self, h: torch.Tensor, is_visual: torch.Tensor, visual: tuple[torch.Tensor, ...],
+                language: tuple[torch.Tensor, ...], aux: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """h (B, L, D); `visual`: the visual states (B, Nv, D) and valid (B, Nv); `language`:
+        the language states so far (B, Nt, D) and which each row may read (B, L, Nt)."""
+        aux_valid = torch.ones(aux.shape[:2], dtype=torch.bool, device=aux.device)
+        gv, gl = self.gate_visual(h).softmax(-1), self.gate_language(h).softmax(-1)
+        mix_v = gv[..., :1] * self.visual_aux(h, aux, aux_valid)
+        mix_v = mix_v + gv[..., 1:] * self.visual_self(h, *visual)
+        mix_l = gl[..., :1] * self.language_aux(h, aux, aux_valid)
+        mix_l = mix_l + gl[..., 1:2] * self.language_visual(h, *visual)
+        mix_l = mix_l + gl[..., 2:] * self.language_self(h, *language)
+        return h + torch.where(is_visual[..., None], mix_v, mix_l).to(h.dtype)
+
+
+@dataclasses.dataclass
+class MixContext:
+    """What one LLM call (or one `generate`) mixes with."""
+
+    is_visual: torch.Tensor  # (B, L) bool, the prompt's visual positions
+    valid: torch.Tensor  # (B, L) bool, its real positions (not padding)
+    aux: torch.Tensor  # (B, N, D) compressed auxiliary tokens
+    # per layer: the visual states and their mask, and the language states so far and theirs
+    visual: dict[int, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    language: dict[int, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+
+
+def gather_visual(h: torch.Tensor, is_visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's visual states, first, padded: (B, L, D) -> (B, Nv, D) and valid (B, Nv)."""
+    counts = is_visual.sum(-1)
+    n = max(int(counts.max()), 1)
+    order = torch.argsort((~is_visual).to(torch.int8), dim=-1, stable=True)[:, :n]
+    states = h.gather(1, order[..., None].expand(-1, -1, h.shape[-1]))
+    return states, torch.arange(n, device=h.device)[None] < counts[:, None]
+
+
+class MoAI(nn.Module):
+    """Auxiliary sources, compressor and per-layer mixers; `attach(llm)` joins the layers."""
+
+    def __init__(self, *, llm_width: int, layers: Sequence[int], sources: Sequence[Any] = ("sam",),
+                 queries: int = 16, compressor_layers: int = 2, heads: int = 4, rank: int = 64,
+                 max_aux_tokens: int = 128) -> None:  # fmt: skip
+        super().__init__()
+        if not layers:
+            raise InputError("moai.layers: expected at least one decoder layer to mix in, got none")
+        if rank % heads:
+            raise InputError(f"moai: rank {rank} must be divisible by heads {heads}")
+        self.layer_ids, self.max_aux_tokens = [int(i) for i in layers], max_aux_tokens
+        self.sources = [build_source(s) for s in sources]
+        self.latents = nn.Parameter(torch.randn(queries, llm_width) * 0.02)
+        self.aux_positions = nn.Parameter(torch.zeros(max_aux_tokens, llm_width))
+        self.compressor = PerceiverResampler(width=llm_width, layers=compressor_layers,
+                                             heads=heads, head_dim=llm_width // heads)  # fmt: skip
+        self.mixers = nn.ModuleDict({str(i): LayerMixer(width=llm_width, rank=rank, heads=heads)
+                                     for i in self.layer_ids})  # fmt: skip
+        self.context: MixContext | None = None
+        self._hooks: list[Any] = []
+
+    def attach(self, llm: nn.Module) -> None:
+        """Join each chosen decoder layer of `llm` (a LlamaForCausalLM, LoRA-wrapped or not)."""
+        base = llm.get_base_model() if hasattr(llm, "peft_config") else llm
+        layers = base.model.layers
+        for i in self.layer_ids:
+            if not 0 <= i < len(layers):
+                raise InputError(f"moai.layers: expected layers in 0..{len(layers) - 1}, got {i}")
+            hook = functools.partial(self._mix, i)
+            self._hooks.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _mix(self, i: int, module: nn.Module, args: tuple, kwargs: dict):
+        ctx = self.context
+        if ctx is None:
+            return None
+        h = args[0] if args else kwargs["hidden_states"]
+        if h.shape[0] != ctx.is_visual.shape[0]:
+            raise InputError(
+                "moai: expected the batch the mixing began with (beam search is not supported)"
+            )
+        n, length = ctx.is_visual.shape[1], h.shape[1]
+        if length >= n:  # the whole sequence (training, a prefill, or generate without a cache)
+            is_visual = F.pad(ctx.is_visual, (0, length - n))  # what follows the prompt is text
+            keys = ~is_visual & F.pad(ctx.valid, (0, length - n), value=True)
+            ctx.visual[i] = gather_visual(h, is_visual)
+            ctx.language[i] = (h, keys)
+        else:  # generate's later steps: text, reading the prefill's visual states
+            is_visual = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+            before, keys = ctx.language[i]  # and the language states so far, with its own
+            keys = torch.cat([keys, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)], 1)
+            ctx.language[i] = (torch.cat([before, h], dim=1), keys)
+        states, keys = ctx.language[i]  # row r (the last `length` positions) reads keys <= r
+        causal = torch.ones(length, keys.shape[1], dtype=torch.bool, device=h.device)
+        language = (states, causal.tril(keys.shape[1] - length)[None] & keys[:, None, :])
+        mixer = self.mixers[str(i)]
+        out = mixer(h, is_visual, ctx.visual[i], language, ctx.aux.to(h.dtype))
+        return ((out, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": out})
+
+    # ------------------------------------------------------------------ per call
+    def describe(self, model: Any, pixels: Sequence[torch.Tensor | None]) -> list[str]:
+        """Each image's auxiliary text (every source, in order)."""
+        return [run_sources(self.sources, p, model) for p in pixels]
+
+    def compress(self, model: Any, texts: Sequence[str]) -> torch.Tensor:
+        """Auxiliary texts -> (B, queries, D): their word embeddings, positions, the compressor."""
+        tok = model.text_tokenizer
+        enc = tok(list(texts), padding="longest", truncation=True,
+                  max_length=self.max_aux_tokens, return_tensors="pt")  # fmt: skip
+        ids, valid = (
+            enc["input_ids"].to(model.device),
+            enc["attention_mask"].bool().to(model.device),
+        )
+        embeds = model.llm.get_input_embeddings()(ids)
+        embeds = embeds + self.aux_positions[: ids.shape[1]].to(embeds.dtype)
+        latents = self.latents.to(embeds.dtype).expand(len(texts), -1, -1)
+        return self.compressor(embeds, latents, valid)
+
+    @contextlib.contextmanager
+    def mixing(self, model: Any, input_ids: torch.Tensor, texts: Sequence[str],
+               attention_mask: torch.Tensor | None = None) -> Iterator[None]:  # fmt: skip
+        """Mix during the LLM calls inside: `input_ids` (B, L) with placeholder runs (and its
+        `attention_mask`: padding is no one's context), one auxiliary text per row."""
+        if len(texts) != input_ids.shape[0]:
+            raise InputError(
+                f"moai: expected one auxiliary text per row ({input_ids.shape[0]}), got {len(texts)}"
+            )
+        placeholders = torch.tensor(
+            list(model.layout.placeholder_ids.values()), device=input_ids.device
+        )
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask.bool()
+        )
+        self.context = MixContext(
+            torch.isin(input_ids, placeholders), valid, self.compress(model, texts)
+        )
+        try:
+            yield
+        finally:
+            self.context = None
+
+
+MIXERS.register("moai", MoAI)

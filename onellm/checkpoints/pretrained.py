@@ -1,0 +1,171 @@
+"""Saved models: a directory a user can load back, in each part's own ecosystem format.
+
+    RUN/config.yaml        the ModelConfig (base-model paths relative to RUN when stored)
+    RUN/model.safetensors  everything that is not a base model: tokenizers, projection (UPM)
+    RUN/encoder/           CLIPVisionModel.save_pretrained  (base="store")
+    RUN/llm/               LlamaForCausalLM.save_pretrained (base="store"; LoRA kept apart)
+    RUN/lora/              peft adapter (adapter_config.json + adapter_model.safetensors)
+    RUN/tokenizer/         the text tokenizer
+Nothing is pickled: safetensors and JSON/YAML only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from onellm.config import load_config, to_dict
+from onellm.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from onellm.model import OneLLM
+
+BASE_PREFIXES = ("encoder.", "llm.")
+
+
+def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a `CheckpointError`
+    naming it (safetensors raises its own SafetensorError or OSError)."""
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path}: expected a complete safetensors file, got a truncated or corrupt one ({e})"
+        ) from e
+
+
+def _is_peft(llm) -> bool:
+    return hasattr(llm, "peft_config")
+
+
+def own_state_dict(model: OneLLM) -> dict[str, torch.Tensor]:
+    """The parameters and buffers that are not part of a base model (encoder, LLM)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(BASE_PREFIXES)}
+
+
+def _renamed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Runs saved before the output experts became one module kept `heads.<task>.` and
+    `decoders.<task>.`; today they are `outputs.<task>.head.` and `outputs.<task>.decoder.`."""
+    out = {}
+    for k, v in state.items():
+        part, _, rest = k.partition(".")
+        if part in ("heads", "decoders"):
+            task, _, rest = rest.partition(".")
+            k = f"outputs.{task}.{part[:-1]}.{rest}"
+        out[k] = v
+    return out
+
+
+def save_pretrained(
+    model: OneLLM, directory: str | os.PathLike, base: Literal["store", "reference"] = "store"
+) -> Path:
+    """Write `model` to `directory` (created). `base="reference"` keeps the encoder and LLM
+    as the paths they were loaded from instead of copying them (they must be unchanged)."""
+    if getattr(model, "quantization", None) is not None:
+        raise CheckpointError(
+            f"save_pretrained: this model's LLM is quantised ({model.quantization}) for "
+            "inference; save the model it was loaded from instead"
+        )
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = to_dict(model.config)
+    llm = model.llm.get_base_model() if _is_peft(model.llm) else model.llm
+    if base == "reference":
+        missing = [
+            p
+            for p, v in (("encoder.path", cfg["encoder"]["path"]), ("llm.path", cfg["llm"]["path"]))
+            if not v
+        ]
+        if missing:
+            raise CheckpointError(
+                f"base='reference' needs {missing[0]} (a random base model must be stored)"
+            )
+        if any(p.requires_grad for n, p in llm.named_parameters() if "lora_" not in n):
+            raise CheckpointError(
+                "base='reference': the LLM is being fine-tuned, so it must be stored"
+            )
+        cfg["encoder"]["path"], cfg["llm"]["path"] = (
+            str(Path(cfg["encoder"]["path"]).resolve()),
+            str(Path(cfg["llm"]["path"]).resolve()),
+        )
+    elif base == "store":
+        model.encoder.clip.save_pretrained(out / "encoder")
+        base_sd = {
+            k.replace(".base_layer", ""): v for k, v in llm.state_dict().items() if "lora_" not in k
+        }
+        llm.save_pretrained(out / "llm", state_dict=base_sd)
+        cfg["encoder"]["path"], cfg["llm"]["path"] = "encoder", "llm"
+    else:
+        raise CheckpointError(f"base must be 'store' or 'reference', got {base!r}")
+    if model.text_tokenizer is not None:
+        model.text_tokenizer.save_pretrained(out / "tokenizer")
+        cfg["llm"]["tokenizer"] = "tokenizer"
+    if _is_peft(model.llm):
+        model.llm.save_pretrained(out / "lora")
+    save_file(
+        {k: v.contiguous() for k, v in own_state_dict(model).items()}, out / "model.safetensors"
+    )
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def from_pretrained(
+    directory: str | os.PathLike,
+    *,
+    trainable_lora: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    quantization: str | None = None,
+    overrides: Sequence[str] = (),
+) -> OneLLM:
+    """Load a directory written by `save_pretrained` onto `device` in `dtype`, its LLM
+    quantised if asked (onellm/quantize.py). `overrides` (`key=value`) change its config
+    first (another projection kind, a `moai` section): then its weights load wherever
+    they still fit by name and shape, the parts the change made start as built, and what
+    was left out is logged."""
+    from onellm.modeling import quantize
+    from onellm.modeling.build import build_model
+    from onellm.modeling.devices import resolve_device
+
+    d = Path(directory)
+    if not (d / "config.yaml").is_file() or not (d / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"{d}: not a saved onellm model (expected config.yaml and model.safetensors)"
+        )
+    cfg = load_config(d / "config.yaml", overrides)
+    for part, key in ((cfg.encoder, "path"), (cfg.llm, "path"), (cfg.llm, "tokenizer")):
+        value = getattr(part, key)
+        if value is not None and not Path(value).is_absolute():
+            setattr(part, key, str(d / value))  # stored parts live inside the run
+    q = quantize.resolve(quantization, resolve_device("cpu" if device is None else device))
+    model = build_model(cfg, device, dtype, q)
+    if (d / "lora").is_dir():
+        from peft import PeftModel
+
+        model.llm = PeftModel.from_pretrained(model.llm, d / "lora", is_trainable=trainable_lora)
+    own = _renamed(read_safetensors(d / "model.safetensors", device=str(model.device)))
+    expected = own_state_dict(model)
+    if overrides:  # a changed model: what still fits loads
+        fits = {k: v for k, v in own.items() if k in expected and expected[k].shape == v.shape}
+        fresh, dropped = sorted(set(expected) - set(fits)), sorted(set(own) - set(fits))
+        log.info("%s with %s: %d tensors start as built (%s ...), %d saved ones left out (%s ...)",
+                 d, list(overrides), len(fresh), fresh[:3], len(dropped), dropped[:3])  # fmt: skip
+        own = fits
+    missing, unexpected = sorted(set(expected) - set(own)), sorted(set(own) - set(expected))
+    if (missing and not overrides) or unexpected:
+        raise CheckpointError(
+            f"{d}: weights do not fit the config; missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    model.load_state_dict(own, strict=False)
+    quantize.after_loading(model, q)  # after the LoRA: its factors stay unquantised
+    return model

@@ -1,0 +1,326 @@
+"""`model.chat(...)`: raw inputs + prompt -> text, through transformers' `generate`.
+
+inputs (raw | [raw, ...] | {modality: raw} | [{...}, ...])
+  -> preprocess -> one `Conversation` per sample (inputs, prompt segments, own limit)
+  -> `generate`: modality blocks (B_m, Q+2, D); ids laid out as training lays them out
+  (onellm/layout.py: placeholders expanded to Q+2 positions; batch left-padded)
+  -> inputs_embeds (masked_scatter of the blocks) -> llm.generate (KV cache, sampling)
+  -> text, cut at the template's stop strings; masks / images from the states generate
+  computed at output tokens (onellm/outputs.py)
+`generate` also serves `onellm serve`'s batches: each row has its own prompt, history,
+inputs and token limit.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from onellm.errors import InputError
+from onellm.modeling.layout import pad
+from onellm.modeling.template import Segment, Turn, cut_at_stop, render_prompt, stream_visible
+
+if TYPE_CHECKING:
+    from onellm.model import OneLLM
+
+
+@dataclass
+class ChatResponse:
+    """One reply: `.text`; `.masks` / `.images` when output experts produce them."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def save(self, directory: str | Path, stem: str = "reply") -> list[Path]:
+        """Write each mask (a black and white PNG at the input's resolution) and each image
+        as `directory/{stem}-mask-{i}.png`, `{stem}-image-{i}.png`; -> the paths written."""
+        from PIL import Image
+
+        out = Path(directory)
+        paths = []
+        for kind, items in (("mask", self.masks), ("image", self.images)):
+            for i, item in enumerate(items):
+                if kind == "mask":
+                    item = Image.fromarray(item.cpu().numpy().astype("uint8") * 255, mode="L")
+                out.mkdir(parents=True, exist_ok=True)
+                paths.append(out / f"{stem}-{kind}-{i}.png")
+                item.save(paths[-1])
+        return paths
+
+
+@dataclass
+class Conversation:
+    """One row of a `generate` batch: its preprocessed inputs, its prompt, its own limit."""
+
+    inputs: dict[str, torch.Tensor]  # modality key -> (1, *input_shape), as model.preprocess
+    segments: list[Segment]  # the prompt (onellm/template.py render_prompt)
+    pixels: torch.Tensor | None = None  # (3, H, W) in [0, 1]: what a <seg> mask is drawn on
+    max_new_tokens: int | None = None  # None: the batch's
+    streamed: bool = True  # whether generate's `on_text` hears of this row
+
+
+def normalise_inputs(
+    model: OneLLM, inputs: Any, modality: str | None
+) -> tuple[list[dict[str, Any]], bool]:
+    """-> one {modality key: raw} dict per sample, and whether the caller passed a batch."""
+    if inputs is None:
+        if modality is not None:
+            raise InputError(f"{modality}: a modality was named but no input was given")
+        return [{}], False
+    mod = model.modalities[model.modality_key(modality)] if modality is not None else None
+    # a list is a batch, unless the modality reads it as one input (audio: a waveform)
+    one = mod is not None and bool(getattr(mod, "is_sample", None)) and mod.is_sample(inputs)
+    batched = isinstance(inputs, list) and not one
+    samples = inputs if batched else [inputs]
+    if batched and not samples:
+        raise InputError("inputs: expected at least one input in the list, got an empty list")
+    out = []
+    for raw in samples:
+        # a dict names modalities, unless modality= is given and its keys are not all
+        # modalities (depth's {"rgb": ..., "depth": ...} is one raw input)
+        if isinstance(raw, Mapping) and (modality is None or set(raw) <= set(model.names)):
+            if modality is not None:
+                raise InputError("inputs: a dict names its modalities; drop modality=")
+            out.append({model.modality_key(m): v for m, v in raw.items()})
+        else:
+            if modality is None:
+                raise InputError(
+                    "inputs: expected modality=... with a single input (or a dict {modality: input})"
+                )
+            out.append({model.modality_key(modality): raw})
+    return out, batched
+
+
+def prompt_ids(model: OneLLM, segments: Sequence[Segment], given: Sequence[str]) -> list[int]:
+    """The prompt's ids, laid out as a training row of the same conversation (onellm/layout.py)."""
+    return model.layout.row(segments, given)[0]
+
+
+def pixels_of(model: OneLLM, sample: Mapping[str, Any]) -> torch.Tensor | None:
+    """The sample's first input that can carry a mask (a modality with `pixels`)."""
+    for key, raw in sample.items():
+        mod = model.modalities[key]
+        if hasattr(mod, "pixels"):
+            return mod.pixels(raw).to(model.device, model.dtype)
+    return None
+
+
+@torch.no_grad()
+def chat(
+    model: OneLLM,
+    inputs: Any = None,
+    modality: str | None = None,
+    prompt: str | None = None,
+    history: Sequence[Turn] | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stream: bool = False,
+    **generate_kwargs: Any,
+) -> ChatResponse | list[ChatResponse] | ChatStream:
+    """See `OneLLM.chat`."""
+    if model.text_tokenizer is None:
+        raise InputError("text: this model has no tokenizer; set llm.tokenizer to a tokenizer dir")
+    if prompt is not None and not prompt.strip():
+        prompt = None
+    if prompt is None and inputs is None:
+        raise InputError("text: expected a prompt or an input, got an empty prompt and no input")
+    samples, batched = normalise_inputs(model, inputs, modality)
+    segments = render_prompt(model.config.chat, prompt, list(history or ()))
+    if stream and len(samples) > 1:
+        raise InputError(f"inputs: streaming takes one input, got a batch of {len(samples)}")
+    rows = [
+        Conversation(
+            {k: model.preprocess(raw, k) for k, raw in s.items()}, segments, pixels_of(model, s)
+        )  # fmt: skip
+        for s in samples
+    ]
+    opts = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    if stream:
+        return ChatStream(lambda on_text: generate(model, rows, on_text=on_text, **opts,
+                                                   **generate_kwargs)[0])  # fmt: skip
+    replies = generate(model, rows, **opts, **generate_kwargs)
+    return replies if batched else replies[0]
+
+
+@torch.no_grad()
+def generate(
+    model: OneLLM,
+    rows: Sequence[Conversation],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    on_text: Callable[[int, str], None] | None = None,
+    **generate_kwargs: Any,
+) -> list[ChatResponse]:
+    """One `generate` call over `rows` (left-padded), each with its own prompt, inputs and
+    limit (a row stops at its `max_new_tokens`; the call at the longest). `on_text(i, piece)`
+    gets row i's text as it becomes certain; the pieces join to its final `.text`."""
+    tok = model.text_tokenizer
+    limits = [r.max_new_tokens or max_new_tokens for r in rows]
+    ids = [prompt_ids(model, r.segments, list(r.inputs)) for r in rows]
+    blocks = {}
+    for key in dict.fromkeys(k for r in rows for k in r.inputs):  # first-seen order
+        blocks[key] = _blocks(model, [r.inputs[key] for r in rows if key in r.inputs], key)
+    padded = pad([(i, i) for i in ids], tok.pad_token_id or 0, left=True)
+    attention_mask = padded["attention_mask"].to(model.device)
+    embeds = model.embed(padded["input_ids"].to(model.device), blocks)
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max(limits),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        do_sample=temperature > 0,
+    )
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    stops = list(model.config.chat.stop)
+    if stops:
+        kwargs.update(stop_strings=stops, tokenizer=tok)
+    if len(set(limits)) > 1:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([RowLimits(limits)])
+    if on_text is not None and any(r.streamed for r in rows):
+        kwargs["streamer"] = RowStreamer(tok, stops, limits, on_text, [r.streamed for r in rows])
+    kwargs.update(generate_kwargs)
+    read_states = len(model.outputs) > 0  # the output experts read generate's own states
+    if read_states:
+        kwargs.update(return_dict_in_generate=True, output_hidden_states=True)
+    # a MoAI mixer hears what its auxiliary sources say about each row's image
+    aux = None if model.moai is None else model.moai.describe(model, [r.pixels for r in rows])
+    with model.mixing(padded["input_ids"].to(model.device), aux, attention_mask):
+        out = model.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        generated = out.sequences if read_states else out
+        replies = []
+        for row, limit in zip(generated.tolist(), limits, strict=True):
+            row = row[:limit]
+            replies.append(ChatResponse(text=cut_at_stop(tok.decode(row, skip_special_tokens=True),
+                                                         stops), token_ids=_trim(row, tok)))  # fmt: skip
+        if read_states and model.outputs.emitted(generated):
+            from onellm.inference.output_states import attach_outputs
+
+            attach_outputs(model, replies, out, embeds, attention_mask, [r.pixels for r in rows])
+    return replies
+
+
+def _blocks(model: OneLLM, xs: list[torch.Tensor], key: str) -> torch.Tensor:
+    """The modality blocks (N, Q+2, D) of inputs `xs` in order; inputs of one shape share an
+    encoder pass (videos of other lengths go apart)."""
+    out: list[torch.Tensor | None] = [None] * len(xs)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(xs):
+        by_shape.setdefault(tuple(x.shape), []).append(i)
+    for idx in by_shape.values():
+        block = model.modality_block(torch.cat([xs[i] for i in idx]), key)
+        for j, i in enumerate(idx):
+            out[i] = block[j : j + 1]
+    return torch.cat(out)  # type: ignore[arg-type]
+
+
+def _trim(row: list[int], tok) -> list[int]:
+    """Generated ids up to (not including) EOS, without the padding of a row that stopped."""
+    out = []
+    for i in row:
+        if i == tok.eos_token_id:
+            break
+        out.append(i)
+    while out and tok.pad_token_id is not None and out[-1] == tok.pad_token_id:
+        out.pop()
+    return out
+
+
+class RowLimits(StoppingCriteria):
+    """Row b is done after `limits[b]` new tokens (generate pads it while others go on)."""
+
+    def __init__(self, limits: Sequence[int]) -> None:
+        self.limits = torch.tensor(list(limits))
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.start is None:  # the first call follows the first new token
+            self.start = input_ids.shape[1] - 1
+        return (input_ids.shape[1] - self.start >= self.limits).to(input_ids.device)
+
+
+class RowStreamer(BaseStreamer):
+    """`generate`'s streamer for a batch: hands each row's newly certain text to `on_text`."""
+
+    def __init__(self, tok, stops: Sequence[str], limits: Sequence[int],
+                 on_text: Callable[[int, str], None], follow: Sequence[bool]) -> None:  # fmt: skip
+        self.tok, self.stops, self.limits, self.on_text = tok, list(stops), list(limits), on_text
+        self.ids: list[list[int]] = [[] for _ in limits]
+        self.sent = [""] * len(limits)
+        self.follow = list(follow)  # rows whose text is decoded as it comes
+        self.done = [not f for f in follow]
+        self.prompt = True  # generate first puts the prompt's ids (none for inputs_embeds)
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt:
+            self.prompt = False
+            return
+        for i, t in enumerate(value.reshape(len(self.ids), -1)[:, -1].tolist()):
+            if self.done[i]:
+                continue
+            if t == self.tok.eos_token_id:
+                self.done[i] = True
+                continue
+            self.ids[i].append(t)
+            self.done[i] = len(self.ids[i]) >= self.limits[i]
+            self._send(i, final=False)
+
+    def end(self) -> None:
+        for i in range(len(self.ids)):
+            if self.follow[i]:
+                self._send(i, final=True)
+
+    def _send(self, i: int, final: bool) -> None:
+        text = self.tok.decode(self.ids[i], skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):  # a character still being spelled out
+            return
+        visible = cut_at_stop(text, self.stops) if final else stream_visible(text, self.stops)
+        if len(visible) > len(self.sent[i]) and visible.startswith(self.sent[i]):
+            self.on_text(i, visible[len(self.sent[i]) :])
+            self.sent[i] = visible
+
+
+class ChatStream:
+    """What `chat(..., stream=True)` returns: iterate it for the reply's text pieces as they
+    are generated (they join to the final text); then `.response` is the whole reply, masks
+    and images included."""
+
+    def __init__(self, run: Callable[[Callable[[int, str], None]], ChatResponse]) -> None:
+        self._run = run
+        self.response: ChatResponse | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["reply"] = self._run(lambda i, piece: pieces.put(piece))
+            except BaseException as e:  # handed to the reading thread, which raises it
+                result["error"] = e
+            pieces.put(done)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        while (piece := pieces.get()) is not done:
+            yield piece
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        self.response = result["reply"]

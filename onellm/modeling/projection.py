@@ -1,0 +1,71 @@
+"""The projection-kind contract: how a modality's encoder features become its tokens for
+the LLM, chosen by `projection.type` in the model YAML (the default `upm`: OneLLM's), or
+per modality by `projection.by_modality`.
+
+A kind is a plug-in (experts/projection/: `upm`, `perceiver`, `mlp`) registered in
+`PROJECTIONS` as a builder `(projection config, *, width, llm_width, options, where) ->
+module` whose module meets `Projection`. The model never asks which kind it holds:
+routing, experts and upcycling are a routed kind's own (`Routed`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from onellm.config import ProjectionConfig, check_kwargs
+
+
+class Projection(Protocol):
+    """The contract of a projection kind (an `nn.Module`)."""
+
+    reads_frames: bool  # forward takes (B, T, S+1, W) per-frame features, not their mean
+    start_tag: nn.ParameterDict  # modality -> (1, 1, D)
+    end_tag: nn.ParameterDict
+
+    def add_modality(
+        self, name: str, *, output_scale: float, experts: list[int] | None, tokens_in: int
+    ) -> None: ...
+
+    def num_tokens(self, modality: str) -> int: ...
+
+    def blocks(self) -> list[nn.Module]: ...  # heavy blocks: checkpointed, FSDP-sharded
+
+    def forward(self, features: torch.Tensor, modality: str) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Routed(Protocol):
+    """A projection whose modalities are routed over a pool of experts (the UPM): what the
+    stage's MoE losses, the routing report and upcycling read."""
+
+    routes: Mapping[str, Any]  # modality -> the expert indices its router weighs
+    num_experts: int
+    router_spec: Mapping[str, Any]  # the router's `{type: ..., **options}`
+
+    def routing(self, features: torch.Tensor, modality: str) -> Any: ...
+
+
+Builder = Callable[..., nn.Module]
+
+
+def from_options(kind: type[nn.Module]) -> Builder:
+    """A builder for a kind that takes `width`, `llm_width`, its own `projection.options`
+    and the shared sizes it names (`num_queries`, `num_heads`); unknown options are refused
+    by name."""
+
+    def build(
+        p: ProjectionConfig, *, width: int, llm_width: int, options: Mapping[str, Any], where: str
+    ) -> nn.Module:
+        check_kwargs(kind, options, where)
+        accepted = inspect.signature(kind).parameters
+        shared = {"num_queries": p.num_queries, "num_heads": p.num_heads}
+        shared = {k: v for k, v in shared.items() if k in accepted and k not in options}
+        return kind(width=width, llm_width=llm_width, **shared, **options)
+
+    build.kind = kind  # type: ignore[attr-defined]
+    return build

@@ -1,0 +1,159 @@
+"""Model surgery: a new modality, a modality started from another, more experts by
+sparse upcycling, LoRA on the LLM.
+
+Each changes the model's modules; the saved config follows from them (`OneLLM.config`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from onellm.errors import ConfigError, InputError, RegistryError
+from onellm.experts.projection.upm import UniversalProjection
+from onellm.modeling.build import (
+    build_modality,
+    embedding_rms,
+    name_table,
+    run_lengths,
+    token_layout,
+    tokens_in,
+)
+from onellm.registry import MODALITIES
+
+if TYPE_CHECKING:
+    from onellm.model import OneLLM
+
+
+def copy_matching(src: nn.Module, dst: nn.Module) -> None:
+    """Copy every parameter/buffer of `src` whose name and shape `dst` shares."""
+    theirs = src.state_dict()
+    with torch.no_grad():
+        for n, t in dst.state_dict().items():
+            if n in theirs and theirs[n].shape == t.shape:
+                t.copy_(theirs[n])
+
+
+def copy_modality_parts(proj: UniversalProjection, src: str, dst: str) -> None:
+    """Start modality `dst` from `src`'s queries, in/out projections, tags and router.
+    Router rows for experts `src` does not route to start at the mean of its own rows."""
+    with torch.no_grad():
+        for table in (proj.queries, proj.start_tag, proj.end_tag):
+            table[dst].copy_(table[src])
+        proj.in_proj[dst].load_state_dict(proj.in_proj[src].state_dict())
+        proj.out_proj[dst].load_state_dict(proj.out_proj[src].state_dict())
+        theirs, ours = proj.routers[src].state_dict(), proj.routers[dst].state_dict()
+        src_routes, dst_routes = proj.routes[src], proj.routes[dst]
+        for n, t in ours.items():
+            if theirs[n].shape == t.shape:
+                t.copy_(theirs[n])
+            elif t.dim() >= 1 and t.shape[0] == len(dst_routes):  # output layer: row per expert
+                mean = theirs[n].mean(dim=0)
+                for row, e in enumerate(dst_routes):
+                    t[row] = theirs[n][src_routes.index(e)] if e in src_routes else mean
+
+
+def init_modality_from(model: OneLLM, modality: str, source: str) -> None:
+    """See `OneLLM.init_modality_from`."""
+    dst, src = model.modality_key(modality), model.modality_key(source)
+    if dst == src:
+        raise ConfigError(f"modality {modality!r}: cannot start from itself")
+    copy_matching(model.tokenizers[src], model.tokenizers[dst])
+    copy_modality_parts(model.projection, src, dst)
+
+
+def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None, *,
+                 new_experts: int = 0, init_from: str | None = None, freeze_old: bool = True,
+                 upcycle_from: int | None = None, expert_noise: float = 0.0) -> list[str]:  # fmt: skip
+    """See `OneLLM.add_modality`. `upcycle_from`: the new experts are copies of this expert
+    (default: expert i % K for the i-th), each weight scaled by 1 + expert_noise x N(0, 1)."""
+    k = model.projection.num_experts
+    if upcycle_from is not None and not 0 <= upcycle_from < k:
+        raise ConfigError(f"add_modality {name!r}: upcycle_from must be an expert in 0..{k - 1}, "
+                          f"got {upcycle_from}")  # fmt: skip
+    if name in model.names:
+        raise ConfigError(f"modality {name!r}: this model already has it ({model.names[name]})")
+    tok = model.text_tokenizer
+    if name in MODALITIES.reserved or (tok is not None and f"<{name}>" in tok.get_vocab()):
+        raise ConfigError(
+            f"modality {name!r}: its placeholder <{name}> clashes with a special token; choose another name"
+        )
+    source = model.modality_key(init_from) if init_from is not None else None
+    spec = dict(spec or {})
+    mod = build_modality(name, spec, model.encoder)
+    tokenizer = mod.build_tokenizer(encoder=model.encoder).to(model.device, model.dtype)
+    before = {n for n, _ in model.named_parameters()}
+    proj = model.projection
+    if new_experts:  # earlier modalities keep exactly the experts they route to
+        proj.add_experts(new_experts, source=upcycle_from, noise=expert_noise)
+    proj.add_modality(name, output_scale=embedding_rms(model.llm),
+                      tokens_in=tokens_in(tokenizer, model.encoder))  # fmt: skip
+    proj.to(model.device, model.dtype)
+    model.tokenizers[name] = tokenizer
+    model.modalities[name] = mod
+    file, colon, attr = str(spec.get("type", "")).partition(":")
+    if file.endswith(".py"):  # a saved run must find the plug-in from any directory
+        spec["type"] = os.path.abspath(file) + colon + attr
+    model.specs[name] = spec
+    model.names = name_table(model.modalities)
+    layout = token_layout(tok, model.llm, run_lengths({k: model.projector(k) for k in model.modalities}),
+                          model.layout.output_tokens)  # fmt: skip
+    model.layout = layout
+    if source is not None:
+        init_modality_from(model, name, source)
+    new = [n for n, _ in model.named_parameters() if n not in before]
+    if freeze_old:
+        model.requires_grad_(False)
+        params = dict(model.named_parameters())
+        for n in new:
+            params[n].requires_grad_(True)
+    return new
+
+
+def upcycle(model: OneLLM, experts: int, *, sources: list[int] | None = None, noise: float = 0.0,
+            router: Mapping[str, Any] | None = None,
+            generator: torch.Generator | None = None) -> list[int]:  # fmt: skip
+    """Sparse upcycling (MoE-LLaVA, CuMo): the projection's K trained experts become
+    `experts`, the new ones copies of `sources` (default: expert i % K for the i-th new
+    one), each weight scaled by 1 + noise x N(0, 1), every router that weighs a source
+    extended to its copies (`UniversalProjection.upcycle`); `router` re-types the routers
+    (`{type: topk, k: 2}`), keeping their MLPs. -> the new experts' indices."""
+    proj = model.projection
+    old = proj.num_experts
+    if experts < old:
+        raise ConfigError(f"upcycle.experts: expected at least the model's {old}, got {experts}")
+    sources = [i % old for i in range(experts - old)] if sources is None else list(sources)
+    if len(sources) != experts - old or any(not 0 <= s < old for s in sources):
+        raise ConfigError(f"upcycle.sources: expected {experts - old} experts in 0..{old - 1}, "
+                          f"got {sources}")  # fmt: skip
+    if router is not None:  # refuse a bad router before anything changes
+        if router.get("shared", 0) != proj.router_spec.get("shared", 0):
+            raise ConfigError(
+                "upcycle.router.shared: shared experts are fixed when the model is built"
+            )
+        for routes in proj.routes.values():
+            count = len(routes) + sum(s in routes for s in sources)
+            try:
+                proj.build_router(count, dict(router))
+            except (TypeError, ValueError, RegistryError) as e:
+                raise ConfigError(f"upcycle.router: {e}") from None
+    new = proj.upcycle(sources, noise=noise, generator=generator)
+    if router is not None:
+        proj.set_router(dict(router))  # OneLLM.config reads the spec back from the projection
+    return new
+
+
+def add_lora(model: OneLLM, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+             target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> None:  # fmt: skip
+    """Wrap the LLM with peft LoRA adapters (only they train in the LLM afterwards)."""
+    from peft import LoraConfig, get_peft_model
+
+    if hasattr(model.llm, "peft_config"):
+        raise InputError("llm: LoRA is already on")
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                     target_modules=list(target_modules))  # fmt: skip
+    model.llm = get_peft_model(model.llm, cfg)
