@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from torch import nn
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from onellm.config import ChatConfig, LLMConfig
@@ -95,3 +97,13 @@ def build_text_tokenizer(
     if cfg.path is not None and any((Path(cfg.path) / f).is_file() for f in TOKENIZER_FILES):
         return AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
     return None
+
+
+def base_llm(llm: nn.Module) -> nn.Module:
+    """The LlamaForCausalLM inside `llm`: itself, or what peft's LoRA wraps."""
+    return llm.get_base_model() if isinstance(llm, PeftModel) else llm
+
+
+def has_lora(llm: nn.Module) -> bool:
+    """Whether peft wraps `llm` (LoRA adapters added)."""
+    return isinstance(llm, PeftModel)

@@ -60,13 +60,7 @@ class Modality(Protocol):
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module: ...
 
-    # Optional: `bind(encoder)` fills sizes left unset from the encoder (image-like
-    # modalities take its image size); `render(rng) -> Scene` gives synthetic scenes and
-    # `captions()` every caption it can give (what a tiny text tokenizer learns);
-    # `write(raw, stem) -> path (or a dict of paths)` writes a raw input as the file its
-    # users have, which `preprocess` reads back as it reads `raw` (the contract suite checks);
-    # `pixels(raw) -> (3, H, W)` in [0, 1] marks an input a `<seg>` mask can be drawn on;
-    # `is_sample(raw) -> bool` says a list is one input (a waveform), not a batch, in chat.
+    # Optional parts, each a protocol below that the core checks with isinstance.
 
 
 def find_modality(kind: str, name: str | None = None) -> type:
@@ -119,6 +113,52 @@ def _registered(obj, name: str, kind: str) -> type:
         f"modality type {kind!r}: imported, but it registered no modality named {name!r}; "
         "end the file with MODALITIES.register(name, cls) or name the class as module:Class"
     )
+
+
+@runtime_checkable
+class BindsEncoder(Protocol):
+    """Fills sizes left unset from the encoder (image-like modalities take its image size)."""
+
+    def bind(self, encoder: EncoderInfo) -> None: ...
+
+
+@runtime_checkable
+class Renders(Protocol):
+    """Synthetic scenes of the shapes world, and every caption it can give (what a tiny
+    text tokenizer learns)."""
+
+    def render(self, rng: np.random.Generator) -> Any: ...
+
+    def captions(self) -> list[str]: ...
+
+
+@runtime_checkable
+class Writes(Protocol):
+    """Writes a raw input as the file its users have (a path, or a dict of paths), which
+    `preprocess` reads back as it reads `raw` (the contract suite checks)."""
+
+    def write(self, raw: Any, stem: Path) -> Any: ...
+
+
+@runtime_checkable
+class HasPixels(Protocol):
+    """An input a `<seg>` mask can be drawn on: `pixels(raw) -> (3, H, W)` in [0, 1]."""
+
+    def pixels(self, raw: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Paired(Protocol):
+    """An input of two files: an rgb image and its `second` map (depth, normal)."""
+
+    second: str
+
+
+@runtime_checkable
+class SampleLists(Protocol):
+    """Says a list is one input (a waveform), not a batch, in chat."""
+
+    def is_sample(self, raw: Any) -> bool: ...
 
 
 # ----------------------------------------------------------------------------- input checks
