@@ -16,6 +16,7 @@ class ImageOutput(OutputExpert):
     """A run of N `<gen>` -> UNet conditioning -> an image (NExT-GPT)."""
 
     field = "images"
+    item = "image"
     head_class = GenHead
     decoder_type = "diffusion"
 

@@ -15,6 +15,7 @@ class MaskOutput(OutputExpert):
     """`<seg>` -> one SAM prompt per token -> a mask on the sample's image (LISA)."""
 
     field = "masks"
+    item = "mask"
     head_class = SegHead
     decoder_type = "sam"
     on_input = True

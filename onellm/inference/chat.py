@@ -16,8 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,40 +24,12 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from onellm.errors import InputError
+from onellm.inference.reply import ChatResponse
 from onellm.modeling.layout import pad
 from onellm.modeling.template import Segment, Turn, cut_at_stop, render_prompt, stream_visible
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
-
-
-@dataclass
-class ChatResponse:
-    """One reply: `.text`; `.masks` / `.images` when output experts produce them."""
-
-    text: str
-    token_ids: list[int] = field(default_factory=list)
-    masks: list[torch.Tensor] = field(default_factory=list)
-    images: list[Any] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return self.text
-
-    def save(self, directory: str | Path, stem: str = "reply") -> list[Path]:
-        """Write each mask (a black and white PNG at the input's resolution) and each image
-        as `directory/{stem}-mask-{i}.png`, `{stem}-image-{i}.png`; -> the paths written."""
-        from PIL import Image
-
-        out = Path(directory)
-        paths = []
-        for kind, items in (("mask", self.masks), ("image", self.images)):
-            for i, item in enumerate(items):
-                if kind == "mask":
-                    item = Image.fromarray(item.cpu().numpy().astype("uint8") * 255, mode="L")
-                out.mkdir(parents=True, exist_ok=True)
-                paths.append(out / f"{stem}-{kind}-{i}.png")
-                item.save(paths[-1])
-        return paths
 
 
 @dataclass

@@ -64,5 +64,4 @@ def attach_outputs(model: OneLLM, replies, out, prompt_embeds, attention_mask, p
     for reply, fields in zip(
         replies, model.outputs.reply(seq, hidden, embeds, pixels), strict=True
     ):
-        for name, values in fields.items():
-            setattr(reply, name, values)
+        reply.outputs.update(fields)

@@ -27,6 +27,7 @@ class OutputExpert(nn.Module):
     A kind sets the class attributes and implements `loss` and `reply`."""
 
     field: ClassVar[str]  # the chat reply's list it fills (`masks`, `images`)
+    item: ClassVar[str]  # one of its results, as files are named (`mask`, `image`)
     head_class: ClassVar[type[nn.Module]]  # built with llm_width, out_dim, num_experts, ...
     decoder_type: ClassVar[str]  # the decoder built when `outputs.<kind>.decoder` names none
     on_input: ClassVar[bool] = False  # its results are drawn over the input asked about

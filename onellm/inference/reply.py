@@ -1,0 +1,57 @@
+"""A chat reply: its text, its token ids, and what the output experts made, by kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from onellm.registry import OUTPUT_KINDS
+
+
+def reply_fields() -> dict[str, str]:
+    """Each output kind's reply field -> the name of one of its items (`masks` -> `mask`)."""
+    return {cls.field: cls.item for _, cls in OUTPUT_KINDS.items()}
+
+
+def as_png(item: Any) -> Image.Image:
+    """A reply item as a picture: a mask (H, W) tensor -> black and white, an image as it is."""
+    if isinstance(item, torch.Tensor):
+        return Image.fromarray(item.cpu().numpy().astype("uint8") * 255, mode="L")
+    return item
+
+
+class ChatResponse:
+    """One reply: `.text`, `.token_ids`, and `.outputs`, what the output experts produced
+    by reply field (each output kind names its own: `masks`, `images`, ...), also read as
+    attributes (`reply.masks`; empty where the reply holds none)."""
+
+    def __init__(self, text: str, token_ids: list[int] | None = None, **outputs: list) -> None:
+        self.text = text
+        self.token_ids = list(token_ids or [])
+        self.outputs: dict[str, list] = dict(outputs)
+
+    def __getattr__(self, name: str) -> list:
+        if not name.startswith("_") and name in reply_fields():
+            return self.outputs.get(name, [])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        held = ", ".join(f"{k}={len(v)}" for k, v in self.outputs.items() if v)
+        return f"ChatResponse(text={self.text!r}{', ' + held if held else ''})"
+
+    def save(self, directory: str | Path, stem: str = "reply") -> list[Path]:
+        """Write each output item as `directory/{stem}-{item}-{i}.png` (a mask black and
+        white at the input's resolution, an image as it is); -> the paths written."""
+        out, names, paths = Path(directory), reply_fields(), []
+        for field, items in self.outputs.items():
+            for i, item in enumerate(items):
+                out.mkdir(parents=True, exist_ok=True)
+                paths.append(out / f"{stem}-{names.get(field, field)}-{i}.png")
+                as_png(item).save(paths[-1])
+        return paths
