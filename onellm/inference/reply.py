@@ -5,22 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
-
+from onellm.modeling.outputs import OutputExpert
 from onellm.registry import OUTPUT_KINDS
 
 
-def reply_fields() -> dict[str, str]:
-    """Each output kind's reply field -> the name of one of its items (`masks` -> `mask`)."""
-    return {cls.field: cls.item for _, cls in OUTPUT_KINDS.items()}
+def reply_fields() -> dict[str, type[OutputExpert]]:
+    """Each output kind's reply field (`masks`, `images`, ...) -> the kind's class."""
+    return {cls.field: cls for _, cls in OUTPUT_KINDS.items()}
 
 
-def as_png(item: Any) -> Image.Image:
-    """A reply item as a picture: a mask (H, W) tensor -> black and white, an image as it is."""
-    if isinstance(item, torch.Tensor):
-        return Image.fromarray(item.cpu().numpy().astype("uint8") * 255, mode="L")
-    return item
+def as_png(field: str, item: Any) -> Any:
+    """A reply item of `field` as a picture, as its output kind draws it."""
+    kind = reply_fields().get(field, OutputExpert)
+    return kind.as_png(item)
 
 
 class ChatResponse:
@@ -48,10 +45,11 @@ class ChatResponse:
     def save(self, directory: str | Path, stem: str = "reply") -> list[Path]:
         """Write each output item as `directory/{stem}-{item}-{i}.png` (a mask black and
         white at the input's resolution, an image as it is); -> the paths written."""
-        out, names, paths = Path(directory), reply_fields(), []
+        out, kinds, paths = Path(directory), reply_fields(), []
         for field, items in self.outputs.items():
+            item_name = kinds[field].item if field in kinds else field
             for i, item in enumerate(items):
                 out.mkdir(parents=True, exist_ok=True)
-                paths.append(out / f"{stem}-{names.get(field, field)}-{i}.png")
-                as_png(item).save(paths[-1])
+                paths.append(out / f"{stem}-{item_name}-{i}.png")
+                as_png(field, item).save(paths[-1])
         return paths

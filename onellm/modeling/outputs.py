@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 from torch import nn
 
 from onellm.config import OutputConfig, check_kwargs
@@ -39,6 +40,15 @@ class OutputExpert(nn.Module):
         self.tokens, self.tune_llm = cfg.tokens, cfg.tune_llm
         self.align = cfg.loss.get("align", 0.0)  # x MSE to the decoder's text encoder's reading
         self.weights = {k: v for k, v in cfg.loss.items() if k != "align"}
+
+    @staticmethod
+    def as_png(item: Any) -> Any:
+        """One result as a PIL picture (how a reply saves it and the server sends it): a
+        (H, W) mask tensor -> black and white; a picture as it is. A kind whose results are
+        not pictures overrides this."""
+        if isinstance(item, torch.Tensor):
+            return Image.fromarray(item.cpu().numpy().astype("uint8") * 255, mode="L")
+        return item
 
     def loss(self, ids, hidden, embeds, targets: dict[str, Any]) -> torch.Tensor:
         """The decoder's loss for a training batch whose answers hold this kind's tokens."""
