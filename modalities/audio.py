@@ -38,14 +38,9 @@ from transformers import ASTFeatureExtractor
 from onellm.data.draw import Scene
 from onellm.data.language import PATTERNS, PITCHES
 from onellm.errors import InputError
-from onellm.modeling.modality import (
-    MODALITIES,
-    EncoderInfo,
-    as_float_array,
-    as_path,
-    check_readable,
-)
+from onellm.modeling.modality import EncoderInfo, as_float_array, as_path, check_readable
 from onellm.modeling.positions import sincos_2d, with_class_slot
+from onellm.registry import MODALITIES
 
 SAMPLE_RATE = 16000
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3")

@@ -20,11 +20,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from onellm.modalities.clip_image import PairedMapInput, open_image, to_image_tensor, write_png
+from onellm.modalities.clip_image import (
+    PairedMapInput,
+    exr_channels,
+    open_image,
+    to_image_tensor,
+    write_png,
+)
 from PIL import Image
 
 from onellm.errors import InputError
-from onellm.modeling.modality import MODALITIES, as_float_array, as_path, check_readable
+from onellm.modeling.modality import as_float_array, as_path, check_readable
+from onellm.registry import MODALITIES
 
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".exr", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -58,16 +65,6 @@ def read_depth(name: str, path: Path, depth_scale: float = 1000.0) -> np.ndarray
         raise InputError(f"{name}: expected some valid (> 0, finite) depth in {str(p)!r}, got none")
     d[missing] = d[~missing].max()
     return d
-
-
-def exr_channels(name: str, p: Path) -> dict[str, np.ndarray]:
-    """An OpenEXR file's channels by name (its pixels as arrays)."""
-    import OpenEXR
-
-    try:
-        return {k: np.asarray(c.pixels) for k, c in OpenEXR.File(str(p)).channels().items()}
-    except (RuntimeError, OSError, ValueError) as e:
-        raise InputError(f"{name}: expected an OpenEXR file, got unreadable {str(p)!r}: {e}") from e
 
 
 def _read_exr(name: str, p: Path) -> np.ndarray:

@@ -31,7 +31,6 @@ from onellm.data.draw import Scene, one_shape_captions, one_shape_scene
 from onellm.data.language import COLOURS, PLACES, SHAPES
 from onellm.errors import InputError
 from onellm.modeling.modality import (
-    MODALITIES,
     EncoderInfo,
     as_float_array,
     as_path,
@@ -39,6 +38,7 @@ from onellm.modeling.modality import (
     load_array_file,
 )
 from onellm.modeling.positions import sincos_1d, with_class_slot
+from onellm.registry import MODALITIES
 
 NIFTI_SUFFIXES = (".nii", ".gz")
 MAX_VOXELS = 2**28  # values in one NIfTI file (1 GiB of float32): far above a whole-brain series

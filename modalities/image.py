@@ -25,7 +25,7 @@ from onellm.data.draw import (
     shape_mask,
 )
 from onellm.data.language import COLOURS, PLACES, SHAPES
-from onellm.modeling.modality import MODALITIES
+from onellm.registry import MODALITIES
 
 
 class ImageModality(ClipImageInput):

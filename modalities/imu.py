@@ -37,7 +37,6 @@ from onellm.data.draw import Scene
 from onellm.data.language import ACTIVITIES
 from onellm.errors import InputError
 from onellm.modeling.modality import (
-    MODALITIES,
     EncoderInfo,
     as_float_array,
     as_path,
@@ -45,6 +44,7 @@ from onellm.modeling.modality import (
     load_array_file,
 )
 from onellm.modeling.positions import sincos_1d, with_class_slot
+from onellm.registry import MODALITIES
 
 CHANNELS = "a (6, N) or (N, 6) array (accelerometer x, y, z, gyroscope x, y, z)"
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}

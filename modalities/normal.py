@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from onellm.modalities.clip_image import PairedMapInput, to_image_tensor, write_png
+from onellm.modalities.clip_image import PairedMapInput, exr_channels, to_image_tensor, write_png
 
 from onellm.errors import InputError
-from onellm.modeling.modality import MODALITIES, as_float_array, as_path, load_array_file
+from onellm.modeling.modality import as_float_array, as_path, load_array_file
+from onellm.registry import MODALITIES
 
 
 class NormalModality(PairedMapInput):
@@ -64,8 +65,6 @@ class NormalModality(PairedMapInput):
 def read_normals(name: str, path) -> np.ndarray:
     """A float normal-map file (.npy, .exr) -> (H, W, 3) float32 components."""
     if path.suffix.lower() == ".exr":
-        from onellm.modalities.depth import exr_channels
-
         ch = exr_channels(name, path)
         if "RGB" in ch:  # OpenEXR 3 groups R, G, B into one (H, W, 3) channel
             return np.asarray(ch["RGB"], dtype=np.float32)

@@ -38,7 +38,6 @@ from onellm.data.draw import RGB, Scene
 from onellm.data.language import COLOURS, SOLIDS
 from onellm.errors import InputError
 from onellm.modeling.modality import (
-    MODALITIES,
     EncoderInfo,
     as_float_array,
     as_path,
@@ -46,6 +45,7 @@ from onellm.modeling.modality import (
     load_array_file,
 )
 from onellm.modeling.positions import sincos_1d, with_class_slot
+from onellm.registry import MODALITIES
 
 _COORDS = {"xyz": slice(0, 3), "rgb": slice(3, 6)}
 XYZ_COLOURS = ("auto", "grey", "position")

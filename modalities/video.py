@@ -46,7 +46,8 @@ from torch import nn
 from onellm.data.draw import Scene, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, MOTIONS, SHAPES
 from onellm.errors import InputError
-from onellm.modeling.modality import MODALITIES, EncoderInfo, as_path, check_readable
+from onellm.modeling.modality import EncoderInfo, as_path, check_readable
+from onellm.registry import MODALITIES
 
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ogv")

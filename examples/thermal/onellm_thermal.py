@@ -28,14 +28,9 @@ from torch import nn
 from onellm.data.draw import Scene, shape_mask
 from onellm.data.language import DISTANCES, SHAPES
 from onellm.errors import InputError
-from onellm.modeling.modality import (
-    MODALITIES,
-    EncoderInfo,
-    as_float_array,
-    as_path,
-    load_array_file,
-)
+from onellm.modeling.modality import EncoderInfo, as_float_array, as_path, load_array_file
 from onellm.modeling.positions import sincos_2d, with_class_slot
+from onellm.registry import MODALITIES
 
 ROOM_C, SCALE_C = 25.0, 10.0  # temperatures are fed as (t - 25 C) / 10 C
 
