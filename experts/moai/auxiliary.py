@@ -7,7 +7,7 @@ called as `source(pixels, model) -> str`, `pixels` the image (3, H, W) in [0, 1]
 
 | type         | what it runs                                                      |
 | ------------ | ----------------------------------------------------------------- |
-| `sam`        | the model's own SAM output expert (`outputs.seg`), prompted with a grid of points, its masks deduplicated |
+| `sam`        | the model's own SAM (the output expert with a SAM decoder, `outputs.seg`), prompted with a grid of points, its masks deduplicated |
 | `components` | a colour-region detector: connected components of saturated pixels (scipy.ndimage) |
 | a function   | `AUXILIARY.register("mine", fn)`, or `pkg.module:fn` in the YAML  |
 
@@ -85,11 +85,22 @@ def in_range(masks: list[np.ndarray], lo: float, hi: float) -> list[np.ndarray]:
     return [m for m in masks if lo <= m.mean() <= hi]
 
 
+def models_sam(model: Any) -> Any:
+    """The model's SAM mask decoder: that of its output expert with one (`outputs.seg`'s)."""
+    # segment_anything takes 2 s to import: only a model's SAM is asked for it
+    from onellm.experts.output.decoders.sam import SamMaskDecoder
+
+    for expert in getattr(model, "outputs", {}).values():
+        if isinstance(expert.decoder, SamMaskDecoder):
+            return expert.decoder
+    raise ConfigError("moai source sam: the model has no output with a SAM decoder (outputs.seg)")
+
+
 class SamRegions:
-    """The model's SAM (`outputs.seg.decoder`) prompted at a `grid` x `grid` of points, as
-    SAM's automatic mask generator does: masks kept if stable (the mask at logit > 1 is at
-    least `stability` IoU of the one at logit > -1, SAM's stability score) and between
-    `min_area` and `max_area` of the image, deduplicated, each verbalised."""
+    """The model's SAM (`models_sam`) prompted at a `grid` x `grid` of points, as SAM's
+    automatic mask generator does: masks kept if stable (the mask at logit > 1 is at least
+    `stability` IoU of the one at logit > -1, SAM's stability score) and between `min_area`
+    and `max_area` of the image, deduplicated, each verbalised."""
 
     def __init__(self, *, grid: int = 6, min_area: float = 0.004, max_area: float = 0.4,
                  stability: float = 0.85) -> None:  # fmt: skip
@@ -98,9 +109,7 @@ class SamRegions:
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor, model: Any) -> str:
-        if "seg" not in getattr(model, "outputs", {}):
-            raise ConfigError("moai source sam: the model has no outputs.seg (a SAM decoder)")
-        decoder = model.outputs["seg"].decoder
+        decoder = models_sam(model)
         h, w = pixels.shape[-2:]
         centres = (torch.arange(self.grid) + 0.5) / self.grid
         points = torch.cartesian_prod(centres * w, centres * h).to(pixels.device)  # (N, 2) x, y

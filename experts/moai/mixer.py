@@ -40,6 +40,7 @@ from onellm.experts.projection.perceiver import PerceiverResampler
 from torch import nn
 
 from onellm.errors import InputError
+from onellm.modeling.llm import base_llm
 from onellm.registry import MIXERS
 
 
@@ -138,8 +139,7 @@ class MoAI(nn.Module):
 
     def attach(self, llm: nn.Module) -> None:
         """Join each chosen decoder layer of `llm` (a LlamaForCausalLM, LoRA-wrapped or not)."""
-        base = llm.get_base_model() if hasattr(llm, "peft_config") else llm
-        layers = base.model.layers
+        layers = base_llm(llm).model.layers
         for i in self.layer_ids:
             if not 0 <= i < len(layers):
                 raise InputError(f"moai.layers: expected layers in 0..{len(layers) - 1}, got {i}")

@@ -50,6 +50,7 @@ class MaskOutput(OutputExpert):
     def loss(self, ids, hidden, embeds, targets):
         """LISA's 2.0 x BCE + 0.5 x Dice per mask (`outputs.seg.loss`), plus `align` x the
         MSE from each prompt to the caption encoder's reading of the phrase (detached)."""
+        # segment_anything takes 2 s to import: the kind registers without it, a loss needs it
         from onellm.experts.output.decoders.sam import mask_loss
 
         prompts, where = self.prompts(ids, hidden, embeds)

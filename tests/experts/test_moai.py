@@ -151,7 +151,7 @@ def test_the_sam_source_reads_the_models_own_sam(pair, scene):
     assert isinstance(said, str)  # an untrained SAM may see anything; the words are the format
     for part in filter(None, said.split("; ")):
         assert " at (" in part and ", area " in part
-    with pytest.raises(ConfigError, match="no outputs.seg"):
+    with pytest.raises(ConfigError, match="no output with a SAM decoder"):
         AUXILIARY.get("sam")()(pixels, type("NoSam", (), {"outputs": {}})())
 
 
