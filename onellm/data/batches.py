@@ -23,9 +23,16 @@ from onellm.modeling.template import render_training
 
 
 def tokens(
-    example: Example, layout: TokenLayout, chat: ChatConfig, rng: np.random.Generator, *,
-    use_turns: bool, lm: bool = False, context_mix: float = 0.0, given: Sequence[str] = (),
-):  # fmt: skip
+    example: Example,
+    layout: TokenLayout,
+    chat: ChatConfig,
+    rng: np.random.Generator,
+    *,
+    use_turns: bool,
+    lm: bool = False,
+    context_mix: float = 0.0,
+    given: Sequence[str] = (),
+):
     """-> (input_ids, labels) lists for one example carrying the modalities `given`, read
     as its conversation (`use_turns`) or its caption; `lm`: every token is a target, and a
     `context_mix` share first reads the caption's words."""

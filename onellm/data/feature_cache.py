@@ -50,8 +50,10 @@ def why_not(model: Any, source: Any) -> str | None:
         return f"task {task.name} does not feed a modality input to the LLM"
     if type(task).example is not Task.example:
         return f"task {task.name} makes its own examples"
-    parts = {"tokenizers." + source.modality: model.tokenizers[source.modality],
-             "encoder": model.encoder}  # fmt: skip
+    parts = {
+        "tokenizers." + source.modality: model.tokenizers[source.modality],
+        "encoder": model.encoder,
+    }
     for name, part in parts.items():
         if any(p.requires_grad for p in part.parameters()):
             return f"{name} trains in this stage, so its features change"
@@ -68,8 +70,11 @@ def fingerprint(model: Any, source: Any, precision: str = "fp32") -> str:
     data: tuple = (source.cfg.data, source.cfg.pool)
     if source.records is not None:  # the manifest or shard files as they are now
         files = getattr(source.records, "paths", None) or [str(source.records.path)]
-        data = (source.cfg.data, len(source.records),
-                [(f, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]])  # fmt: skip
+        data = (
+            source.cfg.data,
+            len(source.records),
+            [(f, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]],
+        )
     h.update(
         repr(
             (type(mod).__name__, settings, data, source.seed, str(model.dtype), precision)
@@ -89,8 +94,10 @@ class FeatureCache:
         try:
             meta = json.loads((folder / DONE).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"feature cache: expected a complete cache in {folder} "
-                                  f"(its {DONE}), got {e}; build it with onellm cache-features") from e  # fmt: skip
+            raise CheckpointError(
+                f"feature cache: expected a complete cache in {folder} "
+                f"(its {DONE}), got {e}; build it with onellm cache-features"
+            ) from e
         self.folder, self.size, self.rows = folder, meta["size"], meta["rows"]
         self._open: dict[int, Any] = {}  # shard -> safe_open handle (mmapped)
 
@@ -127,8 +134,16 @@ class _Inputs(Dataset):
 
 
 @torch.no_grad()
-def build(model: Any, source: Any, folder: Path, *, batch_size: int = 64, workers: int = 0,
-          precision: str = "fp32", quiet: bool = False) -> FeatureCache:  # fmt: skip
+def build(
+    model: Any,
+    source: Any,
+    folder: Path,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    precision: str = "fp32",
+    quiet: bool = False,
+) -> FeatureCache:
     """Encode every example of `source` into `folder` (kept if already complete)."""
     if (folder / DONE).is_file():
         return FeatureCache(folder)
@@ -149,8 +164,9 @@ def build(model: Any, source: Any, folder: Path, *, batch_size: int = 64, worker
             _save(folder, shard, rows)
     finally:
         model.train(was)
-    (folder / DONE).write_text(json.dumps({"size": source.size, "rows": ROWS, "modality": key,
-                                           "data": source.cfg.data}))  # fmt: skip
+    (folder / DONE).write_text(
+        json.dumps({"size": source.size, "rows": ROWS, "modality": key, "data": source.cfg.data})
+    )
     return FeatureCache(folder)
 
 
@@ -161,8 +177,17 @@ def _save(folder: Path, shard: int, rows: list[torch.Tensor]) -> None:
     )
 
 
-def attach(model: Any, sources: dict[str, Any], root: str | Path, *, rank: int = 0, world: int = 1,
-           workers: int = 0, precision: str = "fp32", quiet: bool = False) -> dict[str, str]:  # fmt: skip
+def attach(
+    model: Any,
+    sources: dict[str, Any],
+    root: str | Path,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    precision: str = "fp32",
+    quiet: bool = False,
+) -> dict[str, str]:
     """Give every source that can read cached features its cache (rank 0 builds what is
     missing while the others wait). -> {source: "cached in FOLDER" or why it reads inputs}."""
     said = {}
@@ -195,7 +220,14 @@ def cache_stage(cfg: Any, *, quiet: bool = False) -> dict[str, str]:
         raise ConfigError("feature_cache: name the folder to cache in (feature_cache=DIR)")
     model, added = prepare_model(cfg, resolve_device(cfg.device))
     sources = {k: Source(model, k, s, cfg.seed) for k, s in cfg.data.items()}
-    apply_trainable(nn.ModuleDict({"model": model, "aux": nn.ModuleDict()}), cfg.trainable,
-                    added, world=1)  # fmt: skip
-    return attach(model, sources, cfg.feature_cache, workers=cfg.data_workers,
-                  precision=cfg.precision, quiet=quiet)  # fmt: skip
+    apply_trainable(
+        nn.ModuleDict({"model": model, "aux": nn.ModuleDict()}), cfg.trainable, added, world=1
+    )
+    return attach(
+        model,
+        sources,
+        cfg.feature_cache,
+        workers=cfg.data_workers,
+        precision=cfg.precision,
+        quiet=quiet,
+    )

@@ -13,8 +13,13 @@ from collections.abc import Iterable
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow")
-PLACES = {"left": "on the left", "right": "on the right", "top": "at the top",
-          "bottom": "at the bottom", "centre": "in the centre"}  # fmt: skip
+PLACES = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "centre": "in the centre",
+}
 MOTIONS = ("left", "right", "up", "down")
 PITCHES = ("low", "high")
 PATTERNS = ("steady", "rising", "falling", "beeping")
@@ -23,13 +28,48 @@ DISTANCES = ("near", "far")
 ACTIVITIES = ("standing", "walking", "running", "turning")
 
 QUESTIONS = (
-    "What is this?", "Describe it.", "What do you see?", "What do you hear?",
-    "What colour is it?", "What shape is it?", "Where is it?", "Which way does it move?",
-    "What is the person doing?", "Is it near or far?", "Segment the", "Draw a", "yes", "no",
-    "It is", "The", "a", "an", "and", "of", "in", "to", "is", "shape", "colour", "image",
-    "video", "audio", "sound", "tone", "point cloud", "depth map", "normal map", "motion",
-    "scan", "person", "moving", "object", "picture", "answer", "question",
-)  # fmt: skip
+    "What is this?",
+    "Describe it.",
+    "What do you see?",
+    "What do you hear?",
+    "What colour is it?",
+    "What shape is it?",
+    "Where is it?",
+    "Which way does it move?",
+    "What is the person doing?",
+    "Is it near or far?",
+    "Segment the",
+    "Draw a",
+    "yes",
+    "no",
+    "It is",
+    "The",
+    "a",
+    "an",
+    "and",
+    "of",
+    "in",
+    "to",
+    "is",
+    "shape",
+    "colour",
+    "image",
+    "video",
+    "audio",
+    "sound",
+    "tone",
+    "point cloud",
+    "depth map",
+    "normal map",
+    "motion",
+    "scan",
+    "person",
+    "moving",
+    "object",
+    "picture",
+    "answer",
+    "question",
+)
 
 
 def corpus(captions: Iterable[str] = (), extra: tuple[str, ...] = ()) -> list[str]:

@@ -35,8 +35,15 @@ class StepBatches(Dataset):
     `mix_sources`, each micro-batch draws its own source: (the sources, in order, and each
     one's micro-batches)."""
 
-    def __init__(self, cfg: StageConfig, sources: dict[str, Source], model: Any, *,
-                 rank: int = 0, world: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: StageConfig,
+        sources: dict[str, Source],
+        model: Any,
+        *,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.cfg, self.sources, self.model = cfg, sources, model
         self.rank, self.world = rank, world
         self.weights = {k: s.weight for k, s in cfg.data.items()}
@@ -110,5 +117,12 @@ def step_loader(data: StepBatches, start: int, device: torch.device) -> DataLoad
         # (Linux only: macOS's system frameworks are not fork-safe, its default is spawn)
         ctx = "fork" if sys.platform.startswith("linux") else None
         options = {"prefetch_factor": cfg.prefetch, "multiprocessing_context": ctx}
-    return DataLoader(data, batch_size=None, sampler=range(start, cfg.steps), num_workers=workers,
-                      collate_fn=_as_is, pin_memory=device.type == "cuda", **options)  # fmt: skip
+    return DataLoader(
+        data,
+        batch_size=None,
+        sampler=range(start, cfg.steps),
+        num_workers=workers,
+        collate_fn=_as_is,
+        pin_memory=device.type == "cuda",
+        **options,
+    )

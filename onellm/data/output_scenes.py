@@ -47,20 +47,36 @@ def seg_scene(index: int, split: str = "train", seed: int = 0, size: int = 64) -
     k = int(rng.integers(len(chosen)))
     colour, shape = chosen[k]
     parts = [(f"the {c} {s}", m) for (c, s), m in zip(chosen, masks, strict=True)]
-    return TaskScene(f"segment the {colour} {shape}", f"the {colour} {shape}", "<seg>", img, masks[k], None,
-                     {"colour": colour, "shape": shape}, parts)  # fmt: skip
+    return TaskScene(
+        f"segment the {colour} {shape}",
+        f"the {colour} {shape}",
+        "<seg>",
+        img,
+        masks[k],
+        None,
+        {"colour": colour, "shape": shape},
+        parts,
+    )
 
 
-def gen_scene(index: int, split: str = "train", seed: int = 0, size: int = 32,
-              tokens: int = 4) -> TaskScene:  # fmt: skip
+def gen_scene(
+    index: int, split: str = "train", seed: int = 0, size: int = 32, tokens: int = 4
+) -> TaskScene:
     """ "draw a {colour} {shape}": one centred shape on a plain grey ground."""
     rng = np.random.default_rng([seed, SPLITS[split], index, 202])
     colour, shape = str(rng.choice(COLOURS)), str(rng.choice(SHAPES))
     img = np.full((size, size, 3), 120, dtype=np.uint8)
     m = shape_mask(shape, size, size / 2, size / 2, size * rng.uniform(0.28, 0.34))
     paint(img, m, colour, rng)
-    return TaskScene(f"draw a {colour} {shape}", f"a {colour} {shape}", "<gen>" * tokens, None, None, img,
-                     {"colour": colour, "shape": shape})  # fmt: skip
+    return TaskScene(
+        f"draw a {colour} {shape}",
+        f"a {colour} {shape}",
+        "<gen>" * tokens,
+        None,
+        None,
+        img,
+        {"colour": colour, "shape": shape},
+    )
 
 
 def point_in(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:

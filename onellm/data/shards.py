@@ -106,8 +106,10 @@ class Shards:
                     starts.append(len(offsets))
                     last, n, seen = key, n + 1, set()
                 if ext in seen:
-                    raise InputError(f"shard {path}, sample {key!r}: expected one member per "
-                                     f"extension, got .{ext} twice")  # fmt: skip
+                    raise InputError(
+                        f"shard {path}, sample {key!r}: expected one member per "
+                        f"extension, got .{ext} twice"
+                    )
                 seen.add(ext)
                 offsets.append(offset)
                 sizes.append(size)
@@ -139,8 +141,10 @@ class Shards:
                 )[0]
             data = m[offset + 512 : offset + 512 + size]
             if len(data) != size:
-                raise InputError(f"shard {path}, sample {key!r}: member .{ext} is truncated "
-                                 f"({len(data)} of {size} bytes)")  # fmt: skip
+                raise InputError(
+                    f"shard {path}, sample {key!r}: member .{ext} is truncated "
+                    f"({len(data)} of {size} bytes)"
+                )
             members[ext] = data
         where = f"shard {path}, sample {key!r}"
         if "json" not in members:
@@ -156,8 +160,11 @@ class Shards:
         modality = meta.get("modality", self.modality)
         if modality != self.modality:
             raise InputError(f"{where}: expected a {self.modality} sample, got {modality!r}")
-        inputs = {e: Member(e, d, f"{where}, member .{e}") for e, d in members.items()
-                  if e not in TEXT_EXTS and not e.startswith("__")}  # fmt: skip
+        inputs = {
+            e: Member(e, d, f"{where}, member .{e}")
+            for e, d in members.items()
+            if e not in TEXT_EXTS and not e.startswith("__")
+        }
         if not inputs:
             raise InputError(f"{where}: expected an input member beside the .json, got none")
         if len(inputs) == 1:
@@ -206,8 +213,13 @@ def materialised(value: Any) -> Iterator[Any]:
         yield f.name
 
 
-def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, *, per_shard: int = 1000,
-                 quiet: bool = False) -> dict[str, str]:  # fmt: skip
+def write_shards(
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    per_shard: int = 1000,
+    quiet: bool = False,
+) -> dict[str, str]:
     """Write a manifest's records as tar shards, one folder per modality:
     OUT/<modality>/shard-000000.tar, ... -> {modality: the brace pattern to train from}."""
     import webdataset as wds
@@ -222,8 +234,10 @@ def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, *, per_sha
             if r.modality not in writers:
                 (out / r.modality).mkdir(parents=True, exist_ok=True)
                 if any((out / r.modality).iterdir()):  # its old shards would join the pattern
-                    raise InputError(f"shards: expected an empty folder for {r.modality}, got files "
-                                     f"in {str(out / r.modality)!r}")  # fmt: skip
+                    raise InputError(
+                        f"shards: expected an empty folder for {r.modality}, got files "
+                        f"in {str(out / r.modality)!r}"
+                    )
                 writers[r.modality] = wds.ShardWriter(
                     str(out / r.modality / "shard-%06d.tar"), maxcount=per_shard, verbose=0
                 )
@@ -233,12 +247,22 @@ def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, *, per_sha
             for part, path in parts.items():
                 ext = Path(path).suffix.lower().lstrip(".")
                 if not ext or Path(path).is_dir():
-                    raise InputError(f"manifest {m.where(int(m.lines[i]))}: expected an input "
-                                     f"file with an extension to shard, got {path!r}")  # fmt: skip
+                    raise InputError(
+                        f"manifest {m.where(int(m.lines[i]))}: expected an input "
+                        f"file with an extension to shard, got {path!r}"
+                    )
                 sample[ext if part is None else f"{part}.{ext}"] = Path(path).read_bytes()
-            text = ({"conversations": [{"from": f, "value": v} for q, a in r.turns
-                                       for f, v in (("human", q), ("gpt", a))]}
-                    if r.turns else {"caption": r.caption})  # fmt: skip
+            text = (
+                {
+                    "conversations": [
+                        {"from": f, "value": v}
+                        for q, a in r.turns
+                        for f, v in (("human", q), ("gpt", a))
+                    ]
+                }
+                if r.turns
+                else {"caption": r.caption}
+            )
             sample["json"] = {"modality": r.modality, **text}
             writers[r.modality].write(sample)
             counts[r.modality] += 1

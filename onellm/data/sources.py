@@ -118,8 +118,14 @@ class Source:
             }
             x = self._preprocess(self.modality, inputs[self.modality]) if preprocess else None
             more = {m: self._preprocess(m, inputs[m]) for m in self.more}
-            return Example(x, r.caption, r.turns, r.input if isinstance(r.input, str) else None,
-                           features=features, more=more)  # fmt: skip
+            return Example(
+                x,
+                r.caption,
+                r.turns,
+                r.input if isinstance(r.input, str) else None,
+                features=features,
+                more=more,
+            )
         mod = self._kinds[i % len(self._kinds)]
         scene, x = rendered(mod, i, self.seed, preprocess=preprocess)
         if self._more:  # a shapes-world pair: scene i of each modality, described together

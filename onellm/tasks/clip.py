@@ -25,8 +25,9 @@ class Clip(TextTask):
             raise ConfigError(f"data.{key}.zoom: expected [lo, hi] with 0 < lo <= hi <= 1, got {z}")
 
     def aux(self, model) -> dict[str, torch.nn.Module]:
-        return {"clip": ContrastiveHead(width=model.encoder.width,
-                                        vocab_size=len(model.text_tokenizer))}  # fmt: skip
+        return {
+            "clip": ContrastiveHead(width=model.encoder.width, vocab_size=len(model.text_tokenizer))
+        }
 
     def extra(self, batch: dict[str, Any], examples, b) -> dict[str, Any]:
         batch["pixels"] = torch.cat([ex.input for ex in examples])

@@ -29,8 +29,13 @@ def zoom_out(pixels: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
             out[idx] = x[idx]
             continue
         top, left = (h - hh) // 2, (w - ww) // 2
-        small = F.interpolate(x[idx].flatten(0, 1), size=(hh, ww), mode="bilinear",
-                              antialias=True, align_corners=False)  # fmt: skip
+        small = F.interpolate(
+            x[idx].flatten(0, 1),
+            size=(hh, ww),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
         out[idx, :, :, top : top + hh, left : left + ww] = small.unflatten(0, (len(idx), -1))
     return out.reshape(pixels.shape)
 
@@ -40,10 +45,19 @@ class ContrastiveHead(nn.Module):
 
     def __init__(self, *, width: int, vocab_size: int, dim: int = 64, max_len: int = 32) -> None:
         super().__init__()
-        cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width,
-                             num_hidden_layers=2, num_attention_heads=max(1, width // 32),
-                             max_position_embeddings=max_len, projection_dim=dim,
-                             hidden_act="quick_gelu", eos_token_id=2, pad_token_id=0, bos_token_id=1)  # fmt: skip
+        cfg = CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=2,
+            num_attention_heads=max(1, width // 32),
+            max_position_embeddings=max_len,
+            projection_dim=dim,
+            hidden_act="quick_gelu",
+            eos_token_id=2,
+            pad_token_id=0,
+            bos_token_id=1,
+        )
         self.text = CLIPTextModelWithProjection(cfg)
         self.visual_projection = nn.Linear(width, dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1 / 0.07), as CLIP
@@ -67,7 +81,8 @@ class ContrastiveHead(nn.Module):
         m = mask.unsqueeze(-1).to(hidden.dtype)
         text = F.normalize(self.text.text_projection((hidden * m).sum(1) / m.sum(1)), dim=-1)
         logits = image @ text.T * self.logit_scale.exp().clamp(max=100)
-        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=logits.dtype,
-                            device=logits.device)  # fmt: skip
+        same = torch.tensor(
+            [[a == b for b in captions] for a in captions], dtype=logits.dtype, device=logits.device
+        )
         targets = same / same.sum(-1, keepdim=True)
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2

@@ -106,8 +106,12 @@ def evaluate_qa(
         scenes = shapes.sample(key, samples, split="test", seed=seed, model=model)
         asked = [(s.input, q, a) for s in scenes for q, a in s.qa]
     else:
-        asked = [(r.input, q, a) for r in read_manifest(data)
-                 if not r.more and model.modality_key(r.modality) == key for q, a in r.turns]  # fmt: skip
+        asked = [
+            (r.input, q, a)
+            for r in read_manifest(data)
+            if not r.more and model.modality_key(r.modality) == key
+            for q, a in r.turns
+        ]
     by_question: dict[str, list[tuple[Any, str]]] = {}
     for raw, q, a in asked:  # one batched chat per question: a shared prompt
         by_question.setdefault(q, []).append((raw, a))
@@ -129,16 +133,23 @@ def qa_metrics(modality: str, answers: dict[str, list[str]], preds: dict[str, li
     for q, truth in answers.items():
         got = [normalise(p) == normalise(t) for p, t in zip(preds[q], truth, strict=True)]
         by[q] = {"correct": int(sum(got)), "n": len(got)}
-        examples += [{"question": q, "answer": t, "prediction": p}
-                     for p, t in list(zip(preds[q], truth, strict=True))[:2]]  # fmt: skip
+        examples += [
+            {"question": q, "answer": t, "prediction": p}
+            for p, t in list(zip(preds[q], truth, strict=True))[:2]
+        ]
     n = sum(v["n"] for v in by.values())
     if not n:
         raise InputError(
             f"{modality}: expected questions to ask (scenes with qa or conversations), got none"
         )
     accuracy = sum(v["correct"] for v in by.values()) / n
-    return {"modality": modality, "n": n, "qa_accuracy": accuracy, "by_question": by,
-            "examples": examples}  # fmt: skip
+    return {
+        "modality": modality,
+        "n": n,
+        "qa_accuracy": accuracy,
+        "by_question": by,
+        "examples": examples,
+    }
 
 
 def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0) -> dict[str, Any]:
@@ -165,8 +176,12 @@ def held_out(model: Any, task: str, samples: int, score) -> dict[str, Any]:
                 scores.setdefault(k, []).append(v)
             if len(examples) < 5:
                 examples.append({"prompt": prompt, "reply": text, **got})
-    return {"task": task, "n": samples, **{k: float(np.mean(v)) for k, v in scores.items()},
-            "examples": examples}  # fmt: skip
+    return {
+        "task": task,
+        "n": samples,
+        **{k: float(np.mean(v)) for k, v in scores.items()},
+        "examples": examples,
+    }
 
 
 class StageEval:
@@ -194,8 +209,10 @@ class StageEval:
         from onellm.registry import TASKS
 
         e, seed = self.cfg.eval, self.cfg.seed + 1
-        results = {m: evaluate(model, m, samples=e.samples, seed=seed, max_new_tokens=e.max_new_tokens)
-                   for m in self.modalities}  # fmt: skip
+        results = {
+            m: evaluate(model, m, samples=e.samples, seed=seed, max_new_tokens=e.max_new_tokens)
+            for m in self.modalities
+        }
         routing, per_query = {}, {}
         # perceiver and MLP projections have no router
         for m in [m for m in results if hasattr(model.projector(m), "routes")]:
@@ -204,9 +221,13 @@ class StageEval:
             routing[m], per_query[m] = report["per_expert"], report["per_query"]
         record = {"results": results, "routing": routing, "routing_per_query": per_query}
         if self.asked:  # instruction data trains: does it answer what it is asked?
-            record["qa"] = {m: evaluate_qa(model, m, samples=e.samples, seed=seed)
-                            for m in self.modalities if m in self.asked}  # fmt: skip
+            record["qa"] = {
+                m: evaluate_qa(model, m, samples=e.samples, seed=seed)
+                for m in self.modalities
+                if m in self.asked
+            }
         if self.tasks:
-            record["outputs"] = {t: TASKS.get(t).evaluate(model, samples=e.samples, seed=seed)
-                                 for t in self.tasks}  # fmt: skip
+            record["outputs"] = {
+                t: TASKS.get(t).evaluate(model, samples=e.samples, seed=seed) for t in self.tasks
+            }
         return record

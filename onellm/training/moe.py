@@ -63,8 +63,15 @@ def recording(projection: UniversalProjection) -> Iterator[list[Call]]:
     calls: list[Call] = []
 
     def record(modality: str, x: torch.Tensor, routing: Routing) -> None:
-        calls.append(Call(modality, projection.routers[modality], x, routing,
-                          list(projection.routes[modality])))  # fmt: skip
+        calls.append(
+            Call(
+                modality,
+                projection.routers[modality],
+                x,
+                routing,
+                list(projection.routes[modality]),
+            )
+        )
 
     projection.recorder = record
     try:
@@ -85,9 +92,16 @@ def router_z(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().logsumexp(-1).square().sum()
 
 
-def step_losses(calls: list[Call], *, balance: float, z_loss: float, scope: str, num_experts: int,
-                all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
-                world: int = 1) -> tuple[torch.Tensor | None, dict[str, float]]:  # fmt: skip
+def step_losses(
+    calls: list[Call],
+    *,
+    balance: float,
+    z_loss: float,
+    scope: str,
+    num_experts: int,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    world: int = 1,
+) -> tuple[torch.Tensor | None, dict[str, float]]:
     """The step's MoE loss to backward on this process (None: nothing to add), and the
     step's balance and z-loss values (unweighted; over all processes) to log.
 
@@ -111,12 +125,17 @@ def step_losses(calls: list[Call], *, balance: float, z_loss: float, scope: str,
         if scope == "global":
             mass = torch.zeros(num_experts, device=device)
             for c, r in zip(calls, fresh, strict=True):
-                mass = mass.index_add(0, torch.tensor(c.experts, device=device),
-                                      r.probs.reshape(-1, len(c.experts)).float().sum(0))  # fmt: skip
+                mass = mass.index_add(
+                    0,
+                    torch.tensor(c.experts, device=device),
+                    r.probs.reshape(-1, len(c.experts)).float().sum(0),
+                )
             terms["balance"] = reach.sum() * (counts / counts.sum() * mass).sum() / n
         else:
-            terms["balance"] = sum(c.tokens / n * switch_balance(c.routing.chosen, r.probs)
-                                   for c, r in zip(calls, fresh, strict=True))  # fmt: skip
+            terms["balance"] = sum(
+                c.tokens / n * switch_balance(c.routing.chosen, r.probs)
+                for c, r in zip(calls, fresh, strict=True)
+            )
     if z_loss and any(r.logits is not None for r in fresh):
         terms["z_loss"] = sum(router_z(r.logits) for r in fresh if r.logits is not None) / n
     if not terms:  # a z-loss alone over parameter-free routers
@@ -156,8 +175,15 @@ class StepMoE:
                 rows.device
             )
         self.use.add(names, self.d.all_sum(rows).cpu(), p.num_experts)
-        return step_losses(calls, balance=cfg.balance, z_loss=cfg.z_loss, scope=cfg.scope,
-                           num_experts=p.num_experts, all_sum=self.d.all_sum, world=self.d.world)  # fmt: skip
+        return step_losses(
+            calls,
+            balance=cfg.balance,
+            z_loss=cfg.z_loss,
+            scope=cfg.scope,
+            num_experts=p.num_experts,
+            all_sum=self.d.all_sum,
+            world=self.d.world,
+        )
 
     def report(self) -> dict[str, Any]:
         """Per modality since the last report: load, routed, entropy, dropped, passed; and

@@ -16,8 +16,13 @@ from onellm.training.stage import StageConfig
 def optimizer(root: nn.Module, cfg: StageConfig) -> tuple[torch.optim.AdamW, Any]:
     """-> (AdamW, its LambdaLR schedule) for `root`'s trainable parameters."""
     o = cfg.optimizer
-    opt = torch.optim.AdamW(param_groups(root, o.lr, o.lr_scale), lr=o.lr, betas=tuple(o.betas),
-                            eps=o.eps, weight_decay=o.weight_decay)  # fmt: skip
+    opt = torch.optim.AdamW(
+        param_groups(root, o.lr, o.lr_scale),
+        lr=o.lr,
+        betas=tuple(o.betas),
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+    )
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
 

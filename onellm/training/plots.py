@@ -134,8 +134,10 @@ def plot_routing(routing: dict[str, list[float]], path: Path, title: str) -> Pat
 
 def plot_table(stages: list[dict], path: Path) -> Path:
     """The demo's stage x modality accuracy table as a heat map."""
-    mods = sorted({m for s in stages for m in s["accuracy"]}, key=lambda m: min(
-        i for i, s in enumerate(stages) if m in s["accuracy"]))  # fmt: skip
+    mods = sorted(
+        {m for s in stages for m in s["accuracy"]},
+        key=lambda m: min(i for i, s in enumerate(stages) if m in s["accuracy"]),
+    )
     fig, ax = plt.subplots(figsize=(1.1 * len(mods) + 2, 0.6 * len(stages) + 1.5))
     grid = [[s["accuracy"].get(m, float("nan")) for m in mods] for s in stages]
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")

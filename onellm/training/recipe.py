@@ -53,8 +53,9 @@ def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[
     if is_config(src):  # a model YAML (a path or a shipped name), else a saved run
         model = OneLLM.from_config(src, cfg.model_overrides, device=device)
     else:
-        model = OneLLM.from_pretrained(src, trainable_lora=True, device=device,
-                                       overrides=cfg.model_overrides)  # fmt: skip
+        model = OneLLM.from_pretrained(
+            src, trainable_lora=True, device=device, overrides=cfg.model_overrides
+        )
     if cfg.lora is not None and not hasattr(model.llm, "peft_config"):
         lo = cfg.lora
         model.add_lora(
@@ -62,14 +63,26 @@ def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[
         )
     if cfg.upcycle is not None:  # seeded: a resume or FSDP's saving twin gets the same copies
         u = cfg.upcycle
-        surgery.upcycle(model, u.experts, sources=u.sources, noise=u.noise, router=u.router,
-                        generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+        surgery.upcycle(
+            model,
+            u.experts,
+            sources=u.sources,
+            noise=u.noise,
+            router=u.router,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
     added: list[str] = []
     if cfg.add_modality is not None:
         a = cfg.add_modality
         spec = {**({"type": a.type} if a.type else {}), **a.options}
-        added = model.add_modality(a.name, spec, new_experts=a.new_experts, init_from=a.init_from,
-                                   upcycle_from=a.upcycle_from, expert_noise=a.expert_noise)  # fmt: skip
+        added = model.add_modality(
+            a.name,
+            spec,
+            new_experts=a.new_experts,
+            init_from=a.init_from,
+            upcycle_from=a.upcycle_from,
+            expert_noise=a.expert_noise,
+        )
     for new, trained in cfg.init_modalities.items():
         try:
             model.init_modality_from(new, trained)
@@ -112,22 +125,31 @@ class Recipe:
         # one root so that names (for patterns and checkpoints) are "model.*" / "aux.*"
         self.root = nn.ModuleDict({"model": self.model, "aux": self.aux})
         # freezing, and how the trained blocks run
-        self.n_trainable, self.n_total = apply_trainable(self.root, cfg.trainable, added,
-                                                         world=self.d.world)  # fmt: skip
+        self.n_trainable, self.n_total = apply_trainable(
+            self.root, cfg.trainable, added, world=self.d.world
+        )
         self.model.train()
         self.cache_notes: dict[str, str] = {}
         if cfg.feature_cache:  # before sharding: the whole encoder runs on rank 0
             self.cache_notes = feature_cache.attach(
-                self.model, self.sources, cfg.feature_cache, rank=self.d.rank, world=self.d.world,
-                workers=cfg.data_workers, precision=cfg.precision,
-                quiet=self.quiet or not self.d.main)  # fmt: skip
+                self.model,
+                self.sources,
+                cfg.feature_cache,
+                rank=self.d.rank,
+                world=self.d.world,
+                workers=cfg.data_workers,
+                precision=cfg.precision,
+                quiet=self.quiet or not self.d.main,
+            )
         if cfg.activation_checkpointing:
             activation_checkpointing.enable(self.model)
         if self.d.world > 1:
             for key in cfg.data:
                 if self.batch_size(key) % self.d.world:
-                    raise ConfigError(f"data.{key}: batch_size {self.batch_size(key)} must divide "
-                                      f"by the {self.d.world} processes")  # fmt: skip
+                    raise ConfigError(
+                        f"data.{key}: batch_size {self.batch_size(key)} must divide "
+                        f"by the {self.d.world} processes"
+                    )
             distributed.shard(self.model, self.d.mesh, PRECISIONS[cfg.precision])
         if cfg.compile:  # the UPM's expert pool as one (bench/: ~1.3x a step); other kinds' blocks
             proj = self.model.projection
@@ -217,9 +239,13 @@ class Recipe:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = {"loss": float(self.d.all_sum(logged)) / self.d.world,
-                 "source": key if len(parts) == 1 else "mixed", "grad_norm": norm,
-                 "lr": max(self.scheduler.get_last_lr()), **moe_stats}  # fmt: skip
+        stats = {
+            "loss": float(self.d.all_sum(logged)) / self.d.world,
+            "source": key if len(parts) == 1 else "mixed",
+            "grad_norm": norm,
+            "lr": max(self.scheduler.get_last_lr()),
+            **moe_stats,
+        }
         for name in {k for e in extras for k in e}:  # e.g. the decoder's part of the loss
             values = [e[name] for e in extras if name in e]
             stats[name] = sum(values) / len(values)
@@ -228,8 +254,13 @@ class Recipe:
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
         cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not self.d.main or self.quiet,
-                   dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc=cfg.name,
+            disable=not self.d.main or self.quiet,
+            dynamic_ncols=True,
+        )
         tick, seen, waited = time.perf_counter(), 0, 0.0
         loader = steps(step_loader(self.data, self.step, self.device))
         while self.step < cfg.steps:
@@ -247,8 +278,17 @@ class Recipe:
                 for warning in use.pop("warnings", []):
                     tqdm.write(f"[{cfg.name}] warning: {warning}")
                     self.files.log({"event": "warning", "step": self.step, "message": warning})
-                self.files.log({"event": "train", "step": self.step, "samples_per_s": rate,
-                                "data_wait": wait, "peak_rss_mb": peak_rss_mb(), **stats, **use})  # fmt: skip
+                self.files.log(
+                    {
+                        "event": "train",
+                        "step": self.step,
+                        "samples_per_s": rate,
+                        "data_wait": wait,
+                        "peak_rss_mb": peak_rss_mb(),
+                        **stats,
+                        **use,
+                    }
+                )
                 bar.set_postfix(
                     loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}", sps=f"{rate:.0f}"
                 )

@@ -57,8 +57,17 @@ class RunFiles:
         (self.root / "stage.yaml").write_text(
             yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
         )
-        self.log({"event": "start", "stage": cfg.name, "step": resumed_at, "trainable_params": trainable,
-                  "total_params": total, "processes": self.d.world, "time": time.time()})  # fmt: skip
+        self.log(
+            {
+                "event": "start",
+                "stage": cfg.name,
+                "step": resumed_at,
+                "trainable_params": trainable,
+                "total_params": total,
+                "processes": self.d.world,
+                "time": time.time(),
+            }
+        )
         print(
             f"[{cfg.name}] training {trainable:,} of {total:,} parameters on {self.d.world} process(es)"
         )
@@ -92,8 +101,14 @@ class RunFiles:
             save_file(
                 {k: v.contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors"
             )
-            torch.save({"optimizer": optim, "scheduler": state.scheduler.state_dict(),
-                        "scaler": state.scaler.state_dict()}, tmp / "optimizer.pt")  # fmt: skip
+            torch.save(
+                {
+                    "optimizer": optim,
+                    "scheduler": state.scheduler.state_dict(),
+                    "scaler": state.scaler.state_dict(),
+                },
+                tmp / "optimizer.pt",
+            )
             (tmp / "trainer.json").write_text(json.dumps({"step": step, "stage": state.stage}))
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)  # atomic: a checkpoint dir is complete or absent
@@ -116,9 +131,13 @@ class RunFiles:
             )
         trainable = read_safetensors(ckpt / "trainable.safetensors")
         saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-        set_state_dict(state.root, state.optimizer, model_state_dict=trainable,
-                       optim_state_dict=saved["optimizer"],
-                       options=StateDictOptions(full_state_dict=True, strict=False))  # fmt: skip
+        set_state_dict(
+            state.root,
+            state.optimizer,
+            model_state_dict=trainable,
+            optim_state_dict=saved["optimizer"],
+            options=StateDictOptions(full_state_dict=True, strict=False),
+        )
         state.scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler"):  # fp16 runs: the loss scale goes on where it was
             state.scaler.load_state_dict(saved["scaler"])

@@ -225,8 +225,10 @@ def validate_moe(cfg: StageConfig) -> None:
         if getattr(m, name) < 0:
             raise ConfigError(f"moe.{name}: expected >= 0, got {getattr(m, name)}")
     if not 0 <= m.collapse.floor <= 1 or m.collapse.steps < 1:
-        raise ConfigError(f"moe.collapse: expected floor in [0, 1] and steps >= 1, got "
-                          f"{m.collapse.floor} and {m.collapse.steps}")  # fmt: skip
+        raise ConfigError(
+            f"moe.collapse: expected floor in [0, 1] and steps >= 1, got "
+            f"{m.collapse.floor} and {m.collapse.steps}"
+        )
     u = cfg.upcycle
     if u is not None and (u.experts < 1 or u.noise < 0):
         raise ConfigError(

@@ -33,8 +33,18 @@ class TextTask(Task):
             rng = b.rng(j)
             turns = self.use_turns(ex, rng, b)
             carried = self.carried(ex, b)
-            rows.append(tokens(ex, model.layout, chat, rng, use_turns=turns,
-                               lm=self.lm, context_mix=b.cfg.context_mix, given=carried))  # fmt: skip
+            rows.append(
+                tokens(
+                    ex,
+                    model.layout,
+                    chat,
+                    rng,
+                    use_turns=turns,
+                    lm=self.lm,
+                    context_mix=b.cfg.context_mix,
+                    given=carried,
+                )
+            )
             given.append(carried)
         n = max(1, len(examples) // 16) if self.length_grouped else 1
         out = []
@@ -72,9 +82,16 @@ class TextTask(Task):
         return int((batch["labels"][:, 1:] != -100).sum())
 
     def forward(self, s: Step, batch: dict[str, Any], items: torch.Tensor, **kwargs: Any):
-        return s.model(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                       inputs=batch.get("inputs"), features=batch.get("features"),
-                       aux=batch.get("aux"), num_items_in_batch=items, **kwargs)  # fmt: skip
+        return s.model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            inputs=batch.get("inputs"),
+            features=batch.get("features"),
+            aux=batch.get("aux"),
+            num_items_in_batch=items,
+            **kwargs,
+        )
 
     def loss(self, s: Step, batch: dict[str, Any], items: torch.Tensor):
         return self.forward(s, batch, items).loss, {}
