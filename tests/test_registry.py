@@ -1,7 +1,7 @@
 import pytest
 
 from onellm.errors import RegistryError
-from onellm.registry import Registry
+from onellm.registry import MODALITIES, Registry
 
 
 def test_register_lookup_and_aliases():
@@ -32,8 +32,6 @@ def test_failed_lookup_lists_what_is_registered():
 
 
 def test_shipped_modalities_are_registered():
-    from onellm.registry import MODALITIES
-
     expected = {"image", "video", "audio", "point", "depth", "normal", "imu", "fmri"}
     assert expected <= set(MODALITIES.names())
     assert MODALITIES.canonical("rgbd") == "depth" and MODALITIES.canonical("rgbn") == "normal"

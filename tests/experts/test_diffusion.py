@@ -1,8 +1,13 @@
 """The diffusion decoder: a tiny diffusers UNet saved and loaded as diffusers does."""
 
+import json
+
 import pytest
 import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import DDIMScheduler as Sched
 from onellm.experts.output.decoders.diffusion import DiffusionDecoder, tiny_unet
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from onellm.errors import CheckpointError, InputError
 
@@ -39,12 +44,6 @@ def test_an_unknown_directory_is_a_clear_error(tmp_path):
 
 def tiny_stable_diffusion(root):
     """A Stable Diffusion directory at toy sizes, written by diffusers' own save_pretrained."""
-    import json
-
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
-    from diffusers import DDIMScheduler as Sched
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     letters = "abcdefghijklmnopqrstuvwxyz"
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(letters)})

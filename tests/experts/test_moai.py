@@ -3,11 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from onellm.experts.moai.auxiliary import AUXILIARY, ColourRegions, build_source, describe
+from onellm.experts.moai.auxiliary import ColourRegions, build_source, describe
 
 from onellm import OneLLM
 from onellm.data import scene_qa
 from onellm.errors import ConfigError, InputError, RegistryError
+from onellm.inference.chat import Conversation, generate
+from onellm.modeling.template import render_prompt
+from onellm.registry import AUXILIARY
 from tests.conftest import TINY
 
 MOAI = "moai={layers: [1, 3], sources: [components, sam], queries: 6, rank: 32, heads: 4}"
@@ -188,9 +191,6 @@ def test_a_cached_step_equals_the_whole_sequence(scene):
 def test_left_padded_rows_each_equal_their_chat_alone(scene):
     """A batch of prompts of different lengths (left-padded in one generate) with a trained
     mixer: padding is nobody's context, so each row says what it says alone."""
-    from onellm.inference.chat import Conversation, generate
-    from onellm.modeling.template import render_prompt
-
     torch.manual_seed(0)
     model = OneLLM.from_config(TINY, [MOAI]).eval()
     perturbed(model, 1.0)  # a mixer strong enough that reading padding would change words

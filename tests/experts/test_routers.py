@@ -1,6 +1,8 @@
 import pytest
 import torch
-from onellm.experts.projection.routers import ROUTERS
+from onellm.experts.projection.routers import over_capacity, transplant
+
+from onellm.registry import ROUTERS
 
 
 def build(kind, **kw):
@@ -63,8 +65,6 @@ def rigged(kind, logits, **kw):
 
 
 def test_over_capacity_drops_exactly_the_late_assignments():
-    from onellm.experts.projection.routers import over_capacity
-
     # 2 examples x 3 queries, 2 experts; expert 0 chosen 5 times, expert 1 once
     chosen = torch.tensor([[[1, 0], [1, 1], [1, 0]], [[1, 0], [1, 0], [0, 0]]], dtype=torch.bool)
     # 6 assignments over 2 experts at factor 1: capacity 3 each; expert 0's 4th and 5th go
@@ -157,8 +157,6 @@ def test_bad_router_options_are_refused():
 
 
 def test_transplant_copies_rows_and_upcycled_rows_match_their_source():
-    from onellm.experts.projection.routers import transplant
-
     old, new = build("soft"), ROUTERS.build("topk", width=16, hidden=32, num_experts=6, k=2)
     transplant(old, new, [0, 1, 2, 3, 1, 1])
     x = torch.randn(2, 5, 16)

@@ -3,8 +3,10 @@
 import pytest
 import torch
 from onellm.experts.output.decoders.sam import SamMaskDecoder, build_sam, mask_loss
+from onellm.experts.output.decoders.text import CaptionEncoder
 
-from onellm.errors import CheckpointError, InputError
+from onellm.errors import CheckpointError, ConfigError, InputError
+from onellm.modeling.text_tokenizer import tiny_tokenizer
 
 TINY_SAM = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, heads=2, global_attn=(1,),
                 window_size=4, prompt_dim=32, decoder_mlp=64, decoder_heads=2)  # fmt: skip
@@ -73,11 +75,6 @@ def test_point_and_box_prompts_through_sams_prompt_encoder_train_the_image_encod
 def test_phrase_prompts_need_a_text_encoder_and_train_it():
     """SAM's text prompts (the tiny decoder's caption encoder): each phrase gives its own
     mask, gradients reach the caption encoder; without one it is a clear error."""
-    from onellm.experts.output.decoders.text import CaptionEncoder
-
-    from onellm.errors import ConfigError
-    from onellm.modeling.text_tokenizer import tiny_tokenizer
-
     images = torch.rand(2, 3, 64, 64)
     with pytest.raises(ConfigError, match="no text encoder"):
         SamMaskDecoder(build_sam(**TINY_SAM)).prompted(images, texts=["the red circle"] * 2)

@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from onellm import OneLLM
 from onellm.errors import InputError
+from onellm.modeling.modality import find_modality
+from onellm.registry import MODALITIES
 from tests.conftest import ROOT, random_input
 
 rng = np.random.default_rng(0)
@@ -72,9 +75,6 @@ def test_missing_file_is_an_input_error(tiny_model, tmp_path, name):
 def registered():
     """Every modality the registry can find: the shipped entry points and the thermal
     plug-in (a file outside the package), as a user's YAML would name it."""
-    from onellm.modeling.modality import find_modality
-    from onellm.registry import MODALITIES
-
     find_modality(str(ROOT / "examples" / "thermal" / "onellm_thermal.py"), "thermal")
     return sorted({MODALITIES.canonical(n) for n in MODALITIES.names()})
 
@@ -82,8 +82,6 @@ def registered():
 @pytest.fixture(scope="module")
 def every_modality_model():
     """The tiny model with every registered modality the tiny config does not hold added."""
-    from onellm import OneLLM
-
     torch.manual_seed(0)
     model = OneLLM.from_config(ROOT / "configs" / "tiny.yaml").eval()
     for name in registered():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from onellm.modalities import clip_image
 from onellm.modalities.clip_image import to_image_tensor
+from onellm.modalities.depth import read_depth
 from PIL import Image
 
 from onellm.errors import InputError
@@ -73,8 +74,6 @@ def test_hostile_image_files_are_input_errors(tmp_path, monkeypatch, tiny_model)
 
 
 def test_depth_from_a_16_bit_png_keeps_its_metric_range(tmp_path, tiny_model):
-    from onellm.modalities.depth import read_depth
-
     mod = tiny_model.modalities["depth"]
     mm = np.linspace(500, 8000, 24 * 32).reshape(24, 32).astype(np.uint16)  # millimetres
     Image.fromarray(mm).save(tmp_path / "d.png")

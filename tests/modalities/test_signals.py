@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from onellm.modalities.audio import AudioModality, resample
-from onellm.modalities.fmri import FMRIModality
+from onellm.modalities.fmri import FMRIModality, FMRITokenizer
 from onellm.modalities.imu import IMUModality
 from onellm.modalities.point import PointModality, PointTokenizer, furthest_point_sample
 
@@ -84,8 +84,6 @@ def test_fmri_checks_voxel_count():
 
 
 def test_fmri_tokens_are_read_channel_major():
-    from onellm.modalities.fmri import FMRITokenizer
-
     t = FMRITokenizer(width=4, voxels=3, tokens=2)
     y = t.proj(torch.ones(1, 3))
     out = t(torch.ones(1, 1, 3), None)

@@ -18,7 +18,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from onellm.experts.output.decoders.text import caption_encoder
 from PIL import Image
 from torch import nn
@@ -61,8 +66,6 @@ class DiffusionDecoder(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> DiffusionDecoder:
         p = Path(path)
         if (p / "model_index.json").is_file():
-            from diffusers import StableDiffusionPipeline
-
             pipe = StableDiffusionPipeline.from_pretrained(p, local_files_only=True,
                                                            safety_checker=None)  # fmt: skip
             return cls(pipe.unet, pipeline=pipe, **kwargs)
