@@ -4,15 +4,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench gpu-check lint clean
+.PHONY: setup demo test bench gpu-check lint install-check clean
 
 setup: $(STAMP)
 
-# torch comes from the package registry by name; the same build runs on CPU and GPU
-$(STAMP): pyproject.toml
+# torch comes from the package registry by name; the same build runs on CPU and GPU.
+# tests/plugin: an out-of-tree plug-in package the tests use, installed through its entry points
+$(STAMP): pyproject.toml tests/plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e tests/plugin
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,6 +31,10 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py tests/test_quantize.py
 	$(BIN)/python -m bench.gpu
+
+# the wheel, core only, in a fresh venv, used from a temporary directory; then the serve extra
+install-check: $(STAMP)
+	bash .ci/install_check.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
