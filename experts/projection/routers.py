@@ -23,29 +23,11 @@ whole `Routing`, which the projection uses and the MoE losses read (onellm/moe.p
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
+from onellm.modeling.projection import Routing
 from onellm.registry import ROUTERS
-
-
-@dataclasses.dataclass
-class Routing:
-    """One router call over (B, Q) tokens and its K experts."""
-
-    weights: torch.Tensor  # (B, Q, K) what mixes the experts (zero where not used)
-    probs: torch.Tensor  # (B, Q, K) the soft weights before any choice (sum 1), noiseless
-    logits: torch.Tensor | None  # (B, Q, K) the router's raw outputs (None: no parameters)
-    chosen: torch.Tensor  # (B, Q, K) bool: assignments before capacity
-    dropped: torch.Tensor  # (B, Q, K) bool: chosen assignments over an expert's capacity
-    noise: torch.Tensor | None = None  # the gating noise drawn, so that a recompute matches
-
-    @property
-    def passed(self) -> torch.Tensor:
-        """(B, Q) bool: tokens whose every assignment was dropped (they skip the experts)."""
-        return ~(self.chosen & ~self.dropped).any(-1)
 
 
 class RouterMLP(nn.Module):
