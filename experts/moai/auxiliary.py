@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from onellm.experts.output.decoders.sam import SamMaskDecoder
 from scipy import ndimage
 
 from onellm.errors import ConfigError, InputError
@@ -87,9 +88,6 @@ def in_range(masks: list[np.ndarray], lo: float, hi: float) -> list[np.ndarray]:
 
 def models_sam(model: Any) -> Any:
     """The model's SAM mask decoder: that of its output expert with one (`outputs.seg`'s)."""
-    # segment_anything takes 2 s to import: only a model's SAM is asked for it
-    from onellm.experts.output.decoders.sam import SamMaskDecoder
-
     for expert in getattr(model, "outputs", {}).values():
         if isinstance(expert.decoder, SamMaskDecoder):
             return expert.decoder

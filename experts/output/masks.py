@@ -11,6 +11,18 @@ from onellm.modeling.outputs import OutputExpert
 from onellm.registry import OUTPUT_KINDS
 
 
+def mask_loss(
+    logits: torch.Tensor, target: torch.Tensor, bce: float = 2.0, dice: float = 0.5
+) -> torch.Tensor:
+    """LISA's mask loss: `bce` x per-pixel BCE + `dice` x Dice, over (N, H, W) masks."""
+    target = target.to(logits.dtype)
+    b = F.binary_cross_entropy_with_logits(logits, target)
+    p = logits.sigmoid().flatten(1)
+    t = target.flatten(1)
+    d = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return bce * b + dice * d.mean()
+
+
 class MaskOutput(OutputExpert):
     """`<seg>` -> one SAM prompt per token -> a mask on the sample's image (LISA)."""
 
@@ -50,9 +62,6 @@ class MaskOutput(OutputExpert):
     def loss(self, ids, hidden, embeds, targets):
         """LISA's 2.0 x BCE + 0.5 x Dice per mask (`outputs.seg.loss`), plus `align` x the
         MSE from each prompt to the caption encoder's reading of the phrase (detached)."""
-        # segment_anything takes 2 s to import: the kind registers without it, a loss needs it
-        from onellm.experts.output.decoders.sam import mask_loss
-
         prompts, where = self.prompts(ids, hidden, embeds)
         logits = self.mask_logits(prompts, where, targets["pixels"])
         per = [mask_loss(lg, m[None].expand_as(lg), **self.weights)

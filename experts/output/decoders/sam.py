@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from onellm.experts.output.decoders.text import caption_encoder
+from onellm.experts.output.masks import mask_loss  # noqa: F401  (still read here by tasks/sam.py)
 from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
@@ -242,18 +243,6 @@ class SamMaskDecoder(nn.Module):
         sparse = torch.cat(parts, dim=1)
         masks = self.decode(emb, list(sparse[:, None]), size, tuple(images.shape[-2:]))
         return torch.cat(masks)
-
-
-def mask_loss(
-    logits: torch.Tensor, target: torch.Tensor, bce: float = 2.0, dice: float = 0.5
-) -> torch.Tensor:
-    """LISA's mask loss: `bce` x per-pixel BCE + `dice` x Dice, over (N, H, W) masks."""
-    target = target.to(logits.dtype)
-    b = F.binary_cross_entropy_with_logits(logits, target)
-    p = logits.sigmoid().flatten(1)
-    t = target.flatten(1)
-    d = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
-    return bce * b + dice * d.mean()
 
 
 def sam_decoder(*, checkpoint: str | None = None, text: dict | None = None, tokenizer=None,
