@@ -56,7 +56,13 @@ def open_image(name: str, path: Any) -> Image.Image:
             return ImageOps.exif_transpose(im) or im
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # fmt: skip
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as e:
         raise InputError(f"{name}: expected an image file, got unreadable {str(p)!r}: {e}") from e
 
 

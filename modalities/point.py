@@ -153,8 +153,15 @@ class PointTokenizer(nn.Module):
 class PointModality:
     name = "point"
 
-    def __init__(self, *, points: int = 8192, groups: int = 1024, neighbours: int = 32,
-                 coords: str = "rgb", xyz_colour: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        points: int = 8192,
+        groups: int = 1024,
+        neighbours: int = 32,
+        coords: str = "rgb",
+        xyz_colour: str = "auto",
+    ) -> None:
         if coords not in _COORDS:
             raise InputError(f"{self.name}: coords must be 'xyz' or 'rgb', got {coords!r}")
         if xyz_colour not in XYZ_COLOURS:

@@ -32,10 +32,16 @@ from onellm.errors import ConfigError, InputError
 from onellm.registry import AUXILIARY
 
 COLOUR_NAMES = {  # a basic palette; each region takes the nearest (RGB, 0-255)
-    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230),
-    "yellow": (235, 215, 40), "orange": (240, 140, 30), "purple": (140, 60, 190),
-    "white": (245, 245, 245), "black": (20, 20, 20), "grey": (128, 128, 128),
-}  # fmt: skip
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "orange": (240, 140, 30),
+    "purple": (140, 60, 190),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "grey": (128, 128, 128),
+}
 
 
 def shape_word(mask: np.ndarray) -> str:
@@ -100,8 +106,14 @@ class SamRegions:
     `stability` IoU of the one at logit > -1, SAM's stability score) and between `min_area`
     and `max_area` of the image, deduplicated, each verbalised."""
 
-    def __init__(self, *, grid: int = 6, min_area: float = 0.004, max_area: float = 0.4,
-                 stability: float = 0.85) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        grid: int = 6,
+        min_area: float = 0.004,
+        max_area: float = 0.4,
+        stability: float = 0.85,
+    ) -> None:
         self.grid, self.min_area, self.max_area = grid, min_area, max_area
         self.stability = stability
 

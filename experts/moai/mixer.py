@@ -65,8 +65,11 @@ class LowRankAttention(nn.Module):
             valid = valid[:, None, :].expand(-1, x.shape[1], -1)
         some = valid.any(-1, keepdim=True)  # (B, L, 1)
         mask = (valid | ~some)[:, None]  # an empty row attends to anything, then is zeroed
-        out = self.out(rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                                 "b h l d -> b l (h d)"))  # fmt: skip
+        out = self.out(
+            rearrange(
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "b h l d -> b l (h d)"
+            )
+        )
         return out * some.to(out.dtype)
 
 
@@ -80,8 +83,14 @@ class LayerMixer(nn.Module):
         self.language_aux, self.language_visual, self.language_self = expert(), expert(), expert()
         self.gate_visual, self.gate_language = nn.Linear(width, 2), nn.Linear(width, 3)
 
-    def forward(self, h: torch.Tensor, is_visual: torch.Tensor, visual: tuple[torch.Tensor, ...],
-                language: tuple[torch.Tensor, ...], aux: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self,
+        h: torch.Tensor,
+        is_visual: torch.Tensor,
+        visual: tuple[torch.Tensor, ...],
+        language: tuple[torch.Tensor, ...],
+        aux: torch.Tensor,
+    ) -> torch.Tensor:
         """h (B, L, D); `visual`: the visual states (B, Nv, D) and valid (B, Nv); `language`:
         the language states so far (B, Nt, D) and which each row may read (B, L, Nt)."""
         aux_valid = torch.ones(aux.shape[:2], dtype=torch.bool, device=aux.device)
@@ -118,9 +127,18 @@ def gather_visual(h: torch.Tensor, is_visual: torch.Tensor) -> tuple[torch.Tenso
 class MoAI(nn.Module):
     """Auxiliary sources, compressor and per-layer mixers; `attach(llm)` joins the layers."""
 
-    def __init__(self, *, llm_width: int, layers: Sequence[int], sources: Sequence[Any] = ("sam",),
-                 queries: int = 16, compressor_layers: int = 2, heads: int = 4, rank: int = 64,
-                 max_aux_tokens: int = 128) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        llm_width: int,
+        layers: Sequence[int],
+        sources: Sequence[Any] = ("sam",),
+        queries: int = 16,
+        compressor_layers: int = 2,
+        heads: int = 4,
+        rank: int = 64,
+        max_aux_tokens: int = 128,
+    ) -> None:
         super().__init__()
         if not layers:
             raise InputError("moai.layers: expected at least one decoder layer to mix in, got none")
@@ -130,10 +148,12 @@ class MoAI(nn.Module):
         self.sources = [build_source(s) for s in sources]
         self.latents = nn.Parameter(torch.randn(queries, llm_width) * 0.02)
         self.aux_positions = nn.Parameter(torch.zeros(max_aux_tokens, llm_width))
-        self.compressor = PerceiverResampler(width=llm_width, layers=compressor_layers,
-                                             heads=heads, head_dim=llm_width // heads)  # fmt: skip
-        self.mixers = nn.ModuleDict({str(i): LayerMixer(width=llm_width, rank=rank, heads=heads)
-                                     for i in self.layer_ids})  # fmt: skip
+        self.compressor = PerceiverResampler(
+            width=llm_width, layers=compressor_layers, heads=heads, head_dim=llm_width // heads
+        )
+        self.mixers = nn.ModuleDict(
+            {str(i): LayerMixer(width=llm_width, rank=rank, heads=heads) for i in self.layer_ids}
+        )
         self.context: MixContext | None = None
         self._hooks: list[Any] = []
 
@@ -181,8 +201,13 @@ class MoAI(nn.Module):
     def compress(self, model: Any, texts: Sequence[str]) -> torch.Tensor:
         """Auxiliary texts -> (B, queries, D): their word embeddings, positions, the compressor."""
         tok = model.text_tokenizer
-        enc = tok(list(texts), padding="longest", truncation=True,
-                  max_length=self.max_aux_tokens, return_tensors="pt")  # fmt: skip
+        enc = tok(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_aux_tokens,
+            return_tensors="pt",
+        )
         ids, valid = (
             enc["input_ids"].to(model.device),
             enc["attention_mask"].bool().to(model.device),
@@ -193,8 +218,13 @@ class MoAI(nn.Module):
         return self.compressor(embeds, latents, valid)
 
     @contextlib.contextmanager
-    def mixing(self, model: Any, input_ids: torch.Tensor, texts: Sequence[str],
-               attention_mask: torch.Tensor | None = None) -> Iterator[None]:  # fmt: skip
+    def mixing(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        texts: Sequence[str],
+        attention_mask: torch.Tensor | None = None,
+    ) -> Iterator[None]:
         """Mix during the LLM calls inside: `input_ids` (B, L) with placeholder runs (and its
         `attention_mask`: padding is no one's context), one auxiliary text per row."""
         if len(texts) != input_ids.shape[0]:

@@ -22,8 +22,9 @@ from onellm.registry import ROUTERS
 class ExpertMix(nn.Module):
     """K two-layer MLP experts, mixed per token by a soft router: (N, in) -> (N, out)."""
 
-    def __init__(self, *, in_dim: int, out_dim: int, num_experts: int, hidden: int,
-                 router: str = "soft") -> None:  # fmt: skip
+    def __init__(
+        self, *, in_dim: int, out_dim: int, num_experts: int, hidden: int, router: str = "soft"
+    ) -> None:
         super().__init__()
         self.experts = nn.ModuleList(
             nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
@@ -41,13 +42,21 @@ class ExpertMix(nn.Module):
 class SegHead(nn.Module):
     """`<seg>` states -> one prompt embedding each for SAM's mask decoder (LISA's text_hidden_fcs)."""
 
-    def __init__(self, *, llm_width: int, out_dim: int, num_experts: int = 2,
-                 use_embedding: bool = True, hidden: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        llm_width: int,
+        out_dim: int,
+        num_experts: int = 2,
+        use_embedding: bool = True,
+        hidden: int | None = None,
+    ) -> None:
         super().__init__()
         self.use_embedding = use_embedding
         in_dim = llm_width * (2 if use_embedding else 1)
-        self.mix = ExpertMix(in_dim=in_dim, out_dim=out_dim, num_experts=num_experts,
-                             hidden=hidden or llm_width)  # fmt: skip
+        self.mix = ExpertMix(
+            in_dim=in_dim, out_dim=out_dim, num_experts=num_experts, hidden=hidden or llm_width
+        )
 
     def forward(self, states: torch.Tensor, embeddings: torch.Tensor | None = None):
         """(N, D) hidden states [+ (N, D) input embeddings] -> (N, out_dim), weights (N, K)."""
@@ -62,16 +71,26 @@ class GenHead(nn.Module):
     L learned queries decode over the N signal states (cross-attention).
     """
 
-    def __init__(self, *, llm_width: int, out_dim: int, num_experts: int = 2,
-                 use_embedding: bool = True, width: int = 64, layers: int = 2, heads: int = 4,
-                 num_queries: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        llm_width: int,
+        out_dim: int,
+        num_experts: int = 2,
+        use_embedding: bool = True,
+        width: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        num_queries: int = 8,
+    ) -> None:
         super().__init__()
         self.use_embedding = use_embedding
         in_dim = llm_width * (2 if use_embedding else 1)
         self.mix = ExpertMix(in_dim=in_dim, out_dim=width, num_experts=num_experts, hidden=width)
         self.queries = nn.Parameter(torch.randn(num_queries, width) * 0.02)
-        layer = nn.TransformerDecoderLayer(width, heads, 4 * width, dropout=0.0,
-                                           batch_first=True, norm_first=True)  # fmt: skip
+        layer = nn.TransformerDecoderLayer(
+            width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_dim))
 

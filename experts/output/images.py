@@ -53,8 +53,10 @@ class ImageOutput(OutputExpert):
     def reply(self, ids, hidden, embeds, pixels):
         cond, where = self.conditions(ids, hidden, embeds)
         images = self.decoder.sample(cond) if len(cond) else []
-        return [[im for im, b in zip(images, where.tolist(), strict=True) if b == i]
-                for i in range(ids.shape[0])]  # fmt: skip
+        return [
+            [im for im, b in zip(images, where.tolist(), strict=True) if b == i]
+            for i in range(ids.shape[0])
+        ]
 
 
 OUTPUT_KINDS.register("gen", ImageOutput)

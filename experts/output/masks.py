@@ -64,8 +64,11 @@ class MaskOutput(OutputExpert):
         MSE from each prompt to the caption encoder's reading of the phrase (detached)."""
         prompts, where = self.prompts(ids, hidden, embeds)
         logits = self.mask_logits(prompts, where, targets["pixels"])
-        per = [mask_loss(lg, m[None].expand_as(lg), **self.weights)
-               for lg, m in zip(logits, targets["masks"], strict=True) if len(lg)]  # fmt: skip
+        per = [
+            mask_loss(lg, m[None].expand_as(lg), **self.weights)
+            for lg, m in zip(logits, targets["masks"], strict=True)
+            if len(lg)
+        ]
         if not per:
             return hidden.sum() * 0
         loss = torch.stack(per).mean()

@@ -39,8 +39,9 @@ class MLPProjection(nn.Module):
         """The heavy blocks (checkpointed, sharded): the MLP."""
         return [self.mlp]
 
-    def add_modality(self, name: str, *, output_scale: float = 1.0, tokens_in: int,
-                     **_: object) -> None:  # fmt: skip
+    def add_modality(
+        self, name: str, *, output_scale: float = 1.0, tokens_in: int, **_: object
+    ) -> None:
         """Modality `name` (whose encoder output has `tokens_in` = S+1 tokens): its tags and
         output norm; the MLP is shared."""
         self.tokens[name] = tokens_in

@@ -16,8 +16,9 @@ def scaled_out_proj(width: int, llm_width: int, output_scale: float) -> nn.Seque
     return proj
 
 
-def add_tags(start: nn.ParameterDict, end: nn.ParameterDict, name: str, llm_width: int,
-             output_scale: float) -> None:  # fmt: skip
+def add_tags(
+    start: nn.ParameterDict, end: nn.ParameterDict, name: str, llm_width: int, output_scale: float
+) -> None:
     """Modality `name`'s start and end tag embeddings, (1, 1, D) at `output_scale`."""
     start[name] = nn.Parameter(torch.randn(1, 1, llm_width) * output_scale)
     end[name] = nn.Parameter(torch.randn(1, 1, llm_width) * output_scale)

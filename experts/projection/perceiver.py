@@ -36,8 +36,9 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(width, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, width, bias=False)
 
-    def forward(self, media: torch.Tensor, latents: torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, media: torch.Tensor, latents: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         media, latents = self.norm_media(media), self.norm_latents(latents)
         q = rearrange(self.to_q(latents), "b q (h d) -> b h q d", h=self.heads)
         k, v = (
@@ -55,8 +56,9 @@ class PerceiverAttention(nn.Module):
 class PerceiverResampler(nn.Module):
     """`layers` x (attention over media ++ latents, feed-forward), then a LayerNorm."""
 
-    def __init__(self, *, width: int, layers: int, heads: int, head_dim: int,
-                 ff_mult: int = 4) -> None:  # fmt: skip
+    def __init__(
+        self, *, width: int, layers: int, heads: int, head_dim: int, ff_mult: int = 4
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleList(
@@ -69,13 +71,14 @@ class PerceiverResampler(nn.Module):
                         nn.Linear(ff_mult * width, width, bias=False),
                     ),
                 ]
-            )  # fmt: skip
+            )
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, media: torch.Tensor, latents: torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, media: torch.Tensor, latents: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """media (B, N, W), latents (B, Q, W), valid (B, N) bool or None -> (B, Q, W)."""
         for attn, ff in self.layers:
             latents = latents + attn(media, latents, valid)
@@ -88,14 +91,27 @@ class PerceiverProjection(nn.Module):
 
     reads_frames = True  # it takes (B, T, S+1, W): frames are not pooled before it
 
-    def __init__(self, *, width: int, llm_width: int, num_queries: int, layers: int = 2,
-                 num_heads: int = 8, head_dim: int | None = None, ff_mult: int = 4,
-                 max_frames: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        width: int,
+        llm_width: int,
+        num_queries: int,
+        layers: int = 2,
+        num_heads: int = 8,
+        head_dim: int | None = None,
+        ff_mult: int = 4,
+        max_frames: int = 64,
+    ) -> None:
         super().__init__()
         self.width, self.llm_width, self.num_queries = width, llm_width, num_queries
-        self.resampler = PerceiverResampler(width=width, layers=layers, heads=num_heads,
-                                            head_dim=head_dim or width // num_heads,
-                                            ff_mult=ff_mult)  # fmt: skip
+        self.resampler = PerceiverResampler(
+            width=width,
+            layers=layers,
+            heads=num_heads,
+            head_dim=head_dim or width // num_heads,
+            ff_mult=ff_mult,
+        )
         self.time = nn.Parameter(torch.zeros(max_frames, width))  # frame t's embedding
         self.latents = nn.ParameterDict()
         self.out_proj = nn.ModuleDict()

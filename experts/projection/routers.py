@@ -73,8 +73,15 @@ class SoftRouter(nn.Module):
 class SparseRouter(SoftRouter):
     """Soft weights, some experts chosen per token (`choose`), capacity, renormalised."""
 
-    def __init__(self, *, width: int, hidden: int, num_experts: int, noise: float = 0.0,
-                 capacity_factor: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        width: int,
+        hidden: int,
+        num_experts: int,
+        noise: float = 0.0,
+        capacity_factor: float | None = None,
+    ) -> None:
         super().__init__(width=width, hidden=hidden, num_experts=num_experts)
         if noise < 0:
             raise ValueError(f"router: noise must be >= 0, got {noise}")
@@ -115,10 +122,23 @@ def over_capacity(chosen: torch.Tensor, factor: float | None) -> torch.Tensor:
 class TopKRouter(SparseRouter):
     """The k largest soft weights per token, renormalised (the rest exactly zero)."""
 
-    def __init__(self, *, width: int, hidden: int, num_experts: int, k: int = 1,
-                 noise: float = 0.0, capacity_factor: float | None = None) -> None:  # fmt: skip
-        super().__init__(width=width, hidden=hidden, num_experts=num_experts, noise=noise,
-                         capacity_factor=capacity_factor)  # fmt: skip
+    def __init__(
+        self,
+        *,
+        width: int,
+        hidden: int,
+        num_experts: int,
+        k: int = 1,
+        noise: float = 0.0,
+        capacity_factor: float | None = None,
+    ) -> None:
+        super().__init__(
+            width=width,
+            hidden=hidden,
+            num_experts=num_experts,
+            noise=noise,
+            capacity_factor=capacity_factor,
+        )
         if not 1 <= k <= num_experts:
             raise ValueError(f"router topk: k must be in 1..{num_experts}, got {k}")
         self.k = k
@@ -131,10 +151,23 @@ class TopKRouter(SparseRouter):
 class TopPRouter(SparseRouter):
     """The fewest experts (largest first) whose soft weights sum to at least p."""
 
-    def __init__(self, *, width: int, hidden: int, num_experts: int, p: float = 0.5,
-                 noise: float = 0.0, capacity_factor: float | None = None) -> None:  # fmt: skip
-        super().__init__(width=width, hidden=hidden, num_experts=num_experts, noise=noise,
-                         capacity_factor=capacity_factor)  # fmt: skip
+    def __init__(
+        self,
+        *,
+        width: int,
+        hidden: int,
+        num_experts: int,
+        p: float = 0.5,
+        noise: float = 0.0,
+        capacity_factor: float | None = None,
+    ) -> None:
+        super().__init__(
+            width=width,
+            hidden=hidden,
+            num_experts=num_experts,
+            noise=noise,
+            capacity_factor=capacity_factor,
+        )
         if not 0 < p <= 1:
             raise ValueError(f"router top_p: p must be in (0, 1], got {p}")
         self.p = p
@@ -162,8 +195,14 @@ class ConstantRouter(nn.Module):
 
 
 @torch.no_grad()
-def transplant(old: nn.Module, new: nn.Module, rows: list[int], *, noise: float = 0.0,
-               generator: torch.Generator | None = None) -> None:  # fmt: skip
+def transplant(
+    old: nn.Module,
+    new: nn.Module,
+    rows: list[int],
+    *,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> None:
     """Load `old` router's MLP into `new`, whose expert j takes old expert `rows[j]`'s output
     row (a row repeated: an upcycled copy, scaled by 1 + noise x N(0, 1) entrywise). A
     router without an MLP on either side keeps `new`'s own initialisation."""

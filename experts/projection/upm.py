@@ -136,8 +136,13 @@ class UniversalProjection(nn.Module):
         super().__init__()
         self.width, self.llm_width, self.num_queries = width, llm_width, num_queries
         self.router_hidden, self.router_spec = router_hidden, dict(router)
-        block = dict(num_layers=layers_per_expert, width=width, num_heads=num_heads,
-                     ffn_hidden=ffn_hidden, eps=norm_eps)  # fmt: skip
+        block = dict(
+            num_layers=layers_per_expert,
+            width=width,
+            num_heads=num_heads,
+            ffn_hidden=ffn_hidden,
+            eps=norm_eps,
+        )
         self.experts = ExpertPool(ProjectionExpert(**block) for _ in range(num_experts))
         # experts every modality uses beside its routed ones (none by default: OneLLM's UPM)
         self.shared = ExpertPool(ProjectionExpert(**block) for _ in range(router.get("shared", 0)))
@@ -176,8 +181,14 @@ class UniversalProjection(nn.Module):
             kind, width=self.width, hidden=self.router_hidden, num_experts=count, **spec
         )
 
-    def add_modality(self, name: str, *, output_scale: float = 1.0,
-                     experts: list[int] | None = None, tokens_in: int | None = None) -> None:  # fmt: skip
+    def add_modality(
+        self,
+        name: str,
+        *,
+        output_scale: float = 1.0,
+        experts: list[int] | None = None,
+        tokens_in: int | None = None,
+    ) -> None:
         """Create modality `name`'s queries, router, projections and tags (random init).
 
         `output_scale`: the RMS of the LLM's word embeddings. The output LayerNorm's gain
@@ -237,8 +248,14 @@ class UniversalProjection(nn.Module):
 
     # ------------------------------------------------------------------ more experts
     @torch.no_grad()
-    def add_experts(self, count: int, *, source: int | None = None, noise: float = 0.0,
-                    generator: torch.Generator | None = None) -> list[int]:  # fmt: skip
+    def add_experts(
+        self,
+        count: int,
+        *,
+        source: int | None = None,
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
         """Append `count` experts, copies of expert `source` (default: expert i % K for the
         i-th), each weight scaled by 1 + noise x N(0, 1), so that a new modality starts from
         what the experts already compute. No existing modality routes to them. -> indices."""
@@ -253,8 +270,9 @@ class UniversalProjection(nn.Module):
             self.experts.append(copied)
         return list(range(old, old + count))
 
-    def upcycle(self, sources: list[int], *, noise: float = 0.0,
-                generator: torch.Generator | None = None) -> list[int]:  # fmt: skip
+    def upcycle(
+        self, sources: list[int], *, noise: float = 0.0, generator: torch.Generator | None = None
+    ) -> list[int]:
         """Sparse upcycling: one new expert per entry of `sources`, a copy of that expert
         (see `add_experts`). Every modality that routes to a source also routes to its copy,
         the copy's router row a copy of the source's (same noise). With noise 0 a soft
@@ -292,20 +310,26 @@ class UniversalProjection(nn.Module):
         self.routers[modality] = new
 
 
-def build_upm(p: ProjectionConfig, *, width: int, llm_width: int, options: dict,
-              where: str) -> UniversalProjection:  # fmt: skip
+def build_upm(
+    p: ProjectionConfig, *, width: int, llm_width: int, options: dict, where: str
+) -> UniversalProjection:
     """The UPM from the projection's own fields (`num_experts`, `layers_per_expert`, ...)."""
     if options:
         raise ConfigError(
             f"{where}: the upm takes the projection's own fields, got {sorted(options)}"
         )
     return UniversalProjection(
-        width=width, llm_width=llm_width, num_experts=p.num_experts,
-        layers_per_expert=p.layers_per_expert, num_heads=p.num_heads,
+        width=width,
+        llm_width=llm_width,
+        num_experts=p.num_experts,
+        layers_per_expert=p.layers_per_expert,
+        num_heads=p.num_heads,
         num_queries=p.num_queries,
         ffn_hidden=p.ffn_hidden_size or llama_ffn_hidden(width, p.multiple_of),
-        router_hidden=p.router_hidden_size or 4 * width, router=p.router, norm_eps=p.norm_eps,
-    )  # fmt: skip
+        router_hidden=p.router_hidden_size or 4 * width,
+        router=p.router,
+        norm_eps=p.norm_eps,
+    )
 
 
 PROJECTIONS.register("upm", build_upm)

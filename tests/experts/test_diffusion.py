@@ -51,16 +51,30 @@ def tiny_stable_diffusion(root):
     (root / "vocab.json").write_text(json.dumps(vocab))
     (root / "merges.txt").write_text("#version: 0.2\n")
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-                          norm_num_groups=8, sample_size=16),
-        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32,
-                                                  intermediate_size=64, num_hidden_layers=1,
-                                                  num_attention_heads=2)),
+        vae=AutoencoderKL(
+            block_out_channels=(16, 32),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=16,
+        ),
+        text_encoder=CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+            )
+        ),
         tokenizer=CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt")),
-        unet=tiny_unet(sample_size=8, channels=4, cross_dim=32), scheduler=Sched(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        unet=tiny_unet(sample_size=8, channels=4, cross_dim=32),
+        scheduler=Sched(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(root / "sd")
     return root / "sd"
 

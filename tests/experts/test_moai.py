@@ -181,8 +181,11 @@ def test_a_cached_step_equals_the_whole_sequence(scene):
             whole = model.llm(inputs_embeds=embeds).logits
         with model.mixing(ids[:, :-2], aux):  # generate's: the prompt, then a step at a time
             first = model.llm(inputs_embeds=embeds[:, :-2], use_cache=True)
-            step = model.llm(inputs_embeds=embeds[:, -2:-1], use_cache=True,
-                             past_key_values=first.past_key_values)  # fmt: skip
+            step = model.llm(
+                inputs_embeds=embeds[:, -2:-1],
+                use_cache=True,
+                past_key_values=first.past_key_values,
+            )
             again = model.llm(inputs_embeds=embeds[:, :-1]).logits  # no cache: all again
     torch.testing.assert_close(step.logits[:, -1], whole[:, -2], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(again[:, -1], whole[:, -2], rtol=1e-4, atol=1e-5)
@@ -197,9 +200,14 @@ def test_left_padded_rows_each_equal_their_chat_alone(scene):
     other = scene_qa.scene(4, "test", size=64)
     asks = [(scene, "How many circles?"), (other, "What is left of the blue square in it?")]
     pixels = model.modalities["image"].pixels
-    rows = [Conversation({"image": model.preprocess(sc.image, "image")},
-                         render_prompt(model.config.chat, q, []), pixels(sc.image))
-            for sc, q in asks]  # fmt: skip
+    rows = [
+        Conversation(
+            {"image": model.preprocess(sc.image, "image")},
+            render_prompt(model.config.chat, q, []),
+            pixels(sc.image),
+        )
+        for sc, q in asks
+    ]
     together = generate(model, rows, max_new_tokens=12)
     alone = [model.chat(sc.image, "image", q, max_new_tokens=12) for sc, q in asks]
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]

@@ -5,9 +5,16 @@ from onellm.experts.projection.upm import ExpertBlock, UniversalProjection, llam
 
 def make(router=None, experts=3):
     p = UniversalProjection(
-        width=32, llm_width=48, num_experts=experts, layers_per_expert=2, num_heads=4,
-        num_queries=5, ffn_hidden=64, router_hidden=64, router=router or {"type": "soft"},
-    )  # fmt: skip
+        width=32,
+        llm_width=48,
+        num_experts=experts,
+        layers_per_expert=2,
+        num_heads=4,
+        num_queries=5,
+        ffn_hidden=64,
+        router_hidden=64,
+        router=router or {"type": "soft"},
+    )
     p.add_modality("image")
     return p.eval()
 

@@ -50,8 +50,11 @@ def test_gradients_reach_the_projection_and_not_the_frozen_parts(kind_model):
         model.encode(x, "image").square().mean().backward()
         grads = {n: p.grad for n, p in model.projection.named_parameters()}
         assert any(g is not None and g.abs().sum() > 0 for g in grads.values()), kind
-        shared = [n for n in grads if "image" not in n and "." in n and n.split(".")[0] in
-                  ("experts", "resampler", "mlp")]  # fmt: skip
+        shared = [
+            n
+            for n in grads
+            if "image" not in n and "." in n and n.split(".")[0] in ("experts", "resampler", "mlp")
+        ]
         assert all(grads[n] is not None for n in shared), f"{kind}: a shared block got no gradient"
         assert all(p.grad is None for p in model.llm.parameters())
         assert all(p.grad is None for p in model.encoder.parameters())

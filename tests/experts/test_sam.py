@@ -9,8 +9,18 @@ from onellm.experts.output.masks import mask_loss
 from onellm.errors import CheckpointError, ConfigError, InputError
 from onellm.modeling.text_tokenizer import tiny_tokenizer
 
-TINY_SAM = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, heads=2, global_attn=(1,),
-                window_size=4, prompt_dim=32, decoder_mlp=64, decoder_heads=2)  # fmt: skip
+TINY_SAM = dict(
+    image_size=64,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    heads=2,
+    global_attn=(1,),
+    window_size=4,
+    prompt_dim=32,
+    decoder_mlp=64,
+    decoder_heads=2,
+)
 
 
 def test_a_sam_saved_as_the_original_pth_loads_back(tmp_path):

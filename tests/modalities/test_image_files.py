@@ -86,8 +86,10 @@ def test_depth_from_a_16_bit_png_keeps_its_metric_range(tmp_path, tiny_model):
     want = mod.preprocess((RGB, mm / 1000.0))
     assert want[1].std() > 0.1  # a gradient, not one constant value
     for depth in ("d.png", "d.npy", "d.exr"):
-        for raw in ((tmp_path / "rgb.png", tmp_path / depth),
-                    {"rgb": str(tmp_path / "rgb.png"), "depth": str(tmp_path / depth)}):  # fmt: skip
+        for raw in (
+            (tmp_path / "rgb.png", tmp_path / depth),
+            {"rgb": str(tmp_path / "rgb.png"), "depth": str(tmp_path / depth)},
+        ):
             close(mod.preprocess(raw), want, atol=1e-5)
     holes = mm.copy()
     holes[:4] = 0  # no reading: the farthest valid depth

@@ -41,17 +41,29 @@ def tiny_unet(
     grid made a batch-32 training step 8.5 s on one CPU core; here it is 0.47 s.
     """
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=channels, out_channels=channels,
-        block_out_channels=(16, 32, 64), layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8,
-    )  # fmt: skip
+        cross_attention_dim=cross_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
 
 
 class DiffusionDecoder(nn.Module):
-    def __init__(self, unet: UNet2DConditionModel, *, pipeline: Any = None,
-                 train_timesteps: int = 1000, steps: int = 20, text: nn.Module | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        *,
+        pipeline: Any = None,
+        train_timesteps: int = 1000,
+        steps: int = 20,
+        text: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.unet = unet
         self.text = text  # tiny scale: its own caption encoder (experts/decoders/text.py)
@@ -66,8 +78,9 @@ class DiffusionDecoder(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> DiffusionDecoder:
         p = Path(path)
         if (p / "model_index.json").is_file():
-            pipe = StableDiffusionPipeline.from_pretrained(p, local_files_only=True,
-                                                           safety_checker=None)  # fmt: skip
+            pipe = StableDiffusionPipeline.from_pretrained(
+                p, local_files_only=True, safety_checker=None
+            )
             return cls(pipe.unet, pipeline=pipe, **kwargs)
         if (p / "config.json").is_file():
             return cls(UNet2DConditionModel.from_pretrained(p, local_files_only=True), **kwargs)
@@ -103,8 +116,13 @@ class DiffusionDecoder(nn.Module):
     def to_latents(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] at `image_size` -> what the UNet denoises."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear",
-                                   antialias=True, align_corners=False)  # fmt: skip
+            images = F.interpolate(
+                images,
+                size=(self.image_size,) * 2,
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         x = images * 2 - 1
         if self.vae is None:
             return x
@@ -119,8 +137,13 @@ class DiffusionDecoder(nn.Module):
             )
         x0 = self.to_latents(images)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (x0.shape[0],),
-                          generator=generator, device=x0.device)  # fmt: skip
+        t = torch.randint(
+            0,
+            self.noise.config.num_train_timesteps,
+            (x0.shape[0],),
+            generator=generator,
+            device=x0.device,
+        )
         noisy = self.noise.add_noise(x0, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=cond.to(x0.dtype)).sample
         return F.mse_loss(pred, noise)
@@ -133,8 +156,13 @@ class DiffusionDecoder(nn.Module):
         steps = steps or self.steps
         g = torch.Generator(device="cpu").manual_seed(seed)
         if self.pipeline is not None:
-            return self.pipeline(prompt_embeds=cond, guidance_scale=1.0, num_inference_steps=steps,
-                                 generator=g, output_type="pil").images  # fmt: skip
+            return self.pipeline(
+                prompt_embeds=cond,
+                guidance_scale=1.0,
+                num_inference_steps=steps,
+                generator=g,
+                output_type="pil",
+            ).images
         sched = DDIMScheduler.from_config(self.noise.config)
         sched.set_timesteps(steps)
         c = self.unet.config
@@ -147,8 +175,14 @@ class DiffusionDecoder(nn.Module):
         return [Image.fromarray(p.numpy()) for p in pixels]
 
 
-def diffusion_decoder(*, path: str | None = None, tiny: dict | None = None, steps: int = 20,
-                      text: dict | None = None, tokenizer=None):  # fmt: skip
+def diffusion_decoder(
+    *,
+    path: str | None = None,
+    tiny: dict | None = None,
+    steps: int = 20,
+    text: dict | None = None,
+    tokenizer=None,
+):
     """A UNet or Stable Diffusion directory (`path`), or a tiny random UNet (`tiny: {...}`);
     `text: {...}` gives the tiny UNet a caption encoder (an SD directory has its own)."""
     if path is not None:

@@ -67,25 +67,37 @@ def build_sam(
     grid = image_size // patch_size
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=depth, embed_dim=embed_dim, img_size=image_size, mlp_ratio=4,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=heads, patch_size=patch_size,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=tuple(global_attn),
-            window_size=window_size, out_chans=prompt_dim,
+            depth=depth,
+            embed_dim=embed_dim,
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_heads=heads,
+            patch_size=patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(global_attn),
+            window_size=window_size,
+            out_chans=prompt_dim,
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim, image_embedding_size=(grid, grid),
-            input_image_size=(image_size, image_size), mask_in_chans=16,
+            embed_dim=prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
                 depth=2, embedding_dim=prompt_dim, mlp_dim=decoder_mlp, num_heads=decoder_heads
             ),
-            transformer_dim=prompt_dim, iou_head_depth=3, iou_head_hidden_dim=prompt_dim,
+            transformer_dim=prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=prompt_dim,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
-    )  # fmt: skip
+    )
     if checkpoint is not None:
         load_sam_checkpoint(sam, checkpoint)
     return sam
@@ -193,11 +205,12 @@ class SamMaskDecoder(nn.Module):
                 out.append(embeddings.new_zeros(0, *original_size))
                 continue
             low, _ = self.sam.mask_decoder(
-                image_embeddings=embeddings[i : i + 1], image_pe=pe,
+                image_embeddings=embeddings[i : i + 1],
+                image_pe=pe,
                 sparse_prompt_embeddings=p.to(embeddings.dtype),
                 dense_prompt_embeddings=no_mask.expand(p.shape[0], -1, *embeddings.shape[-2:]),
                 multimask_output=False,
-            )  # fmt: skip
+            )
             out.append(self.sam.postprocess_masks(low, input_size, original_size)[:, 0])
         return out
 
@@ -245,8 +258,9 @@ class SamMaskDecoder(nn.Module):
         return torch.cat(masks)
 
 
-def sam_decoder(*, checkpoint: str | None = None, text: dict | None = None, tokenizer=None,
-                **sizes):  # fmt: skip
+def sam_decoder(
+    *, checkpoint: str | None = None, text: dict | None = None, tokenizer=None, **sizes
+):
     """SAM at a variant's (`variant: vit_b`) or given sizes, from an original .pth if given;
     `text: {vocab_size, width, layers, length}` adds a caption encoder for text prompts."""
     if "global_attn" in sizes:

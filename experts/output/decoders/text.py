@@ -25,13 +25,30 @@ from onellm.errors import ConfigError
 class CaptionEncoder(nn.Module):
     """Texts -> (B, length, out_dim) token states (padded to `length`), or their masked mean."""
 
-    def __init__(self, *, vocab_size: int, out_dim: int, width: int = 64, layers: int = 2,
-                 length: int = 8, token_std: float = 1.0, tokenizer: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        out_dim: int,
+        width: int = 64,
+        layers: int = 2,
+        length: int = 8,
+        token_std: float = 1.0,
+        tokenizer: Any = None,
+    ) -> None:
         super().__init__()
-        cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width,
-                             num_hidden_layers=layers, num_attention_heads=max(1, width // 32),
-                             max_position_embeddings=length, hidden_act="quick_gelu",
-                             eos_token_id=2, pad_token_id=0, bos_token_id=1)  # fmt: skip
+        cfg = CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=max(1, width // 32),
+            max_position_embeddings=length,
+            hidden_act="quick_gelu",
+            eos_token_id=2,
+            pad_token_id=0,
+            bos_token_id=1,
+        )
         self.model = CLIPTextModel(cfg)
         # CLIP starts its word embeddings at std 0.02: after the final LayerNorm, phrases then
         # differ by a small part of their norm and SAM learned text prompts slowly (held-out
@@ -45,8 +62,14 @@ class CaptionEncoder(nn.Module):
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer is None:
             raise ConfigError("caption encoder: no tokenizer given (build it through OneLLM)")
-        t = self.tokenizer(list(texts), padding="max_length", max_length=self.length,
-                           truncation=True, add_special_tokens=False, return_tensors="pt")  # fmt: skip
+        t = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            max_length=self.length,
+            truncation=True,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
         device = self.proj.weight.device
         return t["input_ids"].to(device), t["attention_mask"].to(device)
 
