@@ -1,6 +1,7 @@
 import pytest
 import torch
-from onellm.experts.projection.upm import ExpertBlock, UniversalProjection, llama_ffn_hidden
+from onellm.experts.projection.upm import UniversalProjection
+from onellm.experts.projection.upm_experts import ExpertBlock, llama_ffn_hidden
 
 
 def make(router=None, experts=3):
