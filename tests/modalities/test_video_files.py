@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from onellm.modalities.video import VideoModality, clip_starts, decode_at, read_video
+from onellm.modalities.video import VideoModality
+from onellm.modalities.video_reader import clip_starts, decode_at, read_video
 
 from onellm.errors import InputError
 
@@ -183,6 +184,6 @@ def test_hostile_video_is_an_input_error_and_changes_nothing(video, tmp_path, ca
 
 def test_frames_over_the_pixel_limit_are_refused_before_decoding(video, tmp_path, monkeypatch):
     path = write(tmp_path / "big.mp4", 3)
-    monkeypatch.setattr("onellm.modalities.video.MAX_PIXELS", W * H - 1)
+    monkeypatch.setattr("onellm.modalities.video_reader.MAX_PIXELS", W * H - 1)
     with pytest.raises(InputError, match=r"^video: expected frames of at most .* 64 x 48"):
         video.preprocess(path)
