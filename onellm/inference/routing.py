@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from onellm.experts.projection.routers import Routing
+from onellm.errors import InputError
+from onellm.modeling.projection import Routed, Routing
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -36,8 +37,9 @@ def use_of(routing: Routing, experts: list[int], num_experts: int) -> torch.Tens
     row[0] = p.shape[0]
     row[1] = -(p * p.clamp_min(1e-12).log()).sum()
     row[2] = routing.passed.sum()
-    for block, values in enumerate((routing.weights.detach().float(), routing.chosen.float(),
-                                    routing.dropped.float())):  # fmt: skip
+    for block, values in enumerate(
+        (routing.weights.detach().float(), routing.chosen.float(), routing.dropped.float())
+    ):
         at = [HEAD + block * num_experts + e for e in experts]
         row[at] = values.reshape(-1, k).sum(0)
     row[[HEAD + 3 * num_experts + e for e in experts]] = p.shape[0]
@@ -100,14 +102,30 @@ class ExpertUse:
             f"expert {e} has carried under {100 * self.floor * fair:.1f}% of the routing weight "
             f"(a fair share is {100 * fair:.0f}%) for {self.under[e]} steps: the routers have "
             f"collapsed onto fewer experts; moe.balance spreads them"
-            for e in collapsed if e not in self.alarmed
-        ]  # fmt: skip
+            for e in collapsed
+            if e not in self.alarmed
+        ]
         if collapsed:
-            out["collapse"] = {"experts": collapsed, "floor": self.floor * fair,
-                               "steps": min(self.under[e] for e in collapsed)}  # fmt: skip
+            out["collapse"] = {
+                "experts": collapsed,
+                "floor": self.floor * fair,
+                "steps": min(self.under[e] for e in collapsed),
+            }
         self.alarmed = set(collapsed)
         self.rows, self.steps = {}, 0
         return out
+
+
+def routed_projection(model: OneLLM, modality: str) -> Routed:
+    """The routed projection `modality` goes through; `InputError` if its kind has no router."""
+    proj = model.projector(modality)
+    if not isinstance(proj, Routed):
+        p = model.base_config.projection
+        kind = p.kind_of(model.modality_key(modality)) or p.type
+        raise InputError(
+            f"routing: {modality} goes through the {kind} projection, which has no router"
+        )
+    return proj
 
 
 @torch.no_grad()
@@ -115,16 +133,17 @@ def routing(model: OneLLM, x: torch.Tensor, modality: str) -> torch.Tensor:
     """Routing weights over all K projection experts for each query token: (B, Q, K);
     exactly 0 for experts outside the modality's routes."""
     key = model.modality_key(modality)
-    weights = model.projection.route(model.features(x, key), key)[1]
-    return model.projection.full_weights(weights.float(), key)
+    proj = routed_projection(model, key)
+    weights = proj.routing(model.features(x, key), key)[1].weights
+    return proj.full_weights(weights.float(), key)
 
 
 def routing_report(model: OneLLM, modality: str, inputs: Any) -> dict[str, Any]:
     """Which experts `modality` uses on `inputs` (raw inputs, a list of them, or a
     preprocessed batch), as at inference: mean weight per expert (K,) and per query token
-    (Q, K), and the figures a training stage logs (load, routed, entropy, dropped, passed)."""
-    from onellm.training.evaluate import eval_mode
-
+    (Q, K), and the figures a training stage logs (load, routed, entropy, dropped, passed).
+    `InputError` if the modality's projection kind has no router."""
+    p = routed_projection(model, modality)
     key = model.modality_key(modality)
     shape = model.modalities[key].input_shape()
     if isinstance(inputs, torch.Tensor) and inputs.dim() == len(shape) + 1:
@@ -132,9 +151,13 @@ def routing_report(model: OneLLM, modality: str, inputs: Any) -> dict[str, Any]:
     else:
         raws = inputs if isinstance(inputs, list) else [inputs]
         x = torch.cat([model.preprocess(r, key) for r in raws])
-    p = model.projection
-    with eval_mode(model), torch.no_grad():
-        r = p.routing(model.features(x, key), key)[1]
+    was_training = model.training
+    model.eval()  # as at inference: no gating noise, nothing dropped for capacity
+    try:
+        with torch.no_grad():
+            r = p.routing(model.features(x, key), key)[1]
+    finally:
+        model.train(was_training)
     w = p.full_weights(r.weights.float(), key)  # (B, Q, K)
     return {
         "modality": key,

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from onellm.errors import ConfigError, InputError, RegistryError
-from onellm.experts.projection.upm import UniversalProjection
 from onellm.modeling.build import (
     build_modality,
     embedding_rms,
@@ -23,6 +23,8 @@ from onellm.modeling.build import (
     token_layout,
     tokens_in,
 )
+from onellm.modeling.llm import has_lora
+from onellm.modeling.projection import Routed
 from onellm.registry import MODALITIES
 
 if TYPE_CHECKING:
@@ -38,43 +40,77 @@ def copy_matching(src: nn.Module, dst: nn.Module) -> None:
                 t.copy_(theirs[n])
 
 
-def copy_modality_parts(proj: UniversalProjection, src: str, dst: str) -> None:
-    """Start modality `dst` from `src`'s queries, in/out projections, tags and router.
-    Router rows for experts `src` does not route to start at the mean of its own rows."""
+def copy_modality_parts(proj: nn.Module, src: str, dst: str) -> None:
+    """Start modality `dst` from `src`'s own parts of the projection: what each of its
+    per-modality tables (a `ParameterDict` or `ModuleDict` keyed by modality: queries,
+    in/out projections, tags, routers) holds for `src`. A routed projection's router rows
+    for experts `src` does not route to start at the mean of its own rows."""
+    routes = proj.routes if isinstance(proj, Routed) else {}
     with torch.no_grad():
-        for table in (proj.queries, proj.start_tag, proj.end_tag):
-            table[dst].copy_(table[src])
-        proj.in_proj[dst].load_state_dict(proj.in_proj[src].state_dict())
-        proj.out_proj[dst].load_state_dict(proj.out_proj[src].state_dict())
-        theirs, ours = proj.routers[src].state_dict(), proj.routers[dst].state_dict()
-        src_routes, dst_routes = proj.routes[src], proj.routes[dst]
-        for n, t in ours.items():
-            if theirs[n].shape == t.shape:
-                t.copy_(theirs[n])
-            elif t.dim() >= 1 and t.shape[0] == len(dst_routes):  # output layer: row per expert
-                mean = theirs[n].mean(dim=0)
-                for row, e in enumerate(dst_routes):
-                    t[row] = theirs[n][src_routes.index(e)] if e in src_routes else mean
+        for table in proj.children():
+            if not isinstance(table, (nn.ParameterDict, nn.ModuleDict)):
+                continue
+            if src not in table or dst not in table:
+                continue
+            theirs, ours = _entries(table[src]), _entries(table[dst])
+            for n, t in ours.items():
+                if theirs[n].shape == t.shape:
+                    t.copy_(theirs[n])
+                elif routes and t.dim() >= 1 and t.shape[0] == len(routes[dst]):
+                    # a router's output layer: a row per expert
+                    mean = theirs[n].mean(dim=0)
+                    for row, e in enumerate(routes[dst]):
+                        t[row] = theirs[n][routes[src].index(e)] if e in routes[src] else mean
+
+
+def _entries(part: nn.Module | torch.Tensor) -> dict[str, torch.Tensor]:
+    """A table's entry as name -> tensor (its state dict; a parameter is its own)."""
+    return {"": part} if isinstance(part, torch.Tensor) else part.state_dict()
 
 
 def init_modality_from(model: OneLLM, modality: str, source: str) -> None:
-    """See `OneLLM.init_modality_from`."""
+    """Start `modality`'s tokenizer and projection parts from `source`'s, where they fit."""
     dst, src = model.modality_key(modality), model.modality_key(source)
     if dst == src:
         raise ConfigError(f"modality {modality!r}: cannot start from itself")
+    proj = model.projector(dst)
+    if model.projector(src) is not proj:
+        raise ConfigError(
+            f"modality {modality!r}: {source!r} goes through another projection; "
+            "start it from a modality that shares its projection"
+        )
     copy_matching(model.tokenizers[src], model.tokenizers[dst])
-    copy_modality_parts(model.projection, src, dst)
+    copy_modality_parts(proj, src, dst)
 
 
-def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None, *,
-                 new_experts: int = 0, init_from: str | None = None, freeze_old: bool = True,
-                 upcycle_from: int | None = None, expert_noise: float = 0.0) -> list[str]:  # fmt: skip
-    """See `OneLLM.add_modality`. `upcycle_from`: the new experts are copies of this expert
-    (default: expert i % K for the i-th), each weight scaled by 1 + expert_noise x N(0, 1)."""
-    k = model.projection.num_experts
-    if upcycle_from is not None and not 0 <= upcycle_from < k:
-        raise ConfigError(f"add_modality {name!r}: upcycle_from must be an expert in 0..{k - 1}, "
-                          f"got {upcycle_from}")  # fmt: skip
+def add_modality(
+    model: OneLLM,
+    name: str,
+    spec: Mapping[str, Any] | None = None,
+    *,
+    new_experts: int = 0,
+    init_from: str | None = None,
+    freeze_old: bool = True,
+    upcycle_from: int | None = None,
+    expert_noise: float = 0.0,
+) -> list[str]:
+    """Add modality `name` (`spec`: `{type: <registry name or file.py:Class>, **kwargs}`)
+    with its own tokenizer and projection parts; `new_experts` more projection experts only
+    it routes to (earlier modalities keep exactly theirs), copies of expert `upcycle_from`
+    (default: expert i % K for the i-th), each weight scaled by 1 + expert_noise x N(0, 1);
+    `init_from`: start from that modality's parts; `freeze_old`: only the new parameters
+    train. -> the new parameters' names."""
+    proj = model.projection
+    if (new_experts or upcycle_from is not None) and not isinstance(proj, Routed):
+        raise ConfigError(
+            f"add_modality {name!r}: new_experts and upcycle_from grow a routed projection's "
+            f"experts; the {model.base_config.projection.type} projection has none"
+        )
+    if upcycle_from is not None and not 0 <= upcycle_from < proj.num_experts:
+        raise ConfigError(
+            f"add_modality {name!r}: upcycle_from must be an expert in 0..{proj.num_experts - 1}, "
+            f"got {upcycle_from}"
+        )
     if name in model.names:
         raise ConfigError(f"modality {name!r}: this model already has it ({model.names[name]})")
     tok = model.text_tokenizer
@@ -87,11 +123,11 @@ def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None
     mod = build_modality(name, spec, model.encoder)
     tokenizer = mod.build_tokenizer(encoder=model.encoder).to(model.device, model.dtype)
     before = {n for n, _ in model.named_parameters()}
-    proj = model.projection
     if new_experts:  # earlier modalities keep exactly the experts they route to
         proj.add_experts(new_experts, source=upcycle_from, noise=expert_noise)
-    proj.add_modality(name, output_scale=embedding_rms(model.llm),
-                      tokens_in=tokens_in(tokenizer, model.encoder))  # fmt: skip
+    proj.add_modality(
+        name, output_scale=embedding_rms(model.llm), tokens_in=tokens_in(tokenizer, model.encoder)
+    )
     proj.to(model.device, model.dtype)
     model.tokenizers[name] = tokenizer
     model.modalities[name] = mod
@@ -100,8 +136,12 @@ def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None
         spec["type"] = os.path.abspath(file) + colon + attr
     model.specs[name] = spec
     model.names = name_table(model.modalities)
-    layout = token_layout(tok, model.llm, run_lengths({k: model.projector(k) for k in model.modalities}),
-                          model.layout.output_tokens)  # fmt: skip
+    layout = token_layout(
+        tok,
+        model.llm,
+        run_lengths({k: model.projector(k) for k in model.modalities}),
+        model.layout.output_tokens,
+    )
     model.layout = layout
     if source is not None:
         init_modality_from(model, name, source)
@@ -114,22 +154,33 @@ def add_modality(model: OneLLM, name: str, spec: Mapping[str, Any] | None = None
     return new
 
 
-def upcycle(model: OneLLM, experts: int, *, sources: list[int] | None = None, noise: float = 0.0,
-            router: Mapping[str, Any] | None = None,
-            generator: torch.Generator | None = None) -> list[int]:  # fmt: skip
+def upcycle(
+    model: OneLLM,
+    experts: int,
+    *,
+    sources: list[int] | None = None,
+    noise: float = 0.0,
+    router: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """Sparse upcycling (MoE-LLaVA, CuMo): the projection's K trained experts become
     `experts`, the new ones copies of `sources` (default: expert i % K for the i-th new
     one), each weight scaled by 1 + noise x N(0, 1), every router that weighs a source
     extended to its copies (`UniversalProjection.upcycle`); `router` re-types the routers
     (`{type: topk, k: 2}`), keeping their MLPs. -> the new experts' indices."""
     proj = model.projection
+    if not isinstance(proj, Routed):
+        raise ConfigError(
+            f"upcycle: the {model.base_config.projection.type} projection has no experts to upcycle"
+        )
     old = proj.num_experts
     if experts < old:
         raise ConfigError(f"upcycle.experts: expected at least the model's {old}, got {experts}")
     sources = [i % old for i in range(experts - old)] if sources is None else list(sources)
     if len(sources) != experts - old or any(not 0 <= s < old for s in sources):
-        raise ConfigError(f"upcycle.sources: expected {experts - old} experts in 0..{old - 1}, "
-                          f"got {sources}")  # fmt: skip
+        raise ConfigError(
+            f"upcycle.sources: expected {experts - old} experts in 0..{old - 1}, got {sources}"
+        )
     if router is not None:  # refuse a bad router before anything changes
         if router.get("shared", 0) != proj.router_spec.get("shared", 0):
             raise ConfigError(
@@ -147,13 +198,18 @@ def upcycle(model: OneLLM, experts: int, *, sources: list[int] | None = None, no
     return new
 
 
-def add_lora(model: OneLLM, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
-             target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> None:  # fmt: skip
+def add_lora(
+    model: OneLLM,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+) -> None:
     """Wrap the LLM with peft LoRA adapters (only they train in the LLM afterwards)."""
-    from peft import LoraConfig, get_peft_model
-
-    if hasattr(model.llm, "peft_config"):
+    if has_lora(model.llm):
         raise InputError("llm: LoRA is already on")
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                     target_modules=list(target_modules))  # fmt: skip
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
+    )
     model.llm = get_peft_model(model.llm, cfg)
