@@ -27,11 +27,17 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from onellm.errors import CheckpointError
-from onellm.modeling.devices import autocast
+from onellm.data.sources import modality_settings
+from onellm.errors import CheckpointError, ConfigError
+from onellm.modeling.devices import autocast, resolve_device
+from onellm.training.freezing import apply_trainable
+from onellm.training.prepare import prepare_model, stage_sources
+from onellm.training.task import Task
+from onellm.training.text_tasks import TextTask
 
 ROWS = 1024  # examples per shard file
 OPEN_FILES = 16  # shard files a process keeps open
@@ -40,9 +46,6 @@ DONE = "done.json"  # written last: a folder without it is an interrupted build
 
 def why_not(model: Any, source: Any) -> str | None:
     """Why `source` cannot read cached features (None: it can)."""
-    from onellm.training.task import Task
-    from onellm.training.text_tasks import TextTask
-
     task = source.task
     if source.cfg.zoom is not None:
         return "zoom changes the input on every pass (an augmentation)"
@@ -62,8 +65,6 @@ def why_not(model: Any, source: Any) -> str | None:
 
 def fingerprint(model: Any, source: Any, precision: str = "fp32") -> str:
     """A hash of everything the cached features depend on."""
-    from onellm.data.sources import modality_settings
-
     h = hashlib.sha256()
     mod = model.modalities[source.modality]
     settings = modality_settings(mod)
@@ -208,18 +209,10 @@ def attach(
 
 def cache_stage(cfg: Any, *, quiet: bool = False) -> dict[str, str]:
     """`onellm cache-features STAGE.yaml`: build the stage's feature caches without training."""
-    from torch import nn
-
-    from onellm.data.sources import Source
-    from onellm.errors import ConfigError
-    from onellm.modeling.devices import resolve_device
-    from onellm.training.freezing import apply_trainable
-    from onellm.training.recipe import prepare_model
-
     if cfg.feature_cache is None:
         raise ConfigError("feature_cache: name the folder to cache in (feature_cache=DIR)")
     model, added = prepare_model(cfg, resolve_device(cfg.device))
-    sources = {k: Source(model, k, s, cfg.seed) for k, s in cfg.data.items()}
+    sources = stage_sources(model, cfg)
     apply_trainable(
         nn.ModuleDict({"model": model, "aux": nn.ModuleDict()}), cfg.trainable, added, world=1
     )

@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from onellm.data.sources import Source
-from onellm.errors import OneLLMError
+from onellm.errors import ConfigError, OneLLMError
 from onellm.training.stage import StageConfig
+from onellm.training.task import Batching
 
 
 def choose_source(weights: dict[str, float], seed: int, step: int) -> str:
@@ -47,12 +48,24 @@ class StepBatches(Dataset):
         self.cfg, self.sources, self.model = cfg, sources, model
         self.rank, self.world = rank, world
         self.weights = {k: s.weight for k, s in cfg.data.items()}
+        for key in cfg.data:  # each process reads its own equal slice of every batch
+            if self.batch_size(key) % world:
+                raise ConfigError(
+                    f"data.{key}: batch_size {self.batch_size(key)} must divide "
+                    f"by the {world} processes"
+                )
 
     def __len__(self) -> int:
         return self.cfg.steps
 
     def batch_size(self, key: str) -> int:
         return self.cfg.data[key].batch_size or self.cfg.batch_size
+
+    def examples(self, key: str | tuple[str, ...]) -> int:
+        """The examples (all processes) of a step reading `key` (mixed: one per micro-batch)."""
+        if isinstance(key, tuple):
+            return sum(self.batch_size(k) for k in key)
+        return self.batch_size(key) * self.cfg.grad_accum
 
     def source_for(self, step: int, slot: int = 0) -> str:
         """The source of step `step` (of its micro-batch `slot` when sources mix)."""
@@ -70,8 +83,6 @@ class StepBatches(Dataset):
     def batches(self, step: int, key: str, slots: list[int] | None = None) -> list[dict[str, Any]]:
         """This process's micro-batches of step `step` from source `key` (those of the
         micro-batch `slots` alone, when given)."""
-        from onellm.training.task import Batching
-
         src, size = self.sources[key], self.batch_size(key)
         local = size // self.world
         out = []
