@@ -1,5 +1,5 @@
-"""Examples -> token ids and labels in the template's layout (onellm/layout.py), then
-right-padded batches.
+"""Examples -> token ids and labels in the template's layout (onellm/modeling/layout.py),
+then right-padded batches.
 
 caption:  [BOS] <m>... caption </s>           (targets: caption and </s>)
 instruct: [BOS] <m>... system? user q sep assistant  a sep ... </s>   (targets: answers and </s>)

@@ -2,8 +2,9 @@
 tokenizer, so that both agree.
 
 Each modality says which captions its renderer gives (its `captions()`, beside `render`);
-the tiny tokenizer learns those of the modalities in the model's config (onellm/build.py),
-so its vocabulary depends on the config alone, never on which plug-ins a process imported.
+the tiny tokenizer learns those of the modalities in the model's config
+(onellm/modeling/build.py), so its vocabulary depends on the config alone, never on which
+plug-ins a process imported.
 A modality added later needs no edit here: words outside the corpus encode as byte-level
 BPE pieces."""
 

@@ -8,7 +8,7 @@
         {"from": "human", "value": "<image> <audio> Does the sound match the picture?"}, ...]}
 
 A record with several modalities (`inputs`) places each where its text names `<m>`, else
-first, in the order given (onellm/layout.py), as chat does.
+first, in the order given (onellm/modeling/layout.py), as chat does.
 
 Relative inputs resolve against the manifest's folder. A bad record is an error naming its line.
 
@@ -200,6 +200,7 @@ def _turns(conv: object, where: str) -> list[tuple[str, str]]:
             raise InputError(
                 f"manifest {where}: turn {i // 2 + 1} must be a 'human' then a 'gpt' message"
             )
-        # a placeholder the text names (LLaVA's <image>) is where that block goes (onellm/layout.py)
+        # a placeholder the text names (LLaVA's <image>) is where that block goes
+        # (onellm/modeling/layout.py)
         turns.append((human["value"].strip(), gpt["value"].strip()))
     return turns

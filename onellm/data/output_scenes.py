@@ -10,7 +10,7 @@ from itertools import product
 
 import numpy as np
 
-from onellm.data.draw import canvas, paint, shape_mask
+from onellm.data.draw import RGB, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, SHAPES
 from onellm.data.shapes import SPLITS
 
@@ -89,8 +89,6 @@ def point_in(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
 def dominant_colour(image: np.ndarray, background: float = 30.0) -> str | None:
     """The shapes-world colour nearest to the mean of pixels that differ from the ground
     (the image's border median); None if nothing stands out."""
-    from onellm.data.draw import RGB
-
     img = image.astype(np.float32)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     ground = np.median(border, axis=0)

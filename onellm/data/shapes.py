@@ -13,7 +13,7 @@ import numpy as np
 
 from onellm.data.draw import Scene
 from onellm.errors import InputError
-from onellm.modeling.modality import find_modality
+from onellm.modeling.modality import Renders, find_modality
 
 SPLITS = {"train": 0, "test": 1}
 
@@ -28,10 +28,11 @@ def modality_instance(modality: Any, model: Any = None) -> Any:
 
 
 def render(modality: Any, index: int, split: str = "train", seed: int = 0) -> Scene:
-    """Scene number `index` of `split`; the same (modality, index, split, seed) gives the same scene."""
+    """Scene number `index` of `split`; the same (modality, index, split, seed) gives the
+    same scene."""
     if split not in SPLITS:
         raise InputError(f"shapes: expected split 'train' or 'test', got {split!r}")
-    if not hasattr(modality, "render"):
+    if not isinstance(modality, Renders):
         raise InputError(
             f"{getattr(modality, 'name', modality)}: expected a modality with a synthetic renderer"
         )
@@ -42,7 +43,8 @@ def render(modality: Any, index: int, split: str = "train", seed: int = 0) -> Sc
 def sample(
     modality: Any, n: int, split: str = "test", seed: int = 0, *, model: Any = None
 ) -> list[Scene]:
-    """`n` scenes of `modality` (a name, a modality object, or a name with `model=` for its sizes)."""
+    """`n` scenes of `modality` (a name, a modality object, or a name with `model=` for its
+    sizes)."""
     mod = modality_instance(modality, model)
     return [render(mod, i, split, seed) for i in range(n)]
 

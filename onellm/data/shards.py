@@ -56,7 +56,7 @@ class Member:
 
 def _index(path: str) -> list[tuple[str, int, int]]:
     """(name, header offset, size) of every file member, as wids' mmapped indexer reads it."""
-    from wids.wids_mmtar import MMIndexedTar
+    from wids.wids_mmtar import MMIndexedTar  # webdataset's: heavy, loaded only for shards
 
     try:
         tar = MMIndexedTar(path)
@@ -222,7 +222,7 @@ def write_shards(
 ) -> dict[str, str]:
     """Write a manifest's records as tar shards, one folder per modality:
     OUT/<modality>/shard-000000.tar, ... -> {modality: the brace pattern to train from}."""
-    import webdataset as wds
+    import webdataset as wds  # heavy, loaded only to write shards
 
     out = Path(out)
     m = Manifest(manifest)

@@ -17,6 +17,7 @@ from onellm.data import shapes
 from onellm.data.manifest import Manifest
 from onellm.data.shards import Shards, is_shards, materialised
 from onellm.errors import ConfigError
+from onellm.registry import TASKS
 from onellm.training.stage import SourceConfig
 
 
@@ -41,8 +42,6 @@ class Source:
     scene or a manifest record."""
 
     def __init__(self, model: Any, key: str, cfg: SourceConfig, seed: int) -> None:
-        from onellm.registry import TASKS
-
         self.cfg, self.seed, self.model = cfg, seed, model
         self.task = TASKS.get(cfg.task)
         names = cfg.modality if isinstance(cfg.modality, list) else [cfg.modality or key]

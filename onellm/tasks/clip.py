@@ -1,6 +1,6 @@
 """clip: contrastive training of the universal encoder (stage 0 at tiny scale): images (or
 clips) against their captions read by a small text tower trained beside it
-(onellm/contrastive.py). `zoom: [lo, hi]` shrinks each image by a factor drawn per
+(onellm/training/contrastive.py). `zoom: [lo, hi]` shrinks each image by a factor drawn per
 position (CLIP's scale augmentation). The loss is a mean over samples; no held-out metric."""
 
 from __future__ import annotations

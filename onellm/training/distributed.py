@@ -16,7 +16,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+
+from onellm.modeling.devices import resolve_device
+from onellm.modeling.llm import base_llm
 
 
 @dataclass
@@ -47,8 +51,6 @@ def init(device: str = "auto") -> Dist:
     """This process's place: under torchrun, join the process group (NCCL on CUDA, where
     each process takes cuda:LOCAL_RANK; gloo on the CPU) with a 1-D device mesh; a single
     process otherwise. `device`: the stage's spec (auto | cpu | cuda | cuda:N)."""
-    from onellm.modeling.devices import resolve_device
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist(device=resolve_device(device))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -76,16 +78,13 @@ def shard(
     """`fully_shard` every heavy block that trains over `mesh`; returns the sharded blocks.
     `compute_dtype` (the stage's bf16 / fp16): FSDP2 gathers those blocks' weights in it
     (half the traffic) and reduces their gradients in fp32."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
 
     # the projection's blocks: expert layers, not whole experts (ExpertPool calls each layer;
     # FSDP hooks run on __call__)
     projections = (model.projection, *model.projections.values())
     blocks: list[nn.Module] = [b for p in projections for b in p.blocks()]
-    llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
-    blocks += list(llm.model.layers) + list(model.encoder.clip.encoder.layers)
+    blocks += list(base_llm(model.llm).model.layers) + list(model.encoder.clip.encoder.layers)
     sharded = []
     for block in blocks:
         params = list(block.parameters())

@@ -14,6 +14,9 @@ import torch
 from onellm.data import shapes
 from onellm.data.manifest import read_manifest
 from onellm.errors import InputError
+from onellm.modeling.projection import Routed
+from onellm.registry import TASKS
+from onellm.training.task import output_tasks
 
 
 def normalise(text: str) -> str:
@@ -22,6 +25,7 @@ def normalise(text: str) -> str:
 
 def caption_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Exact match (after normalising case, spaces and a final period), BLEU-4, CIDEr."""
+    # pycocoevalcap: heavy, loaded only to score
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
@@ -155,9 +159,6 @@ def qa_metrics(modality: str, answers: dict[str, list[str]], preds: dict[str, li
 def evaluate_outputs(model: Any, task: str, *, samples: int = 50, seed: int = 0) -> dict[str, Any]:
     """Held-out metrics of an output task (seg, gen, sam, t2i: each task's `evaluate`,
     onellm/tasks/) on the shapes world's test split."""
-    from onellm.registry import TASKS
-    from onellm.training.task import output_tasks
-
     if task not in output_tasks():
         raise InputError(f"eval: expected task one of {', '.join(output_tasks())}, got {task!r}")
     return TASKS.get(task).evaluate(model, samples=samples, seed=seed)
@@ -190,8 +191,6 @@ class StageEval:
     task's own metric, and the mean routing weights per modality."""
 
     def __init__(self, cfg: Any, sources: dict[str, Any], model: Any) -> None:
-        from onellm.training.task import output_tasks
-
         self.cfg, sources = cfg, sources.values()
         if cfg.eval.modalities is not None:
             self.modalities = [model.modality_key(m) for m in cfg.eval.modalities]
@@ -206,8 +205,6 @@ class StageEval:
         return bool(self.modalities or self.tasks)
 
     def __call__(self, model: Any) -> dict[str, Any]:
-        from onellm.registry import TASKS
-
         e, seed = self.cfg.eval, self.cfg.seed + 1
         results = {
             m: evaluate(model, m, samples=e.samples, seed=seed, max_new_tokens=e.max_new_tokens)
@@ -215,7 +212,7 @@ class StageEval:
         }
         routing, per_query = {}, {}
         # perceiver and MLP projections have no router
-        for m in [m for m in results if hasattr(model.projector(m), "routes")]:
+        for m in [m for m in results if isinstance(model.projector(m), Routed)]:
             x = torch.cat([model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=model)])
             report = model.routing_report(m, x)
             routing[m], per_query[m] = report["per_expert"], report["per_query"]

@@ -1,6 +1,6 @@
 """What trains in a stage: freeze everything, unfreeze the parameters a stage's
 `trainable` globs name (OpenFlamingo's explicit freezing); learning-rate groups are in
-onellm/optim.py.
+onellm/training/optim.py.
 
 Keywords beside the globs: `@added` (what `add_modality` created) and `@output_tokens`
 (the <seg>/<gen> rows of the LLM's embedding and lm_head tables, as LISA trains them).
@@ -37,7 +37,8 @@ def output_token_rows(model: Any) -> dict[str, tuple[nn.Parameter, torch.Tensor]
 
 
 def set_trainable(root: nn.Module, patterns: list[str]) -> tuple[int, int]:
-    """Freeze everything, then unfreeze parameters whose name matches a glob. -> (trainable, total)."""
+    """Freeze everything, then unfreeze parameters whose name matches a glob.
+    -> (trainable, total)."""
     root.requires_grad_(False)
     matched = set()
     for name, p in root.named_parameters():

@@ -32,11 +32,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from onellm.experts.projection.routers import Routing
 from onellm.inference.routing import HEAD, ExpertUse, use_of
+from onellm.modeling.projection import Routed, Routing
 
 if TYPE_CHECKING:
-    from onellm.experts.projection.upm import UniversalProjection
     from onellm.training.distributed import Dist
     from onellm.training.stage import MoEConfig
 
@@ -58,20 +57,13 @@ class Call:
 
 
 @contextlib.contextmanager
-def recording(projection: UniversalProjection) -> Iterator[list[Call]]:
+def recording(projection: Routed) -> Iterator[list[Call]]:
     """The projection's router calls inside the block, in order."""
     calls: list[Call] = []
 
     def record(modality: str, x: torch.Tensor, routing: Routing) -> None:
-        calls.append(
-            Call(
-                modality,
-                projection.routers[modality],
-                x,
-                routing,
-                list(projection.routes[modality]),
-            )
-        )
+        router, experts = projection.routers[modality], list(projection.routes[modality])
+        calls.append(Call(modality, router, x, routing, experts))
 
     projection.recorder = record
     try:
@@ -150,15 +142,18 @@ class StepMoE:
     """What a stage does with its routers each optimiser step: record the routings
     (`recording()` around the step's forward passes), then `finish()` for the MoE loss to
     backward and its values to log; `report()` every log step gives the routing since the
-    last report and the collapse alarm (onellm/routing.py)."""
+    last report and the collapse alarm (onellm/inference/routing.py)."""
 
-    def __init__(self, cfg: MoEConfig, projection: UniversalProjection, d: Dist) -> None:
+    def __init__(self, cfg: MoEConfig, projection: nn.Module, d: Dist) -> None:
         self.cfg, self.projection, self.d = cfg, projection, d
         self.calls: list[Call] = []
         self.use = ExpertUse(floor=cfg.collapse.floor, patience=cfg.collapse.steps)
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
+        if not isinstance(self.projection, Routed):  # a perceiver or MLP: nothing is routed
+            yield
+            return
         with recording(self.projection) as self.calls:
             yield
 
@@ -166,7 +161,7 @@ class StepMoE:
         """The step's MoE loss and logged values; its expert use joins the report."""
         calls, self.calls = self.calls, []
         p, cfg = self.projection, self.cfg
-        if not hasattr(p, "routes"):  # a perceiver or MLP projection: nothing is routed
+        if not isinstance(p, Routed):  # a perceiver or MLP projection: nothing is routed
             return None, {}
         names = sorted(p.routes)
         rows = torch.zeros(len(names), HEAD + 4 * p.num_experts, device=self.d.device)

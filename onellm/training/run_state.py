@@ -68,9 +68,8 @@ class RunFiles:
                 "time": time.time(),
             }
         )
-        print(
-            f"[{cfg.name}] training {trainable:,} of {total:,} parameters on {self.d.world} process(es)"
-        )
+        where = f"on {self.d.world} process(es)"
+        print(f"[{cfg.name}] training {trainable:,} of {total:,} parameters {where}")
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.d.main:
@@ -79,7 +78,7 @@ class RunFiles:
             f.write(json.dumps(record) + "\n")
 
     def plot(self) -> None:
-        from onellm.training.plots import plot_run
+        from onellm.training.plots import plot_run  # matplotlib: heavy, loaded only to plot
 
         plot_run(self.root)
 

@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from onellm.config import load_config
-from onellm.errors import ConfigError
+from onellm.errors import ConfigError, RegistryError
+from onellm.modeling.devices import PRECISIONS, resolve_device
+from onellm.registry import TASKS
 
 
 @dataclasses.dataclass
@@ -110,7 +112,7 @@ class CollapseConfig:
 
 @dataclasses.dataclass
 class MoEConfig:
-    """Losses on the projection's routers (onellm/moe.py): Switch balance and router
+    """Losses on the projection's routers (onellm/training/moe.py): Switch balance and router
     z-loss weights, over each micro-batch or the whole optimiser step (`global`)."""
 
     balance: float = 0.0
@@ -180,10 +182,6 @@ def load_stage(path: str | os.PathLike, overrides: Iterable[str] = ()) -> StageC
 def validate(cfg: StageConfig) -> None:
     if not cfg.data:
         raise ConfigError("data: a stage needs at least one data source")
-    from onellm.errors import RegistryError
-    from onellm.modeling.devices import PRECISIONS
-    from onellm.registry import TASKS
-
     for key, src in cfg.data.items():
         try:
             TASKS.get(src.task)
@@ -209,8 +207,6 @@ def validate(cfg: StageConfig) -> None:
     for name in ("steps", "batch_size", "grad_accum"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: expected >= 1, got {getattr(cfg, name)}")
-    from onellm.modeling.devices import resolve_device
-
     resolve_device(cfg.device)  # no CUDA where it asks for one: say so now, not mid-setup
     if not cfg.trainable:
         raise ConfigError("trainable: name at least one parameter pattern")

@@ -3,7 +3,7 @@
 A task says how a source makes an example (`example`), how this process's share of a
 step becomes micro-batches (`collate`), the loss of one micro-batch and what that loss
 is a mean over (`loss`, `items`), and its held-out metric (`metrics`, `evaluate`). The
-recipe (onellm/train.py) only ever calls these; a new task never edits it.
+recipe (onellm/training/recipe.py) only ever calls these; a new task never edits it.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import torch
 
 from onellm.data.batches import collate, length_groups, tokens
 from onellm.data.sources import Example
+from onellm.inference.chat import pixels_of
 from onellm.training.task import Batching, Step, Task
 
 
@@ -101,8 +102,6 @@ def aux_text(model, example: Example, modality: str | None) -> str:
     """What the MoAI model's auxiliary sources say about the example's raw input (an input
     without pixels says nothing); said once per example (the shapes world keeps examples)."""
     if example.aux is None:
-        from onellm.inference.chat import pixels_of
-
         seen = {} if modality is None or example.raw is None else {modality: example.raw}
         example.aux = model.moai.describe(model, [pixels_of(model, seen)])[0]
     return example.aux
