@@ -8,7 +8,7 @@ import torch
 
 from onellm import OneLLM
 from onellm.checkpoints.conformance import onellm_logits
-from onellm.errors import ConfigError, RegistryError
+from onellm.errors import ConfigError, InputError, RegistryError
 from onellm.modeling.modality import MODALITIES, find_modality
 from onellm.registry import Registry
 from onellm.training.recipe import Recipe, read_metrics
@@ -168,3 +168,19 @@ def test_a_short_add_modality_stage_trains_only_the_new_parts(tmp_path):
     for m in before:
         assert torch.equal(before[m], after[m]), m
     assert "thermal" in trained.modalities and trained.projection.num_experts == 4
+
+
+def test_a_modality_starts_from_another_under_any_projection_kind():
+    """init_from copies the source's entries of the projection's per-modality tables, for a
+    kind without routers too; experts and routing are a routed kind's alone."""
+    torch.manual_seed(0)
+    model = OneLLM.from_config(TINY, ["projection.type=perceiver"])
+    model.add_modality("thermal", {"type": str(PLUGIN)}, init_from="image")
+    proj = model.projection
+    for table in (proj.latents, proj.start_tag, proj.end_tag):
+        assert torch.equal(table["thermal"], table["image"])
+    assert torch.equal(proj.out_proj["thermal"][0].weight, proj.out_proj["image"][0].weight)
+    with pytest.raises(ConfigError, match="the perceiver projection has none"):
+        model.add_modality("sonar", {"type": "depth"}, new_experts=1)
+    with pytest.raises(InputError, match="the perceiver projection, which has no router"):
+        model.routing_report("image", torch.zeros(1, 3, 32, 32))
