@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import yaml
+from peft import PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from onellm.config import load_config, to_dict
+from onellm.config import ModelConfig, load_config, to_dict
 from onellm.errors import CheckpointError
+from onellm.modeling.llm import base_llm, has_lora
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]
         raise CheckpointError(
             f"{path}: expected a complete safetensors file, got a truncated or corrupt one ({e})"
         ) from e
-
-
-def _is_peft(llm) -> bool:
-    return hasattr(llm, "peft_config")
 
 
 def own_state_dict(model: OneLLM) -> dict[str, torch.Tensor]:
@@ -71,7 +69,7 @@ def save_pretrained(
 ) -> Path:
     """Write `model` to `directory` (created). `base="reference"` keeps the encoder and LLM
     as the paths they were loaded from instead of copying them (they must be unchanged)."""
-    if getattr(model, "quantization", None) is not None:
+    if model.quantization is not None:
         raise CheckpointError(
             f"save_pretrained: this model's LLM is quantised ({model.quantization}) for "
             "inference; save the model it was loaded from instead"
@@ -79,7 +77,7 @@ def save_pretrained(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     cfg = to_dict(model.config)
-    llm = model.llm.get_base_model() if _is_peft(model.llm) else model.llm
+    llm = base_llm(model.llm)
     if base == "reference":
         missing = [
             p
@@ -110,7 +108,7 @@ def save_pretrained(
     if model.text_tokenizer is not None:
         model.text_tokenizer.save_pretrained(out / "tokenizer")
         cfg["llm"]["tokenizer"] = "tokenizer"
-    if _is_peft(model.llm):
+    if has_lora(model.llm):
         model.llm.save_pretrained(out / "lora")
     save_file(
         {k: v.contiguous() for k, v in own_state_dict(model).items()}, out / "model.safetensors"
@@ -119,24 +117,9 @@ def save_pretrained(
     return out
 
 
-def from_pretrained(
-    directory: str | os.PathLike,
-    *,
-    trainable_lora: bool = False,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    quantization: str | None = None,
-    overrides: Sequence[str] = (),
-) -> OneLLM:
-    """Load a directory written by `save_pretrained` onto `device` in `dtype`, its LLM
-    quantised if asked (onellm/quantize.py). `overrides` (`key=value`) change its config
-    first (another projection kind, a `moai` section): then its weights load wherever
-    they still fit by name and shape, the parts the change made start as built, and what
-    was left out is logged."""
-    from onellm.modeling import quantize
-    from onellm.modeling.build import build_model
-    from onellm.modeling.devices import resolve_device
-
+def saved_config(directory: str | os.PathLike, overrides: Sequence[str] = ()) -> ModelConfig:
+    """The config of a directory written by `save_pretrained`, its stored base models' paths
+    made absolute, changed by `overrides` (`key=value`)."""
     d = Path(directory)
     if not (d / "config.yaml").is_file() or not (d / "model.safetensors").is_file():
         raise CheckpointError(
@@ -147,19 +130,38 @@ def from_pretrained(
         value = getattr(part, key)
         if value is not None and not Path(value).is_absolute():
             setattr(part, key, str(d / value))  # stored parts live inside the run
-    q = quantize.resolve(quantization, resolve_device("cpu" if device is None else device))
-    model = build_model(cfg, device, dtype, q)
-    if (d / "lora").is_dir():
-        from peft import PeftModel
+    return cfg
 
+
+def load_weights(
+    model: OneLLM,
+    directory: str | os.PathLike,
+    *,
+    trainable_lora: bool = False,
+    overrides: Sequence[str] = (),
+) -> None:
+    """Load the weights `save_pretrained` wrote to `directory` into `model`, built from its
+    `saved_config`: its LoRA adapters (trainable if asked) and every part that is not a
+    base model. With `overrides` (a changed config: another projection kind, a `moai`
+    section) they load wherever they still fit by name and shape, the parts the change made
+    stay as built, and what was left out is logged."""
+    d = Path(directory)
+    if (d / "lora").is_dir():
         model.llm = PeftModel.from_pretrained(model.llm, d / "lora", is_trainable=trainable_lora)
     own = _renamed(read_safetensors(d / "model.safetensors", device=str(model.device)))
     expected = own_state_dict(model)
     if overrides:  # a changed model: what still fits loads
         fits = {k: v for k, v in own.items() if k in expected and expected[k].shape == v.shape}
         fresh, dropped = sorted(set(expected) - set(fits)), sorted(set(own) - set(fits))
-        log.info("%s with %s: %d tensors start as built (%s ...), %d saved ones left out (%s ...)",
-                 d, list(overrides), len(fresh), fresh[:3], len(dropped), dropped[:3])  # fmt: skip
+        log.info(
+            "%s with %s: %d tensors start as built (%s ...), %d saved ones left out (%s ...)",
+            d,
+            list(overrides),
+            len(fresh),
+            fresh[:3],
+            len(dropped),
+            dropped[:3],
+        )
         own = fits
     missing, unexpected = sorted(set(expected) - set(own)), sorted(set(own) - set(expected))
     if (missing and not overrides) or unexpected:
@@ -167,5 +169,3 @@ def from_pretrained(
             f"{d}: weights do not fit the config; missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     model.load_state_dict(own, strict=False)
-    quantize.after_loading(model, q)  # after the LoRA: its factors stay unquantised
-    return model

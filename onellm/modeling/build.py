@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from onellm.config import ModelConfig, check_kwargs
+from onellm.data import output_scenes
 from onellm.errors import ConfigError
 from onellm.modeling.devices import DTYPES, resolve_device, resolve_dtype
 from onellm.modeling.encoder import UniversalEncoder
 from onellm.modeling.layout import TokenLayout
 from onellm.modeling.llm import build_llm, build_text_tokenizer
-from onellm.modeling.modality import MODALITIES, Modality, find_modality
+from onellm.modeling.modality import BindsEncoder, Modality, Renders, find_modality
 from onellm.modeling.outputs import build_outputs
+from onellm.modeling.projection import Routed
+from onellm.modeling.quantize import Quantization, loading_config
 from onellm.modeling.special_tokens import add_special_tokens
-from onellm.registry import MIXERS, PROJECTIONS
+from onellm.registry import MIXERS, MODALITIES, PROJECTIONS
+
+if TYPE_CHECKING:
+    from onellm.model import OneLLM
 
 
 def build_modality(
@@ -36,7 +42,7 @@ def build_modality(
     cls = find_modality(kind, name)
     check_kwargs(cls, kwargs, f"modalities.{name}")
     mod = cls(**kwargs)
-    if encoder is not None and hasattr(mod, "bind"):
+    if encoder is not None and isinstance(mod, BindsEncoder):
         mod.bind(encoder)
     return mod
 
@@ -44,9 +50,7 @@ def build_modality(
 def shapes_captions(modalities: Iterable[Modality]) -> list[str]:
     """The shapes world's captions of these modalities (their `captions()`), then the output
     tasks' prompts: what a tiny text tokenizer learns."""
-    from onellm.data import output_scenes
-
-    mine = [c for m in modalities if hasattr(m, "captions") for c in m.captions()]
+    mine = [c for m in modalities if isinstance(m, Renders) for c in m.captions()]
     return [*mine, *output_scenes.captions()]
 
 
@@ -85,8 +89,9 @@ def run_lengths(projectors: Mapping[str, nn.Module]) -> dict[str, int]:
     return {key: proj.num_tokens(key) + 2 for key, proj in projectors.items()}
 
 
-def token_layout(tokenizer, llm, lengths: Mapping[str, int],
-                 output_tokens: Iterable[str] = ()) -> TokenLayout:  # fmt: skip
+def token_layout(
+    tokenizer, llm, lengths: Mapping[str, int], output_tokens: Iterable[str] = ()
+) -> TokenLayout:
     """Each modality's placeholder id (`<m>` in the tokenizer, added if new; without a
     tokenizer, one past the LLM's vocabulary) and run length in a `TokenLayout`."""
     names = list(lengths)
@@ -101,17 +106,23 @@ def token_layout(tokenizer, llm, lengths: Mapping[str, int],
     return TokenLayout(tokenizer, ids, lengths, output_tokens=list(output_tokens))
 
 
-def build_projection(cfg: ModelConfig, encoder: UniversalEncoder, llm, type_: str | None = None,
-                     options: Mapping[str, Any] | None = None,
-                     where: str = "projection.options") -> nn.Module:  # fmt: skip
+def build_projection(
+    cfg: ModelConfig,
+    encoder: UniversalEncoder,
+    llm,
+    type_: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    where: str = "projection.options",
+) -> nn.Module:
     """The projection kind `type_` (default `cfg.projection.type`; onellm/modeling/projection.py)
     with `options` (default `cfg.projection.options`); unknown types and options are
     refused by name."""
     p = cfg.projection
     type_, options = (p.type, p.options) if type_ is None else (type_, dict(options or {}))
     build = PROJECTIONS.get(type_)  # RegistryError listing the kinds
-    return build(p, width=encoder.width, llm_width=llm.config.hidden_size, options=options,
-                 where=where)  # fmt: skip
+    return build(
+        p, width=encoder.width, llm_width=llm.config.hidden_size, options=options, where=where
+    )
 
 
 def build_side_projections(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> nn.ModuleDict:
@@ -126,11 +137,16 @@ def build_side_projections(cfg: ModelConfig, encoder: UniversalEncoder, llm) -> 
                 f"projection.by_modality.{m}: expected {{type: kind, ...}}, got {spec}"
             )
         if specs.setdefault(kind, spec) != spec:
-            raise ConfigError(f"projection.by_modality.{m}: the {kind} kind is shared; its options "
-                              f"must match {specs[kind]}, got {spec}")  # fmt: skip
-    return nn.ModuleDict({kind: build_projection(cfg, encoder, llm, kind, opts,
-                                                 f"projection.by_modality.{kind}")
-                          for kind, opts in specs.items()})  # fmt: skip
+            raise ConfigError(
+                f"projection.by_modality.{m}: the {kind} kind is shared; its options "
+                f"must match {specs[kind]}, got {spec}"
+            )
+    return nn.ModuleDict(
+        {
+            kind: build_projection(cfg, encoder, llm, kind, opts, f"projection.by_modality.{kind}")
+            for kind, opts in specs.items()
+        }
+    )
 
 
 def tokens_in(tokenizer: nn.Module, encoder: UniversalEncoder) -> int:
@@ -139,12 +155,16 @@ def tokens_in(tokenizer: nn.Module, encoder: UniversalEncoder) -> int:
     return int((encoder.position_embedding if pos is None else pos).shape[0])
 
 
-def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantization=None):
-    """Every part from `cfg`, on `device` (default cpu) in `dtype` (default the config's);
-    `quantization` (onellm/quantize.py) is what quantises the LLM as it loads, if anything."""
-    from onellm.model import OneLLM
-    from onellm.modeling.quantize import loading_config
-
+def build_model(
+    cfg: ModelConfig,
+    model_class: type[OneLLM],
+    device: Any = None,
+    dtype: Any = None,
+    quantization: Quantization | None = None,
+) -> OneLLM:
+    """A `model_class` (the composition root, onellm/model.py) of every part from `cfg`, on
+    `device` (default cpu) in `dtype` (default the config's); `quantization`
+    (onellm/modeling/quantize.py) is what quantises the LLM as it loads, if anything."""
     where = resolve_device("cpu" if device is None else device)
     cfg = dataclasses.replace(cfg, dtype=resolve_dtype(dtype, cfg.dtype, "config: dtype"))
     torch_dtype = DTYPES[cfg.dtype]
@@ -160,8 +180,12 @@ def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantiz
         tokenizers[name] = mod.build_tokenizer(encoder=encoder)
         kind = cfg.projection.kind_of(name)
         projectors[name] = proj = projection if kind is None else side[kind]
-        proj.add_modality(name, output_scale=scale, experts=cfg.projection.routes.get(name),
-                          tokens_in=tokens_in(tokenizers[name], encoder))  # fmt: skip
+        proj.add_modality(
+            name,
+            output_scale=scale,
+            experts=cfg.projection.routes.get(name),
+            tokens_in=tokens_in(tokenizers[name], encoder),
+        )
     llm.requires_grad_(False)  # frozen during alignment; stages unfreeze by pattern
     tok = build_text_tokenizer(cfg.llm, cfg.chat, shapes_captions(modalities.values()))
     # placeholders first, then output tokens: the order the ids of saved runs were given in
@@ -172,17 +196,48 @@ def build_model(cfg: ModelConfig, device: Any = None, dtype: Any = None, quantiz
         token_ids = {t: added[f"<{t}>"] for t in cfg.outputs}
         layout.output_tokens = list(added)
     outputs = build_outputs(
-        cfg.outputs if token_ids else {}, llm_width=llm.config.hidden_size,
-        vocab_size=cfg.llm.vocab_size, tokenizer=tok, token_ids=token_ids,
-    )  # fmt: skip
+        cfg.outputs if token_ids else {},
+        llm_width=llm.config.hidden_size,
+        vocab_size=cfg.llm.vocab_size,
+        tokenizer=tok,
+        token_ids=token_ids,
+    )
     if token_ids:  # the LLM grows its tables after the heads drew their random weights
         add_special_tokens(tok, llm, layout.output_tokens)
-    model = OneLLM(config=cfg, modalities=modalities, tokenizers=tokenizers, encoder=encoder,
-                   projection=projection, llm=llm, text_tokenizer=tok, layout=layout,
-                   outputs=outputs, moai=build_moai(cfg.moai, llm), projections=side)  # fmt: skip
+    model = model_class(
+        config=cfg,
+        modalities=modalities,
+        tokenizers=tokenizers,
+        encoder=encoder,
+        projection=projection,
+        llm=llm,
+        text_tokenizer=tok,
+        layout=layout,
+        outputs=outputs,
+        moai=build_moai(cfg.moai, llm),
+        projections=side,
+    )
     return model.to(where, torch_dtype)
 
 
 def parts_dtype(model: torch.nn.Module) -> str:
     """The config name of the model's dtype (`float32`, `bfloat16`, ...)."""
     return next(name for name, d in DTYPES.items() if d == model.dtype)
+
+
+def rebuilt_config(model: OneLLM) -> ModelConfig:
+    """The config that rebuilds `model` (`OneLLM.config`): its base config with what its
+    modules say now (modalities, a routed projection's experts, routes and router, dtype)."""
+    p, projection = model.projection, model.base_config.projection
+    if isinstance(p, Routed):  # a routed projection (the UPM) grows experts and routes
+        every = list(range(p.num_experts))
+        routes = {m: list(r) for m, r in p.routes.items() if list(r) != every}
+        projection = dataclasses.replace(
+            projection, num_experts=p.num_experts, routes=routes, router=dict(p.router_spec)
+        )
+    return dataclasses.replace(
+        model.base_config,
+        modalities=dict(model.specs),
+        projection=projection,
+        dtype=parts_dtype(model),
+    )

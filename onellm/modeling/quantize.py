@@ -15,11 +15,13 @@ UPM, output experts: small beside a 7B LLM). docs/serve.md has the measured erro
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from transformers import BitsAndBytesConfig
 
 from onellm.errors import ConfigError
 
@@ -65,8 +67,6 @@ def resolve(spec: str | None, device: torch.device) -> Quantization | None:
 
 
 def importlib_missing(name: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(name) is None
 
 
@@ -75,12 +75,14 @@ def loading_config(q: Quantization | None, dtype: torch.dtype) -> Any:
     or None when the LLM loads as it is (no quantisation, or torchao after loading)."""
     if q is None or q.backend != "bitsandbytes":
         return None
-    from transformers import BitsAndBytesConfig
-
     if q.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)  # fmt: skip
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
 
 
 def after_loading(model: OneLLM, q: Quantization | None) -> None:
@@ -88,6 +90,7 @@ def after_loading(model: OneLLM, q: Quantization | None) -> None:
     model.quantization = q
     if q is None or q.backend != "torchao":
         return
+    # torchao is the optional `quant` extra, imported only when a model is quantised
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
     def linear(module: nn.Module, fqn: str) -> bool:  # LoRA factors and the LM head stay

@@ -1,0 +1,56 @@
+"""The mixer contract (MoAI's, from a model config's `moai:` section, experts/moai/) and how
+the model applies it: auxiliary texts about each row's image mixed into the LLM calls made
+inside `model.mixing(...)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from onellm.errors import InputError
+
+if TYPE_CHECKING:
+    from onellm.model import OneLLM
+
+
+class Mixer(Protocol):
+    """A mixer plug-in (an `nn.Module`, registered in `MIXERS`), joined to the LLM's layers."""
+
+    def attach(self, llm: nn.Module) -> None: ...
+
+    def describe(self, model: Any, pixels: Sequence[torch.Tensor | None]) -> list[str]:
+        """Each row's auxiliary text from its image (3, H, W), or from nothing (None)."""
+        ...
+
+    def mixing(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        texts: Sequence[str],
+        attention_mask: torch.Tensor | None = None,
+    ) -> contextlib.AbstractContextManager[None]: ...
+
+
+@contextlib.contextmanager
+def mixing(
+    model: OneLLM,
+    input_ids: torch.Tensor,
+    aux: Sequence[str] | None,
+    attention_mask: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """The LLM calls inside mix in the auxiliary texts `aux` (one per row of `input_ids`;
+    `attention_mask`: its padding) through the model's mixer; without one, nothing happens
+    (and `aux` is refused)."""
+    if model.moai is None:
+        if aux is not None:
+            raise InputError("aux: this model has no MoAI mixer (a `moai:` section), got aux texts")
+        yield
+        return
+    aux = [""] * len(input_ids) if aux is None else aux
+    with model.moai.mixing(model, input_ids, aux, attention_mask):
+        yield
