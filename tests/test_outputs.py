@@ -84,6 +84,7 @@ def test_masks_from_generates_states_equal_masks_from_a_second_pass(model, monke
     reply, as chat once ran, gives the same states and masks."""
     from transformers import LogitsProcessorList
 
+    from onellm.inference import chat
     from onellm.inference import output_states as outputs
 
     seg = model.outputs.token_ids["seg"]
@@ -94,7 +95,7 @@ def test_masks_from_generates_states_equal_masks_from_a_second_pass(model, monke
         seen.update(out=out, embeds=prompt_embeds, mask=attention_mask)
         return real(m, replies, out, prompt_embeds, attention_mask, samples)
 
-    monkeypatch.setattr(outputs, "attach_outputs", spy)
+    monkeypatch.setattr(chat, "attach_outputs", spy)  # what generate calls
     images = [image(), image(32, 24)]
     force = LogitsProcessorList([EmitAt(seg, [{1}, {4}])])
     replies = model.chat([images[0], images[1]], modality="image",

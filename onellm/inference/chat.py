@@ -3,30 +3,30 @@
 inputs (raw | [raw, ...] | {modality: raw} | [{...}, ...])
   -> preprocess -> one `Conversation` per sample (inputs, prompt segments, own limit)
   -> `generate`: modality blocks (B_m, Q+2, D); ids laid out as training lays them out
-  (onellm/layout.py: placeholders expanded to Q+2 positions; batch left-padded)
+  (onellm/modeling/layout.py: placeholders expanded to Q+2 positions; batch left-padded)
   -> inputs_embeds (masked_scatter of the blocks) -> llm.generate (KV cache, sampling)
-  -> text, cut at the template's stop strings; masks / images from the states generate
-  computed at output tokens (onellm/outputs.py)
+  -> text, cut at the template's stop strings (streamed: onellm/inference/streaming.py);
+  masks / images from the states generate computed at output tokens (output_states.py)
 `generate` also serves `onellm serve`'s batches: each row has its own prompt, history,
 inputs and token limit.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
 from onellm.errors import InputError
+from onellm.inference.output_states import attach_outputs
 from onellm.inference.reply import ChatResponse
+from onellm.inference.streaming import ChatStream, RowStreamer
 from onellm.modeling.layout import pad
-from onellm.modeling.template import Segment, Turn, cut_at_stop, render_prompt, stream_visible
+from onellm.modeling.modality import HasPixels, SampleLists
+from onellm.modeling.template import Segment, Turn, cut_at_stop, render_prompt
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -53,7 +53,7 @@ def normalise_inputs(
         return [{}], False
     mod = model.modalities[model.modality_key(modality)] if modality is not None else None
     # a list is a batch, unless the modality reads it as one input (audio: a waveform)
-    one = mod is not None and bool(getattr(mod, "is_sample", None)) and mod.is_sample(inputs)
+    one = isinstance(mod, SampleLists) and mod.is_sample(inputs)
     batched = isinstance(inputs, list) and not one
     samples = inputs if batched else [inputs]
     if batched and not samples:
@@ -84,7 +84,7 @@ def pixels_of(model: OneLLM, sample: Mapping[str, Any]) -> torch.Tensor | None:
     """The sample's first input that can carry a mask (a modality with `pixels`)."""
     for key, raw in sample.items():
         mod = model.modalities[key]
-        if hasattr(mod, "pixels"):
+        if isinstance(mod, HasPixels):
             return mod.pixels(raw).to(model.device, model.dtype)
     return None
 
@@ -102,7 +102,15 @@ def chat(
     stream: bool = False,
     **generate_kwargs: Any,
 ) -> ChatResponse | list[ChatResponse] | ChatStream:
-    """See `OneLLM.chat`."""
+    """Answer `prompt` about `inputs` (greedy unless `temperature` > 0): `model.chat(...)`.
+
+    `inputs`: a raw input of `modality` (path, PIL, array, tensor), a list of them (a
+    batch: returns a list), a dict `{modality: raw}` for several modalities in one
+    prompt (placed at their `<m>` placeholders, else first), or None for text only.
+    No prompt: the model captions its input. `history`: earlier (prompt, reply) turns.
+    `max_new_tokens`, `temperature`, `top_p`, `stream=True` (an iterator of text
+    pieces); other keyword arguments go to transformers' `generate`.
+    """
     if model.text_tokenizer is None:
         raise InputError("text: this model has no tokenizer; set llm.tokenizer to a tokenizer dir")
     if prompt is not None and not prompt.strip():
@@ -116,13 +124,14 @@ def chat(
     rows = [
         Conversation(
             {k: model.preprocess(raw, k) for k, raw in s.items()}, segments, pixels_of(model, s)
-        )  # fmt: skip
+        )
         for s in samples
     ]
     opts = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     if stream:
-        return ChatStream(lambda on_text: generate(model, rows, on_text=on_text, **opts,
-                                                   **generate_kwargs)[0])  # fmt: skip
+        return ChatStream(
+            lambda on_text: generate(model, rows, on_text=on_text, **opts, **generate_kwargs)[0]
+        )
     replies = generate(model, rows, **opts, **generate_kwargs)
     return replies if batched else replies[0]
 
@@ -177,11 +186,13 @@ def generate(
         replies = []
         for row, limit in zip(generated.tolist(), limits, strict=True):
             row = row[:limit]
-            replies.append(ChatResponse(text=cut_at_stop(tok.decode(row, skip_special_tokens=True),
-                                                         stops), token_ids=_trim(row, tok)))  # fmt: skip
+            replies.append(
+                ChatResponse(
+                    text=cut_at_stop(tok.decode(row, skip_special_tokens=True), stops),
+                    token_ids=_trim(row, tok),
+                )
+            )
         if read_states and model.outputs.emitted(generated):
-            from onellm.inference.output_states import attach_outputs
-
             attach_outputs(model, replies, out, embeds, attention_mask, [r.pixels for r in rows])
     return replies
 
@@ -223,75 +234,3 @@ class RowLimits(StoppingCriteria):
         if self.start is None:  # the first call follows the first new token
             self.start = input_ids.shape[1] - 1
         return (input_ids.shape[1] - self.start >= self.limits).to(input_ids.device)
-
-
-class RowStreamer(BaseStreamer):
-    """`generate`'s streamer for a batch: hands each row's newly certain text to `on_text`."""
-
-    def __init__(self, tok, stops: Sequence[str], limits: Sequence[int],
-                 on_text: Callable[[int, str], None], follow: Sequence[bool]) -> None:  # fmt: skip
-        self.tok, self.stops, self.limits, self.on_text = tok, list(stops), list(limits), on_text
-        self.ids: list[list[int]] = [[] for _ in limits]
-        self.sent = [""] * len(limits)
-        self.follow = list(follow)  # rows whose text is decoded as it comes
-        self.done = [not f for f in follow]
-        self.prompt = True  # generate first puts the prompt's ids (none for inputs_embeds)
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.prompt:
-            self.prompt = False
-            return
-        for i, t in enumerate(value.reshape(len(self.ids), -1)[:, -1].tolist()):
-            if self.done[i]:
-                continue
-            if t == self.tok.eos_token_id:
-                self.done[i] = True
-                continue
-            self.ids[i].append(t)
-            self.done[i] = len(self.ids[i]) >= self.limits[i]
-            self._send(i, final=False)
-
-    def end(self) -> None:
-        for i in range(len(self.ids)):
-            if self.follow[i]:
-                self._send(i, final=True)
-
-    def _send(self, i: int, final: bool) -> None:
-        text = self.tok.decode(self.ids[i], skip_special_tokens=True)
-        if not final and text.endswith("\ufffd"):  # a character still being spelled out
-            return
-        visible = cut_at_stop(text, self.stops) if final else stream_visible(text, self.stops)
-        if len(visible) > len(self.sent[i]) and visible.startswith(self.sent[i]):
-            self.on_text(i, visible[len(self.sent[i]) :])
-            self.sent[i] = visible
-
-
-class ChatStream:
-    """What `chat(..., stream=True)` returns: iterate it for the reply's text pieces as they
-    are generated (they join to the final text); then `.response` is the whole reply, masks
-    and images included."""
-
-    def __init__(self, run: Callable[[Callable[[int, str], None]], ChatResponse]) -> None:
-        self._run = run
-        self.response: ChatResponse | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        pieces: queue.Queue = queue.Queue()
-        done = object()
-        result: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                result["reply"] = self._run(lambda i, piece: pieces.put(piece))
-            except BaseException as e:  # handed to the reading thread, which raises it
-                result["error"] = e
-            pieces.put(done)
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        while (piece := pieces.get()) is not done:
-            yield piece
-        thread.join()
-        if "error" in result:
-            raise result["error"]
-        self.response = result["reply"]

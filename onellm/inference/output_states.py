@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from onellm.errors import InputError
+from onellm.modeling.llm import base_llm
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -29,7 +30,7 @@ def generated_states(model: OneLLM, out, prompt_embeds, attention_mask) -> torch
     ids = last.new_tensor(list(model.outputs.token_ids.values()))
     if not torch.isin(last, ids).any():  # no reply ends in an output token: nothing to add
         return torch.stack([*states, torch.zeros_like(steps[0][-1][:, -1])], dim=1)
-    llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
+    llm = base_llm(model.llm)
     embedding = llm.get_input_embeddings()
     mask = torch.cat([attention_mask, torch.ones_like(seq)], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -38,13 +39,24 @@ def generated_states(model: OneLLM, out, prompt_embeds, attention_mask) -> torch
         name = (
             "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
         )
-        step = llm(inputs_embeds=embedding(last), attention_mask=mask, position_ids=positions[:, -1:],
-                   use_cache=True, output_hidden_states=True, **{name: cache})  # fmt: skip
+        step = llm(
+            inputs_embeds=embedding(last),
+            attention_mask=mask,
+            position_ids=positions[:, -1:],
+            use_cache=True,
+            output_hidden_states=True,
+            **{name: cache},
+        )
         return torch.stack([*states, step.hidden_states[-1][:, -1]], dim=1)
     # generate ran without a cache (use_cache=False): so does its last step, over everything
     embeds = torch.cat([prompt_embeds, embedding(seq)], dim=1)
-    full = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
-               output_hidden_states=True)  # fmt: skip
+    full = llm(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=False,
+        output_hidden_states=True,
+    )
     return full.hidden_states[-1][:, -seq.shape[1] :]
 
 
