@@ -13,8 +13,9 @@ from onellm.checkpoints.convert import MODALITY_NAMES, from_onellm
 from onellm.errors import InputError
 
 
-def onellm_logits(model, tokens: torch.Tensor, x: torch.Tensor | None = None,
-                  modality: str | None = None) -> torch.Tensor:  # fmt: skip
+def onellm_logits(
+    model, tokens: torch.Tensor, x: torch.Tensor | None = None, modality: str | None = None
+) -> torch.Tensor:
     """Logits (B, L, V) aligned as OneLLM's forward returns them for token rows `tokens`
     (B, L) and, optionally, a batch `x` of `modality`. The rows are laid out by the one
     layout path (the block right after BOS); with a modality, row 0 is the end-tag

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from onellm.config import EncoderConfig, LLMConfig, ModelConfig, ProjectionConfig
 from onellm.errors import CheckpointError
+from onellm.model import OneLLM
 
 # OneLLM's modality names -> this library's
 MODALITY_NAMES = {"rgbd": "depth", "rgbn": "normal"}
@@ -33,8 +35,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         sd: Any = load_file(p)
     else:
         try:
@@ -158,20 +158,42 @@ def map_keys(sd: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torc
     return out
 
 
-_LLM = {"attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-        "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-        "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
-        "ffn_norm": "post_attention_layernorm"}  # fmt: skip
-_EXPERT = {"attention.wq": "q_proj", "attention.wk": "k_proj", "attention.wv": "v_proj",
-           "attention.wo": "o_proj", "feed_forward.w1": "gate_proj", "feed_forward.w2": "down_proj",
-           "feed_forward.w3": "up_proj", "attention_norm": "attn_norm", "ffn_norm": "mlp_norm"}  # fmt: skip
-_CLIP_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-               "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}  # fmt: skip
-_CLIP = {"conv1.weight": "embeddings.patch_embedding.weight",
-         "class_embedding": "embeddings.class_embedding",
-         "positional_embedding": "embeddings.position_embedding.weight",
-         "ln_pre.weight": "pre_layrnorm.weight", "ln_pre.bias": "pre_layrnorm.bias",
-         "ln_post.weight": "post_layernorm.weight", "ln_post.bias": "post_layernorm.bias"}  # fmt: skip
+_LLM = {
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_EXPERT = {
+    "attention.wq": "q_proj",
+    "attention.wk": "k_proj",
+    "attention.wv": "v_proj",
+    "attention.wo": "o_proj",
+    "feed_forward.w1": "gate_proj",
+    "feed_forward.w2": "down_proj",
+    "feed_forward.w3": "up_proj",
+    "attention_norm": "attn_norm",
+    "ffn_norm": "mlp_norm",
+}
+_CLIP_BLOCK = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+_CLIP = {
+    "conv1.weight": "embeddings.patch_embedding.weight",
+    "class_embedding": "embeddings.class_embedding",
+    "positional_embedding": "embeddings.position_embedding.weight",
+    "ln_pre.weight": "pre_layrnorm.weight",
+    "ln_pre.bias": "pre_layrnorm.bias",
+    "ln_post.weight": "post_layernorm.weight",
+    "ln_post.bias": "post_layernorm.bias",
+}
 _TOKENIZER = {"audio": "proj", "imu": "proj", "fmri": "proj", "point": "proj"}
 
 
@@ -244,8 +266,6 @@ def from_onellm(
     Sizes come from tensor shapes; pass the head counts (not recoverable from shapes). The
     load is strict: a key that maps nowhere, or a parameter left unfilled, raises.
     """
-    from onellm.model import OneLLM
-
     sd = load_state_dict(path)
     cfg = infer_config(
         sd,

@@ -55,8 +55,14 @@ def session(
         else:
             prompt = line or None
             try:
-                pieces = model.chat(source, modality=modality if source else None, prompt=prompt,
-                                    history=history, stream=True, **chat_kwargs)  # fmt: skip
+                pieces = model.chat(
+                    source,
+                    modality=modality if source else None,
+                    prompt=prompt,
+                    history=history,
+                    stream=True,
+                    **chat_kwargs,
+                )
                 reply = ""
                 for piece in pieces:
                     reply += piece

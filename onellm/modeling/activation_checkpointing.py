@@ -13,15 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch.distributed._composable import checkpoint
+
+from onellm.modeling.llm import base_llm
 
 
 def enable(model: Any) -> list[nn.Module]:
     """Recompute in backward: the projection's blocks (UPM: each expert's; perceiver: its
-    layers), CLIP's and the LLM's layers. -> the projection blocks checkpointed. Only takes effect in train mode (HF's rule)."""
-    from torch.distributed._composable import checkpoint
-
-    llm = model.llm.get_base_model() if hasattr(model.llm, "peft_config") else model.llm
-    for part in (llm, model.encoder.clip):
+    layers), CLIP's and the LLM's layers. -> the projection blocks checkpointed. Only takes
+    effect in train mode (HF's rule)."""
+    for part in (base_llm(model.llm), model.encoder.clip):
         hf_enable(part)
     blocks = [b for p in (model.projection, *model.projections.values()) for b in p.blocks()]
     for block in blocks:

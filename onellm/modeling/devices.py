@@ -15,14 +15,22 @@ import torch
 
 from onellm.errors import ConfigError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "float64": torch.float64}  # fmt: skip
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 # stage `precision`: the autocast dtype (fp32: no autocast)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(spec: str | torch.device | None = "auto", *, local_rank: int | None = None,
-                   where: str = "device") -> torch.device:  # fmt: skip
+def resolve_device(
+    spec: str | torch.device | None = "auto",
+    *,
+    local_rank: int | None = None,
+    where: str = "device",
+) -> torch.device:
     """A device spec -> `torch.device`. Under torchrun (`local_rank` given) CUDA means this
     process's own GPU, `cuda:LOCAL_RANK`."""
     if isinstance(spec, torch.device):

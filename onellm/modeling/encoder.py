@@ -75,8 +75,9 @@ class UniversalEncoder(nn.Module):
         conv = self.clip.embeddings.patch_embedding
         return rearrange(conv(pixels.to(conv.weight.dtype)), "n w gh gw -> n (gh gw) w")
 
-    def forward(self, tokens: torch.Tensor, position_embedding: torch.Tensor | None,
-                pool: bool = True) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, tokens: torch.Tensor, position_embedding: torch.Tensor | None, pool: bool = True
+    ) -> torch.Tensor:
         """(B, T, S, W) tokens -> (B, S+1, W) features, frames mean-pooled after encoding
         (`pool=False`: each frame's, (B, T, S+1, W))."""
         b, t, s, w = tokens.shape

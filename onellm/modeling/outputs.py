@@ -33,8 +33,9 @@ class OutputExpert(nn.Module):
     decoder_type: ClassVar[str]  # the decoder built when `outputs.<kind>.decoder` names none
     on_input: ClassVar[bool] = False  # its results are drawn over the input asked about
 
-    def __init__(self, task: str, head: nn.Module, decoder: nn.Module, token_id: int,
-                 cfg: OutputConfig) -> None:  # fmt: skip
+    def __init__(
+        self, task: str, head: nn.Module, decoder: nn.Module, token_id: int, cfg: OutputConfig
+    ) -> None:
         super().__init__()
         self.task, self.head, self.decoder, self.token_id = task, head, decoder, token_id
         self.tokens, self.tune_llm = cfg.tokens, cfg.tune_llm
@@ -82,8 +83,14 @@ class OutputExperts(nn.ModuleDict):
         return out
 
 
-def build_outputs(outputs: dict[str, OutputConfig], *, llm_width: int, vocab_size: int,
-                  tokenizer: Any, token_ids: dict[str, int]) -> OutputExperts:  # fmt: skip
+def build_outputs(
+    outputs: dict[str, OutputConfig],
+    *,
+    llm_width: int,
+    vocab_size: int,
+    tokenizer: Any,
+    token_ids: dict[str, int],
+) -> OutputExperts:
     """Each `outputs.<kind>`: the kind's expert with its decoder, head and token id."""
     experts = OutputExperts()
     for task, out in outputs.items():
@@ -96,7 +103,12 @@ def build_outputs(outputs: dict[str, OutputConfig], *, llm_width: int, vocab_siz
         decoder = DECODERS.build(kind, tokenizer=tokenizer, **spec)
         head_cls = expert_class.head_class
         check_kwargs(head_cls, out.head, f"outputs.{task}.head")
-        head = head_cls(llm_width=llm_width, out_dim=decoder.condition_dim,
-                        num_experts=out.experts, use_embedding=out.use_embedding, **out.head)  # fmt: skip
+        head = head_cls(
+            llm_width=llm_width,
+            out_dim=decoder.condition_dim,
+            num_experts=out.experts,
+            use_embedding=out.use_embedding,
+            **out.head,
+        )
         experts[task] = expert_class(task, head, decoder, token_ids[task], out)
     return experts
