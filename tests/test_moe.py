@@ -1,4 +1,5 @@
-"""MoE losses (onellm/moe.py) and the expert-use figures and alarm (onellm/routing.py)."""
+"""MoE losses (onellm/training/moe.py) and the expert-use figures and alarm
+(onellm/inference/routing.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import math
 
 import pytest
 import torch
-from onellm.experts.projection.routers import ROUTERS, Routing
 from onellm.experts.projection.upm import UniversalProjection
 
 from onellm.inference.routing import ExpertUse, summarise, use_of
+from onellm.modeling.projection import Routing
+from onellm.registry import ROUTERS
 from onellm.training.moe import Call, recording, step_losses, switch_balance
 
 
