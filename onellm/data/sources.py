@@ -166,7 +166,8 @@ def modality_settings(mod: Any) -> tuple[tuple[str, str], ...]:
 
 def rendered(mod: Any, i: int, seed: int, *, preprocess: bool) -> tuple[shapes.Scene, Any]:
     """Training scene `i` of modality object `mod` and, if asked, its preprocessed input
-    (1, *input_shape) on the CPU."""
+    (1, *input_shape) on the CPU (None when not asked, even where an earlier stage in
+    this process preprocessed it: a task without inputs never carries one)."""
     key = (type(mod), modality_settings(mod), i, seed)
     if key not in _RENDERED:
         if len(_RENDERED) >= _RENDERED_MAX:
@@ -175,7 +176,7 @@ def rendered(mod: Any, i: int, seed: int, *, preprocess: bool) -> tuple[shapes.S
     entry = _RENDERED[key]
     if preprocess and entry[1] is None:
         entry[1] = mod.preprocess(entry[0].input).unsqueeze(0)
-    return entry[0], entry[1]
+    return entry[0], entry[1] if preprocess else None
 
 
 def conversation(scene: shapes.Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
