@@ -149,6 +149,7 @@ class AudioModality:
     """Log-mel fbank of a mono waveform: (1, mel_bins, frames)."""
 
     name = "audio"
+    upload = "audio"  # the file a user uploads (serve: its part type and player)
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ class ImageModality(ClipImageInput):
     """One RGB image, (3, size, size). `size` defaults to the encoder's image size."""
 
     name = "image"
+    upload = "image"  # the file a user uploads (serve: its part type and player)
 
     def input_shape(self) -> tuple[int | None, ...]:
         return (3, self.size, self.size)

@@ -108,6 +108,7 @@ class VideoModality(ClipImageInput):
     """`frames` frames of (3, size, size): (frames, 3, size, size)."""
 
     name = "video"
+    upload = "video"  # the file a user uploads (serve: its part type and player)
 
     def __init__(
         self,

@@ -84,14 +84,18 @@ def parse(service: Service, body: bytes) -> tuple[schemas.ChatRequest, Any, int]
         where = ".".join(str(p) for p in err["loc"]) or "body"
         raise RequestError(400, f"{where}: {err['msg']}") from e
     if req.model not in (None, service.model_id):
-        raise RequestError(404, f"model: expected {service.model_id!r} (GET /v1/models), "
-                                f"got {req.model!r}", "not_found_error")  # fmt: skip
+        raise RequestError(
+            404,
+            f"model: expected {service.model_id!r} (GET /v1/models), got {req.model!r}",
+            "not_found_error",
+        )
     max_tokens = req.max_completion_tokens or req.max_tokens or service.default_max_tokens
     uploads = Uploads(service.allow_dir)
     try:
         system, history, prompt, raws = read_messages(service.model, req, uploads)
-        prepared = prepare(service.model, raws, prompt, history, system, service.context,
-                           max_tokens)  # fmt: skip
+        prepared = prepare(
+            service.model, raws, prompt, history, system, service.context, max_tokens
+        )
     except Forbidden as e:
         raise RequestError(403, str(e), "permission_error") from e
     except InputError as e:
@@ -107,15 +111,25 @@ def router(service: Service) -> APIRouter:
     @api.get("/health")
     def health() -> dict[str, Any]:
         q = getattr(service.model, "quantization", None)
-        return {"status": "ok", "model": service.model_id, "queued": service.batcher.jobs.qsize(),
-                "batches": dict(service.batcher.sizes), "quantization": q and str(q)}  # fmt: skip
+        return {
+            "status": "ok",
+            "model": service.model_id,
+            "queued": service.batcher.jobs.qsize(),
+            "batches": dict(service.batcher.sizes),
+            "quantization": q and str(q),
+        }
 
     @api.get("/v1/models")
     def models() -> dict[str, Any]:
         m = service.model
-        card = {"id": service.model_id, "object": "model", "created": service.started,
-                "owned_by": "onellm", "modalities": sorted(m.modalities),
-                "outputs": sorted(m.outputs.token_ids)}  # fmt: skip
+        card = {
+            "id": service.model_id,
+            "object": "model",
+            "created": service.started,
+            "owned_by": "onellm",
+            "modalities": sorted(m.modalities),
+            "outputs": sorted(m.outputs.token_ids),
+        }
         return {"object": "list", "data": [card]}
 
     @api.post("/v1/chat/completions")
@@ -133,8 +147,14 @@ def router(service: Service) -> APIRouter:
             except RuntimeError:  # the event loop has closed (shutdown): nobody is listening
                 pass
 
-        job = Job(prepared.conversation, max_tokens, emit, stream=req.stream,
-                  temperature=req.temperature, top_p=req.top_p)  # fmt: skip
+        job = Job(
+            prepared.conversation,
+            max_tokens,
+            emit,
+            stream=req.stream,
+            temperature=req.temperature,
+            top_p=req.top_p,
+        )
         try:
             service.batcher.submit(job)
         except Busy as e:
@@ -142,18 +162,27 @@ def router(service: Service) -> APIRouter:
         cid = schemas.new_id()
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
-            return StreamingResponse(stream(service, cid, job, events, prepared, usage),
-                                     media_type="text/event-stream")  # fmt: skip
+            return StreamingResponse(
+                stream(service, cid, job, events, prepared, usage), media_type="text/event-stream"
+            )
         while True:
             kind, value = await events.get()
             if kind == "error":
                 return failure(500, f"generation failed: {value}", "server_error")
             if kind == "done":
                 break
-        message = {"role": "assistant", "content": value.text,
-                   **schemas.output_parts(service.model, value)}  # fmt: skip
-        return schemas.completion(cid, service.model_id, message, finish(value, max_tokens),
-                                  schemas.usage(prepared.prompt_tokens, len(value.token_ids)))  # fmt: skip
+        message = {
+            "role": "assistant",
+            "content": value.text,
+            **schemas.output_parts(service.model, value),
+        }
+        return schemas.completion(
+            cid,
+            service.model_id,
+            message,
+            finish(value, max_tokens),
+            schemas.usage(prepared.prompt_tokens, len(value.token_ids)),
+        )
 
     return api
 
@@ -162,8 +191,9 @@ def finish(reply, max_tokens: int) -> str:
     return "length" if len(reply.token_ids) >= max_tokens else "stop"
 
 
-async def stream(service: Service, cid: str, job: Job, events: asyncio.Queue, prepared,
-                 include_usage: bool) -> AsyncIterator[str]:  # fmt: skip
+async def stream(
+    service: Service, cid: str, job: Job, events: asyncio.Queue, prepared, include_usage: bool
+) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format; the last content chunk carries the
     masks and images; then `[DONE]`. A client that leaves cancels its queued job."""
     mid = service.model_id

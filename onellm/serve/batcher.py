@@ -51,8 +51,15 @@ class Job:
 class Batcher:
     """The queue and its worker thread (`start` / `stop`)."""
 
-    def __init__(self, model: OneLLM, *, max_batch: int = 8, max_wait_s: float = 0.02,
-                 max_queue: int = 256, generate_kwargs: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: OneLLM,
+        *,
+        max_batch: int = 8,
+        max_wait_s: float = 0.02,
+        max_queue: int = 256,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.model, self.max_batch, self.max_wait_s = model, max_batch, max_wait_s
         self.generate_kwargs = dict(generate_kwargs or {})  # every call's extra generate options
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -105,10 +112,15 @@ class Batcher:
             row.max_new_tokens, row.streamed = job.max_tokens, job.stream
         self.sizes[len(jobs)] += 1
         try:
-            replies = generate(self.model, rows, max_new_tokens=max(j.max_tokens for j in jobs),
-                               temperature=temperature, top_p=top_p,
-                               on_text=lambda i, piece: jobs[i].emit("text", piece),
-                               **self.generate_kwargs)  # fmt: skip
+            replies = generate(
+                self.model,
+                rows,
+                max_new_tokens=max(j.max_tokens for j in jobs),
+                temperature=temperature,
+                top_p=top_p,
+                on_text=lambda i, piece: jobs[i].emit("text", piece),
+                **self.generate_kwargs,
+            )
         except Exception as e:  # the batch failed: each of its requests hears why
             for job in jobs:
                 job.emit("error", e)

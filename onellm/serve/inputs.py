@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from onellm.errors import InputError
 from onellm.inference.chat import Conversation, pixels_of, prompt_ids
@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*?;base64,(?P<data>.*)$", re.S)
 SUFFIXES = {"image/jpeg": ".jpg", "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3"}
+
+
+@runtime_checkable
+class TakesUpload(Protocol):
+    """A modality whose raw input is one common file, `upload`: "image", "audio" or "video"
+    (the file OpenAI's `image_url`, `input_audio` and vLLM's `video_url` parts carry, and
+    the player the UI shows for it)."""
+
+    upload: str
 
 
 class Forbidden(InputError):
@@ -87,13 +96,17 @@ class Uploads:
     def file(self, f: FileData, where: str) -> str:
         """A `{data, format}` or `{path}` part -> a path the modality reads."""
         if (f.data is None) == (f.path is None):
-            raise InputError(f"{where}: expected one of 'data' (base64) or 'path', got "
-                             f"{'both' if f.data is not None else 'neither'}")  # fmt: skip
+            raise InputError(
+                f"{where}: expected one of 'data' (base64) or 'path', got "
+                f"{'both' if f.data is not None else 'neither'}"
+            )
         if f.path is not None:
             return str(allowed_path(f.path, self.allow_dir, where))
         if not f.format or not re.fullmatch(r"[A-Za-z0-9]{1,8}", f.format):
-            raise InputError(f"{where}: expected 'format', the file's suffix (png, wav, mp4, "
-                             f"npy, ...), got {f.format!r}")  # fmt: skip
+            raise InputError(
+                f"{where}: expected 'format', the file's suffix (png, wav, mp4, "
+                f"npy, ...), got {f.format!r}"
+            )
         return self.write(decode_base64(f.data, where), "." + f.format.lower())
 
     def url(self, url: str, where: str) -> str:
@@ -103,24 +116,27 @@ class Uploads:
             mime = (m["mime"] or "").lower()
             suffix = SUFFIXES.get(mime) or mimetypes.guess_extension(mime)
             if not suffix:
-                raise InputError(f"{where}: expected a data: URL with a media type (image/png, "
-                                 f"video/mp4, ...), got {mime or 'none'}")  # fmt: skip
+                raise InputError(
+                    f"{where}: expected a data: URL with a media type (image/png, "
+                    f"video/mp4, ...), got {mime or 'none'}"
+                )
             return self.write(decode_base64(m["data"], where), suffix)
         if url.startswith(("http://", "https://")):
-            raise InputError(f"{where}: expected a data: URL, got an http URL (this server "
-                             "fetches nothing)")  # fmt: skip
+            raise InputError(
+                f"{where}: expected a data: URL, got an http URL (this server fetches nothing)"
+            )
         path = url.removeprefix("file://")
         return str(allowed_path(path, self.allow_dir, where))
 
     def part(self, model: OneLLM, p: ContentPart, where: str) -> tuple[str, Any]:
         """A media part -> (modality key, raw input as its reader takes it)."""
         if p.type == "image_url" and p.image_url is not None:
-            return model.modality_key("image"), self.url(p.image_url.url, where)
+            return taking(model, "image", where), self.url(p.image_url.url, where)
         if p.type == "video_url" and p.video_url is not None:
-            return model.modality_key("video"), self.url(p.video_url.url, where)
+            return taking(model, "video", where), self.url(p.video_url.url, where)
         if p.type == "input_audio" and p.input_audio is not None:
             f = FileData(data=p.input_audio.data, format=p.input_audio.format)
-            return model.modality_key("audio"), self.file(f, where)
+            return taking(model, "audio", where), self.file(f, where)
         if p.type == "onellm_input" and p.onellm_input is not None:
             x = p.onellm_input
             key = model.modality_key(x.modality)
@@ -130,13 +146,29 @@ class Uploads:
         raise InputError(f"{where}: expected a {p.type!r} field beside type {p.type!r}")
 
 
+def taking(model: OneLLM, upload: str, where: str) -> str:
+    """The key of the model's first modality that takes `upload` files (OpenAI's part
+    types carry an image, a video or audio, not a modality)."""
+    for key, mod in model.modalities.items():
+        if isinstance(mod, TakesUpload) and mod.upload == upload:
+            return key
+    raise InputError(
+        f"{where}: expected a part this model reads, got {upload} but none of its "
+        f"modalities ({', '.join(model.modalities)}) takes {upload} files; name one "
+        "in an onellm_input part"
+    )
+
+
 def read_messages(model: OneLLM, request: ChatRequest, uploads: Uploads):
     """-> (system text or None, earlier (user, assistant) turns, prompt, {modality: raw})."""
     system, texts, roles, raws = None, [], [], {}
     for i, msg in enumerate(request.messages):
         where = f"messages[{i}]"
-        parts = [ContentPart(type="text", text=msg.content)] if isinstance(msg.content, str) \
-            else (msg.content or [])  # fmt: skip
+        parts = (
+            [ContentPart(type="text", text=msg.content)]
+            if isinstance(msg.content, str)
+            else (msg.content or [])
+        )
         text = []
         for j, p in enumerate(parts):
             at = f"{where}.content[{j}]"
@@ -148,8 +180,9 @@ def read_messages(model: OneLLM, request: ChatRequest, uploads: Uploads):
                 text.append(p.text or "")
                 continue
             if msg.role != "user":
-                raise InputError(f"{at}: expected media in user messages only, got it in a "
-                                 f"{msg.role} message")  # fmt: skip
+                raise InputError(
+                    f"{at}: expected media in user messages only, got it in a {msg.role} message"
+                )
             key, raw = uploads.part(model, p, at)
             if key in raws:
                 raise InputError(f"{at}: expected one {key} input in a conversation, got two")
@@ -164,10 +197,15 @@ def read_messages(model: OneLLM, request: ChatRequest, uploads: Uploads):
             continue
         texts.append(joined)
         roles.append(msg.role)
-    if not roles or roles[-1] != "user" or any(r != ("user", "assistant")[k % 2]
-                                               for k, r in enumerate(roles)):  # fmt: skip
-        raise InputError(f"messages: expected user and assistant turns in turn, ending with a "
-                         f"user message, got roles {roles}")  # fmt: skip
+    if (
+        not roles
+        or roles[-1] != "user"
+        or any(r != ("user", "assistant")[k % 2] for k, r in enumerate(roles))
+    ):
+        raise InputError(
+            f"messages: expected user and assistant turns in turn, ending with a "
+            f"user message, got roles {roles}"
+        )
     history = list(zip(texts[:-1:2], texts[1::2], strict=True))
     return system, history, texts[-1] or None, raws
 
@@ -176,13 +214,21 @@ def check_typed(model: OneLLM, text: str, where: str) -> None:
     """An output token (`<seg>`, `<gen>`) is the model's to emit, not the user's to type."""
     for task in model.outputs.token_ids:
         if f"<{task}>" in text:
-            raise InputError(f"{where}: <{task}> is the token the model emits for its {task} "
-                             "output; it cannot be typed in a message")  # fmt: skip
+            raise InputError(
+                f"{where}: <{task}> is the token the model emits for its {task} "
+                "output; it cannot be typed in a message"
+            )
 
 
-def prepare(model: OneLLM, raws: Mapping[str, Any], prompt: str | None,
-            history: Sequence[tuple[str, str]], system: str | None = None,
-            context: int | None = None, max_tokens: int = 0) -> Prepared:  # fmt: skip
+def prepare(
+    model: OneLLM,
+    raws: Mapping[str, Any],
+    prompt: str | None,
+    history: Sequence[tuple[str, str]],
+    system: str | None = None,
+    context: int | None = None,
+    max_tokens: int = 0,
+) -> Prepared:
     """Raw inputs + conversation -> a checked `Conversation` (inputs preprocessed; the
     layout already checked, so a bad placeholder is this request's error, not its batch's)."""
     if prompt is None and not raws:
@@ -194,8 +240,10 @@ def prepare(model: OneLLM, raws: Mapping[str, Any], prompt: str | None,
     inputs = {key: read(model, key, raw) for key, raw in raws.items()}
     n = len(prompt_ids(model, segments, list(inputs)))
     if context is not None and n + max_tokens > context:
-        raise InputError(f"max_tokens: the prompt has {n} tokens and the model's context "
-                         f"{context}, so expected at most {context - n}, got {max_tokens}")  # fmt: skip
+        raise InputError(
+            f"max_tokens: the prompt has {n} tokens and the model's context "
+            f"{context}, so expected at most {context - n}, got {max_tokens}"
+        )
     conv = Conversation(inputs, segments, pixels_of(model, dict(raws)) if raws else None)
     return Prepared(conv, n)
 
@@ -208,5 +256,7 @@ def read(model: OneLLM, key: str, raw: Any):
     except InputError:
         raise
     except Exception as e:  # PIL, PyAV, soundfile, numpy each raise their own on bad bytes
-        raise InputError(f"{key}: expected a readable {key} file, could not read the upload "
-                         f"({type(e).__name__}: {e})") from e  # fmt: skip
+        raise InputError(
+            f"{key}: expected a readable {key} file, could not read the upload "
+            f"({type(e).__name__}: {e})"
+        ) from e

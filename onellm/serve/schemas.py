@@ -7,7 +7,8 @@ and vLLM's `video_url`; `onellm_input` for any model modality by name:
         "rgb": {"data": "...", "format": "png"}, "depth": {"data": "...", "format": "npy"}}}}
 A part may give `path` (or an `image_url` a file:// URL) instead of data when the server
 allows a folder (`--allow-dir`). Masks and images come back beside the text in the
-message (`masks`, `images`: base64 PNGs with the position of their `<seg>` / `<gen>`).
+message, one list per output kind's reply field (`masks`, `images`, ...: base64 PNGs with
+the position of their `<seg>` / `<gen>` / ... token).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from onellm.modeling.template import cut_at_stop
+
 if TYPE_CHECKING:
-    from onellm.inference.chat import ChatResponse
+    from onellm.inference.reply import ChatResponse
     from onellm.model import OneLLM
 
 PART_TYPES = ("text", "image_url", "input_audio", "video_url", "onellm_input")
@@ -95,59 +98,72 @@ def png_base64(image) -> str:
 
 
 def output_parts(model: OneLLM, reply: ChatResponse) -> dict[str, list[dict[str, Any]]]:
-    """The reply's masks and images as base64 PNGs, each with the index of its output token
-    among the reply's tokens (`position`) and the length of the text before it (`offset`)."""
-    from PIL import Image
-
-    from onellm.modeling.template import cut_at_stop
-
+    """What the output experts made, by reply field (`masks`, `images`, ...), as base64 PNGs,
+    each with its kind's token, the index of its output token among the reply's tokens
+    (`position`: a run of `tokens` tokens makes one item) and the length of the text before
+    it (`offset`)."""
     tok, stops, ids = model.text_tokenizer, model.config.chat.stop, reply.token_ids
-    token_ids = model.outputs.token_ids
-
-    def where(task: str, every: int) -> list[int]:
-        at = [i for i, t in enumerate(ids) if t == token_ids.get(task)]
-        return at[::every]
 
     def offset(pos: int) -> int:
-        return min(len(cut_at_stop(tok.decode(ids[:pos], skip_special_tokens=True), stops)),
-                   len(reply.text))  # fmt: skip
+        text = tok.decode(ids[:pos], skip_special_tokens=True)
+        return min(len(cut_at_stop(text, stops)), len(reply.text))
 
     out: dict[str, list[dict[str, Any]]] = {}
-    masks = [Image.fromarray(m.cpu().numpy().astype("uint8") * 255, mode="L") for m in reply.masks]
-    gen = getattr(model.outputs["gen"], "tokens", 1) if "gen" in model.outputs else 1
-    for field, task, items, every in (("masks", "seg", masks, 1),
-                                      ("images", "gen", reply.images, gen)):  # fmt: skip
-        if items:
-            out[field] = [
-                {
-                    "token": f"<{task}>",
-                    "position": p,
-                    "offset": offset(p),
-                    "width": im.width,
-                    "height": im.height,
-                    "png": png_base64(im),
-                }  # fmt: skip
-                for im, p in zip(items, where(task, every), strict=False)
-            ]
+    for kind, expert in model.outputs.items():
+        items = reply.outputs.get(expert.field)
+        if not items:
+            continue
+        at = [i for i, t in enumerate(ids) if t == expert.token_id][:: expert.tokens]
+        pictures = [expert.as_png(item) for item in items]
+        out[expert.field] = [
+            {
+                "token": f"<{kind}>",
+                "position": p,
+                "offset": offset(p),
+                "width": im.width,
+                "height": im.height,
+                "png": png_base64(im),
+            }
+            for im, p in zip(pictures, at, strict=False)
+        ]
     return out
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
-def completion(cid: str, model_id: str, message: dict[str, Any], finish: str,
-               use: dict[str, int]) -> dict[str, Any]:  # fmt: skip
-    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_id,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": use}  # fmt: skip
+def completion(
+    cid: str, model_id: str, message: dict[str, Any], finish: str, use: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": use,
+    }
 
 
-def chunk(cid: str, model_id: str, delta: dict[str, Any], finish: str | None = None,
-          use: dict[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
+def chunk(
+    cid: str,
+    model_id: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    use: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """One server-sent event of a streamed completion (`usage` chunks have no choices)."""
-    out: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk",
-                           "created": int(time.time()), "model": model_id}  # fmt: skip
+    out: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model_id,
+    }
     out["choices"] = [] if use else [{"index": 0, "delta": delta, "finish_reason": finish}]
     if use:
         out["usage"] = use

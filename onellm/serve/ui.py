@@ -1,6 +1,7 @@
 """The Gradio UI mounted at `/`: an upload slot per modality of the model (fill several for
-one message), a multi-turn chat streamed as it is generated, the masks drawn over the input
-image, generated images, and the projection experts' routing for the last input.
+one message), a multi-turn chat streamed as it is generated, a view per output kind of the
+model (masks drawn over the input image, generated images in a gallery), and the
+projection experts' routing for the last input.
 
 Its requests go through the same queue as the API's, so UI and API users share batches.
 """
@@ -15,37 +16,68 @@ import gradio as gr
 import numpy as np
 
 from onellm.errors import InputError
+from onellm.modeling.modality import HasPixels, Paired
+from onellm.modeling.projection import Routed
 from onellm.serve.batcher import Busy, Job
-from onellm.serve.inputs import check_typed, prepare
+from onellm.serve.inputs import TakesUpload, check_typed, prepare
 
 if TYPE_CHECKING:
     from onellm.serve.api import Service
 
-WIDGETS = {"audio": lambda label: gr.Audio(type="filepath", sources=["upload"], label=label),
-           "video": lambda label: gr.Video(sources=["upload"], label=label)}  # fmt: skip
+# the player for a modality that takes a common file (its `upload`); others get a file slot
+PLAYERS = {
+    "audio": lambda label: gr.Audio(type="filepath", sources=["upload"], label=label),
+    "video": lambda label: gr.Video(sources=["upload"], label=label),
+}
+
+
+def image_slot(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(type="filepath", sources=["upload"], label=label, elem_id=elem_id)
 
 
 def upload_slots(model) -> list[tuple[str, str | None, Any]]:
     """(modality key, part name or None, component) for each upload the model can take:
-    an image widget where the modality has `pixels`, two slots for a paired input (rgb and
-    its map, depth's and normal's `second`), audio and video players, else a file."""
+    two slots for a paired input (rgb and its `second` map: depth, normal), an image
+    widget where a mask can be drawn on the input (`pixels`), the player of the file the
+    modality takes (`upload`: audio, video), else a file."""
     slots = []
     for key, mod in model.modalities.items():
         with gr.Tab(key):
-            if hasattr(mod, "second"):
-                slots.append((key, "rgb", gr.Image(type="filepath", sources=["upload"],
-                                                   label=f"{key}: rgb", elem_id=f"input-{key}-rgb")))  # fmt: skip
-                slots.append((key, mod.second, gr.File(label=f"{key}: {mod.second} map",
-                                                       elem_id=f"input-{key}-{mod.second}")))  # fmt: skip
-            elif hasattr(mod, "pixels"):
-                slots.append((key, None, gr.Image(type="filepath", sources=["upload"], label=key,
-                                                  elem_id=f"input-{key}")))  # fmt: skip
+            if isinstance(mod, Paired):
+                second = gr.File(
+                    label=f"{key}: {mod.second} map", elem_id=f"input-{key}-{mod.second}"
+                )
+                slots.append((key, "rgb", image_slot(f"{key}: rgb", f"input-{key}-rgb")))
+                slots.append((key, mod.second, second))
+            elif isinstance(mod, HasPixels):
+                slots.append((key, None, image_slot(key, f"input-{key}")))
             else:
-                make = WIDGETS.get(getattr(mod, "name", key))
-                widget = make(key) if make else gr.File(label=key)
+                player = PLAYERS.get(mod.upload) if isinstance(mod, TakesUpload) else None
+                widget = player(key) if player else gr.File(label=key)
                 widget.elem_id = f"input-{key}"
                 slots.append((key, None, widget))
     return slots
+
+
+def output_views(model) -> list[tuple[str, Any, Any]]:
+    """(kind, output expert, component) for each output kind of the model: its results drawn
+    over the input for a kind that draws on it (`on_input`: masks), else a gallery."""
+    views = []
+    for kind, expert in model.outputs.items():
+        if expert.on_input:
+            view = gr.AnnotatedImage(label=f"{expert.field} over the input", elem_id=expert.field)
+        else:
+            view = gr.Gallery(label=f"generated {expert.field}", elem_id=expert.field, height=200)
+        views.append((kind, expert, view))
+    return views
+
+
+def shown(kind: str, expert, pixels, outputs: dict[str, list]) -> Any:
+    """What an output view shows of a reply: the input with the items over it, or the items."""
+    items = outputs.get(expert.field, [])
+    if expert.on_input:
+        return overlay(pixels, items, kind)
+    return [expert.as_png(item) for item in items] or None
 
 
 def gathered(slots, values) -> dict[str, Any]:
@@ -78,23 +110,26 @@ def turns(chat: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return out
 
 
-def overlay(pixels, masks) -> tuple[np.ndarray, list] | None:
-    """The input image (H, W, 3) uint8 and each mask with its label, for `gr.AnnotatedImage`."""
+def overlay(pixels, masks, kind: str) -> tuple[np.ndarray, list] | None:
+    """The input image (H, W, 3) uint8 and each mask labelled by its kind's token
+    (`<seg> 1`), for `gr.AnnotatedImage`."""
     if pixels is None or not masks:
         return None
     image = (pixels.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
-    return image, [(m.cpu().numpy().astype(float), f"<seg> {i + 1}") for i, m in enumerate(masks)]
+    return image, [
+        (m.cpu().numpy().astype(float), f"<{kind}> {i + 1}") for i, m in enumerate(masks)
+    ]
 
 
 def routing_figure(model, inputs) -> Any:
     """Mean routing weight of each projection expert, per modality of the last input."""
-    import matplotlib
+    import matplotlib  # heavy: loaded when the first figure is drawn
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib import pyplot as plt  # after use("Agg"): no display needed
 
     fig, ax = plt.subplots(figsize=(5, 2.4))
-    routed = {k: x for k, x in inputs.items() if hasattr(model.projector(k), "routes")}
+    routed = {k: x for k, x in inputs.items() if isinstance(model.projector(k), Routed)}
     if not routed:  # a perceiver or MLP projection has no experts to show
         ax.text(0.5, 0.5, "no routed projection for this input", ha="center", va="center")
         ax.set_axis_off()
@@ -117,25 +152,28 @@ def build_ui(service: Service) -> gr.Blocks:
     model = service.model
     # no telemetry: the server talks to its clients and nothing else
     with gr.Blocks(title=f"onellm · {service.model_id}", analytics_enabled=False) as ui:
-        gr.Markdown(f"### onellm · `{service.model_id}`  \nUpload inputs (several modalities "
-                    "may go in one message), then ask. The API is at `/v1/chat/completions`.")  # fmt: skip
+        gr.Markdown(
+            f"### onellm · `{service.model_id}`  \nUpload inputs (several modalities "
+            "may go in one message), then ask. The API is at `/v1/chat/completions`."
+        )
         with gr.Row():
             with gr.Column(scale=1):
                 slots = upload_slots(model)
                 with gr.Row():
-                    max_tokens = gr.Slider(1, min(512, service.context), value=64, step=1,
-                                           label="max tokens")  # fmt: skip
+                    max_tokens = gr.Slider(
+                        1, min(512, service.context), value=64, step=1, label="max tokens"
+                    )
                     temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature")
             with gr.Column(scale=2):
                 chat = gr.Chatbot(label="conversation", height=320, elem_id="chat")
-                message = gr.Textbox(label="message", placeholder="Ask about the inputs",
-                                     elem_id="prompt")  # fmt: skip
+                message = gr.Textbox(
+                    label="message", placeholder="Ask about the inputs", elem_id="prompt"
+                )
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("Clear", elem_id="clear")
                 with gr.Row():
-                    masks = gr.AnnotatedImage(label="masks over the input", elem_id="masks")
-                    images = gr.Gallery(label="generated images", elem_id="images", height=200)
+                    views = output_views(model)
                 routing = gr.Plot(label="routing: experts for the last input", elem_id="routing")
 
         def respond(text, history, n, temp, *values) -> Iterator[tuple]:
@@ -143,22 +181,35 @@ def build_ui(service: Service) -> gr.Blocks:
             try:
                 raws = gathered(slots, values)
                 check_typed(model, text or "", "message")
-                prepared = prepare(model, raws, text or None, turns(history),
-                                   context=service.context, max_tokens=int(n))  # fmt: skip
+                prepared = prepare(
+                    model,
+                    raws,
+                    text or None,
+                    turns(history),
+                    context=service.context,
+                    max_tokens=int(n),
+                )
                 events: queue.Queue = queue.Queue()
-                job = Job(prepared.conversation, int(n), stream=True, temperature=float(temp),
-                          emit=lambda kind, value: events.put((kind, value)))  # fmt: skip
+                job = Job(
+                    prepared.conversation,
+                    int(n),
+                    stream=True,
+                    temperature=float(temp),
+                    emit=lambda kind, value: events.put((kind, value)),
+                )
                 service.batcher.submit(job)
             except (InputError, Busy) as e:
                 raise gr.Error(str(e)) from e
-            history += [{"role": "user", "content": text or "(caption the input)"},
-                        {"role": "assistant", "content": ""}]  # fmt: skip
+            history += [
+                {"role": "user", "content": text or "(caption the input)"},
+                {"role": "assistant", "content": ""},
+            ]
             skip = gr.skip()
             while True:
                 kind, value = events.get()
                 if kind == "text":
                     history[-1] = {"role": "assistant", "content": history[-1]["content"] + value}
-                    yield history, "", skip, skip, skip
+                    yield history, "", *[skip] * len(views), skip
                 elif kind == "error":
                     raise gr.Error(f"generation failed: {value}")
                 else:
@@ -166,11 +217,13 @@ def build_ui(service: Service) -> gr.Blocks:
             history[-1] = {"role": "assistant", "content": value.text}
             conv = prepared.conversation
             figure = routing_figure(model, conv.inputs) if conv.inputs else None
-            yield history, "", overlay(conv.pixels, value.masks), value.images or None, figure
+            made = [shown(kind, expert, conv.pixels, value.outputs) for kind, expert, _ in views]
+            yield history, "", *made, figure
 
-        outputs = [chat, message, masks, images, routing]
+        shows = [view for _, _, view in views]
+        outputs = [chat, message, *shows, routing]
         inputs = [message, chat, max_tokens, temperature, *(w for _, _, w in slots)]
         send.click(respond, inputs, outputs)
         message.submit(respond, inputs, outputs)
-        clear.click(lambda: ([], None, None, None), None, [chat, masks, images, routing])
+        clear.click(lambda: ([], *[None] * len(shows), None), None, [chat, *shows, routing])
     return ui

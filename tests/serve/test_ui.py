@@ -1,0 +1,74 @@
+"""The Gradio UI without a browser: an upload slot per modality, chosen by what the
+modality says it takes (a pair, pixels, an upload kind), a view per output kind of the
+model (masks over the input, images in a gallery), and the UI's answer to a message with
+an uploaded image (its reply text, the mask drawn over the input)."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from transformers import LogitsProcessorList
+
+from onellm.serve.app import create_app
+from onellm.serve.ui import build_ui, output_views, upload_slots
+from tests.conftest import ForceAt
+
+
+def test_each_modality_gets_the_slot_for_what_it_takes(tiny_model):
+    with gr.Blocks():
+        slots = {(key, part): widget for key, part, widget in upload_slots(tiny_model)}
+    assert isinstance(slots["image", None], gr.Image)  # pixels: a mask can be drawn on it
+    assert isinstance(slots["audio", None], gr.Audio)  # upload = "audio"
+    assert isinstance(slots["video", None], gr.Video)  # upload = "video"
+    assert isinstance(slots["depth", "rgb"], gr.Image)  # a pair: rgb and its map
+    assert isinstance(slots["depth", "depth"], gr.File)
+    assert slots["depth", "depth"].elem_id == "input-depth-depth"
+    assert isinstance(slots["point", None], gr.File)  # nothing said: a file
+    assert {k for k, _ in slots} == set(tiny_model.modalities)
+
+
+def test_each_output_kind_gets_a_view(tiny_model):
+    with gr.Blocks():
+        views = {kind: view for kind, _, view in output_views(tiny_model)}
+    assert set(views) == set(tiny_model.outputs)
+    assert isinstance(views["seg"], gr.AnnotatedImage)  # on_input: over the input
+    assert (views["seg"].elem_id, views["seg"].label) == ("masks", "masks over the input")
+    assert isinstance(views["gen"], gr.Gallery)
+    assert (views["gen"].elem_id, views["gen"].label) == ("images", "generated images")
+
+
+@pytest.mark.parametrize("kind", ["seg", "gen"])
+def test_the_ui_answers_with_text_and_the_kinds_output(tiny_model, files, kind):
+    token, n = tiny_model.outputs.token_ids[kind], tiny_model.outputs[kind].tokens
+    force = LogitsProcessorList([ForceAt(token, i) for i in range(1, 1 + n)])
+    app = create_app(tiny_model, ui=False, generate_kwargs={"logits_processor": force})
+    with TestClient(app):  # runs the request queue the UI submits to
+        ui = build_ui(app.state.service)
+        respond = next(f.fn for f in ui.fns.values() if f.name == "respond")
+        with gr.Blocks():
+            keys = [key for key, _, _ in upload_slots(tiny_model)]
+        values = [str(files / "x.png") if key == "image" else None for key in keys]
+        *_, last = respond("segment it", [], n + 2, 0.0, *values)
+    history, message, *shown, figure = last
+    want = tiny_model.chat(
+        str(files / "x.png"),
+        modality="image",
+        prompt="segment it",
+        max_new_tokens=n + 2,
+        logits_processor=force,
+    )
+    assert history[-1] == {"role": "assistant", "content": want.text} and message == ""
+    by_kind = dict(zip(tiny_model.outputs, shown, strict=True))
+    if kind == "seg":
+        image, masks = by_kind["seg"]
+        assert image.shape == (40, 48, 3) and [label for _, label in masks] == ["<seg> 1"]
+        assert np.array_equal(masks[0][0] > 0.5, want.masks[0].numpy())
+        assert by_kind["gen"] is None
+    else:
+        (picture,) = by_kind["gen"]
+        assert isinstance(picture, Image.Image) and picture.size == (32, 32)
+        assert by_kind["seg"] is None
+    assert figure is not None  # the routing of the image's projection experts
