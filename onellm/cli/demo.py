@@ -10,11 +10,19 @@ to the output experts: tiny SAM pretraining (5a), then stage 5 (<seg> -> SAM mas
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from onellm.data import shapes
+from onellm.model import OneLLM
+from onellm.registry import TASKS
+from onellm.training.plots import plot_table
+from onellm.training.recipe import read_metrics, train
+from onellm.training.stage import load_stage
 
 STAGES = (
     "stage0_pretrain",
@@ -30,8 +38,6 @@ DECODER_STAGES = ("stage5a_decoder_pretrain", "stage5_decoders")
 
 def final_eval(run: Path) -> dict[str, Any]:
     """The stage's final held-out evaluation record (empty if it has none)."""
-    from onellm.training.recipe import read_metrics
-
     finals = [r for r in read_metrics(run) if r["event"] == "eval" and r.get("final")]
     return finals[-1] if finals else {}
 
@@ -44,14 +50,14 @@ def final_accuracy(run: Path) -> dict[str, float]:
 def final_qa(run: Path) -> dict[str, dict[str, Any]]:
     """The stage's final held-out question answering, per modality: accuracy and counts
     per question (stages that train instruction data)."""
-    return {m: {"accuracy": v["qa_accuracy"], "by_question": v["by_question"]}
-            for m, v in final_eval(run).get("qa", {}).items()}  # fmt: skip
+    return {
+        m: {"accuracy": v["qa_accuracy"], "by_question": v["by_question"]}
+        for m, v in final_eval(run).get("qa", {}).items()
+    }
 
 
 def final_outputs(run: Path) -> dict[str, float]:
     """seg_miou / gen_color_accuracy of the stage's final evaluation (stages that train them)."""
-    from onellm.registry import TASKS
-
     outs = final_eval(run).get("outputs", {})
     return {k: o[k] for t, o in outs.items() for k in TASKS.get(t).metrics if k in o}
 
@@ -81,10 +87,6 @@ def run_demo(
     device: str = "auto",
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    from onellm.training.plots import plot_table
-    from onellm.training.recipe import train
-    from onellm.training.stage import load_stage
-
     out = Path(out)
     start = time.perf_counter()
     stages = []
@@ -95,9 +97,16 @@ def run_demo(
         t = time.perf_counter()
         final = train(cfg, quiet=quiet)
         run = Path(cfg.output_dir)
-        stages.append({"name": cfg.name, "accuracy": final_accuracy(run), "qa": final_qa(run),
-                       "outputs": final_outputs(run), "seconds": time.perf_counter() - t,
-                       "run": cfg.output_dir})  # fmt: skip
+        stages.append(
+            {
+                "name": cfg.name,
+                "accuracy": final_accuracy(run),
+                "qa": final_qa(run),
+                "outputs": final_outputs(run),
+                "seconds": time.perf_counter() - t,
+                "run": cfg.output_dir,
+            }
+        )
     # the output experts' held-out metrics at the top level (the last stage that has each)
     decoders = {k: v for s in stages for k, v in s["outputs"].items()}
     report = {
@@ -113,8 +122,10 @@ def run_demo(
     print("\nheld-out exact-match caption accuracy after each stage\n" + table(stages))
     asked = [s for s in stages if s["qa"]]
     if asked:  # from instruction tuning on: every question of held-out scenes, asked alone
-        print("\nheld-out question answering (exact match) after each stage\n"
-              + table(asked, "qa", seconds=False))  # fmt: skip
+        print(
+            "\nheld-out question answering (exact match) after each stage\n"
+            + table(asked, "qa", seconds=False)
+        )
     for s in stages:
         for k, v in s["outputs"].items():
             print(f"{k:<20}{v:>6.2f}   (held-out, after {s['name']})")
@@ -125,18 +136,21 @@ def run_demo(
     return report
 
 
-def show_chats(final: Path, out: Path, *, outputs: bool = False,
-               device: str = "auto") -> list[dict[str, str]]:  # fmt: skip
+def show_chats(
+    final: Path, out: Path, *, outputs: bool = False, device: str = "auto"
+) -> list[dict[str, str]]:
     """A few chats with the final model on held-out scenes; printed and returned. A mask
     or an image the model produces is saved under `out` as a PNG."""
-    from onellm.data import shapes
-    from onellm.model import OneLLM
-
     model = OneLLM.from_pretrained(final, device=device).eval()
     chats = []
     print()
-    for modality, prompt in (("image", None), ("image", "What colour is it?"), ("audio", "Is it low or high?"),
-                             ("imu", "What is the person doing?"), ("point", "What shape is it?")):  # fmt: skip
+    for modality, prompt in (
+        ("image", None),
+        ("image", "What colour is it?"),
+        ("audio", "Is it low or high?"),
+        ("imu", "What is the person doing?"),
+        ("point", "What shape is it?"),
+    ):
         scene = shapes.sample(modality, 1, split="test", seed=99, model=model)[0]
         reply = model.chat(scene.input, modality=modality, prompt=prompt).text
         truth = str(scene.caption if prompt is None else dict(scene.qa).get(prompt, scene.caption))
@@ -149,37 +163,31 @@ def show_chats(final: Path, out: Path, *, outputs: bool = False,
     return chats
 
 
-def output_chats(model, out: Path) -> list[dict[str, str]]:
-    """One held-out "segment the ..." and one "draw a ..." chat; the mask / image as PNGs."""
-    import numpy as np
-    from PIL import Image
+@runtime_checkable
+class ShowsChat(Protocol):
+    """A task that shows its output in the demo (`onellm demo --decoders`)."""
 
-    from onellm.data import output_scenes as tasks
+    def demo_chat(self, model: OneLLM, directory: Path) -> tuple[dict[str, str], str] | None:
+        """One held-out chat, what it made saved under `directory` -> its record for
+        report.json (modality, prompt, reply, truth, file) and the line printed; None if
+        the model cannot hold it."""
+        ...
 
+
+def output_chats(model: OneLLM, out: Path) -> list[dict[str, str]]:
+    """For each output kind of the model, the chats of the tasks training it that show one
+    (seg: "segment the ..." and its mask; gen: "draw a ..." and its image), printed."""
     chats = []
-    if "seg" in model.outputs.token_ids:
-        sc = tasks.seg_scene(7, "test", size=model.modalities["image"].input_shape()[-1])
-        reply = model.chat(sc.image, modality="image", prompt=sc.prompt, max_new_tokens=4)
-        iou = tasks.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
-        path = out / "seg_chat.png"
-        if reply.masks:  # the input, and the mask beside it
-            mask = np.repeat(reply.masks[0].cpu().numpy()[..., None] * 255, 3, -1).astype(np.uint8)
-            Image.fromarray(np.concatenate([sc.image, mask], 1)).resize((256, 128)).save(path)
-        chats.append({"modality": "image", "prompt": sc.prompt, "reply": reply.text,
-                      "truth": f"a mask, IoU {iou:.2f}", "file": str(path) * bool(reply.masks)})  # fmt: skip
-        print(f"[image] {sc.prompt} -> {len(reply.masks)} mask(s), IoU {iou:.2f}   ({path})")
-    if "gen" in model.outputs.token_ids:
-        n = model.config.outputs["gen"].tokens
-        sc = tasks.gen_scene(3, "test", tokens=n)
-        reply = model.chat(None, prompt=sc.prompt, max_new_tokens=n + 2)
-        path = out / "gen_chat.png"
-        got = None
-        if reply.images:
-            got = tasks.dominant_colour(np.asarray(reply.images[0]))
-            reply.images[0].resize((128, 128), Image.NEAREST).save(path)
-        chats.append({"modality": "text", "prompt": sc.prompt, "reply": reply.text,
-                      "truth": f"an image, dominant colour {got}", "file": str(path) * bool(reply.images)})  # fmt: skip
-        print(
-            f"[text] {sc.prompt} -> {len(reply.images)} image(s), dominant colour {got}   ({path})"
-        )
+    for kind in model.outputs:
+        for _, task in TASKS.items():
+            if task.output == kind and isinstance(task, ShowsChat):
+                shown = task.demo_chat(model, out)
+                if shown is not None:
+                    chats.append(shown[0])
+                    print(shown[1])
     return chats
+
+
+def demo_verb(args: argparse.Namespace) -> int:
+    run_demo(args.out, decoders=args.decoders, device=args.device)
+    return 0

@@ -12,14 +12,16 @@ import torch
 
 from onellm.data import output_scenes as scenes
 from onellm.data.sources import Example
+from onellm.experts.output.masks import mask_loss
 from onellm.modeling.devices import move
+from onellm.modeling.modality import HasPixels
 from onellm.training.evaluate import held_out
 from onellm.training.task import Task, register
 
 
 def pixel_modality(model) -> str:
     """The model's first modality whose inputs can carry a mask (it has `pixels`)."""
-    return next(k for k, m in model.modalities.items() if hasattr(m, "pixels"))
+    return next(k for k, m in model.modalities.items() if isinstance(m, HasPixels))
 
 
 class Sam(Task):
@@ -31,16 +33,25 @@ class Sam(Task):
     def example(self, source, i: int) -> Example:
         mod = source.model.modalities[source.modality]
         sc = scenes.seg_scene(i, "train", source.seed, size=mod.input_shape()[-1])
-        points = [scenes.point_in(mk, np.random.default_rng([source.seed, i, 11, k]))
-                  for k, (_, mk) in enumerate(sc.parts)]  # fmt: skip
-        targets = {"pixels": mod.pixels(sc.image),  # the pixels as chat reads them
-                   "masks": torch.from_numpy(np.stack([mk for _, mk in sc.parts])),
-                   "points": torch.tensor(points), "phrases": [p for p, _ in sc.parts]}  # fmt: skip
+        points = [
+            scenes.point_in(mk, np.random.default_rng([source.seed, i, 11, k]))
+            for k, (_, mk) in enumerate(sc.parts)
+        ]
+        targets = {
+            "pixels": mod.pixels(sc.image),  # the pixels as chat reads them
+            "masks": torch.from_numpy(np.stack([mk for _, mk in sc.parts])),
+            "points": torch.tensor(points),
+            "phrases": [p for p, _ in sc.parts],
+        }
         return Example(None, sc.phrase, [], sc.image, targets)
 
     def collate(self, examples, b) -> list[dict[str, Any]]:
-        return [{"pixels": torch.stack([ex.targets["pixels"] for ex in examples]),
-                 **{k: [ex.targets[k] for ex in examples] for k in ("masks", "points", "phrases")}}]  # fmt: skip
+        return [
+            {
+                "pixels": torch.stack([ex.targets["pixels"] for ex in examples]),
+                **{k: [ex.targets[k] for ex in examples] for k in ("masks", "points", "phrases")},
+            }
+        ]
 
     def items(self, batch: dict[str, Any]) -> int:
         return batch["pixels"].shape[0]
@@ -48,8 +59,6 @@ class Sam(Task):
     def loss(self, s, batch, items):
         """Every shape's mask from a point inside it, plus (with a text encoder) from the
         phrase naming it, each LISA's mask loss; one image encoding serves all prompts."""
-        from onellm.experts.output.decoders.sam import mask_loss
-
         expert = s.model.outputs[self.output]
         decoder, pixels, masks = expert.decoder, batch["pixels"], batch["masks"]
         emb, size = decoder.encode(pixels)  # once, for every prompt of every image
@@ -80,8 +89,11 @@ class Sam(Task):
             got = {"sam_point_miou": decoder.prompted(pixels, points=torch.tensor([point]))}
             if decoder.text is not None:
                 got["sam_text_miou"] = decoder.prompted(pixels, texts=[sc.phrase])
-            return ({k: scenes.iou(v[0].float().cpu().numpy() > 0, sc.mask) for k, v in got.items()},
-                    sc.prompt, f"point {point}")  # fmt: skip
+            return (
+                {k: scenes.iou(v[0].float().cpu().numpy() > 0, sc.mask) for k, v in got.items()},
+                sc.prompt,
+                f"point {point}",
+            )
 
         return held_out(model, self.name, samples, score)
 

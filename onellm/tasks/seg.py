@@ -5,12 +5,16 @@ SAM's mask loss on the named shape (`outputs.seg.loss`). Held out: `seg_miou` th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from onellm.data import output_scenes as scenes
 from onellm.data.sources import Example
+from onellm.modeling.modality import HasPixels
 from onellm.tasks.sam import pixel_modality
 from onellm.training.evaluate import held_out
 from onellm.training.task import register
@@ -44,13 +48,20 @@ class Segment(DecoderTask):
         mod = source.model.modalities[source.modality]
         sc = scenes.seg_scene(i, "train", source.seed, size=mod.input_shape()[-1])
         targets = {"mask": torch.from_numpy(sc.mask), "pixels": mod.pixels(sc.image)}
-        return Example(mod.preprocess(sc.image).unsqueeze(0), sc.phrase,
-                       [(sc.prompt, sc.answer)], sc.image, targets)  # fmt: skip
+        return Example(
+            mod.preprocess(sc.image).unsqueeze(0),
+            sc.phrase,
+            [(sc.prompt, sc.answer)],
+            sc.image,
+            targets,
+        )
 
     def extra(self, batch: dict[str, Any], examples, b) -> dict[str, Any]:
-        batch["targets"] = {"phrases": [ex.caption for ex in examples],  # the head's L2 target
-                            "masks": [ex.targets["mask"] for ex in examples],
-                            "pixels": [ex.targets["pixels"] for ex in examples]}  # fmt: skip
+        batch["targets"] = {
+            "phrases": [ex.caption for ex in examples],  # the head's L2 target
+            "masks": [ex.targets["mask"] for ex in examples],
+            "pixels": [ex.targets["pixels"] for ex in examples],
+        }
         return batch
 
     def evaluate(self, model, *, samples: int, seed: int) -> dict[str, Any]:
@@ -64,6 +75,31 @@ class Segment(DecoderTask):
             return {"seg_miou": iou}, sc.prompt, reply.text
 
         return held_out(model, self.name, samples, score)
+
+    def demo_chat(self, model, directory: Path) -> tuple[dict[str, str], str] | None:
+        """The demo's held-out "segment the ..." chat; the input and its mask side by side
+        as directory/seg_chat.png."""
+        if not any(isinstance(m, HasPixels) for m in model.modalities.values()):
+            return None  # no input a mask can be drawn on
+        key = pixel_modality(model)
+        sc = scenes.seg_scene(7, "test", size=model.modalities[key].input_shape()[-1])
+        reply = model.chat(sc.image, modality=key, prompt=sc.prompt, max_new_tokens=4)
+        iou = scenes.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
+        path = directory / "seg_chat.png"
+        if reply.masks:  # the input, and the mask beside it
+            mask = np.repeat(reply.masks[0].cpu().numpy()[..., None] * 255, 3, -1).astype(np.uint8)
+            Image.fromarray(np.concatenate([sc.image, mask], 1)).resize((256, 128)).save(path)
+        record = {
+            "modality": key,
+            "prompt": sc.prompt,
+            "reply": reply.text,
+            "truth": f"a mask, IoU {iou:.2f}",
+            "file": str(path) * bool(reply.masks),
+        }
+        return (
+            record,
+            f"[{key}] {sc.prompt} -> {len(reply.masks)} mask(s), IoU {iou:.2f}   ({path})",
+        )
 
 
 register(Segment())

@@ -20,8 +20,13 @@ def gen_example(source, i: int, *, turns: bool) -> Example:
     """Training scene i of "draw a {colour} {shape}": the caption is the named phrase, what
     the decoders' text encoders read; the target image in [0, 1] (3, S, S)."""
     m = source.model
-    sc = scenes.gen_scene(i, "train", source.seed, size=m.outputs["gen"].decoder.image_size,
-                          tokens=m.config.outputs["gen"].tokens)  # fmt: skip
+    sc = scenes.gen_scene(
+        i,
+        "train",
+        source.seed,
+        size=m.outputs["gen"].decoder.image_size,
+        tokens=m.config.outputs["gen"].tokens,
+    )
     image = torch.from_numpy(sc.target).permute(2, 0, 1).float() / 255
     return Example(
         None, sc.phrase, [(sc.prompt, sc.answer)] if turns else [], None, {"image": image}
@@ -44,8 +49,12 @@ class TextToImage(Task):
         return gen_example(source, i, turns=False)
 
     def collate(self, examples, b) -> list[dict[str, Any]]:
-        return [{"image": torch.stack([ex.targets["image"] for ex in examples]),
-                 "texts": [ex.caption for ex in examples]}]  # fmt: skip
+        return [
+            {
+                "image": torch.stack([ex.targets["image"] for ex in examples]),
+                "texts": [ex.caption for ex in examples],
+            }
+        ]
 
     def items(self, batch: dict[str, Any]) -> int:
         return len(batch["texts"])
@@ -60,8 +69,9 @@ class TextToImage(Task):
         decoder = model.outputs["gen"].decoder
 
         def score(i: int):
-            sc = scenes.gen_scene(i, "test", seed, size=decoder.image_size,
-                                  tokens=model.config.outputs["gen"].tokens)  # fmt: skip
+            sc = scenes.gen_scene(
+                i, "test", seed, size=decoder.image_size, tokens=model.config.outputs["gen"].tokens
+            )
             images = decoder.sample(decoder.caption_states([sc.phrase]))
             return (
                 {"t2i_color_accuracy": colour_score(images, sc.attrs["colour"])},
