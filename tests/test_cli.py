@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +8,7 @@ from PIL import Image
 
 from onellm.cli.main import main
 from onellm.inference.interactive import session
+from onellm.training.task import output_tasks
 from tests.conftest import TINY
 
 
@@ -137,3 +141,22 @@ def test_shards_and_cache_features_verbs(tmp_path, png, capsys):
     assert "data.image: cached in" in capsys.readouterr().out
     (folder,) = (tmp_path / "f").iterdir()
     assert (folder / "done.json").is_file() and not (tmp_path / "run").exists()
+
+
+def test_the_parser_answers_before_torch_loads():
+    # each verb's module loads torch once the verb is parsed: `onellm --help` answers at once
+    code = (
+        "import sys; from onellm.cli.main import build_parser; "
+        "build_parser().parse_args(['info', 'x']); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_eval_tasks_are_qa_and_the_registered_tasks_with_a_metric_of_their_own(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(TINY), "--task", "caption"])  # a task, with no metric of its own
+    assert e.value.code == 2
+    tasks = ", ".join(repr(t) for t in ["qa", *output_tasks()])
+    assert f"invalid choice: 'caption' (choose from {tasks})" in capsys.readouterr().err
+    assert {"seg", "gen", "sam", "t2i"} <= set(output_tasks())
