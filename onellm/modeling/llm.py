@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 
 from onellm.config import ChatConfig, LLMConfig
 from onellm.errors import CheckpointError, ConfigError
+from onellm.modeling.text_tokenizer import tiny_tokenizer
 
 
 def attn_implementation(requested: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -49,10 +50,13 @@ def build_llm(
         if not Path(cfg.path).is_dir():
             raise CheckpointError(f"llm: checkpoint directory not found: {cfg.path}")
         return LlamaForCausalLM.from_pretrained(
-            cfg.path, local_files_only=True, dtype=dtype, attn_implementation=attn,
+            cfg.path,
+            local_files_only=True,
+            dtype=dtype,
+            attn_implementation=attn,
             device_map=device,  # straight onto the GPU: a 7B LLM never sits in CPU memory
             quantization_config=quantization_config,
-        )  # fmt: skip
+        )
     config = LlamaConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -85,8 +89,6 @@ def build_text_tokenizer(
     None when a checkpoint dir has no tokenizer: the model still works on token ids.
     """
     if cfg.path is None and cfg.tokenizer is None:
-        from onellm.modeling.text_tokenizer import tiny_tokenizer
-
         chat = chat or ChatConfig()
         templates = (chat.system, chat.user, chat.assistant, *chat.stop)
         return tiny_tokenizer(cfg.vocab_size, templates, captions)
