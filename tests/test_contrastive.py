@@ -30,11 +30,17 @@ def test_a_clip_of_identical_frames_scores_as_its_image():
 
 
 def test_contrastive_stage_on_images_and_video_lowers_its_loss(tmp_path):
-    cfg = load_stage(ROOT / "configs" / "stages" / "stage0_pretrain.yaml", [
-        f"output_dir={tmp_path / 'run'}", "steps=40", "batch_size=16", "log_every=1",
-        "data={image: {task: clip, pool: 64}, video: {task: clip, pool: 64, batch_size: 8}}",
-        "trainable=[encoder.*]",
-    ])  # fmt: skip
+    cfg = load_stage(
+        ROOT / "configs" / "stages" / "stage0_pretrain.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "steps=40",
+            "batch_size=16",
+            "log_every=1",
+            "data={image: {task: clip, pool: 64}, video: {task: clip, pool: 64, batch_size: 8}}",
+            "trainable=[encoder.*]",
+        ],
+    )
     t = Recipe(cfg, quiet=True).setup()
     llm = {n: p.detach().clone() for n, p in t.model.llm.named_parameters()}
     t.train()
@@ -63,10 +69,14 @@ def test_zoom_out_shrinks_a_shape_about_the_centre_and_keeps_its_side():
 
 
 def test_a_zooming_source_draws_a_new_scale_per_pass_and_its_batch_applies_it(tmp_path):
-    cfg = load_stage(ROOT / "configs" / "stages" / "stage0_pretrain.yaml", [
-        f"output_dir={tmp_path}", "batch_size=4",
-        "data={image: {task: clip, pool: 4, zoom: [0.5, 0.9]}}",
-    ])  # fmt: skip
+    cfg = load_stage(
+        ROOT / "configs" / "stages" / "stage0_pretrain.yaml",
+        [
+            f"output_dir={tmp_path}",
+            "batch_size=4",
+            "data={image: {task: clip, pool: 4, zoom: [0.5, 0.9]}}",
+        ],
+    )
     t = Recipe(cfg, quiet=True).setup()
     src = t.sources["image"]
     plain = Source(t.model, "image", SourceConfig(task="clip", pool=4), seed=cfg.seed)

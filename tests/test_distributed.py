@@ -6,10 +6,19 @@ import os
 import subprocess
 import sys
 
+from onellm import OneLLM
 from tests.conftest import ROOT
 
-ARGS = ["init_from=configs/tiny.yaml", "steps=4", "batch_size=4", "grad_accum=2", "log_every=1",
-        "eval.modalities=[]", "data={image: {pool: 32}, audio: {pool: 32}}", "trainable=[projection.*, tokenizers.*]"]  # fmt: skip
+ARGS = [
+    "init_from=configs/tiny.yaml",
+    "steps=4",
+    "batch_size=4",
+    "grad_accum=2",
+    "log_every=1",
+    "eval.modalities=[]",
+    "data={image: {pool: 32}, audio: {pool: 32}}",
+    "trainable=[projection.*, tokenizers.*]",
+]
 
 
 def run(cmd, env=None):
@@ -26,21 +35,11 @@ def losses(run_dir):
 def test_two_gloo_processes_give_the_losses_of_one(tmp_path):
     stage = "configs/stages/stage2_video_audio_point.yaml"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run(
-        [
-            sys.executable,
-            "-m",
-            "onellm.cli",
-            "train",
-            stage,
-            f"output_dir={tmp_path / 'one'}",
-            *ARGS,
-        ],
-        env,
-    )
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "onellm.cli", "train", stage, f"output_dir={tmp_path / 'two'}", *ARGS,
-         "data_workers=2"], env)  # fmt: skip  # each rank's share decoded by its own 2 workers
+    train = ["-m", "onellm.cli", "train", stage, *ARGS]
+    run([sys.executable, *train, f"output_dir={tmp_path / 'one'}"], env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    # each rank's share decoded by its own 2 workers
+    run([*torchrun, *train, f"output_dir={tmp_path / 'two'}", "data_workers=2"], env)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):
@@ -48,13 +47,6 @@ def test_two_gloo_processes_give_the_losses_of_one(tmp_path):
     start = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
     assert start["processes"] == 2
     # only rank 0 wrote: one metrics file with one start event, and a loadable final model
-    assert (
-        sum(
-            json.loads(line)["event"] == "start"
-            for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-        )
-        == 1
-    )
-    from onellm import OneLLM
-
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["event"] == "start" for line in lines) == 1
     assert OneLLM.from_pretrained(tmp_path / "two" / "final") is not None

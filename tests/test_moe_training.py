@@ -17,12 +17,23 @@ DATA = "data={image: {pool: 16}, audio: {pool: 16}, point: {pool: 16}}"
 
 
 def stage(tmp_path, *extra):
-    return load_stage(STAGE2, [
-        f"init_from={TINY}", f"output_dir={tmp_path / 'run'}", "steps=4", "batch_size=2",
-        "grad_accum=3", "mix_sources=true", "log_every=2", "eval.modalities=[]", DATA,
-        "upcycle={experts: 4, router: {type: topk, k: 2, capacity_factor: 1.5}}",
-        "init_modalities={}", *extra,
-    ])  # fmt: skip
+    return load_stage(
+        STAGE2,
+        [
+            f"init_from={TINY}",
+            f"output_dir={tmp_path / 'run'}",
+            "steps=4",
+            "batch_size=2",
+            "grad_accum=3",
+            "mix_sources=true",
+            "log_every=2",
+            "eval.modalities=[]",
+            DATA,
+            "upcycle={experts: 4, router: {type: topk, k: 2, capacity_factor: 1.5}}",
+            "init_modalities={}",
+            *extra,
+        ],
+    )
 
 
 def test_a_stage_with_moe_losses_trains_and_logs_expert_use(tmp_path):
@@ -113,10 +124,16 @@ def test_add_modality_upcycles_new_experts_from_a_named_expert(tmp_path):
         ("moe.balanse=0.1", "unknown key 'moe.balanse'"),
         ("moe.balance=-1", "moe.balance: expected >= 0"),
         ("upcycle={experts: 2}", "upcycle.experts: expected at least the model's 3, got 2"),
-        ("upcycle={experts: 4, router: {type: topk, k: 5}}", "upcycle.router: router topk: k must be in 1..4"),
-        ("upcycle={experts: 4, sources: [9]}", r"upcycle.sources: expected 1 experts in 0..2, got \[9\]"),
+        (
+            "upcycle={experts: 4, router: {type: topk, k: 5}}",
+            "upcycle.router: router topk: k must be in 1..4",
+        ),
+        (
+            "upcycle={experts: 4, sources: [9]}",
+            r"upcycle.sources: expected 1 experts in 0..2, got \[9\]",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_moe_settings_are_refused_by_name(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         Recipe(stage(tmp_path, override), quiet=True).setup()

@@ -16,19 +16,36 @@ from onellm.training.task import Batching, Step, Task, output_tasks, register
 from onellm.training.text_tasks import TextTask
 from tests.conftest import ROOT, TINY
 
-SOURCES = {"lm": "{task: lm}", "clip": "{task: clip, modality: image}", "caption": "{task: caption, modality: image}",
-           "instruct": "{task: instruct, modality: audio}", "sam": "{task: sam, modality: image}",
-           "t2i": "{task: t2i}", "seg": "{task: seg, modality: image}", "gen": "{task: gen}",
-           "sceneqa": "{task: sceneqa, modality: image}",
-           "sceneqa_lm": "{task: sceneqa_lm, modality: image}"}  # fmt: skip
+SOURCES = {
+    "lm": "{task: lm}",
+    "clip": "{task: clip, modality: image}",
+    "caption": "{task: caption, modality: image}",
+    "instruct": "{task: instruct, modality: audio}",
+    "sam": "{task: sam, modality: image}",
+    "t2i": "{task: t2i}",
+    "seg": "{task: seg, modality: image}",
+    "gen": "{task: gen}",
+    "sceneqa": "{task: sceneqa, modality: image}",
+    "sceneqa_lm": "{task: sceneqa_lm, modality: image}",
+}
 EVERYTHING = "[projection.*, tokenizers.*, outputs.*, llm.*, encoder.*]"
 
 
 def stage(tmp_path, data: str, *extra: str):
-    return load_stage(ROOT / "configs" / "stages" / "stage1_image.yaml", [
-        f"init_from={TINY}", f"output_dir={tmp_path}", "batch_size=4", "steps=2", "log_every=1",
-        "eval.modalities=[]", f"data={data}", f"trainable={EVERYTHING}", *extra,
-    ])  # fmt: skip
+    return load_stage(
+        ROOT / "configs" / "stages" / "stage1_image.yaml",
+        [
+            f"init_from={TINY}",
+            f"output_dir={tmp_path}",
+            "batch_size=4",
+            "steps=2",
+            "log_every=1",
+            "eval.modalities=[]",
+            f"data={data}",
+            f"trainable={EVERYTHING}",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +73,9 @@ def test_task_contract(recipe, name):
         assert a.input is None
     # collate -> micro-batches with a positive count of what the loss is a mean over
     positions = list(range(4))
-    batches = task.collate([src[p] for p in positions],
-                           Batching(recipe.model, src.cfg, src.modality, 0, positions))  # fmt: skip
+    batches = task.collate(
+        [src[p] for p in positions], Batching(recipe.model, src.cfg, src.modality, 0, positions)
+    )
     assert batches and all(isinstance(x, dict) for x in batches)
     counts = [task.items(x) for x in batches]
     assert all(isinstance(c, int) and c > 0 for c in counts)

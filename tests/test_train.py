@@ -17,10 +17,20 @@ STAGE1 = ROOT / "configs" / "stages" / "stage1_image.yaml"
 
 
 def short(tmp_path, *extra):
-    return load_stage(STAGE1, [
-        "init_from=configs/tiny.yaml", f"output_dir={tmp_path / 'run'}", "steps=12", "batch_size=8",
-        "log_every=1", "eval.samples=4", "schedule.warmup_steps=2", "data.image.pool=64", *extra,
-    ])  # fmt: skip
+    return load_stage(
+        STAGE1,
+        [
+            "init_from=configs/tiny.yaml",
+            f"output_dir={tmp_path / 'run'}",
+            "steps=12",
+            "batch_size=8",
+            "log_every=1",
+            "eval.samples=4",
+            "schedule.warmup_steps=2",
+            "data.image.pool=64",
+            *extra,
+        ],
+    )
 
 
 def trainable_state(trainer):
@@ -89,10 +99,17 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, monkeypatch)
 
 
 def test_instruction_stage_trains_lora_only(tmp_path):
-    cfg = load_stage(ROOT / "configs" / "stages" / "stage4_instruct.yaml", [
-        "init_from=configs/tiny.yaml", f"output_dir={tmp_path / 'run'}", "steps=3", "batch_size=4",
-        "eval.modalities=[]", "data={image: {task: instruct, pool: 16}, imu: {task: instruct, pool: 16}}",
-    ])  # fmt: skip
+    cfg = load_stage(
+        ROOT / "configs" / "stages" / "stage4_instruct.yaml",
+        [
+            "init_from=configs/tiny.yaml",
+            f"output_dir={tmp_path / 'run'}",
+            "steps=3",
+            "batch_size=4",
+            "eval.modalities=[]",
+            "data={image: {task: instruct, pool: 16}, imu: {task: instruct, pool: 16}}",
+        ],
+    )
     t = Recipe(cfg, quiet=True).setup()
     names = [n for n, p in t.root.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
@@ -207,23 +224,32 @@ def test_length_grouped_micro_batches_give_the_whole_batch_gradient(tmp_path, mo
 
 
 def test_a_two_modality_source_trains_and_its_placeholder_runs_are_checked(tmp_path):
-    cfg = short(tmp_path, "steps=30", "optimizer.lr=3e-3", "eval.modalities=[]",
-                "data={pair: {modality: [image, audio], task: caption, pool: 32}}")  # fmt: skip
+    cfg = short(
+        tmp_path,
+        "steps=30",
+        "optimizer.lr=3e-3",
+        "eval.modalities=[]",
+        "data={pair: {modality: [image, audio], task: caption, pool: 32}}",
+    )
     t = Recipe(cfg, quiet=True).setup()
     (batch,) = t.micro_batches(0, "pair")
     layout, n = t.model.layout, cfg.batch_size
     assert list(batch["inputs"]) == ["image", "audio"]  # reading order
     assert [x.shape[0] for x in batch["inputs"].values()] == [n, n]
     for ids in batch["input_ids"].tolist():  # one run each, the image's before the audio's
-        runs = [(ids.index(layout.placeholder_ids[m]), ids.count(layout.placeholder_ids[m]))
-                for m in ("image", "audio")]  # fmt: skip
+        runs = [
+            (ids.index(layout.placeholder_ids[m]), ids.count(layout.placeholder_ids[m]))
+            for m in ("image", "audio")
+        ]
         assert [c for _, c in runs] == [layout.block_len] * 2 and runs[0][0] < runs[1][0]
     runs = torch.isin(batch["input_ids"], torch.tensor(list(layout.placeholder_ids.values())))
     assert (batch["labels"][runs] == -100).all()
     with pytest.raises(InputError, match=r"^audio: expected an input for its placeholder"):
         t.model(batch["input_ids"], inputs={"image": batch["inputs"]["image"]})
     with pytest.raises(InputError, match=rf"^audio: expected {n} input\(s\) .* got {n - 1}"):
-        t.model(batch["input_ids"], inputs={**batch["inputs"], "audio": batch["inputs"]["audio"][1:]})  # fmt: skip
+        t.model(
+            batch["input_ids"], inputs={**batch["inputs"], "audio": batch["inputs"]["audio"][1:]}
+        )
     audio = t.model.projection.queries["audio"].detach().clone()
     first = [t.train_step(s)["loss"] for s in range(3)]
     t.step = 3

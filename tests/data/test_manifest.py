@@ -24,12 +24,22 @@ def write(folder, lines):
 
 
 def test_records_resolve_relative_paths_and_read_conversations(folder):
-    path = write(folder, [
-        {"modality": "image", "input": "img/a.png", "caption": "a red circle"},
-        {"modality": "image", "input": "img/a.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "a red circle"},
-            {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "red"}]},
-    ])  # fmt: skip
+    path = write(
+        folder,
+        [
+            {"modality": "image", "input": "img/a.png", "caption": "a red circle"},
+            {
+                "modality": "image",
+                "input": "img/a.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat is this?"},
+                    {"from": "gpt", "value": "a red circle"},
+                    {"from": "human", "value": "Colour?"},
+                    {"from": "gpt", "value": "red"},
+                ],
+            },
+        ],
+    )
     a, b = read_manifest(path)
     assert a.input == str(folder / "img" / "a.png") and a.caption == "a red circle"
     # LLaVA's <image> stays: the block goes where the text names it (onellm/layout.py)
