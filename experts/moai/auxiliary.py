@@ -2,7 +2,7 @@
 
 MoAI runs panoptic segmentation, open-world detection, scene-graph generation and OCR on
 the image and verbalises what each finds ("a cat at [0.12, 0.40, ...]") into auxiliary
-text, which its compressor and mixer read (experts/moai.py). Here a source is anything
+text, which its compressor and mixer read (experts/moai/mixer.py). Here a source is anything
 called as `source(pixels, model) -> str`, `pixels` the image (3, H, W) in [0, 1]:
 
 | type         | what it runs                                                      |

@@ -1,6 +1,6 @@
 """MoAI's compressor and mixer (Lee et al., 2024) around a frozen LLM.
 
-    aux text (experts/auxiliary.py) --LLM word embeddings--> (B, La, D)
+    aux text (experts/moai/auxiliary.py) --LLM word embeddings--> (B, La, D)
       --compressor: `queries` latents over the aux tokens (a perceiver)--> A (B, N, D)
     at each chosen decoder layer l, the states h (B, L, D) entering it become
       visual positions:   h + g_v1(h) * CA(h -> A) + g_v2(h) * SA(h -> V_l)

@@ -1,4 +1,4 @@
-"""What every projection kind gives each modality beside its tokens (experts/projections.py):
+"""What every projection kind gives each modality beside its tokens (onellm/modeling/projection.py):
 start/end tags and an output projection that starts at the LLM's embedding scale."""
 
 from __future__ import annotations

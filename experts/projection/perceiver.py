@@ -10,7 +10,7 @@ For modality m with encoder features f, (B, S+1, W) or per frame (B, T, S+1, W):
 Any number of frames and any number of tokens go in; Q tokens come out. The layers are
 shared by every modality (BLIP-3 has one sampler for images and frames); the latents,
 output projection and tags are each modality's. `PerceiverResampler` is also MoAI's
-compressor (experts/moai.py), where a mask leaves out padded tokens.
+compressor (experts/moai/mixer.py), where a mask leaves out padded tokens.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ renormalised (DeepSpeed's top-2 does the same), and a query with none kept passe
 At inference nothing is dropped, so a reply never depends on what else is in its batch.
 
 `forward(x)` gives the weights alone (what the output heads mix with); `route(x)` the
-whole `Routing`, which the projection uses and the MoE losses read (onellm/moe.py).
+whole `Routing`, which the projection uses and the MoE losses read (onellm/training/moe.py).
 """
 
 from __future__ import annotations

@@ -65,10 +65,10 @@ class UniversalProjection(nn.Module):
         self.routers = ModalityRouters(width=width, hidden=router_hidden, spec=router)
         self.in_proj, self.out_proj = nn.ModuleDict(), nn.ModuleDict()
         self.start_tag, self.end_tag = nn.ParameterDict(), nn.ParameterDict()
-        # called with (modality, router input, Routing) on every routing (onellm/moe.py)
+        # called with (modality, router input, Routing) on every routing (onellm/training/moe.py)
         self.recorder: Callable[[str, torch.Tensor, Routing], None] | None = None
 
-    reads_frames = False  # frames are mean-pooled before it (experts/projections.py)
+    reads_frames = False  # frames are mean-pooled before it (onellm/modeling/modality_blocks.py)
 
     @property
     def num_experts(self) -> int:

@@ -66,7 +66,7 @@ class DiffusionDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.unet = unet
-        self.text = text  # tiny scale: its own caption encoder (experts/decoders/text.py)
+        self.text = text  # tiny scale: its own caption encoder (decoders/text.py)
         self.pipeline = pipeline  # a StableDiffusionPipeline when loaded from an SD dir
         self.vae = pipeline.vae if pipeline is not None else None
         if self.vae is not None:

@@ -127,7 +127,7 @@ class SamMaskDecoder(nn.Module):
         super().__init__()
         self.sam = sam
         self.sam.image_encoder.requires_grad_(False)
-        # tiny scale: a caption encoder for text prompts (experts/decoders/text.py)
+        # tiny scale: a caption encoder for text prompts (decoders/text.py)
         self.text = text
 
     def _apply(self, fn, recurse: bool = True):
