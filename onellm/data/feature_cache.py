@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from onellm.data.shards import Shards
 from onellm.data.sources import modality_settings
 from onellm.errors import CheckpointError, ConfigError
 from onellm.modeling.devices import autocast, resolve_device
@@ -70,7 +71,8 @@ def fingerprint(model: Any, source: Any, precision: str = "fp32") -> str:
     settings = modality_settings(mod)
     data: tuple = (source.cfg.data, source.cfg.pool)
     if source.records is not None:  # the manifest or shard files as they are now
-        files = getattr(source.records, "paths", None) or [str(source.records.path)]
+        records = source.records
+        files = records.paths if isinstance(records, Shards) else [str(records.path)]
         data = (
             source.cfg.data,
             len(source.records),
