@@ -151,17 +151,30 @@ def test_a_short_add_modality_stage_trains_only_the_new_parts(tmp_path):
     ids = torch.randint(3, 400, (2, 7))
     ids[:, 0] = 1
     before = old_logits(base, inputs, ids)
-    cfg = load_stage(ADD_STAGE, [
-        f"init_from={tmp_path / 'base'}", f"output_dir={tmp_path / 'run'}", "steps=30",
-        "batch_size=8", "log_every=1", "eval.samples=4", "eval.modalities=[thermal]",
-        "schedule.warmup_steps=2", "data.thermal.pool=64", "add_modality.type=" + str(PLUGIN),
-    ])  # fmt: skip
+    cfg = load_stage(
+        ADD_STAGE,
+        [
+            f"init_from={tmp_path / 'base'}",
+            f"output_dir={tmp_path / 'run'}",
+            "steps=30",
+            "batch_size=8",
+            "log_every=1",
+            "eval.samples=4",
+            "eval.modalities=[thermal]",
+            "schedule.warmup_steps=2",
+            "data.thermal.pool=64",
+            "add_modality.type=" + str(PLUGIN),
+        ],
+    )
     t = Recipe(cfg, quiet=True).setup()
     assert t.n_trainable == sum(p.numel() for p in t.model.parameters() if p.requires_grad)
     t.train()
     final = t.save()
-    losses = [r["loss"] for r in read_metrics(cfg.output_dir)
-              if r["event"] == "train" and r["source"] == "thermal"]  # fmt: skip
+    losses = [
+        r["loss"]
+        for r in read_metrics(cfg.output_dir)
+        if r["event"] == "train" and r["source"] == "thermal"
+    ]
     assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:3]) / 3
     trained = OneLLM.from_pretrained(final).eval()
     after = old_logits(trained, inputs, ids)

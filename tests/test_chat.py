@@ -148,8 +148,14 @@ def test_a_training_row_starts_with_the_chat_prompt_token_for_token(tiny_model):
 
     m, chat = tiny_model, tiny_model.config.chat
     turns = [("What is <image> this?", "it is <seg> here"), ("Where?", "on the left")]
-    ids, labels = tokens(Example(None, None, turns), m.layout, chat, np.random.default_rng(0),
-                         use_turns=True, given=["image"])  # fmt: skip
+    ids, labels = tokens(
+        Example(None, None, turns),
+        m.layout,
+        chat,
+        np.random.default_rng(0),
+        use_turns=True,
+        given=["image"],
+    )
     first = prompt_ids(m, render_prompt(chat, turns[0][0]), ["image"])
     later = prompt_ids(m, render_prompt(chat, "Where?", turns[:1]), ["image"])
     assert ids[: len(first)] == first and set(labels[: len(first)]) == {-100}

@@ -36,12 +36,18 @@ def test_rows_with_their_own_prompts_inputs_and_limits_equal_each_alone(tiny_mod
         ({"image": img(1), "audio": RAW["audio"]()}, "Does <audio> match?", [], 7),
         ({"point": RAW["point"]()}, None, [], 5),  # captioning, no prompt
     ]
-    rows = [Conversation({k: m.preprocess(v, k) for k, v in raws.items()},
-                         render_prompt(chat, prompt, history), max_new_tokens=n)
-            for raws, prompt, history, n in asks]  # fmt: skip
+    rows = [
+        Conversation(
+            {k: m.preprocess(v, k) for k, v in raws.items()},
+            render_prompt(chat, prompt, history),
+            max_new_tokens=n,
+        )
+        for raws, prompt, history, n in asks
+    ]
     heard: dict[int, str] = {}
-    together = generate(m, rows, max_new_tokens=64,
-                        on_text=lambda i, p: heard.__setitem__(i, heard.get(i, "") + p))  # fmt: skip
+    together = generate(
+        m, rows, max_new_tokens=64, on_text=lambda i, p: heard.__setitem__(i, heard.get(i, "") + p)
+    )
     for (raws, prompt, history, n), got, i in zip(asks, together, range(4), strict=True):
         alone = m.chat(raws or None, prompt=prompt, history=history, max_new_tokens=n)
         assert got.token_ids == alone.token_ids and got.text == alone.text, i

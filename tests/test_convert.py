@@ -137,21 +137,36 @@ def onellm_state_dict(
     for i in range(layers):
         for w in "qkvo":
             sd[f"layers.{i}.attention.w{w}.weight"] = (dim, dim)
-        sd |= {f"layers.{i}.feed_forward.w1.weight": (ffn(dim), dim), f"layers.{i}.feed_forward.w3.weight": (ffn(dim), dim),
-               f"layers.{i}.feed_forward.w2.weight": (dim, ffn(dim)), f"layers.{i}.attention_norm.weight": (dim,),
-               f"layers.{i}.ffn_norm.weight": (dim,)}  # fmt: skip
+        sd |= {
+            f"layers.{i}.feed_forward.w1.weight": (ffn(dim), dim),
+            f"layers.{i}.feed_forward.w3.weight": (ffn(dim), dim),
+            f"layers.{i}.feed_forward.w2.weight": (dim, ffn(dim)),
+            f"layers.{i}.attention_norm.weight": (dim,),
+            f"layers.{i}.ffn_norm.weight": (dim,),
+        }
     v = "clip.visual."
-    sd |= {v + "conv1.weight": (width, 3, patch, patch), v + "class_embedding": (width,),
-           v + "positional_embedding": (grid * grid + 1, width), v + "proj": (width, 16),
-           "clip.logit_scale": (), "clip.text_projection": (width, 16)}  # fmt: skip
+    sd |= {
+        v + "conv1.weight": (width, 3, patch, patch),
+        v + "class_embedding": (width,),
+        v + "positional_embedding": (grid * grid + 1, width),
+        v + "proj": (width, 16),
+        "clip.logit_scale": (),
+        "clip.text_projection": (width, 16),
+    }
     for n in ("ln_pre", "ln_post"):
         sd |= {f"{v}{n}.weight": (width,), f"{v}{n}.bias": (width,)}
     for j in range(clip_layers):
         b = f"{v}transformer.resblocks.{j}."
-        sd |= {b + "attn.in_proj_weight": (3 * width, width), b + "attn.in_proj_bias": (3 * width,),
-               b + "attn.out_proj.weight": (width, width), b + "attn.out_proj.bias": (width,),
-               b + "mlp.c_fc.weight": (4 * width, width), b + "mlp.c_fc.bias": (4 * width,),
-               b + "mlp.c_proj.weight": (width, 4 * width), b + "mlp.c_proj.bias": (width,)}  # fmt: skip
+        sd |= {
+            b + "attn.in_proj_weight": (3 * width, width),
+            b + "attn.in_proj_bias": (3 * width,),
+            b + "attn.out_proj.weight": (width, width),
+            b + "attn.out_proj.bias": (width,),
+            b + "mlp.c_fc.weight": (4 * width, width),
+            b + "mlp.c_fc.bias": (4 * width,),
+            b + "mlp.c_proj.weight": (width, 4 * width),
+            b + "mlp.c_proj.bias": (width,),
+        }
         for n in ("ln_1", "ln_2"):
             sd |= {f"{b}{n}.weight": (width,), f"{b}{n}.bias": (width,)}
     for e in range(experts):
@@ -159,18 +174,36 @@ def onellm_state_dict(
             b = f"resample_layers.{e}.{l}."
             for w in "qkvo":
                 sd[b + f"attention.w{w}.weight"] = (width, width)
-            sd |= {b + "feed_forward.w1.weight": (ffn(width), width), b + "feed_forward.w3.weight": (ffn(width), width),
-                   b + "feed_forward.w2.weight": (width, ffn(width)), b + "attention_norm.weight": (width,),
-                   b + "ffn_norm.weight": (width,)}  # fmt: skip
-    sd |= {"conv1.audio.weight": (width, 1, 16, 16), "conv1.audio.bias": (width,), "positional_embedding.audio": (1213, width),
-           "conv1.imu.weight": (width, 6, 10), "positional_embedding.imu": (392, width),
-           "conv1.fmri.weight": (fmri_tokens * width, voxels), "conv1.fmri.bias": (fmri_tokens * width,),
-           "positional_embedding.fmri": (fmri_tokens + 1, width), "conv1.point.conv1.weight": (width, 6, 1, 1),
-           "conv1.point.conv1.bias": (width,), "positional_embedding.point": (1025, width)}  # fmt: skip
+            sd |= {
+                b + "feed_forward.w1.weight": (ffn(width), width),
+                b + "feed_forward.w3.weight": (ffn(width), width),
+                b + "feed_forward.w2.weight": (width, ffn(width)),
+                b + "attention_norm.weight": (width,),
+                b + "ffn_norm.weight": (width,),
+            }
+    sd |= {
+        "conv1.audio.weight": (width, 1, 16, 16),
+        "conv1.audio.bias": (width,),
+        "positional_embedding.audio": (1213, width),
+        "conv1.imu.weight": (width, 6, 10),
+        "positional_embedding.imu": (392, width),
+        "conv1.fmri.weight": (fmri_tokens * width, voxels),
+        "conv1.fmri.bias": (fmri_tokens * width,),
+        "positional_embedding.fmri": (fmri_tokens + 1, width),
+        "conv1.point.conv1.weight": (width, 6, 1, 1),
+        "conv1.point.conv1.bias": (width,),
+        "positional_embedding.point": (1025, width),
+    }
     for m in ["image", "video", "audio", "point", "rgbd", "rgbn", "fmri", "imu"]:
-        sd |= {f"resample_tokens.{m}": (1, queries, width), f"routers.{m}.fc1.weight": (4 * width, width),
-               f"routers.{m}.fc1.bias": (4 * width,), f"routers.{m}.fc2.weight": (experts, 4 * width),
-               f"routers.{m}.fc2.bias": (experts,), f"start_tag.{m}": (1, 1, dim), f"end_tag.{m}": (1, 1, dim)}  # fmt: skip
+        sd |= {
+            f"resample_tokens.{m}": (1, queries, width),
+            f"routers.{m}.fc1.weight": (4 * width, width),
+            f"routers.{m}.fc1.bias": (4 * width,),
+            f"routers.{m}.fc2.weight": (experts, 4 * width),
+            f"routers.{m}.fc2.bias": (experts,),
+            f"start_tag.{m}": (1, 1, dim),
+            f"end_tag.{m}": (1, 1, dim),
+        }
         for p, out in (("clip_proj1", width), ("clip_proj2", dim)):
             sd |= {
                 f"{p}.{m}.0.weight": (out, width),
@@ -185,8 +218,20 @@ def onellm_state_dict(
 def test_other_sizes_are_read_from_the_weights(tmp_path):
     from safetensors.torch import save_file
 
-    sizes = dict(dim=96, layers=3, vocab=300, width=48, clip_layers=3, patch=16, grid=4,
-                 experts=2, expert_layers=3, queries=10, voxels=100, fmri_tokens=4)  # fmt: skip
+    sizes = dict(
+        dim=96,
+        layers=3,
+        vocab=300,
+        width=48,
+        clip_layers=3,
+        patch=16,
+        grid=4,
+        experts=2,
+        expert_layers=3,
+        queries=10,
+        voxels=100,
+        fmri_tokens=4,
+    )
     sd = onellm_state_dict(**sizes)
     save_file(sd, tmp_path / "other.safetensors")
     m = from_onellm(

@@ -19,10 +19,12 @@ from onellm.training.recipe import Recipe
 from onellm.training.stage import load_stage
 from tests.conftest import ROOT, TINY
 
-ALL_TASKS = ("{text: {task: lm, pool: 4}, clip: {task: clip, modality: image, pool: 4}, "
-             "image: {task: caption, pool: 4}, audio: {task: instruct, pool: 4}, "
-             "sam: {task: sam, modality: image, pool: 4}, t2i: {task: t2i, pool: 4}, "
-             "seg: {task: seg, modality: image, pool: 4}, gen: {task: gen, pool: 4}}")  # fmt: skip
+ALL_TASKS = (
+    "{text: {task: lm, pool: 4}, clip: {task: clip, modality: image, pool: 4}, "
+    "image: {task: caption, pool: 4}, audio: {task: instruct, pool: 4}, "
+    "sam: {task: sam, modality: image, pool: 4}, t2i: {task: t2i, pool: 4}, "
+    "seg: {task: seg, modality: image, pool: 4}, gen: {task: gen, pool: 4}}"
+)
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 
 
@@ -54,11 +56,17 @@ class Placement:
         for name, m in root.named_modules():
             if any(e in name for e in self.EXEMPT):
                 continue
-            self.handles.append(m.register_forward_pre_hook(
-                lambda mod, args, kwargs, name=name: self.check(name, "in", (args, kwargs)),
-                with_kwargs=True))  # fmt: skip
-            self.handles.append(m.register_forward_hook(
-                lambda mod, args, out, name=name: self.check(name, "out", out)))  # fmt: skip
+            self.handles.append(
+                m.register_forward_pre_hook(
+                    lambda mod, args, kwargs, name=name: self.check(name, "in", (args, kwargs)),
+                    with_kwargs=True,
+                )
+            )
+            self.handles.append(
+                m.register_forward_hook(
+                    lambda mod, args, out, name=name: self.check(name, "out", out)
+                )
+            )
 
     def check(self, name: str, where: str, value) -> None:
         self.calls += 1
@@ -73,11 +81,20 @@ class Placement:
 
 
 def every_task_recipe(tmp_path, dtype: str) -> Recipe:
-    cfg = load_stage(ROOT / "configs" / "stages" / "stage1_image.yaml", [
-        f"init_from={TINY}", f"model_overrides=[dtype={dtype}]", f"output_dir={tmp_path}",
-        "device=cpu", "batch_size=2", "steps=1", "eval.modalities=[]", f"data={ALL_TASKS}",
-        "trainable=[projection.*, outputs.*]",
-    ])  # fmt: skip
+    cfg = load_stage(
+        ROOT / "configs" / "stages" / "stage1_image.yaml",
+        [
+            f"init_from={TINY}",
+            f"model_overrides=[dtype={dtype}]",
+            f"output_dir={tmp_path}",
+            "device=cpu",
+            "batch_size=2",
+            "steps=1",
+            "eval.modalities=[]",
+            f"data={ALL_TASKS}",
+            "trainable=[projection.*, outputs.*]",
+        ],
+    )
     return Recipe(cfg, quiet=True).setup()
 
 
@@ -110,8 +127,13 @@ def test_chat_with_masks_and_images_stays_in_the_models_dtype():
     hooks = Placement(model, torch.device("cpu"), torch.float64)
     try:
         image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-        seg = model.chat(image, modality="image", prompt="segment it", stop_strings=None,
-                         **forced(model, "seg", 1))  # fmt: skip
+        seg = model.chat(
+            image,
+            modality="image",
+            prompt="segment it",
+            stop_strings=None,
+            **forced(model, "seg", 1),
+        )
         gen = model.chat(None, prompt="draw it", stop_strings=None, **forced(model, "gen", 4))
     finally:
         hooks.remove()
@@ -145,8 +167,13 @@ def test_cuda_where_there_is_none_is_a_config_error_naming_device(tmp_path):
     ):
         resolve_device("gpu")
     assert resolve_device("auto") == torch.device("cpu")
-    out = subprocess.run([sys.executable, "-m", "onellm.cli", "chat", str(TINY), "--device", "cuda",
-                          "--once"], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "onellm.cli", "chat", str(TINY), "--device", "cuda", "--once"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "onellm: error: device: expected a CUDA GPU" in out.stderr
 
 
@@ -170,110 +197,16 @@ def test_auto_attention_picks_flash_only_for_half_precision_cuda(monkeypatch):
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     real = importlib.util.find_spec
     for installed in (True, False):
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda n, real=real, installed=installed: object() if n == "flash_attn" and installed else real(n))  # fmt: skip
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda n, real=real, installed=installed: (
+                object() if n == "flash_attn" and installed else real(n)
+            ),
+        )
         want = "flash_attention_2" if installed else "sdpa"
         assert attn_implementation("auto", cuda, torch.bfloat16) == want
         assert attn_implementation("auto", cuda, torch.float16) == want
         assert attn_implementation("auto", cuda, torch.float32) == "sdpa"
         assert attn_implementation("auto", cpu, torch.bfloat16) == "sdpa"
         assert attn_implementation("eager", cuda, torch.bfloat16) == "eager"
-
-
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_precision_sets_the_dtype_computed_inside_the_step(tmp_path, precision):
-    cfg = load_stage(ROOT / "configs" / "stages" / "stage1_image.yaml", [
-        f"init_from={TINY}", f"output_dir={tmp_path}", "batch_size=2", "steps=1",
-        "eval.modalities=[]", "data.image.pool=4", f"precision={precision}",
-    ])  # fmt: skip
-    r = Recipe(cfg, quiet=True).setup()
-    seen = {}
-    expert = r.model.projection.experts[0].layers[0].q_proj
-    llm_layer = r.model.llm.model.layers[0].mlp.down_proj
-
-    def record(name):
-        def hook(module, args, out):
-            seen.setdefault(name, out.dtype)  # returns None: the output is kept
-
-        return hook
-
-    hooks = [
-        m.register_forward_hook(record(n)) for n, m in (("expert", expert), ("llm", llm_layer))
-    ]
-    stats = r.train_step(0)
-    for h in hooks:
-        h.remove()
-    want = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    assert seen == {"expert": want, "llm": want}
-    assert np.isfinite(stats["loss"])
-    assert all(p.dtype == torch.float32 for p in r.params)  # autocast: the weights stay fp32
-    assert r.scaler.is_enabled() == (precision == "fp16")
-    if precision == "fp16":  # the scaler unscaled before clipping: a true-size norm
-        assert 0 < stats["grad_norm"] < 1e3 and r.scaler.get_scale() > 1
-
-
-def saved_bytes_and_grads(r: Recipe, key: str) -> tuple[int, dict[str, torch.Tensor]]:
-    """Bytes autograd keeps for backward over one micro-batch, and the gradients."""
-    from onellm.training.task import Step
-
-    (batch,) = r.micro_batches(0, key)
-    task = r.sources[key].task
-    saved = []
-
-    def pack(t):
-        saved.append(t.numel() * t.element_size())
-        return t
-
-    items = torch.tensor(float(task.items(batch)))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = task.loss(Step(r.model, r.aux, r.sources[key].modality, 1), batch, items)
-    loss.backward()
-    return sum(saved), {
-        n: p.grad.clone() for n, p in r.root.named_parameters() if p.grad is not None
-    }
-
-
-def test_activation_checkpointing_keeps_less_and_gives_the_same_gradients(tmp_path):
-    runs = {}
-    for on in (False, True):
-        cfg = load_stage(ROOT / "configs" / "stages" / "stage1_image.yaml", [
-            f"init_from={TINY}", f"output_dir={tmp_path / str(on)}", "batch_size=4",
-            "data.image.pool=4", "trainable=[projection.*, llm.*, encoder.*]",
-            "model_overrides=[projection.layers_per_expert=2]", f"activation_checkpointing={on}",
-        ])  # fmt: skip
-        runs[on] = saved_bytes_and_grads(Recipe(cfg, quiet=True).setup(), "image")
-    (plain, g0), (checkpointed, g1) = runs[False], runs[True]
-    assert checkpointed < 0.5 * plain, (plain, checkpointed)
-    assert g0.keys() == g1.keys() and any(n.startswith("model.llm.") for n in g0)
-    for n in g0:
-        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-7, msg=n)
-    # names do not change: trainable globs and checkpoints read the same
-    assert any(".experts.0.layers.1.q_proj.weight" in n for n in g1)
-
-
-def test_fp16_scales_the_loss_in_one_process_and_is_refused_under_fsdp():
-    from onellm.modeling.devices import grad_scaler
-
-    cpu = torch.device("cpu")
-    assert grad_scaler(cpu, "fp16", 1).is_enabled()
-    assert (
-        not grad_scaler(cpu, "bf16", 2).is_enabled()
-        and not grad_scaler(cpu, "fp32", 1).is_enabled()
-    )
-    with pytest.raises(ConfigError, match="precision: fp16 runs in one process.*got 2 processes"):
-        grad_scaler(cpu, "fp16", 2)
-
-
-def test_an_fp16_checkpoint_keeps_the_loss_scale(tmp_path):
-    cfg = load_stage(ROOT / "configs" / "stages" / "stage1_image.yaml", [
-        f"init_from={TINY}", f"output_dir={tmp_path}", "batch_size=2", "steps=4",
-        "checkpoint_every=2", "eval.modalities=[]", "data.image.pool=4", "precision=fp16",
-    ])  # fmt: skip
-    r = Recipe(cfg, quiet=True).setup()
-    for s in range(2):
-        r.train_step(s)
-    r.scaler.update(1024.0)  # a scale no fresh scaler starts at (65536)
-    r.step = 2
-    r.files.checkpoint(r.state, 2)
-    resumed = Recipe(cfg, resume=True, quiet=True).setup()
-    assert resumed.step == 2 and resumed.scaler.get_scale() == r.scaler.get_scale() == 1024.0

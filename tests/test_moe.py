@@ -16,9 +16,17 @@ from onellm.training.moe import Call, recording, step_losses, switch_balance
 
 
 def projection(router: dict, experts: int = 4) -> UniversalProjection:
-    p = UniversalProjection(width=16, llm_width=24, num_experts=experts, layers_per_expert=1,
-                            num_heads=2, num_queries=3, ffn_hidden=32, router_hidden=32,
-                            router=router)  # fmt: skip
+    p = UniversalProjection(
+        width=16,
+        llm_width=24,
+        num_experts=experts,
+        layers_per_expert=1,
+        num_heads=2,
+        num_queries=3,
+        ffn_hidden=32,
+        router_hidden=32,
+        router=router,
+    )
     p.add_modality("image")
     p.add_modality("audio")
     return p.train()
@@ -48,8 +56,13 @@ def test_balance_on_a_hand_made_routing_matches_the_formula():
 
     x = torch.zeros(4, 1)
     for scope in ("micro_batch", "global"):
-        loss, logged = step_losses([Call("image", Fixed(), x, r, [0, 1, 2])], balance=0.5,
-                                   z_loss=0.1, scope=scope, num_experts=3)  # fmt: skip
+        loss, logged = step_losses(
+            [Call("image", Fixed(), x, r, [0, 1, 2])],
+            balance=0.5,
+            z_loss=0.1,
+            scope=scope,
+            num_experts=3,
+        )
         z = float(logits.logsumexp(-1).square().mean())
         assert logged["moe_balance"] == pytest.approx(want)
         assert logged["moe_z_loss"] == pytest.approx(z)
@@ -124,8 +137,15 @@ def _rank(rank: int, world: int, path: str, out: str) -> None:
         dist.all_reduce(t)
         return t
 
-    loss, logged = step_losses(calls_of(router, mine, [0, 1, 2, 3]), balance=1.0, z_loss=0.01,
-                               scope="global", num_experts=4, all_sum=all_sum, world=world)  # fmt: skip
+    loss, logged = step_losses(
+        calls_of(router, mine, [0, 1, 2, 3]),
+        balance=1.0,
+        z_loss=0.01,
+        scope="global",
+        num_experts=4,
+        all_sum=all_sum,
+        world=world,
+    )
     loss.backward()
     for q in router.parameters():  # the recipe's sync_replicated_grads: the mean over ranks
         dist.all_reduce(q.grad)
@@ -144,8 +164,13 @@ def test_global_scope_over_two_processes_equals_one_process_with_their_batch(tmp
     torch.manual_seed(0)
     router = ROUTERS.build("topk", width=16, hidden=32, num_experts=4, k=1)
     inputs = torch.randn(8, 3, 16)
-    loss, logged = step_losses(calls_of(router, [inputs], [0, 1, 2, 3]), balance=1.0,
-                               z_loss=0.01, scope="micro_batch", num_experts=4)  # fmt: skip
+    loss, logged = step_losses(
+        calls_of(router, [inputs], [0, 1, 2, 3]),
+        balance=1.0,
+        z_loss=0.01,
+        scope="micro_batch",
+        num_experts=4,
+    )
     assert two["logged"] == pytest.approx(logged, rel=1e-6)
     for a, b in zip(two["grads"], grads(loss, list(router.parameters())), strict=True):
         torch.testing.assert_close(a, b)

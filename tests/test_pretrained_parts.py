@@ -34,12 +34,25 @@ def test_saved_clip_and_llama_dirs_load_as_the_same_model(tmp_path):
 def test_full_clip_model_dir_loads_its_vision_tower(tmp_path):
     """Real CLIP releases (openai/clip-vit-large-patch14) are CLIPModel dirs with a text tower."""
     cfg = CLIPConfig(
-        vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                           image_size=64, patch_size=8, hidden_act="quick_gelu"),
-        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         vocab_size=99, max_position_embeddings=16),
+        vision_config=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=256,
+            image_size=64,
+            patch_size=8,
+            hidden_act="quick_gelu",
+        ),
+        text_config=dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=99,
+            max_position_embeddings=16,
+        ),
         projection_dim=16,
-    )  # fmt: skip
+    )
     full = CLIPModel(cfg)
     full.save_pretrained(tmp_path / "clip-full")
     m = OneLLM.from_config(TINY, [f"encoder.path={tmp_path / 'clip-full'}"])

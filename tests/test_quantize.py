@@ -55,10 +55,13 @@ def test_from_config_takes_the_same_option_and_a_quantised_model_is_not_saved(tm
         q.save_pretrained(tmp_path / "x")
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("3bit", "quantization: expected one of 8bit, 4bit, got '3bit'"),
-    ("4bit", "4bit \\(NF4\\) runs on CUDA through bitsandbytes; on the CPU use 8bit"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("3bit", "quantization: expected one of 8bit, 4bit, got '3bit'"),
+        ("4bit", "4bit \\(NF4\\) runs on CUDA through bitsandbytes; on the CPU use 8bit"),
+    ],
+)
 def test_bad_quantization_options_are_one_clear_error(spec, message):
     with pytest.raises(ConfigError, match=message):
         OneLLM.from_config(TINY, quantization=spec)

@@ -12,8 +12,15 @@ from tests.conftest import TINY
 
 
 def tiny_llama(vocab):
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=1, num_attention_heads=2))  # fmt: skip
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    )
 
 
 def test_seg_and_gen_encode_to_one_id_each_and_the_llm_grows_to_fit():
