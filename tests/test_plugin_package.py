@@ -12,21 +12,21 @@ from onellm.training.recipe import Recipe, read_metrics
 from onellm.training.stage import load_stage
 from tests.conftest import TINY, ForceAt
 
-pytest.importorskip("sonar_plugin", reason="the test plug-in: pip install -e tests/plugin")
+pytest.importorskip("echo_plugin", reason="the test plug-in: pip install -e tests/plugin")
 
 OVERRIDES = [
-    "modalities.sonar={length: 64}",
-    "projection.by_modality={sonar: {type: linear, num_queries: 3}}",
+    "modalities.echo={length: 64}",
+    "projection.by_modality={echo: {type: linear, num_queries: 3}}",
     "outputs.loc={experts: 1}",
 ]
 
 
 def test_its_entry_points_fill_the_registries():
-    assert MODALITIES.get("sonar").__module__ == "sonar_plugin.sonar"
-    assert PROJECTIONS.get("linear").kind.__module__ == "sonar_plugin.linear"
+    assert MODALITIES.get("echo").__module__ == "echo_plugin.echo"
+    assert PROJECTIONS.get("linear").kind.__module__ == "echo_plugin.linear"
     assert OUTPUT_KINDS.get("loc").field == "locations"
-    assert DECODERS.get("coords").__module__ == "sonar_plugin.loc"
-    for registry, name in ((MODALITIES, "sonar"), (PROJECTIONS, "linear"), (OUTPUT_KINDS, "loc")):
+    assert DECODERS.get("coords").__module__ == "echo_plugin.loc"
+    for registry, name in ((MODALITIES, "echo"), (PROJECTIONS, "linear"), (OUTPUT_KINDS, "loc")):
         assert name in registry.names()
 
 
@@ -38,19 +38,19 @@ def test_a_model_naming_them_trains_chats_and_loads_back(tmp_path):
             f"init_from={TINY}",
             f"model_overrides={OVERRIDES}",
             f"output_dir={tmp_path / 'run'}",
-            "data={sonar: {task: caption, pool: 16}}",
-            "trainable=[projections.*, tokenizers.sonar.*]",
+            "data={echo: {task: caption, pool: 16}}",
+            "trainable=[projections.*, tokenizers.echo.*]",
             "steps=3",
             "batch_size=4",
             "log_every=1",
             "eval.samples=2",
-            "eval.modalities=[sonar]",
+            "eval.modalities=[echo]",
         ],
     )
     t = Recipe(cfg, quiet=True).setup()
     trainable = {n for n, p in t.model.named_parameters() if p.requires_grad}
     assert trainable and all(
-        n.startswith(("projections.linear.", "tokenizers.sonar.")) for n in trainable
+        n.startswith(("projections.linear.", "tokenizers.echo.")) for n in trainable
     )
     before = t.model.projections["linear"].proj.weight.detach().clone()
     t.train()
@@ -60,15 +60,15 @@ def test_a_model_naming_them_trains_chats_and_loads_back(tmp_path):
     assert not torch.equal(before, t.model.projections["linear"].proj.weight)
 
     model = OneLLM.from_pretrained(final).eval()
-    assert type(model.projector("sonar")).__name__ == "LinearProjection"
-    assert model.layout.run_lengths["sonar"] == 3 + 2
+    assert type(model.projector("echo")).__name__ == "LinearProjection"
+    assert model.layout.run_lengths["echo"] == 3 + 2
     trace = torch.randn(6, 64)
-    reply = model.chat(trace, modality="sonar", prompt="What is it?", max_new_tokens=4)
+    reply = model.chat(trace, modality="echo", prompt="What is it?", max_new_tokens=4)
     assert isinstance(reply.text, str) and reply.locations == []
     loc = model.outputs.token_ids["loc"]
     forced = model.chat(
         trace,
-        modality="sonar",
+        modality="echo",
         prompt="Where?",
         max_new_tokens=3,
         logits_processor=[ForceAt(loc, 0)],
