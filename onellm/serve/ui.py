@@ -44,11 +44,9 @@ def upload_slots(model) -> list[tuple[str, str | None, Any]]:
     for key, mod in model.modalities.items():
         with gr.Tab(key):
             if isinstance(mod, Paired):
-                second = gr.File(
-                    label=f"{key}: {mod.second} map", elem_id=f"input-{key}-{mod.second}"
-                )
                 slots.append((key, "rgb", image_slot(f"{key}: rgb", f"input-{key}-rgb")))
-                slots.append((key, mod.second, second))
+                label, elem_id = f"{key}: {mod.second} map", f"input-{key}-{mod.second}"
+                slots.append((key, mod.second, gr.File(label=label, elem_id=elem_id)))
             elif isinstance(mod, HasPixels):
                 slots.append((key, None, image_slot(key, f"input-{key}")))
             else:

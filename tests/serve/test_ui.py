@@ -19,7 +19,9 @@ from tests.conftest import ForceAt
 
 def test_each_modality_gets_the_slot_for_what_it_takes(tiny_model):
     with gr.Blocks():
-        slots = {(key, part): widget for key, part, widget in upload_slots(tiny_model)}
+        listed = upload_slots(tiny_model)
+    slots = {(key, part): widget for key, part, widget in listed}
+    assert [p for k, p, _ in listed if k == "depth"] == ["rgb", "depth"]  # the image first
     assert isinstance(slots["image", None], gr.Image)  # pixels: a mask can be drawn on it
     assert isinstance(slots["audio", None], gr.Audio)  # upload = "audio"
     assert isinstance(slots["video", None], gr.Video)  # upload = "video"
