@@ -161,6 +161,15 @@ class SampleLists(Protocol):
     def is_sample(self, raw: Any) -> bool: ...
 
 
+@runtime_checkable
+class TakesUpload(Protocol):
+    """A modality whose raw input is one common file, `upload`: "image", "audio" or "video"
+    (the file OpenAI's `image_url`, `input_audio` and vLLM's `video_url` parts carry, and
+    the player the UI shows for it)."""
+
+    upload: str
+
+
 # ----------------------------------------------------------------------------- input checks
 def check_batch(name: str, x: Any, shape: tuple[int | None, ...]) -> torch.Tensor:
     """Validate a batched model input (B, *shape) for modality `name`; return it unchanged.

@@ -17,10 +17,11 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from onellm.errors import InputError
 from onellm.inference.chat import Conversation, pixels_of, prompt_ids
+from onellm.modeling.modality import TakesUpload
 from onellm.modeling.template import render_prompt
 from onellm.serve.schemas import PART_TYPES, ChatRequest, ContentPart, FileData
 
@@ -29,15 +30,6 @@ if TYPE_CHECKING:
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*?;base64,(?P<data>.*)$", re.S)
 SUFFIXES = {"image/jpeg": ".jpg", "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3"}
-
-
-@runtime_checkable
-class TakesUpload(Protocol):
-    """A modality whose raw input is one common file, `upload`: "image", "audio" or "video"
-    (the file OpenAI's `image_url`, `input_audio` and vLLM's `video_url` parts carry, and
-    the player the UI shows for it)."""
-
-    upload: str
 
 
 class Forbidden(InputError):

@@ -16,10 +16,10 @@ import gradio as gr
 import numpy as np
 
 from onellm.errors import InputError
-from onellm.modeling.modality import HasPixels, Paired
+from onellm.modeling.modality import HasPixels, Paired, TakesUpload
 from onellm.modeling.projection import Routed
 from onellm.serve.batcher import Busy, Job
-from onellm.serve.inputs import TakesUpload, check_typed, prepare
+from onellm.serve.inputs import check_typed, prepare
 
 if TYPE_CHECKING:
     from onellm.serve.api import Service
