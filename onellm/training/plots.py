@@ -3,13 +3,20 @@ where the stage routes through the projection, expert_load.png and router_entrop
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+@functools.cache
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no display)."""
+    import matplotlib  # heavy (~1 s): loaded when the first plot is drawn, not with training
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # with the Agg backend chosen above
+
+    return plt
 
 
 def plot_run(run: str | Path) -> list[Path]:
@@ -24,7 +31,7 @@ def plot_run(run: str | Path) -> list[Path]:
     written = []
     train = [r for r in records if r["event"] == "train"]
     if train:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = pyplot().subplots(figsize=(7, 4))
         for source in sorted({r["source"] for r in train}):
             pts = [(r["step"], r["loss"]) for r in train if r["source"] == source]
             ax.plot(*zip(*pts, strict=True), ".-", label=source, alpha=0.8)
@@ -41,7 +48,7 @@ def plot_run(run: str | Path) -> list[Path]:
         written += plot_expert_use(used, out, run.name)
     evals = [r for r in records if r["event"] == "eval"]
     if evals:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = pyplot().subplots(figsize=(7, 4))
         for m in sorted({m for r in evals for m in r["results"]}):
             pts = [(r["step"], r["results"][m]["exact_match"]) for r in evals if m in r["results"]]
             line = ax.plot(*zip(*pts, strict=True), "o-", label=m)[0]
@@ -75,7 +82,9 @@ def plot_expert_use(train: list[dict], out: Path, name: str) -> list[Path]:
     mods = sorted({m for r in train for m in r["routing"]})
     k = len(next(iter(train[-1]["routing"].values()))["load"])
     panels = [*mods, "all"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1, 3.2), squeeze=False)
+    fig, axes = pyplot().subplots(
+        1, len(panels), figsize=(2.6 * len(panels) + 1, 3.2), squeeze=False
+    )
     for ax, m in zip(axes[0], panels, strict=True):
         rows = [r for r in train if m == "all" or m in r["routing"]]
         steps = [r["step"] for r in rows]
@@ -92,7 +101,7 @@ def plot_expert_use(train: list[dict], out: Path, name: str) -> list[Path]:
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{name}: expert load")
     written = [_save(fig, out / "expert_load.png")]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for m in mods:
         pts = [(r["step"], r["routing"][m]["entropy"]) for r in train if m in r["routing"]]
         ax.plot(*zip(*pts, strict=True), ".-", label=m)
@@ -105,7 +114,9 @@ def plot_expert_use(train: list[dict], out: Path, name: str) -> list[Path]:
 def plot_routing_per_query(per_query: dict[str, list[list[float]]], path: Path) -> Path:
     """One heat map per modality: query token (rows) x expert (columns), mean weight."""
     names = list(per_query)
-    fig, axes = plt.subplots(1, len(names), figsize=(1.3 * len(names) + 1.5, 3.5), squeeze=False)
+    fig, axes = pyplot().subplots(
+        1, len(names), figsize=(1.3 * len(names) + 1.5, 3.5), squeeze=False
+    )
     for ax, m in zip(axes[0], names, strict=True):
         im = ax.imshow(per_query[m], vmin=0, vmax=1, cmap="magma", aspect="auto")
         ax.set(title=m, xlabel="expert")
@@ -114,13 +125,13 @@ def plot_routing_per_query(per_query: dict[str, list[list[float]]], path: Path) 
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.04)
     fig.suptitle("routing weight per query token", y=1.02)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plot_routing(routing: dict[str, list[float]], path: Path, title: str) -> Path:
     """Stacked bars: for each modality, its mean weight on each projection expert."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     names = list(routing)
     bottom = [0.0] * len(names)
     for k in range(len(next(iter(routing.values())))):
@@ -138,7 +149,7 @@ def plot_table(stages: list[dict], path: Path) -> Path:
         {m for s in stages for m in s["accuracy"]},
         key=lambda m: min(i for i, s in enumerate(stages) if m in s["accuracy"]),
     )
-    fig, ax = plt.subplots(figsize=(1.1 * len(mods) + 2, 0.6 * len(stages) + 1.5))
+    fig, ax = pyplot().subplots(figsize=(1.1 * len(mods) + 2, 0.6 * len(stages) + 1.5))
     grid = [[s["accuracy"].get(m, float("nan")) for m in mods] for s in stages]
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
     for i, row in enumerate(grid):
@@ -157,5 +168,5 @@ def plot_table(stages: list[dict], path: Path) -> Path:
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path

@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from onellm.checkpoints.pretrained import read_safetensors
 from onellm.errors import CheckpointError
 from onellm.training.distributed import Dist
+from onellm.training.plots import plot_run
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -78,8 +79,6 @@ class RunFiles:
             f.write(json.dumps(record) + "\n")
 
     def plot(self) -> None:
-        from onellm.training.plots import plot_run  # matplotlib: heavy, loaded only to plot
-
         plot_run(self.root)
 
     # ------------------------------------------------------------------ checkpoints
