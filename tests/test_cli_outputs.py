@@ -96,11 +96,6 @@ def test_serve_names_the_extra_for_each_library_of_it(missing, monkeypatch, caps
     assert main(["serve", str(TINY), "--device", "cpu", "--no-ui"]) == (missing != "gradio") * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="onellm/modeling/quantize.py names the pip package (pip install torchao), not the "
-    "extra; asked of its owner: drop this mark with that change",
-)
 def test_load_in_8bit_without_torchao_names_the_quant_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torchao", None)  # as if not installed
     assert main(["serve", str(TINY), "--load-in-8bit", "--device", "cpu"]) == 2

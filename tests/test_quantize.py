@@ -2,12 +2,15 @@
 largest fp32 logit, the LLM's weights under 40% of their fp32 bytes), bitsandbytes 8-bit
 and NF4 on CUDA (gpu-marked)."""
 
+import re
+import sys
+
 import pytest
 import torch
 
 from onellm import OneLLM
 from onellm.errors import CheckpointError, ConfigError
-from onellm.modeling.quantize import weight_bytes
+from onellm.modeling.quantize import resolve, weight_bytes
 from tests.conftest import TINY
 
 TOL = 0.05  # max |logit error| as a share of the largest |fp32 logit| (measured: 1.4%)
@@ -65,6 +68,18 @@ def test_from_config_takes_the_same_option_and_a_quantised_model_is_not_saved(tm
 def test_bad_quantization_options_are_one_clear_error(spec, message):
     with pytest.raises(ConfigError, match=message):
         OneLLM.from_config(TINY, quantization=spec)
+
+
+@pytest.mark.parametrize(
+    ("missing", "device", "extra"),
+    [("torchao", "cpu", "onellm[quant]"), ("bitsandbytes", "cuda", "onellm[cuda-quant]")],
+)
+def test_a_missing_quantisation_library_names_its_extra(monkeypatch, missing, device, extra):
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    with pytest.raises(
+        ConfigError, match=rf"needs the .* extra \({missing}\): pip install '{re.escape(extra)}'$"
+    ):
+        resolve("8bit", torch.device(device))
 
 
 @pytest.mark.gpu

@@ -16,6 +16,7 @@ UPM, output experts: small beside a 7B LLM). docs/serve.md has the measured erro
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +53,8 @@ def resolve(spec: str | None, device: torch.device) -> Quantization | None:
     if device.type == "cuda":
         if importlib_missing("bitsandbytes"):
             raise ConfigError(
-                f"quantization: {spec} on CUDA uses bitsandbytes, which is not installed "
-                "(pip install 'bitsandbytes>=0.43')"
+                f"quantization: {spec} on CUDA needs the cuda-quant extra (bitsandbytes): "
+                "pip install 'onellm[cuda-quant]'"
             )
         return Quantization(bits, "bitsandbytes")
     if bits == 4:
@@ -62,11 +63,17 @@ def resolve(spec: str | None, device: torch.device) -> Quantization | None:
             "(torchao int8 weight-only)"
         )
     if importlib_missing("torchao"):
-        raise ConfigError("quantization: 8bit on the CPU uses torchao (pip install torchao)")
+        raise ConfigError(
+            "quantization: 8bit on the CPU needs the quant extra (torchao): "
+            "pip install 'onellm[quant]'"
+        )
     return Quantization(8, "torchao")
 
 
 def importlib_missing(name: str) -> bool:
+    """Whether `name` cannot be imported (a `None` in sys.modules blocks it, as in tests)."""
+    if name in sys.modules:
+        return sys.modules[name] is None
     return importlib.util.find_spec(name) is None
 
 
