@@ -66,6 +66,9 @@ class Routed(Protocol):
     num_experts: int
     router_spec: Mapping[str, Any]  # the router's `{type: ..., **options}`
     shared: Sized  # the shared experts every modality uses beside its routed ones
+    experts: nn.Module  # the expert pool (compiled as one module, onellm/training/prepare.py)
+    routers: Mapping[str, Any]  # modality -> its router (`route(x, noise)`), read by MoE losses
+    recorder: Callable[..., Any] | None  # set by the stage's MoE losses to hear each routing
 
     def routing(self, features: torch.Tensor, modality: str) -> tuple[torch.Tensor, Routing]:
         """(B, S+1, W) -> the experts' input and the `Routing` over `routes[modality]`."""
