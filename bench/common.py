@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from onellm.training.recipe import peak_rss_mb  # noqa: F401  (re-exported for the benchmarks)
+from onellm.training.progress import peak_rss_mb  # noqa: F401  (re-exported for the benchmarks)
 
 
 def peak_matmul_flops(dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5,

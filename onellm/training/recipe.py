@@ -37,7 +37,7 @@ from onellm.training.progress import Progress, peak_rss_mb
 from onellm.training.run_state import RunFiles, TrainState
 from onellm.training.stage import StageConfig
 
-__all__ = ["Recipe", "peak_rss_mb", "prepare_model", "read_metrics", "train"]
+__all__ = ["Recipe", "read_metrics", "train"]
 
 
 class Recipe:

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from onellm.experts.output.decoders.text import caption_encoder
-from onellm.experts.output.masks import mask_loss  # noqa: F401  (still read here by tasks/sam.py)
 from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
