@@ -33,7 +33,7 @@ from onellm.training.moe import StepMoE
 from onellm.training.optim import optimizer
 from onellm.training.optimizer_step import OptimizerStep
 from onellm.training.prepare import compile_projection, prepare_model, stage_sources, task_modules
-from onellm.training.progress import Progress, peak_rss_mb
+from onellm.training.progress import Progress
 from onellm.training.run_state import RunFiles, TrainState
 from onellm.training.stage import StageConfig
 
