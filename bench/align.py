@@ -71,16 +71,28 @@ def main() -> None:
                 json.dumps({"modality": "image", "input": f"{i}.png", "caption": s.caption})
             )
         (tmp / "m.jsonl").write_text("\n".join(lines) + "\n")
-        cfg = load_stage("configs/stages/stage1_image.yaml", [f"init_from={args.config}",
-                         f"output_dir={tmp / 'run'}", f"data.image.data={tmp / 'm.jsonl'}"])  # fmt: skip
+        cfg = load_stage(
+            "configs/stages/stage1_image.yaml",
+            [
+                f"init_from={args.config}",
+                f"output_dir={tmp / 'run'}",
+                f"data.image.data={tmp / 'm.jsonl'}",
+            ],
+        )
         src = Source(model, "image", cfg.data["image"], 0)
         pixels = torch.cat([src.scene(i).input for i in range(args.images)])
         t = time.perf_counter()
         feature_cache.attach(model, {"image": src}, tmp / "features", quiet=True)
         cache_ms = 1000 * (time.perf_counter() - t) / args.images
         lengths = caption_lengths(args.images, rng)
-        texts = [[model.llm.config.bos_token_id, *rng.integers(3, vocab, n - 2).tolist(),
-                  model.llm.config.eos_token_id] for n in lengths]  # fmt: skip
+        texts = [
+            [
+                model.llm.config.bos_token_id,
+                *rng.integers(3, vocab, n - 2).tolist(),
+                model.llm.config.eos_token_id,
+            ]
+            for n in lengths
+        ]
 
         def batch(r: int) -> list[int]:
             return [(r * args.batch + j) % args.images for j in range(args.batch)]
@@ -96,8 +108,9 @@ def main() -> None:
             rows = [model.layout.place(texts[i], texts[i], ["image"]) for i in idx]
             b = collate(rows, 0)  # to the batch's longest, the block's run after BOS
             features = torch.cat([src.scene(i).features for i in idx])  # scene i, as pixels[i]
-            model(b["input_ids"], b["attention_mask"], b["labels"],
-                  features={"image": features}).loss.backward()  # fmt: skip
+            model(
+                b["input_ids"], b["attention_mask"], b["labels"], features={"image": features}
+            ).loss.backward()
 
         if args.compile:  # as `compile: true` in a stage; the baseline's loop runs the layers eager
             model.projection.experts.compile()
@@ -115,14 +128,26 @@ def main() -> None:
                     times[name].append(time.perf_counter() - t)
     rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
     padded = [min(MAX_WORDS, n) for n in lengths]
-    print(json.dumps({
-        "bench": "align", "config": args.config, "batch": args.batch, "rounds": args.rounds,
-        "compiled": args.compile,
-        "caption_tokens_median": float(np.median(lengths)), "caption_tokens_p95": float(np.percentile(lengths, 95)),
-        "padded_to": MAX_WORDS, "mean_text_tokens": float(np.mean(padded)),
-        "samples_per_s": rate, "speedup": rate["onellm"] / rate["onellm_pipeline"],
-        "step_gflop": gflop, "cache_build_ms_per_image": cache_ms, "peak_rss_mb": peak_rss_mb(),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "align",
+                "config": args.config,
+                "batch": args.batch,
+                "rounds": args.rounds,
+                "compiled": args.compile,
+                "caption_tokens_median": float(np.median(lengths)),
+                "caption_tokens_p95": float(np.percentile(lengths, 95)),
+                "padded_to": MAX_WORDS,
+                "mean_text_tokens": float(np.mean(padded)),
+                "samples_per_s": rate,
+                "speedup": rate["onellm"] / rate["onellm_pipeline"],
+                "step_gflop": gflop,
+                "cache_build_ms_per_image": cache_ms,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

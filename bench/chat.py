@@ -49,8 +49,14 @@ def rates(start: float, clock: Clock) -> tuple[float, float]:
 def chat_once(model: OneLLM, image, prompt: str, tokens: int) -> tuple[float, float]:
     clock = Clock(skip_first=False)
     start = time.perf_counter()
-    model.chat(image, modality="image", prompt=prompt, max_new_tokens=tokens,
-               min_new_tokens=tokens, streamer=clock)  # fmt: skip
+    model.chat(
+        image,
+        modality="image",
+        prompt=prompt,
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        streamer=clock,
+    )
     return rates(start, clock)
 
 
@@ -58,9 +64,15 @@ def generate_once(model: OneLLM, ids: torch.Tensor, tokens: int) -> tuple[float,
     clock = Clock(skip_first=True)
     start = time.perf_counter()
     with torch.no_grad():
-        model.llm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                           min_new_tokens=tokens, do_sample=False, streamer=clock,
-                           pad_token_id=0)  # fmt: skip
+        model.llm.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            streamer=clock,
+            pad_token_id=0,
+        )
     return rates(start, clock)
 
 
@@ -123,8 +135,10 @@ def main() -> None:
     args = ap.parse_args()
     r = measure(args.config, tokens=args.tokens, runs=args.runs)
     for name in ("chat", "generate"):
-        print(f"{name:<9} time to first token {r[name]['ttft_ms']:7.1f} ms   "
-              f"decode {r[name]['decode_tok_s']:7.1f} tokens/s")  # fmt: skip
+        print(
+            f"{name:<9} time to first token {r[name]['ttft_ms']:7.1f} ms   "
+            f"decode {r[name]['decode_tok_s']:7.1f} tokens/s"
+        )
     print(json.dumps(r))
 
 

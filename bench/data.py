@@ -58,8 +58,16 @@ def write_images(folder: Path, n: int, size: tuple[int, int], fmt: str) -> Path:
 def stage(manifest: Path, out: Path, *extra: str):
     from onellm.training.stage import load_stage
 
-    return load_stage(STAGE1, [f"output_dir={out}", f"data.image.data={manifest}",
-                               "eval.modalities=[]", "log_every=5", *extra])  # fmt: skip
+    return load_stage(
+        STAGE1,
+        [
+            f"output_dir={out}",
+            f"data.image.data={manifest}",
+            "eval.modalities=[]",
+            "log_every=5",
+            *extra,
+        ],
+    )
 
 
 def loading(args) -> dict:
@@ -75,8 +83,14 @@ def loading(args) -> dict:
         for fmt in ("jpg", "png"):
             manifest = write_images(tmp, args.images, (320, 240), fmt)
             for workers in (0, 2):
-                cfg = stage(manifest, tmp / "x", f"init_from={SMALL}", "batch_size=32",
-                            f"steps={args.images // 32 * 2}", f"data_workers={workers}")  # fmt: skip
+                cfg = stage(
+                    manifest,
+                    tmp / "x",
+                    f"init_from={SMALL}",
+                    "batch_size=32",
+                    f"steps={args.images // 32 * 2}",
+                    f"data_workers={workers}",
+                )
                 sources = {"image": Source(model, "image", cfg.data["image"], cfg.seed)}
                 loader = step_loader(StepBatches(cfg, sources, model), 0, torch.device("cpu"))
                 it = iter(loader)
@@ -84,19 +98,36 @@ def loading(args) -> dict:
                 t, n = time.perf_counter(), 0
                 for _, batches in it:
                     n += sum(len(b["input_ids"]) for b in batches)
-                rows.append({"format": fmt, "workers": workers,
-                             "samples_per_s": n / (time.perf_counter() - t)})  # fmt: skip
+                rows.append(
+                    {
+                        "format": fmt,
+                        "workers": workers,
+                        "samples_per_s": n / (time.perf_counter() - t),
+                    }
+                )
         # does a training step wait on data? the tiny model's stage 1 on the JPEG files
         for workers in (0, 2):
             out = tmp / f"train{workers}"
-            cfg = stage(tmp / "jpg.jsonl", out, "init_from=configs/tiny.yaml", "batch_size=32",
-                        "steps=40", f"data_workers={workers}")  # fmt: skip
+            cfg = stage(
+                tmp / "jpg.jsonl",
+                out,
+                "init_from=configs/tiny.yaml",
+                "batch_size=32",
+                "steps=40",
+                f"data_workers={workers}",
+            )
             r = Recipe(cfg, quiet=True).setup()
             r.train()
             logs = [m for m in read_metrics(out) if m["event"] == "train"][1:]  # after start-up
-            rows.append({"format": "jpg", "workers": workers, "train_tiny": True,
-                         "samples_per_s": float(np.mean([m["samples_per_s"] for m in logs])),
-                         "data_wait": float(np.mean([m["data_wait"] for m in logs]))})  # fmt: skip
+            rows.append(
+                {
+                    "format": "jpg",
+                    "workers": workers,
+                    "train_tiny": True,
+                    "samples_per_s": float(np.mean([m["samples_per_s"] for m in logs])),
+                    "data_wait": float(np.mean([m["data_wait"] for m in logs])),
+                }
+            )
     return {"bench": "data_loading", "images": args.images, "rows": rows}
 
 
@@ -112,8 +143,12 @@ def memory(args) -> dict:
         with open(tmp / "big.jsonl", "w") as f:
             for i in range(args.records):
                 s = scenes[i % 1000]
-                f.write(json.dumps({"modality": "image", "input": f"{i % 1000}.png",
-                                    "caption": s.caption}) + "\n")  # fmt: skip
+                f.write(
+                    json.dumps(
+                        {"modality": "image", "input": f"{i % 1000}.png", "caption": s.caption}
+                    )
+                    + "\n"
+                )
         t = time.perf_counter()
         index = Manifest(tmp / "big.jsonl")
         index_s = time.perf_counter() - t
@@ -136,8 +171,14 @@ def memory(args) -> dict:
                 samples.append((time.perf_counter(), rss / 2**20))
                 time.sleep(0.25)
 
-        cfg = stage(tmp / "big.jsonl", tmp / "run", "init_from=configs/tiny.yaml", "batch_size=32",
-                    f"steps={args.steps}", *workers)  # fmt: skip
+        cfg = stage(
+            tmp / "big.jsonl",
+            tmp / "run",
+            "init_from=configs/tiny.yaml",
+            "batch_size=32",
+            f"steps={args.steps}",
+            *workers,
+        )
         r = Recipe(cfg, quiet=True).setup()
         threading.Thread(target=sample, daemon=True).start()
         time.sleep(0.5)
@@ -150,10 +191,17 @@ def memory(args) -> dict:
         for q in (0.1, 0.25, 0.5, 0.75, 1.0):
             at = start + q * (end - start)
             quarters[f"{int(q * 100)}%"] = max(m for t, m in during if t <= at)
-    return {"bench": "data_memory", "records": args.records, "steps": args.steps,
-            "workers": args.workers, "records_read": args.steps * 32, "index_s": index_s,
-            "index_mb": index_mb, "peak_rss_mb_by_progress": quarters,
-            "train_s": end - start}  # fmt: skip
+    return {
+        "bench": "data_memory",
+        "records": args.records,
+        "steps": args.steps,
+        "workers": args.workers,
+        "records_read": args.steps * 32,
+        "index_s": index_s,
+        "index_mb": index_mb,
+        "peak_rss_mb_by_progress": quarters,
+        "train_s": end - start,
+    }
 
 
 def main() -> None:

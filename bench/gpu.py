@@ -21,15 +21,29 @@ import torch
 from bench.step import measure
 
 # dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s
-DATASHEET_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12,
-                  "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}  # fmt: skip
+DATASHEET_BF16 = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+}
 
 ROWS = [  # (name, config, batch, precision, weights dtype)
     ("small, bf16 autocast", "bench/configs/small.yaml", 64, "bf16", None),
     ("small, bf16 weights", "bench/configs/small.yaml", 64, "fp32", "bfloat16"),
     ("7B UPM + 2-layer LLM, bf16 autocast", "bench/configs/onellm7b-upm.yaml", 32, "bf16", None),
-    ("7B UPM + 2-layer LLM, bf16 weights", "bench/configs/onellm7b-upm.yaml", 32, "fp32", "bfloat16"),
-]  # fmt: skip
+    (
+        "7B UPM + 2-layer LLM, bf16 weights",
+        "bench/configs/onellm7b-upm.yaml",
+        32,
+        "fp32",
+        "bfloat16",
+    ),
+]
 
 
 def datasheet_peak(name: str) -> float | None:
@@ -46,21 +60,39 @@ def main() -> None:
     name = torch.cuda.get_device_name()
     peak = datasheet_peak(name)
     rows = []
-    print(f"{name}, torch {torch.__version__}, datasheet bf16 peak "
-          f"{peak / 1e12:.0f} TFLOP/s" if peak else f"{name}: not in the datasheet table")  # fmt: skip
+    print(
+        f"{name}, torch {torch.__version__}, datasheet bf16 peak {peak / 1e12:.0f} TFLOP/s"
+        if peak
+        else f"{name}: not in the datasheet table"
+    )
     header = f"{'row':<38}{'batch':>6}{'ms/step':>9}{'samples/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'MFU(mm)':>9}"
     print(header)
     for label, config, batch, precision, dtype in ROWS:
         torch.cuda.reset_peak_memory_stats()
-        r = measure(config, batch=batch, text_tokens=32, precision=precision, runs=args.runs,
-                    warmup=3, device="cuda", dtype=dtype)  # fmt: skip
+        r = measure(
+            config,
+            batch=batch,
+            text_tokens=32,
+            precision=precision,
+            runs=args.runs,
+            warmup=3,
+            device="cuda",
+            dtype=dtype,
+        )
         achieved = r["achieved_gflops"] * 1e9
-        r.update(row=label, gpu=name, datasheet_peak=peak, mfu_datasheet=achieved / peak if peak else None,
-                 max_memory_gb=torch.cuda.max_memory_allocated() / 2**30)  # fmt: skip
+        r.update(
+            row=label,
+            gpu=name,
+            datasheet_peak=peak,
+            mfu_datasheet=achieved / peak if peak else None,
+            max_memory_gb=torch.cuda.max_memory_allocated() / 2**30,
+        )
         rows.append(r)
         mfu = f"{100 * r['mfu_datasheet']:.0f}%" if peak else "-"
-        print(f"{label:<38}{batch:>6}{r['forward_backward_ms']:>9.1f}{r['samples_per_s']:>11.0f}"
-              f"{achieved / 1e12:>9.1f}{mfu:>7}{100 * r['mfu']:>8.0f}%")  # fmt: skip
+        print(
+            f"{label:<38}{batch:>6}{r['forward_backward_ms']:>9.1f}{r['samples_per_s']:>11.0f}"
+            f"{achieved / 1e12:>9.1f}{mfu:>7}{100 * r['mfu']:>8.0f}%"
+        )
         torch.cuda.empty_cache()
     Path(args.out).write_text(json.dumps(rows, indent=1))
     print(f"wrote {args.out}")

@@ -41,8 +41,14 @@ MODALITIES = ("image", "video", "audio", "point")
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
@@ -64,8 +70,12 @@ def routing_at_inference(run: Path) -> dict[str, dict]:
     model = OneLLM.from_pretrained(run / "final").eval()
     out = {}
     for m in MODALITIES:
-        x = torch.cat([model.preprocess(s.input, m)
-                       for s in shapes.sample(m, 64, split="test", seed=7, model=model)])  # fmt: skip
+        x = torch.cat(
+            [
+                model.preprocess(s.input, m)
+                for s in shapes.sample(m, 64, split="test", seed=7, model=model)
+            ]
+        )
         report = model.routing_report(m, x)
         out[m] = {"load": report["load"], "entropy": report["entropy"]}
     return out
@@ -86,11 +96,19 @@ def variant(root: Path, name: str, steps: int, retrain: bool) -> dict:
     alarms = [r for r in records if r["event"] == "warning"]
     last = [r for r in records if r["event"] == "train"][-5:]  # the last 100 steps at log 20
     share = [sum(r["expert_share"][e] or 0.0 for r in last) / len(last) for e in range(4)]
-    row = {"variant": name, "overrides": overrides, "seconds": seconds, "load_before": load,
-           "load_after": os.getloadavg()[0], "threads": torch.get_num_threads(),
-           "accuracy": final_accuracy(run), "routing": routing_at_inference(run),
-           "share": share, "alarms": len(alarms),
-           "first_alarm": alarms[0]["step"] if alarms else None}  # fmt: skip
+    row = {
+        "variant": name,
+        "overrides": overrides,
+        "seconds": seconds,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+        "threads": torch.get_num_threads(),
+        "accuracy": final_accuracy(run),
+        "routing": routing_at_inference(run),
+        "share": share,
+        "alarms": len(alarms),
+        "first_alarm": alarms[0]["step"] if alarms else None,
+    }
     (run / "study_row.json").write_text(json.dumps(row, indent=1))
     return row
 
@@ -102,18 +120,25 @@ def used(load: list[float]) -> float:
 
 def tables(rows: list[dict]) -> str:
     """The study's two tables in Markdown."""
-    lines = ["| variant | " + " | ".join(MODALITIES) + " | router entropy | experts per modality "
-             "| all modalities' share per expert | alarms | wall |",
-             "|" + "---|" * (len(MODALITIES) + 6)]  # fmt: skip
+    lines = [
+        "| variant | " + " | ".join(MODALITIES) + " | router entropy | experts per modality "
+        "| all modalities' share per expert | alarms | wall |",
+        "|" + "---|" * (len(MODALITIES) + 6),
+    ]
     for r in rows:
         acc = " | ".join(f"{100 * r['accuracy'].get(m, float('nan')):.0f}%" for m in MODALITIES)
         ent = sum(r["routing"][m]["entropy"] for m in MODALITIES) / len(MODALITIES)
         per = sum(used(r["routing"][m]["load"]) for m in MODALITIES) / len(MODALITIES)
         share = " / ".join(f"{100 * s:.0f}" for s in r["share"])
-        lines.append(f"| {r['variant']} | {acc} | {ent:.2f} | {per:.2f} | {share} | "
-                     f"{r['alarms']} | {r['seconds']:.0f} s |")  # fmt: skip
-    lines += ["", "| variant | modality | expert 0 | expert 1 | expert 2 | expert 3 | experts | entropy |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {r['variant']} | {acc} | {ent:.2f} | {per:.2f} | {share} | "
+            f"{r['alarms']} | {r['seconds']:.0f} s |"
+        )
+    lines += [
+        "",
+        "| variant | modality | expert 0 | expert 1 | expert 2 | expert 3 | experts | entropy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         for m in MODALITIES:
             u = r["routing"][m]

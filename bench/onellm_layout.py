@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from onellm.experts.projection.upm import UniversalProjection
 
 
@@ -62,11 +63,16 @@ def _block(x, w: dict, heads: int, eps: float, freqs_cis=None, causal: bool = Fa
 
 def _expert_weights(layer) -> dict:
     return {
-        "attention_norm": layer.attn_norm.weight, "ffn_norm": layer.mlp_norm.weight,
-        "wq": layer.q_proj.weight, "wk": layer.k_proj.weight, "wv": layer.v_proj.weight,
-        "wo": layer.o_proj.weight, "w1": layer.gate_proj.weight, "w3": layer.up_proj.weight,
+        "attention_norm": layer.attn_norm.weight,
+        "ffn_norm": layer.mlp_norm.weight,
+        "wq": layer.q_proj.weight,
+        "wk": layer.k_proj.weight,
+        "wv": layer.v_proj.weight,
+        "wo": layer.o_proj.weight,
+        "w1": layer.gate_proj.weight,
+        "w3": layer.up_proj.weight,
         "w2": layer.down_proj.weight,
-    }  # fmt: skip
+    }
 
 
 def _check_official(proj: UniversalProjection, modality: str) -> None:
@@ -116,12 +122,19 @@ class OfficialWeights:
         self.clip_blocks = []
         for layer in clip.encoder.layers:
             a = layer.self_attn
-            self.clip_blocks.append({
-                "ln_1": layer.layer_norm1, "ln_2": layer.layer_norm2,
-                "in_proj_weight": torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                "in_proj_bias": torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
-                "out_proj": a.out_proj, "c_fc": layer.mlp.fc1, "c_proj": layer.mlp.fc2,
-            })  # fmt: skip
+            self.clip_blocks.append(
+                {
+                    "ln_1": layer.layer_norm1,
+                    "ln_2": layer.layer_norm2,
+                    "in_proj_weight": torch.cat(
+                        [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]
+                    ),
+                    "in_proj_bias": torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
+                    "out_proj": a.out_proj,
+                    "c_fc": layer.mlp.fc1,
+                    "c_proj": layer.mlp.fc2,
+                }
+            )
         llm = model.llm
         cfg = llm.config
         self.heads, dim = cfg.num_attention_heads, cfg.hidden_size
@@ -136,13 +149,19 @@ class OfficialWeights:
         self.layers = []
         for layer in llm.model.layers:
             s, m = layer.self_attn, layer.mlp
-            self.layers.append({
-                "attention_norm": layer.input_layernorm.weight,
-                "ffn_norm": layer.post_attention_layernorm.weight,
-                "wq": interleave(s.q_proj.weight), "wk": interleave(s.k_proj.weight),
-                "wv": s.v_proj.weight, "wo": s.o_proj.weight,
-                "w1": m.gate_proj.weight, "w3": m.up_proj.weight, "w2": m.down_proj.weight,
-            })  # fmt: skip
+            self.layers.append(
+                {
+                    "attention_norm": layer.input_layernorm.weight,
+                    "ffn_norm": layer.post_attention_layernorm.weight,
+                    "wq": interleave(s.q_proj.weight),
+                    "wk": interleave(s.k_proj.weight),
+                    "wv": s.v_proj.weight,
+                    "wo": s.o_proj.weight,
+                    "w1": m.gate_proj.weight,
+                    "w3": m.up_proj.weight,
+                    "w2": m.down_proj.weight,
+                }
+            )
         theta = getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]
         freqs = 1.0 / (theta ** (torch.arange(0, hd, 2)[: hd // 2].float() / hd))
         t = torch.arange(cfg.max_position_embeddings * 2)
@@ -157,8 +176,12 @@ def official_clip(model, ow: OfficialWeights, image: torch.Tensor) -> torch.Tens
     """`clip.visual.conv1` + `clip_encode_image` + the frame mean: (B, 3, H, W) -> (B, S+1, W)."""
     clip = model.encoder.clip
     emb = clip.embeddings
-    x = F.conv2d(image.to(emb.patch_embedding.weight.dtype), emb.patch_embedding.weight,
-                 emb.patch_embedding.bias, stride=emb.patch_embedding.stride)  # fmt: skip
+    x = F.conv2d(
+        image.to(emb.patch_embedding.weight.dtype),
+        emb.patch_embedding.weight,
+        emb.patch_embedding.bias,
+        stride=emb.patch_embedding.stride,
+    )
     bsz = x.shape[0]
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     cls = emb.class_embedding.to(x.dtype) + torch.zeros(
@@ -170,10 +193,22 @@ def official_clip(model, ow: OfficialWeights, image: torch.Tensor) -> torch.Tens
     for blk in ow.clip_blocks:
         y = blk["ln_1"](x)
         a = F.multi_head_attention_forward(
-            y, y, y, w, ow.clip_heads, blk["in_proj_weight"], blk["in_proj_bias"], None, None,
-            False, 0.0, blk["out_proj"].weight, blk["out_proj"].bias, training=True,
+            y,
+            y,
+            y,
+            w,
+            ow.clip_heads,
+            blk["in_proj_weight"],
+            blk["in_proj_bias"],
+            None,
+            None,
+            False,
+            0.0,
+            blk["out_proj"].weight,
+            blk["out_proj"].bias,
+            training=True,
             need_weights=False,
-        )[0]  # fmt: skip
+        )[0]
         x = x + a
         h = blk["c_fc"](blk["ln_2"](x))
         x = x + blk["c_proj"](h * torch.sigmoid(1.702 * h))  # QuickGELU
@@ -192,8 +227,16 @@ def official_logits(model, ow: OfficialWeights, image, ids) -> torch.Tensor:
     bsz = ids.shape[0]
     h = F.embedding(ids, ow.embed)
     image_tokens = official_encode(model, ow, image)
-    h = torch.cat([h[:, :1], proj.start_tag["image"].expand(bsz, -1, -1), image_tokens,
-                   proj.end_tag["image"].expand(bsz, -1, -1), h[:, 1:]], dim=1)  # fmt: skip
+    h = torch.cat(
+        [
+            h[:, :1],
+            proj.start_tag["image"].expand(bsz, -1, -1),
+            image_tokens,
+            proj.end_tag["image"].expand(bsz, -1, -1),
+            h[:, 1:],
+        ],
+        dim=1,
+    )
     prefix_len = image_tokens.shape[1] + 2
     seqlen = h.shape[1]
     freqs_cis = ow.freqs_cis[:seqlen]

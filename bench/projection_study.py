@@ -65,8 +65,13 @@ def main() -> None:
             root, f"sceneqa-{kind}", "study_sceneqa.yaml", [f"vars.kind={kind}", *evals]
         )
         rows[kind] = f"sceneqa-{kind}"
-    more = ["init_from=${vars.root}/sceneqa-upm/final", "output_dir=${vars.root}/sceneqa-upm-more",
-            "steps=400", "model_overrides=[]", *evals]  # fmt: skip
+    more = [
+        "init_from=${vars.root}/sceneqa-upm/final",
+        "output_dir=${vars.root}/sceneqa-upm-more",
+        "steps=400",
+        "model_overrides=[]",
+        *evals,
+    ]
     times["upm, more steps"] = stage(root, "sceneqa-upm-more", "study_sceneqa.yaml", more)
     times["upm + MoAI mixer"] = stage(root, "moai", "study_moai.yaml", evals)
     rows |= {"upm, more steps": "sceneqa-upm-more", "upm + MoAI mixer": "moai"}

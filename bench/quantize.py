@@ -31,17 +31,23 @@ def main() -> None:
     with torch.no_grad():
         a, b = ref.llm(input_ids=ids).logits, q.llm(input_ids=ids).logits
     result = {
-        "bench": "quantize", "config": args.config, "quantization": str(q.quantization),
+        "bench": "quantize",
+        "config": args.config,
+        "quantization": str(q.quantization),
         "max_abs_logit_error": float((a - b).abs().max()),
         "relative_logit_error": float((a - b).abs().max() / a.abs().max()),
         "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
-        "llm_mb_fp32": weight_bytes(ref.llm) / 2**20, "llm_mb_8bit": weight_bytes(q.llm) / 2**20,
-    }  # fmt: skip
+        "llm_mb_fp32": weight_bytes(ref.llm) / 2**20,
+        "llm_mb_8bit": weight_bytes(q.llm) / 2**20,
+    }
     result["memory_ratio"] = result["llm_mb_8bit"] / result["llm_mb_fp32"]
-    print(f"{args.config}: logits within {100 * result['relative_logit_error']:.2f}% of the "
-          f"largest, top-1 agreement {100 * result['top1_agreement']:.1f}%, LLM "
-          f"{result['llm_mb_fp32']:.1f} -> {result['llm_mb_8bit']:.1f} MB "
-          f"({100 * result['memory_ratio']:.0f}%)", file=sys.stderr)  # fmt: skip
+    print(
+        f"{args.config}: logits within {100 * result['relative_logit_error']:.2f}% of the "
+        f"largest, top-1 agreement {100 * result['top1_agreement']:.1f}%, LLM "
+        f"{result['llm_mb_fp32']:.1f} -> {result['llm_mb_8bit']:.1f} MB "
+        f"({100 * result['memory_ratio']:.0f}%)",
+        file=sys.stderr,
+    )
     print(json.dumps(result))
 
 

@@ -79,13 +79,17 @@ def table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         if "with_outputs_ms" in r:  # bench.seg_chat: whole chats, not per-token rates
-            lines.append(f"{r['name']:<36} {r['with_outputs_ms']:.1f} ms vs {r['without_ms']:.1f} "
-                         f"ms without output experts: {r['ratio']:.2f}x (mask decoding "
-                         f"{r['decoder_ms']:.1f} ms; the rest {r['ratio_beside_decoder']:.2f}x)")  # fmt: skip
+            lines.append(
+                f"{r['name']:<36} {r['with_outputs_ms']:.1f} ms vs {r['without_ms']:.1f} "
+                f"ms without output experts: {r['ratio']:.2f}x (mask decoding "
+                f"{r['decoder_ms']:.1f} ms; the rest {r['ratio_beside_decoder']:.2f}x)"
+            )
             continue
         if "forward_ms" in r:
-            cells = (f"{r['forward_ms']:8.1f} {r['forward_backward_ms']:10.1f} "
-                     f"{r['samples_per_s']:9.2f} {100 * r['mfu']:4.0f}% {'':>8} {'':>7}")  # fmt: skip
+            cells = (
+                f"{r['forward_ms']:8.1f} {r['forward_backward_ms']:10.1f} "
+                f"{r['samples_per_s']:9.2f} {100 * r['mfu']:4.0f}% {'':>8} {'':>7}"
+            )
         else:
             c = r["chat"]
             cells = f"{'':>8} {'':>10} {'':>9} {'':>5} {c['ttft_ms']:8.1f} {c['decode_tok_s']:7.1f}"
@@ -93,13 +97,19 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{r['name']:<36} {cells} {vs} {r['peak_rss_mb']:7.0f}")
         if "generate" in r:
             g = r["generate"]
-            lines.append(f"{'   bare generate, same length':<36} {'':>8} {'':>10} {'':>9} {'':>5} "
-                         f"{g['ttft_ms']:8.1f} {g['decode_tok_s']:7.1f}")  # fmt: skip
-    lines.append("official OneLLM: the official code's step (its UPM order, its LM head on the "
-                 "text rows only, its loss) on the same weights, timed in this run; "
-                 "docs/bench-baseline.md")  # fmt: skip
-    lines.append("vs base: step = official OneLLM fwd+bwd time / this row's (same size; fp32 "
-                 "baseline for bf16); chat = decode tok/s / bare generate's")  # fmt: skip
+            lines.append(
+                f"{'   bare generate, same length':<36} {'':>8} {'':>10} {'':>9} {'':>5} "
+                f"{g['ttft_ms']:8.1f} {g['decode_tok_s']:7.1f}"
+            )
+    lines.append(
+        "official OneLLM: the official code's step (its UPM order, its LM head on the "
+        "text rows only, its loss) on the same weights, timed in this run; "
+        "docs/bench-baseline.md"
+    )
+    lines.append(
+        "vs base: step = official OneLLM fwd+bwd time / this row's (same size; fp32 "
+        "baseline for bf16); chat = decode tok/s / bare generate's"
+    )
     return "\n".join(lines)
 
 
@@ -115,38 +125,50 @@ def data_table(rows: list[dict]) -> str:
                 lines.append(f"{name:<44} {x['samples_per_s']:9.1f} {wait}")
         elif r["bench"] == "data_memory":
             q = r["peak_rss_mb_by_progress"]
-            lines.append(f"{'e. ' + format(r['records'], ',') + '-record manifest, peak RSS':<44} "
-                         f"{'':>9} {'':>9} {q['10%']:7.0f} -> {q['100%']:7.0f}")  # fmt: skip
-            lines.append(f"   at 10/25/50/75/100% of {r['steps']} steps ({r['records_read']} records "
-                         f"read, {r['workers']} workers): " + " / ".join(f"{v:.0f}" for v in q.values()))  # fmt: skip
+            lines.append(
+                f"{'e. ' + format(r['records'], ',') + '-record manifest, peak RSS':<44} "
+                f"{'':>9} {'':>9} {q['10%']:7.0f} -> {q['100%']:7.0f}"
+            )
+            lines.append(
+                f"   at 10/25/50/75/100% of {r['steps']} steps ({r['records_read']} records "
+                f"read, {r['workers']} workers): " + " / ".join(f"{v:.0f}" for v in q.values())
+            )
             lines.append(f"   index: {r['index_mb']:.1f} MB, built in {r['index_s']:.2f} s")
         else:
             sps = r["samples_per_s"]
             lines.append(
                 f"{'f. OneLLM pipeline (pad 96, CLIP each step)':<44} {sps['onellm_pipeline']:9.2f}"
             )
-            lines.append(f"{'f. onellm (batch padding, feature cache)':<44} {sps['onellm']:9.2f}   "
-                         f"{r['speedup']:.2f}x")  # fmt: skip
+            lines.append(
+                f"{'f. onellm (batch padding, feature cache)':<44} {sps['onellm']:9.2f}   "
+                f"{r['speedup']:.2f}x"
+            )
             g = r["step_gflop"]
-            lines.append(f"   GFLOP a step {g['onellm_pipeline']:.0f} vs {g['onellm']:.0f}; captions: median "
-                         f"{r['caption_tokens_median']:.0f} tokens, p95 {r['caption_tokens_p95']:.0f}; "
-                         f"cache built once at {r['cache_build_ms_per_image']:.0f} ms an image")  # fmt: skip
+            lines.append(
+                f"   GFLOP a step {g['onellm_pipeline']:.0f} vs {g['onellm']:.0f}; captions: median "
+                f"{r['caption_tokens_median']:.0f} tokens, p95 {r['caption_tokens_p95']:.0f}; "
+                f"cache built once at {r['cache_build_ms_per_image']:.0f} ms an image"
+            )
     return "\n".join(lines)
 
 
 def serve_table(r: dict) -> str:
     """(g) the server: tokens/s of 1 client and of 8 at once, batch sizes, soak memory."""
     one, many, s = r["one_client"], r["many_clients"], r["soak"]
-    lines = [f"{'serve benchmark (tiny, 127.0.0.1)':<44} {'requests':>8} {'tok/s':>8} {'vs 1':>6}",
-             "-" * 69,
-             f"{'g. 1 client':<44} {one['requests']:8d} {one['tokens_per_s']:8.1f}",
-             f"{'g. ' + str(many['clients']) + ' clients at once':<44} {many['requests']:8d} "
-             f"{many['tokens_per_s']:8.1f} {r['speedup']:5.2f}x",
-             f"   generate calls by batch size: {r['batch_sizes']}"]  # fmt: skip
+    lines = [
+        f"{'serve benchmark (tiny, 127.0.0.1)':<44} {'requests':>8} {'tok/s':>8} {'vs 1':>6}",
+        "-" * 69,
+        f"{'g. 1 client':<44} {one['requests']:8d} {one['tokens_per_s']:8.1f}",
+        f"{'g. ' + str(many['clients']) + ' clients at once':<44} {many['requests']:8d} "
+        f"{many['tokens_per_s']:8.1f} {r['speedup']:5.2f}x",
+        f"   generate calls by batch size: {r['batch_sizes']}",
+    ]
     if s:
-        lines.append(f"g. soak: {s['requests']} requests {s['status_counts']}, server RSS "
-                     f"{s['rss_mb_after_warmup']:.0f} -> {s['rss_mb_by_100'][-1]:.0f} MB "
-                     f"(by 100: {' / '.join(f'{v:.0f}' for v in s['rss_mb_by_100'])})")  # fmt: skip
+        lines.append(
+            f"g. soak: {s['requests']} requests {s['status_counts']}, server RSS "
+            f"{s['rss_mb_after_warmup']:.0f} -> {s['rss_mb_by_100'][-1]:.0f} MB "
+            f"(by 100: {' / '.join(f'{v:.0f}' for v in s['rss_mb_by_100'])})"
+        )
     return "\n".join(lines)
 
 
@@ -179,8 +201,12 @@ def main() -> None:
     serve = run("bench.serve", SERVE[1] if args.quick else SERVE[0])
     text = table(rows) + "\n\n" + data_table(data) + "\n\n" + serve_table(serve)
     print(text)
-    Path(args.out).write_text(json.dumps({"rows": rows, "data": data, "serve": serve,
-                                          "wall_seconds": time.time() - start}, indent=1))  # fmt: skip
+    Path(args.out).write_text(
+        json.dumps(
+            {"rows": rows, "data": data, "serve": serve, "wall_seconds": time.time() - start},
+            indent=1,
+        )
+    )
     print(f"wrote {args.out}")
 
 

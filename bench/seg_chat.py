@@ -78,8 +78,13 @@ def measure(config: str, *, runs: int) -> dict:
     def chat() -> float:
         force = LogitsProcessorList([Force(tokens, 0)])
         start = time.perf_counter()
-        out = model.chat(image, modality="image", prompt=prompt, max_new_tokens=len(tokens),
-                         logits_processor=force)  # fmt: skip
+        out = model.chat(
+            image,
+            modality="image",
+            prompt=prompt,
+            max_new_tokens=len(tokens),
+            logits_processor=force,
+        )
         took = time.perf_counter() - start
         assert out.token_ids[-1] == seg, out.token_ids
         return took
@@ -130,9 +135,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
     r = measure(args.config, runs=args.runs)
-    print(f"<seg> chat {r['with_outputs_ms']:.1f} ms, same chat without output experts "
-          f"{r['without_ms']:.1f} ms: {r['ratio']:.2f}x; the mask decoding itself "
-          f"{r['decoder_ms']:.1f} ms, the rest {r['ratio_beside_decoder']:.2f}x")  # fmt: skip
+    print(
+        f"<seg> chat {r['with_outputs_ms']:.1f} ms, same chat without output experts "
+        f"{r['without_ms']:.1f} ms: {r['ratio']:.2f}x; the mask decoding itself "
+        f"{r['decoder_ms']:.1f} ms, the rest {r['ratio_beside_decoder']:.2f}x"
+    )
     print(json.dumps(r))
 
 

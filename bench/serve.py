@@ -38,9 +38,24 @@ def free_port() -> int:
 
 
 def start(config: str, port: int, max_batch: int, wait_ms: float) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "onellm.cli", "serve", config, "--host", HOST, "--port",
-           str(port), "--device", "cpu", "--no-ui", "--max-batch", str(max_batch),
-           "--batch-wait-ms", str(wait_ms)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "onellm.cli",
+        "serve",
+        config,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--no-ui",
+        "--max-batch",
+        str(max_batch),
+        "--batch-wait-ms",
+        str(wait_ms),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -71,8 +86,10 @@ def image_url(seed: int) -> str:
 
 
 def request(i: int, max_tokens: int, images: list[str]) -> dict:
-    content = [{"type": "image_url", "image_url": {"url": images[i % len(images)]}},
-               {"type": "text", "text": f"What shape is in picture {i % 7}?"}]  # fmt: skip
+    content = [
+        {"type": "image_url", "image_url": {"url": images[i % len(images)]}},
+        {"type": "text", "text": f"What shape is in picture {i % 7}?"},
+    ]
     return {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
 
 
@@ -92,8 +109,13 @@ def throughput(url: str, clients: int, each: int, max_tokens: int, images: list[
     with ThreadPoolExecutor(clients) as pool:
         tokens = sum(pool.map(client, range(clients)))
     wall = time.perf_counter() - t
-    return {"clients": clients, "requests": clients * each, "tokens": tokens,
-            "seconds": wall, "tokens_per_s": tokens / wall}  # fmt: skip
+    return {
+        "clients": clients,
+        "requests": clients * each,
+        "tokens": tokens,
+        "seconds": wall,
+        "tokens_per_s": tokens / wall,
+    }
 
 
 def soak(url: str, pid: int, n: int, images: list[str]) -> dict:
@@ -124,9 +146,14 @@ def soak(url: str, pid: int, n: int, images: list[str]) -> dict:
         with ThreadPoolExecutor(4) as pool:
             codes += [s for got in pool.map(run, range(4)) for s in got]
         rss.append(rss_mb(pid))
-    return {"requests": len(codes), "status_counts": {str(s): codes.count(s) for s in set(codes)},
-            "rss_mb_start": rss[0], "rss_mb_after_warmup": rss[1], "rss_mb_by_100": rss[2:],
-            "rss_growth_mb": rss[-1] - rss[1]}  # fmt: skip
+    return {
+        "requests": len(codes),
+        "status_counts": {str(s): codes.count(s) for s in set(codes)},
+        "rss_mb_start": rss[0],
+        "rss_mb_after_warmup": rss[1],
+        "rss_mb_by_100": rss[2:],
+        "rss_growth_mb": rss[-1] - rss[1],
+    }
 
 
 def main() -> None:
@@ -152,16 +179,28 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    result = {"bench": "serve", "config": args.config, "one_client": one, "many_clients": many,
-              "speedup": many["tokens_per_s"] / one["tokens_per_s"], "batch_sizes": batches,
-              "soak": soaked, "load_1min": os.getloadavg()[0], "cpus": os.cpu_count()}  # fmt: skip
-    print(f"1 client: {one['tokens_per_s']:.1f} tok/s; {args.clients} clients: "
-          f"{many['tokens_per_s']:.1f} tok/s ({result['speedup']:.2f}x); batch sizes {batches}",
-          file=sys.stderr)  # fmt: skip
+    result = {
+        "bench": "serve",
+        "config": args.config,
+        "one_client": one,
+        "many_clients": many,
+        "speedup": many["tokens_per_s"] / one["tokens_per_s"],
+        "batch_sizes": batches,
+        "soak": soaked,
+        "load_1min": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+    }
+    print(
+        f"1 client: {one['tokens_per_s']:.1f} tok/s; {args.clients} clients: "
+        f"{many['tokens_per_s']:.1f} tok/s ({result['speedup']:.2f}x); batch sizes {batches}",
+        file=sys.stderr,
+    )
     if soaked:
-        print(f"soak: {soaked['requests']} requests {soaked['status_counts']}, server RSS "
-              f"{soaked['rss_mb_after_warmup']:.0f} -> {soaked['rss_mb_by_100'][-1]:.0f} MB",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"soak: {soaked['requests']} requests {soaked['status_counts']}, server RSS "
+            f"{soaked['rss_mb_after_warmup']:.0f} -> {soaked['rss_mb_by_100'][-1]:.0f} MB",
+            file=sys.stderr,
+        )
     print(json.dumps(result))
 
 

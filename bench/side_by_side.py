@@ -56,12 +56,20 @@ def main() -> None:
             times[name].append(1000 * (time.perf_counter() - t))
     ratios = [b / a for a, b in zip(times["onellm"], times["official"], strict=True)]
     q = statistics.quantiles(ratios, n=4)
-    print(json.dumps({"config": args.config, "rounds": args.rounds, "compiled": args.compile,
-                      "threads": torch.get_num_threads(),
-                      "onellm_ms": statistics.median(times["onellm"]),
-                      "official_ms": statistics.median(times["official"]),
-                      "ratio": statistics.median(times["official"]) / statistics.median(times["onellm"]),
-                      "per_round_iqr": [q[0], q[2]]}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "rounds": args.rounds,
+                "compiled": args.compile,
+                "threads": torch.get_num_threads(),
+                "onellm_ms": statistics.median(times["onellm"]),
+                "official_ms": statistics.median(times["official"]),
+                "ratio": statistics.median(times["official"]) / statistics.median(times["onellm"]),
+                "per_round_iqr": [q[0], q[2]],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -74,9 +74,20 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def measure(config: str, *, batch: int, text_tokens: int, precision: str, runs: int,
-            warmup: int, overrides: tuple[str, ...] = (), layout: str = "onellm-lib",
-            compile: bool = False, device: str = "cpu", dtype: str | None = None) -> dict:  # fmt: skip
+def measure(
+    config: str,
+    *,
+    batch: int,
+    text_tokens: int,
+    precision: str,
+    runs: int,
+    warmup: int,
+    overrides: tuple[str, ...] = (),
+    layout: str = "onellm-lib",
+    compile: bool = False,
+    device: str = "cpu",
+    dtype: str | None = None,
+) -> dict:
     torch.manual_seed(0)
     model = OneLLM.from_config(config, overrides, device=device, dtype=dtype).train()
     if compile:
@@ -153,10 +164,19 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the projection experts")
     ap.add_argument("overrides", nargs="*", help="model config key=value overrides")
     args = ap.parse_args()
-    r = measure(args.config, batch=args.batch, text_tokens=args.text_tokens,
-                precision=args.precision, runs=args.runs, warmup=args.warmup,
-                overrides=tuple(args.overrides), layout=args.layout, compile=args.compile,
-                device=args.device, dtype=args.dtype)  # fmt: skip
+    r = measure(
+        args.config,
+        batch=args.batch,
+        text_tokens=args.text_tokens,
+        precision=args.precision,
+        runs=args.runs,
+        warmup=args.warmup,
+        overrides=tuple(args.overrides),
+        layout=args.layout,
+        compile=args.compile,
+        device=args.device,
+        dtype=args.dtype,
+    )
     print(
         f"{args.config} {args.layout} {args.precision}: forward {r['forward_ms']:.1f} ms, forward+backward "
         f"{r['forward_backward_ms']:.1f} ms, {r['samples_per_s']:.1f} samples/s, "

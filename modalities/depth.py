@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+
+from onellm.errors import InputError
 from onellm.modalities.clip_image import (
     PairedMapInput,
     exr_channels,
@@ -27,9 +30,6 @@ from onellm.modalities.clip_image import (
     to_image_tensor,
     write_png,
 )
-from PIL import Image
-
-from onellm.errors import InputError
 from onellm.modeling.modality import as_float_array, as_path, check_readable
 from onellm.registry import MODALITIES
 

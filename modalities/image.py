@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from onellm.modalities.clip_image import ClipImageInput, to_image_tensor, write_png
 
 from onellm.data.draw import (
     Scene,
@@ -25,6 +24,7 @@ from onellm.data.draw import (
     shape_mask,
 )
 from onellm.data.language import COLOURS, PLACES, SHAPES
+from onellm.modalities.clip_image import ClipImageInput, to_image_tensor, write_png
 from onellm.registry import MODALITIES
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from onellm.modalities.clip_image import PairedMapInput, exr_channels, to_image_tensor, write_png
 
 from onellm.errors import InputError
+from onellm.modalities.clip_image import PairedMapInput, exr_channels, to_image_tensor, write_png
 from onellm.modeling.modality import as_float_array, as_path, load_array_file
 from onellm.registry import MODALITIES
 

@@ -26,6 +26,12 @@ import av
 import numpy as np
 import torch
 from einops import rearrange
+from PIL import Image, ImageSequence
+from torch import nn
+
+from onellm.data.draw import Scene, canvas, paint, shape_mask
+from onellm.data.language import COLOURS, MOTIONS, SHAPES
+from onellm.errors import InputError
 from onellm.modalities.clip_image import (
     IMAGE_SUFFIXES,
     ClipImageInput,
@@ -40,12 +46,6 @@ from onellm.modalities.video_reader import (
     is_video_file,
     read_video,
 )
-from PIL import Image, ImageSequence
-from torch import nn
-
-from onellm.data.draw import Scene, canvas, paint, shape_mask
-from onellm.data.language import COLOURS, MOTIONS, SHAPES
-from onellm.errors import InputError
 from onellm.modeling.modality import EncoderInfo, as_path, check_readable
 from onellm.registry import MODALITIES
 

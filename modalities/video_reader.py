@@ -15,9 +15,9 @@ from typing import Any
 
 import av
 import numpy as np
-from onellm.modalities.clip_image import MAX_PIXELS
 
 from onellm.errors import InputError
+from onellm.modalities.clip_image import MAX_PIXELS
 from onellm.modeling.modality import as_path, check_readable
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ogv")

@@ -57,11 +57,27 @@ def test_info_and_its_bad_override(capsys):
 
 
 def test_interactive_session_keeps_history_and_switches_input(tiny_model, png):
-    lines = iter(["What is this?", "And the colour?", f"/input {png}", "/modality image", "Describe it.",
-                  "/reset", "", "/bogus", "/quit", "never read"])  # fmt: skip
+    lines = iter(
+        [
+            "What is this?",
+            "And the colour?",
+            f"/input {png}",
+            "/modality image",
+            "Describe it.",
+            "/reset",
+            "",
+            "/bogus",
+            "/quit",
+            "never read",
+        ]
+    )
     out = []
-    history = session(tiny_model, read=lambda _: next(lines), write=lambda *a, **k: out.append("".join(map(str, a))),
-                      max_new_tokens=4)  # fmt: skip
+    history = session(
+        tiny_model,
+        read=lambda _: next(lines),
+        write=lambda *a, **k: out.append("".join(map(str, a))),
+        max_new_tokens=4,
+    )
     # after /reset the empty line asked for a caption, which adds no turn
     assert history == []
     assert any("unknown command /bogus" in o for o in out)
@@ -92,8 +108,12 @@ def test_interactive_history_grows(tiny_model):
 
 def test_interactive_bad_file_keeps_the_session(tiny_model):
     out = []
-    history = session(tiny_model, read=reader(["/input /no/such.png", "/modality image", "hi", "/noinput", "hello"]), write=lambda *a, **k: out.append(" ".join(map(str, a))),
-                      max_new_tokens=3)  # fmt: skip
+    history = session(
+        tiny_model,
+        read=reader(["/input /no/such.png", "/modality image", "hi", "/noinput", "hello"]),
+        write=lambda *a, **k: out.append(" ".join(map(str, a))),
+        max_new_tokens=3,
+    )
     assert any("error: image: expected a readable file" in o for o in out)
     assert [q for q, _ in history] == ["hello"]
 
@@ -101,17 +121,44 @@ def test_interactive_bad_file_keeps_the_session(tiny_model):
 def test_chat_takes_a_paired_input_in_either_form(png, tmp_path, capsys, tiny_model):
     depth = tmp_path / "d.png"
     Image.fromarray(np.linspace(0, 255, 40 * 40).reshape(40, 40).astype(np.uint8)).save(depth)
-    want = tiny_model.chat({"rgb": str(png), "depth": str(depth)}, modality="depth",
-                           prompt="Is it near or far?", max_new_tokens=4).text  # fmt: skip
-    for given in (["--input", str(png), "--input", str(depth)],
-                  ["--input", f"rgb={png},depth={depth}"],
-                  ["--input", f"rgb={png}", "--input", f"depth={depth}"]):  # fmt: skip
+    want = tiny_model.chat(
+        {"rgb": str(png), "depth": str(depth)},
+        modality="depth",
+        prompt="Is it near or far?",
+        max_new_tokens=4,
+    ).text
+    for given in (
+        ["--input", str(png), "--input", str(depth)],
+        ["--input", f"rgb={png},depth={depth}"],
+        ["--input", f"rgb={png}", "--input", f"depth={depth}"],
+    ):
         torch.manual_seed(0)  # the random tiny model's weights, as the fixture's
-        rc = main(["chat", str(TINY), "--modality", "depth", *given, "Is it near or far?",
-                   "--max-new-tokens", "4"])  # fmt: skip
+        rc = main(
+            [
+                "chat",
+                str(TINY),
+                "--modality",
+                "depth",
+                *given,
+                "Is it near or far?",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
         assert rc == 0 and capsys.readouterr().out.strip() == want
-    rc = main(["chat", str(TINY), "--modality", "depth", "--input", f"rgb={png}", "--input",
-               str(depth), "hi"])  # fmt: skip
+    rc = main(
+        [
+            "chat",
+            str(TINY),
+            "--modality",
+            "depth",
+            "--input",
+            f"rgb={png}",
+            "--input",
+            str(depth),
+            "hi",
+        ]
+    )
     assert (
         rc == 2 and "--input: expected every part as name=path or none" in capsys.readouterr().err
     )
@@ -122,7 +169,7 @@ def test_shards_and_cache_features_verbs(tmp_path, png, capsys):
         "".join(
             f'{{"modality": "image", "input": "{png}", "caption": "a red circle {i}"}}\n'
             for i in range(3)
-        )  # fmt: skip
+        )
     )
     assert (
         main(["shards", str(tmp_path / "m.jsonl"), str(tmp_path / "out"), "--per-shard", "2"]) == 0

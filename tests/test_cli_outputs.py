@@ -48,8 +48,14 @@ def test_a_session_saves_each_replys_mask(tiny_model, tmp_path):
             raise EOFError from None
 
     out: list[str] = []
-    session(tiny_model, read=read, write=lambda *a, **k: out.append("".join(map(str, a))),
-            save_dir=str(tmp_path / "saved"), max_new_tokens=4, logits_processor=force)  # fmt: skip
+    session(
+        tiny_model,
+        read=read,
+        write=lambda *a, **k: out.append("".join(map(str, a))),
+        save_dir=str(tmp_path / "saved"),
+        max_new_tokens=4,
+        logits_processor=force,
+    )
     saved = [line.removeprefix("saved ") for line in out if line.startswith("saved ")]
     assert len(saved) == 2 and saved[0] != saved[1]  # one mask per reply, none overwritten
     assert all(Image.open(p).size == (48, 40) for p in saved)
@@ -60,8 +66,21 @@ def test_serve_passes_its_options_to_the_server(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(app, "serve", lambda model, **kw: seen.update(model=model, **kw))
-    args = ["serve", str(TINY), "--port", "8123", "--load-in-8bit", "--allow-dir", str(tmp_path),
-            "--max-body-mb", "4", "--max-batch", "3", "--device", "cpu"]  # fmt: skip
+    args = [
+        "serve",
+        str(TINY),
+        "--port",
+        "8123",
+        "--load-in-8bit",
+        "--allow-dir",
+        str(tmp_path),
+        "--max-body-mb",
+        "4",
+        "--max-batch",
+        "3",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert str(seen["model"].quantization) == "8bit (torchao)"
     assert (seen["host"], seen["port"], seen["model_id"]) == ("127.0.0.1", 8123, "tiny")

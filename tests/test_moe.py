@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from onellm.experts.projection.upm import UniversalProjection
 
+from onellm.experts.projection.upm import UniversalProjection
 from onellm.inference.routing import ExpertUse, summarise, use_of
 from onellm.modeling.projection import Routing
 from onellm.registry import ROUTERS

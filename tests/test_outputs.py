@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from onellm.experts.output.decoders.sam import mask_loss
 from transformers import LogitsProcessorList
 
 from onellm import OneLLM
 from onellm.errors import ConfigError
+from onellm.experts.output.masks import mask_loss
 from onellm.inference import chat
 from onellm.inference import output_states as outputs
 from tests.conftest import TINY

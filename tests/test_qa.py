@@ -27,8 +27,10 @@ def test_qa_metrics_count_each_question_on_hand_made_predictions():
         "Where is it?": ["on the left", "on the top"],
     }
     r = qa_metrics("image", answers, preds)
-    assert r["by_question"] == {"What colour is it?": {"correct": 2, "n": 3},
-                                "Where is it?": {"correct": 1, "n": 2}}  # fmt: skip
+    assert r["by_question"] == {
+        "What colour is it?": {"correct": 2, "n": 3},
+        "Where is it?": {"correct": 1, "n": 2},
+    }
     assert r["n"] == 5 and r["qa_accuracy"] == pytest.approx(3 / 5)
 
 
@@ -49,28 +51,46 @@ def answering(model, monkeypatch, right: set[str]):
 def test_a_manifests_conversations_are_asked_turn_by_turn(tiny_model, monkeypatch, tmp_path):
     for name, value in (("dark.png", 10), ("bright.png", 240)):
         Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / name)
-    conv = lambda shade: [{"from": "human", "value": "<image>\nIs it bright?"},  # noqa: E731
-                          {"from": "gpt", "value": shade},
-                          {"from": "human", "value": "And its shade?"}, {"from": "gpt", "value": shade}]  # fmt: skip
-    lines = [{"modality": "image", "input": "dark.png", "conversations": conv("dark")},
-             {"modality": "image", "input": "bright.png", "conversations": conv("bright")},
-             {"modality": "image", "input": "dark.png", "caption": "captions are not questions"},
-             {"modality": "audio", "input": "dark.png", "conversations": conv("dark")}]  # fmt: skip
+
+    def conv(shade):
+        return [
+            {"from": "human", "value": "<image>\nIs it bright?"},
+            {"from": "gpt", "value": shade},
+            {"from": "human", "value": "And its shade?"},
+            {"from": "gpt", "value": shade},
+        ]
+
+    lines = [
+        {"modality": "image", "input": "dark.png", "conversations": conv("dark")},
+        {"modality": "image", "input": "bright.png", "conversations": conv("bright")},
+        {"modality": "image", "input": "dark.png", "caption": "captions are not questions"},
+        {"modality": "audio", "input": "dark.png", "conversations": conv("dark")},
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     asked = answering(tiny_model, monkeypatch, right={"<image>\nIs it bright?"})
     r = evaluate_qa(tiny_model, "image", data=str(tmp_path / "m.jsonl"))
     # one batch per question; the image goes where the question names <image>, as in training
     assert sorted(asked) == [("<image>\nIs it bright?", 2), ("And its shade?", 2)]
-    assert r["by_question"] == {"<image>\nIs it bright?": {"correct": 2, "n": 2},
-                                "And its shade?": {"correct": 0, "n": 2}}  # fmt: skip
+    assert r["by_question"] == {
+        "<image>\nIs it bright?": {"correct": 2, "n": 2},
+        "And its shade?": {"correct": 0, "n": 2},
+    }
     assert r["qa_accuracy"] == 0.5
 
 
 def test_every_stage_that_trains_instruction_data_reports_qa(tmp_path):
-    cfg = load_stage(ROOT / "configs" / "stages" / "stage4_instruct.yaml", [
-        f"init_from={TINY}", f"output_dir={tmp_path}", "steps=1", "batch_size=4", "eval.samples=3",
-        "eval.modalities=[image, audio]", "data={image: {task: instruct, pool: 8}, audio: {task: caption, pool: 8}}",
-    ])  # fmt: skip
+    cfg = load_stage(
+        ROOT / "configs" / "stages" / "stage4_instruct.yaml",
+        [
+            f"init_from={TINY}",
+            f"output_dir={tmp_path}",
+            "steps=1",
+            "batch_size=4",
+            "eval.samples=3",
+            "eval.modalities=[image, audio]",
+            "data={image: {task: instruct, pool: 8}, audio: {task: caption, pool: 8}}",
+        ],
+    )
     r = Recipe(cfg, quiet=True).setup()
     r.train()
     r.save()
@@ -84,8 +104,25 @@ def test_every_stage_that_trains_instruction_data_reports_qa(tmp_path):
 def test_onellm_eval_task_qa_prints_and_writes_per_question(tmp_path, capsys):
     from onellm.cli.main import main
 
-    assert main(["eval", str(TINY), "--task", "qa", "--modality", "imu", "--modality", "audio",
-                 "--samples", "4", "--json", str(tmp_path / "qa.json")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                str(TINY),
+                "--task",
+                "qa",
+                "--modality",
+                "imu",
+                "--modality",
+                "audio",
+                "--samples",
+                "4",
+                "--json",
+                str(tmp_path / "qa.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "What is the person doing? " in out and "How does it sound? " in out
     saved = json.loads((tmp_path / "qa.json").read_text())
@@ -96,8 +133,9 @@ def test_onellm_eval_task_qa_prints_and_writes_per_question(tmp_path, capsys):
 def test_the_demo_report_carries_the_qa_table(tmp_path, capsys):
     from onellm.cli.demo import run_demo
 
-    report = run_demo(tmp_path, quiet=True, steps_scale=0.002, device="cpu",
-                      overrides=["eval.samples=2"])  # fmt: skip
+    report = run_demo(
+        tmp_path, quiet=True, steps_scale=0.002, device="cpu", overrides=["eval.samples=2"]
+    )
     by_stage = {s["name"]: s["qa"] for s in report["stages"]}
     assert not by_stage["stage3-depth-normal-imu-fmri"]  # captions only before stage 4
     qa = by_stage["stage4-instruct"]

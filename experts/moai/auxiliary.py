@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from onellm.experts.output.decoders.sam import SamMaskDecoder
 from scipy import ndimage
 
 from onellm.errors import ConfigError, InputError
+from onellm.experts.output.decoders.sam import SamMaskDecoder
 from onellm.registry import AUXILIARY
 
 COLOUR_NAMES = {  # a basic palette; each region takes the nearest (RGB, 0-255)

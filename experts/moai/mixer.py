@@ -35,11 +35,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from onellm.experts.moai.auxiliary import build_source, run_sources
-from onellm.experts.projection.perceiver import PerceiverResampler
 from torch import nn
 
 from onellm.errors import InputError
+from onellm.experts.moai.auxiliary import build_source, run_sources
+from onellm.experts.projection.perceiver import PerceiverResampler
 from onellm.modeling.llm import base_llm
 from onellm.registry import MIXERS
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from onellm.experts.output.heads import GenHead, token_states
 
 from onellm.errors import ConfigError
+from onellm.experts.output.heads import GenHead, token_states
 from onellm.modeling.outputs import OutputExpert
 from onellm.registry import OUTPUT_KINDS
 

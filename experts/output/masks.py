@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from onellm.experts.output.heads import SegHead, token_states
 
+from onellm.experts.output.heads import SegHead, token_states
 from onellm.modeling.outputs import OutputExpert
 from onellm.registry import OUTPUT_KINDS
 

@@ -11,9 +11,9 @@ gain starts at the LLM's embedding scale (LLaVA has none; a tiny LLM is swamped 
 from __future__ import annotations
 
 import torch
-from onellm.experts.projection.parts import add_tags
 from torch import nn
 
+from onellm.experts.projection.parts import add_tags
 from onellm.modeling.projection import from_options
 from onellm.registry import PROJECTIONS
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from onellm.experts.projection.parts import add_tags, scaled_out_proj
 from torch import nn
 
+from onellm.experts.projection.parts import add_tags, scaled_out_proj
 from onellm.modeling.projection import from_options
 from onellm.registry import PROJECTIONS
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from onellm.experts.projection.upm_experts import ExpertPool, llama_ffn_hidden
-from onellm.experts.projection.upm_routers import ModalityRouters, chosen_experts
 from torch import nn
 
 from onellm.config import ProjectionConfig
 from onellm.errors import ConfigError
+from onellm.experts.projection.upm_experts import ExpertPool, llama_ffn_hidden
+from onellm.experts.projection.upm_routers import ModalityRouters, chosen_experts
 from onellm.modeling.projection import Routing
 from onellm.registry import PROJECTIONS
 

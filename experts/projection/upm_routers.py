@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from onellm.experts.projection.routers import transplant
 from torch import nn
 
+from onellm.experts.projection.routers import transplant
 from onellm.registry import ROUTERS
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers import DDIMScheduler as Sched
-from onellm.experts.output.decoders.diffusion import DiffusionDecoder, tiny_unet
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from onellm.errors import CheckpointError, InputError
+from onellm.experts.output.decoders.diffusion import DiffusionDecoder, tiny_unet
 
 
 def test_a_saved_tiny_unet_loads_back_and_samples_images_of_its_size(tmp_path):

@@ -1,8 +1,8 @@
 """Output experts: special-token states routed by the emitted token to task heads."""
 
 import torch
-from onellm.experts.output.heads import GenHead, SegHead, token_states
 
+from onellm.experts.output.heads import GenHead, SegHead, token_states
 from onellm.registry import OUTPUT_KINDS
 
 

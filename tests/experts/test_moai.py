@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from onellm.experts.moai.auxiliary import ColourRegions, build_source, describe
 
 from onellm import OneLLM
 from onellm.data import scene_qa
 from onellm.errors import ConfigError, InputError, RegistryError
+from onellm.experts.moai.auxiliary import ColourRegions, build_source, describe
 from onellm.inference.chat import Conversation, generate
 from onellm.modeling.template import render_prompt
 from onellm.registry import AUXILIARY

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from onellm.experts.projection.upm import UniversalProjection
 from onellm.experts.projection.upm_experts import ExpertBlock, llama_ffn_hidden
 

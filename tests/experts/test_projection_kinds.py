@@ -3,10 +3,10 @@ kind's own: the perceiver over any number of frames, the MLP over every encoder 
 
 import pytest
 import torch
-from onellm.experts.projection.perceiver import PerceiverProjection, PerceiverResampler
 
 from onellm import OneLLM
 from onellm.errors import ConfigError, InputError, RegistryError
+from onellm.experts.projection.perceiver import PerceiverProjection, PerceiverResampler
 from onellm.registry import PROJECTIONS
 from tests.conftest import TINY, random_input
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from onellm.experts.projection.routers import over_capacity, transplant
 
+from onellm.experts.projection.routers import over_capacity, transplant
 from onellm.registry import ROUTERS
 
 

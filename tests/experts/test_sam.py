@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+
+from onellm.errors import CheckpointError, ConfigError, InputError
 from onellm.experts.output.decoders.sam import SamMaskDecoder, build_sam
 from onellm.experts.output.decoders.text import CaptionEncoder
 from onellm.experts.output.masks import mask_loss
-
-from onellm.errors import CheckpointError, ConfigError, InputError
 from onellm.modeling.text_tokenizer import tiny_tokenizer
 
 TINY_SAM = dict(

@@ -21,9 +21,9 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from onellm.modalities.audio import AudioModality, resample
 
 from onellm.errors import InputError
+from onellm.modalities.audio import AudioModality, resample
 
 RATE = 22050
 rng = np.random.default_rng(0)

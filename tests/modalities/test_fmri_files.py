@@ -9,10 +9,10 @@ import nibabel
 import numpy as np
 import pytest
 import torch
-from onellm.modalities import fmri as fmri_module
-from onellm.modalities.fmri import FMRIModality
 
 from onellm.errors import InputError
+from onellm.modalities import fmri as fmri_module
+from onellm.modalities.fmri import FMRIModality
 
 VOXELS = 48
 rng = np.random.default_rng(0)

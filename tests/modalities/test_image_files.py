@@ -5,12 +5,12 @@ import numpy as np
 import OpenEXR
 import pytest
 import torch
-from onellm.modalities import clip_image
-from onellm.modalities.clip_image import to_image_tensor
-from onellm.modalities.depth import read_depth
 from PIL import Image
 
 from onellm.errors import InputError
+from onellm.modalities import clip_image
+from onellm.modalities.clip_image import to_image_tensor
+from onellm.modalities.depth import read_depth
 
 rng = np.random.default_rng(0)
 RGB = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)

@@ -1,11 +1,12 @@
 import numpy as np
 import torch
+from PIL import Image
+
 from onellm.modalities.clip_image import CLIP_MEAN, CLIP_STD
 from onellm.modalities.depth import DepthModality
 from onellm.modalities.image import ImageModality
 from onellm.modalities.normal import NormalModality
 from onellm.modalities.video import VideoModality
-from PIL import Image
 
 
 def image(size=28):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soxr
 import torch
-from onellm.modalities.imu import IMUModality
 
 from onellm.errors import InputError
+from onellm.modalities.imu import IMUModality
 
 RATE = 200.0
 t = np.arange(600) / RATE  # 3 s

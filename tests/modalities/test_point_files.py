@@ -8,10 +8,10 @@ import numpy as np
 import plyfile
 import pytest
 import torch
-from onellm.modalities.point import PointModality
 from pypcd4 import Encoding, PointCloud
 
 from onellm.errors import InputError
+from onellm.modalities.point import PointModality
 
 rng = np.random.default_rng(0)
 XYZ = (rng.standard_normal((300, 3)) * [2.0, 1.0, 0.5] + [10.0, -3.0, 1.0]).astype(np.float32)

@@ -3,12 +3,12 @@ import wave
 import numpy as np
 import pytest
 import torch
+
+from onellm.errors import InputError
 from onellm.modalities.audio import AudioModality, resample
 from onellm.modalities.fmri import FMRIModality, FMRITokenizer
 from onellm.modalities.imu import IMUModality
 from onellm.modalities.point import PointModality, PointTokenizer, furthest_point_sample
-
-from onellm.errors import InputError
 
 
 def write_wav(path, x, rate):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from onellm.modalities.video import VideoModality
-from onellm.modalities.video_reader import clip_starts, decode_at, read_video
 
 from onellm.errors import InputError
+from onellm.modalities.video import VideoModality
+from onellm.modalities.video_reader import clip_starts, decode_at, read_video
 
 W, H, FPS = 64, 48, 10
 CODECS = {  # container -> (codec, max abs error on the normalised frames); measured in comments

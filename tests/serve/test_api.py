@@ -26,8 +26,9 @@ def client(tiny_model):
 
 
 def ask(client, content, **kw):
-    r = client.post("/v1/chat/completions",
-                    json={"messages": [{"role": "user", "content": content}], **kw})  # fmt: skip
+    r = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": content}], **kw}
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -46,11 +47,14 @@ def test_text_answer_and_usage_equal_model_chat(client, tiny_model):
 
 
 def test_image_data_url_equals_chat_on_the_file(client, tiny_model, files):
-    content = [{"type": "text", "text": "What is this?"},
-               {"type": "image_url", "image_url": {"url": data_url(files / "x.png")}}]  # fmt: skip
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": data_url(files / "x.png")}},
+    ]
     body = ask(client, content, max_tokens=8)
-    want = tiny_model.chat(str(files / "x.png"), modality="image", prompt="What is this?",
-                           max_new_tokens=8)  # fmt: skip
+    want = tiny_model.chat(
+        str(files / "x.png"), modality="image", prompt="What is this?", max_new_tokens=8
+    )
     assert text_of(body) == want.text
     # the image matters: without it the answer's prompt differs
     assert (
@@ -60,29 +64,47 @@ def test_image_data_url_equals_chat_on_the_file(client, tiny_model, files):
 
 
 def test_two_and_three_modalities_in_one_message(client, tiny_model, files):
-    content = [{"type": "image_url", "image_url": {"url": data_url(files / "x.png")}},
-               {"type": "input_audio", "input_audio": {"data": b64(files / "x.wav"), "format": "wav"}},
-               {"type": "text", "text": "Does <audio> match the picture?"}]  # fmt: skip
+    content = [
+        {"type": "image_url", "image_url": {"url": data_url(files / "x.png")}},
+        {"type": "input_audio", "input_audio": {"data": b64(files / "x.wav"), "format": "wav"}},
+        {"type": "text", "text": "Does <audio> match the picture?"},
+    ]
     raws = {"image": str(files / "x.png"), "audio": str(files / "x.wav")}
     want = tiny_model.chat(raws, prompt="Does <audio> match the picture?", max_new_tokens=8)
     assert text_of(ask(client, content, max_tokens=8)) == want.text
-    point = {"type": "onellm_input", "onellm_input": {"modality": "point", "format": "npy",
-                                                      "data": b64(files / "cloud.npy")}}  # fmt: skip
-    depth = {"type": "onellm_input", "onellm_input": {"modality": "depth", "parts": {
-        "rgb": {"data": b64(files / "rgb.png"), "format": "png"},
-        "depth": {"data": b64(files / "depth.npy"), "format": "npy"}}}}  # fmt: skip
-    raws = {"point": str(files / "cloud.npy"),
-            "depth": {"rgb": str(files / "rgb.png"), "depth": str(files / "depth.npy")}}  # fmt: skip
+    point = {
+        "type": "onellm_input",
+        "onellm_input": {"modality": "point", "format": "npy", "data": b64(files / "cloud.npy")},
+    }
+    depth = {
+        "type": "onellm_input",
+        "onellm_input": {
+            "modality": "depth",
+            "parts": {
+                "rgb": {"data": b64(files / "rgb.png"), "format": "png"},
+                "depth": {"data": b64(files / "depth.npy"), "format": "npy"},
+            },
+        },
+    }
+    raws = {
+        "point": str(files / "cloud.npy"),
+        "depth": {"rgb": str(files / "rgb.png"), "depth": str(files / "depth.npy")},
+    }
     want = tiny_model.chat(raws, prompt="Describe both.", max_new_tokens=8)
     got = ask(client, [point, depth, {"type": "text", "text": "Describe both."}], max_tokens=8)
     assert text_of(got) == want.text
 
 
 UPLOADS = {  # modality -> the file (or pair of files) a user uploads
-    "image": "x.png", "video": "clip.mp4", "audio": "x.wav", "point": "cloud.npy",
-    "imu": "imu.npy", "fmri": "fmri.npy", "depth": {"rgb": "rgb.png", "depth": "depth.npy"},
+    "image": "x.png",
+    "video": "clip.mp4",
+    "audio": "x.wav",
+    "point": "cloud.npy",
+    "imu": "imu.npy",
+    "fmri": "fmri.npy",
+    "depth": {"rgb": "rgb.png", "depth": "depth.npy"},
     "normal": {"rgb": "rgb.png", "normal": "normal.npy"},
-}  # fmt: skip
+}
 
 
 def upload(files, name):
@@ -90,8 +112,9 @@ def upload(files, name):
 
 
 @pytest.mark.parametrize("modality", sorted(UPLOADS))
-def test_every_modality_as_an_onellm_input_equals_chat_on_its_file(client, tiny_model, files,
-                                                                    modality):  # fmt: skip
+def test_every_modality_as_an_onellm_input_equals_chat_on_its_file(
+    client, tiny_model, files, modality
+):
     spec = UPLOADS[modality]
     if isinstance(spec, dict):
         x = {"modality": modality, "parts": {k: upload(files, v) for k, v in spec.items()}}
@@ -99,28 +122,38 @@ def test_every_modality_as_an_onellm_input_equals_chat_on_its_file(client, tiny_
     else:
         x = {"modality": modality, **upload(files, spec)}
         raw = str(files / spec)
-    body = ask(client, [{"type": "onellm_input", "onellm_input": x},
-                        {"type": "text", "text": "What is it?"}], max_tokens=5)  # fmt: skip
+    body = ask(
+        client,
+        [{"type": "onellm_input", "onellm_input": x}, {"type": "text", "text": "What is it?"}],
+        max_tokens=5,
+    )
     want = tiny_model.chat(raw, modality=modality, prompt="What is it?", max_new_tokens=5)
     assert text_of(body) == want.text and body["usage"]["completion_tokens"] == len(want.token_ids)
 
 
 def test_video_url_is_a_video(client, tiny_model, files):
     url = data_url(files / "clip.mp4", "video/mp4")
-    body = ask(client, [{"type": "video_url", "video_url": {"url": url}},
-                        {"type": "text", "text": "What moves?"}], max_tokens=5)  # fmt: skip
-    want = tiny_model.chat(str(files / "clip.mp4"), modality="video", prompt="What moves?",
-                           max_new_tokens=5)  # fmt: skip
+    body = ask(
+        client,
+        [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What moves?"}],
+        max_tokens=5,
+    )
+    want = tiny_model.chat(
+        str(files / "clip.mp4"), modality="video", prompt="What moves?", max_new_tokens=5
+    )
     assert text_of(body) == want.text
 
 
 def test_history_and_system_message(client, tiny_model):
-    messages = [{"role": "user", "content": "What is it?"},
-                {"role": "assistant", "content": "a red circle"},
-                {"role": "user", "content": "Where?"}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": "What is it?"},
+        {"role": "assistant", "content": "a red circle"},
+        {"role": "user", "content": "Where?"},
+    ]
     r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8})
-    want = tiny_model.chat(prompt="Where?", history=[("What is it?", "a red circle")],
-                           max_new_tokens=8)  # fmt: skip
+    want = tiny_model.chat(
+        prompt="Where?", history=[("What is it?", "a red circle")], max_new_tokens=8
+    )
     assert text_of(r.json()) == want.text
     with_system = [{"role": "system", "content": "Answer briefly."}, *messages]
     r2 = client.post("/v1/chat/completions", json={"messages": with_system, "max_tokens": 8})
@@ -136,11 +169,20 @@ def sse(client, payload) -> list:
 
 
 def test_streaming_is_openai_chunks_that_join_to_the_answer(client, files):
-    content = [{"type": "image_url", "image_url": {"url": data_url(files / "x.png")}},
-               {"type": "text", "text": "Describe it."}]  # fmt: skip
+    content = [
+        {"type": "image_url", "image_url": {"url": data_url(files / "x.png")}},
+        {"type": "text", "text": "Describe it."},
+    ]
     whole = ask(client, content, max_tokens=12)
-    chunks = sse(client, {"messages": [{"role": "user", "content": content}], "max_tokens": 12,
-                          "stream": True, "stream_options": {"include_usage": True}})  # fmt: skip
+    chunks = sse(
+        client,
+        {
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 12,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
@@ -161,19 +203,28 @@ def seg_client(tiny_model):
 
 def test_masks_come_back_as_pngs_at_their_seg(seg_client, tiny_model, files):
     client, force = seg_client
-    content = [{"type": "image_url", "image_url": {"url": data_url(files / "x.png")}},
-               {"type": "text", "text": "segment the circle"}]  # fmt: skip
+    content = [
+        {"type": "image_url", "image_url": {"url": data_url(files / "x.png")}},
+        {"type": "text", "text": "segment the circle"},
+    ]
     body = ask(client, content, max_tokens=6)
-    want = tiny_model.chat(str(files / "x.png"), modality="image", prompt="segment the circle",
-                           max_new_tokens=6, logits_processor=force)  # fmt: skip
+    want = tiny_model.chat(
+        str(files / "x.png"),
+        modality="image",
+        prompt="segment the circle",
+        max_new_tokens=6,
+        logits_processor=force,
+    )
     (mask,) = body["choices"][0]["message"]["masks"]
     assert mask["token"] == "<seg>" and mask["position"] == 1
     assert (mask["width"], mask["height"]) == (48, 40)  # the input's resolution
     png = np.array(Image.open(io.BytesIO(base64.b64decode(mask["png"])))) > 127
     assert np.array_equal(png, want.masks[0].numpy())
     assert 0 <= mask["offset"] <= len(text_of(body))
-    chunks = sse(client, {"messages": [{"role": "user", "content": content}], "max_tokens": 6,
-                          "stream": True})  # fmt: skip
+    chunks = sse(
+        client,
+        {"messages": [{"role": "user", "content": content}], "max_tokens": 6, "stream": True},
+    )
     assert chunks[-1]["choices"][0]["delta"]["masks"] == [mask]  # the last chunk carries them
 
 
@@ -205,11 +256,28 @@ def bad_cases(files):
     msg = lambda content: {"messages": [{"role": "user", "content": content}]}  # noqa: E731
     png = data_url(files / "x.png")
     return {
-        "unknown modality": (msg([{"type": "onellm_input", "onellm_input": {
-            "modality": "smell", "data": "AAAA", "format": "bin"}}]), 400, "unknown modality 'smell'"),
-        "unknown part type": (msg([{"type": "smell", "text": "x"}]), 400, "content[0].type: expected one of"),
-        "unreadable upload": (msg(part("data:image/png;base64," + base64.b64encode(b"not a png").decode())),
-                              400, "image: "),
+        "unknown modality": (
+            msg(
+                [
+                    {
+                        "type": "onellm_input",
+                        "onellm_input": {"modality": "smell", "data": "AAAA", "format": "bin"},
+                    }
+                ]
+            ),
+            400,
+            "unknown modality 'smell'",
+        ),
+        "unknown part type": (
+            msg([{"type": "smell", "text": "x"}]),
+            400,
+            "content[0].type: expected one of",
+        ),
+        "unreadable upload": (
+            msg(part("data:image/png;base64," + base64.b64encode(b"not a png").decode())),
+            400,
+            "image: ",
+        ),
         "invalid base64": (msg(part("data:image/png;base64,@@@")), 400, "expected base64 data"),
         "malformed JSON": (b'{"messages": [', 400, "malformed JSON"),
         "typed <seg>": (msg("segment <seg> the circle"), 400, "<seg> is the token the model emits"),
@@ -218,22 +286,28 @@ def bad_cases(files):
         "http URL": (msg(part("http://example.com/x.png")), 400, "fetches nothing"),
         "two images": (msg([*part(png), *part(png)[:1]]), 400, "one image input in a conversation"),
         "placeholder without input": (msg("look at <image>"), 400, "<image> placeholder"),
-        "last turn not the user's": ({"messages": [{"role": "user", "content": "a"},
-                                                   {"role": "assistant", "content": "b"}]}, 400, "ending with a user message"),
+        "last turn not the user's": (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            400,
+            "ending with a user message",
+        ),
         "no messages": ({"messages": []}, 400, "messages"),
         "n > 1": ({**msg("hi"), "n": 2}, 400, "n: "),
         "temperature out of range": ({**msg("hi"), "temperature": 5}, 400, "temperature: "),
         "max_tokens past the context": ({**msg("hi"), "max_tokens": 100_000}, 400, "max_tokens: "),
         "another model": ({**msg("hi"), "model": "gpt-4"}, 404, "expected 'tiny'"),
-    }  # fmt: skip
+    }
 
 
 def test_every_bad_request_is_a_4xx_with_the_error_and_the_server_keeps_answering(client, files):
     before = dict(client.app.state.service.batcher.sizes)
     for name, (payload, status, text) in bad_cases(files).items():
         if isinstance(payload, bytes):
-            r = client.post("/v1/chat/completions", content=payload,
-                            headers={"content-type": "application/json"})  # fmt: skip
+            r = client.post(
+                "/v1/chat/completions",
+                content=payload,
+                headers={"content-type": "application/json"},
+            )
         else:
             r = client.post("/v1/chat/completions", json=payload)
         assert r.status_code == status, (name, r.text)
@@ -250,8 +324,13 @@ def test_oversized_body_is_413_before_it_is_read(tiny_model, files):
         assert (
             r.status_code == 413 and "expected at most 1,048 bytes" in r.json()["error"]["message"]
         )
-        assert c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                    "max_tokens": 1}).status_code == 200  # fmt: skip
+        assert (
+            c.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+            ).status_code
+            == 200
+        )
 
 
 def test_paths_inside_the_allowed_folder_only(tiny_model, files, tmp_path):
@@ -263,8 +342,10 @@ def test_paths_inside_the_allowed_folder_only(tiny_model, files, tmp_path):
     with TestClient(app) as c:
 
         def post(url):
-            return c.post("/v1/chat/completions",
-                          json={"messages": [{"role": "user", "content": part(url)}], "max_tokens": 4})  # fmt: skip
+            return c.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": part(url)}], "max_tokens": 4},
+            )
 
         ok = post(str(files / "x.png"))
         assert ok.status_code == 200
@@ -272,8 +353,12 @@ def test_paths_inside_the_allowed_folder_only(tiny_model, files, tmp_path):
             str(files / "x.png"), modality="image", prompt="hi", max_new_tokens=4
         )
         assert text_of(ok.json()) == want.text
-        for url in (str(outside), f"{files}/../{outside.parent.name}/secret.png",
-                    str(files / "link.png"), f"file://{outside}"):  # fmt: skip
+        for url in (
+            str(outside),
+            f"{files}/../{outside.parent.name}/secret.png",
+            str(files / "link.png"),
+            f"file://{outside}",
+        ):
             r = post(url)
             assert (
                 r.status_code == 403 and "inside the allowed folder" in r.json()["error"]["message"]
@@ -284,7 +369,9 @@ def test_importing_onellm_loads_no_server_libraries():
     import subprocess
     import sys
 
-    code = ("import sys, onellm, onellm.inference.chat, onellm.cli.main; "
-            "print(sorted(m for m in ('gradio', 'fastapi', 'uvicorn') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys, onellm, onellm.inference.chat, onellm.cli.main; "
+        "print(sorted(m for m in ('gradio', 'fastapi', 'uvicorn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

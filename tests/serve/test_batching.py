@@ -64,8 +64,9 @@ def test_a_batch_closes_when_full_and_groups_by_sampling_settings(tiny_model):
     batcher = Batcher(tiny_model, max_batch=3, max_wait_s=2.0).start()
     try:
         jobs = [job(tiny_model, {}, f"question {i}", [], 4) for i in range(3)]  # fills a batch
-        jobs += [job(tiny_model, {}, f"sampled {i}", [], 4, temperature=0.8, top_p=0.9)
-                 for i in range(2)]  # fmt: skip
+        jobs += [
+            job(tiny_model, {}, f"sampled {i}", [], 4, temperature=0.8, top_p=0.9) for i in range(2)
+        ]
         jobs += [job(tiny_model, {}, "greedy again", [], 4)]
         run(batcher, jobs)
     finally:

@@ -19,15 +19,24 @@ from tests.conftest import ForceAt
 from tests.serve.conftest import LiveServer
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
     force = LogitsProcessorList([ForceAt(tiny_model.outputs.token_ids["seg"], 1)])  # a mask
-    live = LiveServer(create_app(tiny_model, model_id="tiny",
-                                 generate_kwargs={"logits_processor": force}))  # fmt: skip
+    live = LiveServer(
+        create_app(tiny_model, model_id="tiny", generate_kwargs={"logits_processor": force})
+    )
     yield live
     live.close()
 

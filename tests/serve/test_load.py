@@ -37,8 +37,9 @@ def test_eight_clients_at_once_share_batches_and_get_their_own_answers(server, t
 
     def client(k: int) -> list[dict]:
         with httpx.Client(base_url=server.url, timeout=60) as c:
-            return [c.post("/v1/chat/completions", json=asks[k * EACH + j]).json()
-                    for j in range(EACH)]  # fmt: skip
+            return [
+                c.post("/v1/chat/completions", json=asks[k * EACH + j]).json() for j in range(EACH)
+            ]
 
     with ThreadPoolExecutor(CLIENTS) as pool:
         bodies = [b for got in pool.map(client, range(CLIENTS)) for b in got]
@@ -46,8 +47,12 @@ def test_eight_clients_at_once_share_batches_and_get_their_own_answers(server, t
     assert max(sizes) > 1  # requests shared generate calls
     for i, body in enumerate(bodies):
         raw = str(files / "x.png") if i % 2 else None
-        want = tiny_model.chat(raw, modality="image" if raw else None,
-                               prompt=f"What is shape number {i % 4}?", max_new_tokens=6 + i % 5)  # fmt: skip
+        want = tiny_model.chat(
+            raw,
+            modality="image" if raw else None,
+            prompt=f"What is shape number {i % 4}?",
+            max_new_tokens=6 + i % 5,
+        )
         assert body["choices"][0]["message"]["content"] == want.text, i
 
 
@@ -56,20 +61,29 @@ def test_the_openai_client_works_against_it(server, tiny_model, files):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=60)
     assert [m.id for m in client.models.list()] == ["tiny"]
     png = base64.b64encode((files / "x.png").read_bytes()).decode()
-    messages = [{"role": "user", "content": [
-        {"type": "text", "text": "What is this?"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+            ],
+        }
+    ]
     reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8)
-    want = tiny_model.chat(str(files / "x.png"), modality="image", prompt="What is this?",
-                           max_new_tokens=8)  # fmt: skip
+    want = tiny_model.chat(
+        str(files / "x.png"), modality="image", prompt="What is this?", max_new_tokens=8
+    )
     assert reply.choices[0].message.content == want.text
     assert reply.usage.completion_tokens == len(want.token_ids)
-    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8,
-                                            stream=True)  # fmt: skip
+    stream = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=8, stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want.text
     with pytest.raises(openai.BadRequestError, match="<seg> is the token the model emits"):
-        client.chat.completions.create(model="tiny", max_tokens=2,
-                                       messages=[{"role": "user", "content": "<seg>"}])  # fmt: skip
+        client.chat.completions.create(
+            model="tiny", max_tokens=2, messages=[{"role": "user", "content": "<seg>"}]
+        )
 
 
 def rss_mb() -> float:
@@ -96,7 +110,7 @@ def test_memory_stays_bounded_over_a_500_request_soak(server, files):
                 "/v1/chat/completions", json={"messages": [{"role": "user", "content": bad}]}
             ).status_code
         body = payload(i, image) | {"stream": i % 5 == 0}
-        return c.post("/v1/chat/completions", json=body).status_code  # fmt: skip
+        return c.post("/v1/chat/completions", json=body).status_code
 
     def run(start: int, n: int) -> list[int]:
         with httpx.Client(base_url=server.url, timeout=60) as c:

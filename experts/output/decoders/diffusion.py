@@ -24,11 +24,11 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from onellm.experts.output.decoders.text import caption_encoder
 from PIL import Image
 from torch import nn
 
 from onellm.errors import CheckpointError, ConfigError, InputError
+from onellm.experts.output.decoders.text import caption_encoder
 from onellm.registry import DECODERS
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from onellm.experts.output.decoders.text import caption_encoder
 from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
@@ -27,6 +26,7 @@ from segment_anything.modeling import (
 from torch import nn
 
 from onellm.errors import CheckpointError, ConfigError, InputError
+from onellm.experts.output.decoders.text import caption_encoder
 from onellm.registry import DECODERS
 
 # the image encoders of the released checkpoints (segment_anything/build_sam.py)
