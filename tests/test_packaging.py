@@ -77,15 +77,23 @@ def test_a_path_in_a_yaml_is_read_beside_the_yaml(tmp_path, monkeypatch):
     recipes.mkdir()
     (recipes / "model.yaml").write_text((ROOT / "configs" / "tiny.yaml").read_text())
     (recipes / "train.jsonl").write_text("")
+    (recipes / "plugin.py").write_text("")
     (recipes / "stage.yaml").write_text(
         "name: mine\ninit_from: model.yaml\noutput_dir: runs/mine\ntrainable: [projection.*]\n"
         "data: {image: {task: caption, data: ./train.jsonl}}\n"
+        "add_modality: {name: x, type: plugin.py:Plugin}\n"
     )
     monkeypatch.chdir(tmp_path)
     cfg = load_stage(recipes / "stage.yaml")
     assert cfg.init_from == str(recipes / "model.yaml")  # beside the YAML, not ./model.yaml
     assert cfg.data["image"].data == str(recipes / "train.jsonl")
-    assert cfg.output_dir == "runs/mine"  # names nothing there: stays under the working dir
+    assert cfg.output_dir == "runs/mine"  # an output: stays under the working dir
+    assert cfg.add_modality.type == f"{recipes / 'plugin.py'}:Plugin"
+    # only keys that name files: "." as a stop string stays a stop string
+    model = load_config(recipes / "model.yaml", ["chat.stop=[., '###']"])
+    assert model.chat.stop == [".", "###"]
+    (recipes / "model.yaml").write_text("chat: {stop: [.], system: " + "a." * 200 + "}\n")
+    assert load_config(recipes / "model.yaml").chat.stop == ["."]
     # a path given on the command line is the user's, relative to where they are
     cfg = load_stage(recipes / "stage.yaml", ["init_from=model.yaml"])
     assert cfg.init_from == "model.yaml"

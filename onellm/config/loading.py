@@ -1,10 +1,11 @@
 """YAML configs: one small resolver, then dataclasses that reject unknown keys by name.
 
 A config is a YAML path or the name of one the package ships (`tiny`, `stage1_image`:
-configs/ installs as `onellm.configs`). A relative path written inside a YAML file
-resolves against that file's folder when it names something there (`data: train.jsonl`
-beside the recipe); otherwise it stays relative to the working directory, where runs go
-(`runs/demo/stage1`, an earlier stage's output).
+configs/ installs as `onellm.configs`). A relative path written inside a YAML file, at a
+key that names a file to read (`PATH_KEYS`: init_from, a source's data, a plug-in's file,
+base-model dirs), resolves against that file's folder when it names something there
+(`data: train.jsonl` beside the recipe); otherwise it stays relative to the working
+directory, where runs go (`runs/demo/stage1`, an earlier stage's output).
 
 `load_config(path, overrides)` reads YAML, applies `a.b=c` overrides, resolves `${a.b}`
 (another key of the same file) and `${env:NAME}` / `${env:NAME,default}` (environment),
@@ -86,17 +87,47 @@ def is_config(ref: str | os.PathLike) -> bool:
     return p.suffix in (".yaml", ".yml") or (not p.is_dir() and str(ref) in packaged_configs())
 
 
-def _beside(node: Any, folder: Path) -> Any:
-    """Relative paths in a YAML file's values that name something in `folder` -> absolute."""
-    if isinstance(node, dict):
-        return {k: _beside(v, folder) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_beside(v, folder) for v in node]
-    if isinstance(node, str) and ("/" in node or "." in node) and "${" not in node:
-        target = folder / node
-        if not Path(node).is_absolute() and ":" not in node and target.exists():
-            return str(target.resolve())
-    return node
+# the keys that name files to read: in a YAML file, a relative one is read beside the file
+# (when it names something there; `*` stands for any one key)
+PATH_KEYS = (
+    "init_from",  # a stage's starting model
+    "data.*.data",  # a source's manifest or shards
+    "add_modality.type",  # a modality plug-in's file
+    "encoder.path",
+    "llm.path",
+    "llm.tokenizer",
+    "modalities.*.type",
+    "outputs.*.decoder.path",
+    "outputs.*.decoder.checkpoint",
+)
+
+
+def _beside(data: Any, folder: Path) -> Any:
+    """`data` with each relative path under `PATH_KEYS` that names something in `folder`
+    made absolute (a `file.py:Class` keeps its `:Class`)."""
+    for key in PATH_KEYS:
+        _resolve_at(data, key.split("."), folder)
+    return data
+
+
+def _resolve_at(node: Any, parts: list[str], folder: Path) -> None:
+    if not isinstance(node, dict):
+        return
+    head, rest = parts[0], parts[1:]
+    for k in list(node) if head == "*" else [head] if head in node else []:
+        if rest:
+            _resolve_at(node[k], rest, folder)
+        elif isinstance(node[k], str) and "${" not in node[k]:
+            path, colon, attr = node[k].partition(":")
+            if path and not Path(path).is_absolute() and _exists(folder / path):
+                node[k] = str((folder / path).resolve()) + colon + attr
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to be a file
+        return False
 
 
 def apply_override(data: dict, item: str) -> None:
