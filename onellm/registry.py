@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import types
 from collections.abc import Callable, Iterable, Iterator
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
 
 from onellm.errors import RegistryError
@@ -76,18 +76,37 @@ class Registry(Generic[T]):
     def _known(self, name: str) -> bool:
         return name in self._entries or name in self._aliases
 
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        """The group's entry points by name; a name two installed packages both declare is
+        refused, naming both (whichever loaded first would otherwise win unseen)."""
+        found: dict[str, EntryPoint] = {}
+        for ep in entry_points(group=self.group) if self.group else ():
+            if ep.name in found and found[ep.name].value != ep.value:
+                raise RegistryError(
+                    f"{self.kind} {ep.name!r} is declared twice in the {self.group} entry-point "
+                    f"group: {found[ep.name].value} and {ep.value}; uninstall one"
+                )
+            found[ep.name] = ep
+        return found
+
     def _load(self, name: str | None = None) -> None:
         """Import the plug-ins the entry-point group names (`name`'s only, or all of them).
         An entry point naming a module registers by importing it; one naming an object is
         registered under the entry point's name."""
         if self.group is None or (name is None and self._loaded_all):
             return
-        for ep in entry_points(group=self.group):
-            if (name is not None and ep.name != name) or self._known(ep.name):
+        for ep_name, ep in self._entry_points().items():
+            if (name is not None and ep_name != name) or self._known(ep_name):
                 continue
-            obj = ep.load()
-            if not self._known(ep.name) and not isinstance(obj, types.ModuleType):
-                self.register(ep.name, obj)
+            try:
+                obj = ep.load()
+            except ImportError as e:
+                raise RegistryError(
+                    f"{self.kind} {ep_name!r}: its entry point {ep.value} ({self.group}) "
+                    f"cannot be imported: {e}"
+                ) from e
+            if not self._known(ep_name) and not isinstance(obj, types.ModuleType):
+                self.register(ep_name, obj)
         self._loaded_all = self._loaded_all or name is None
 
     def canonical(self, name: str) -> str:
@@ -98,7 +117,9 @@ class Registry(Generic[T]):
             return name
         if name in self._aliases:
             return self._aliases[name]
-        known = ", ".join(self.names(aliases=True)) or "(none)"
+        # listed without importing every plug-in: what is registered, and what is declared
+        listed = {*self._entries, *self._aliases, *self._entry_points()}
+        known = ", ".join(sorted(listed)) or "(none)"
         raise RegistryError(f"unknown {self.kind} {name!r}; registered: {known}")
 
     def aliases(self, name: str) -> list[str]:
