@@ -40,9 +40,7 @@ def test_shipped_modalities_are_registered():
 
 
 def test_entry_points_load_by_name_and_bad_ones_are_clear_errors(monkeypatch, tmp_path):
-    (tmp_path / "good_plugin.py").write_text(
-        "THING = object()\n"
-    )
+    (tmp_path / "good_plugin.py").write_text("THING = object()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     declared = [
         EntryPoint("good", "good_plugin:THING", "test.things"),
