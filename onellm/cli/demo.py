@@ -189,5 +189,11 @@ def output_chats(model: OneLLM, out: Path) -> list[dict[str, str]]:
 
 
 def demo_verb(args: argparse.Namespace) -> int:
-    run_demo(args.out, decoders=args.decoders, device=args.device)
+    run_demo(
+        args.out,
+        decoders=args.decoders,
+        device=args.device,
+        steps_scale=args.steps_scale,
+        overrides=args.overrides,
+    )
     return 0

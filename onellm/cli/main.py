@@ -209,6 +209,13 @@ def add_measuring_verbs(sub) -> None:
         action="store_true",
         help="then the output experts too: SAM pretraining (5a) and stage 5 (<seg> masks, <gen> images)",
     )
+    p.add_argument(
+        "--steps-scale",
+        type=float,
+        default=1.0,
+        help="each stage's steps times this (a quick look: 0.05; the tables need 1)",
+    )
+    p.add_argument("overrides", nargs="*", help="key=value, applied to every stage")
     add_device(p)
     p.set_defaults(func=_demo)
     p = sub.add_parser("conformance", help="compare with a OneLLM reference fixture dir")
