@@ -1,1 +1,3 @@
-"""Projection experts and routers (the UPM); output experts and task decoders come later."""
+"""The expert plug-ins, by side: projection/ (how a modality's features become LLM tokens:
+the UPM and its routers, the perceiver, the MLP), output/ (output kinds, their heads and
+decoders), moai/ (MoAI's auxiliary sources and mixer). Installed as onellm.experts."""

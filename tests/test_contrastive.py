@@ -1,4 +1,4 @@
-"""Stage 0's contrastive CLIP training (onellm/contrastive.py), on images and video clips."""
+"""Stage 0's contrastive CLIP training (onellm/training/contrastive.py), on images and video clips."""
 
 import pytest
 import torch

@@ -94,7 +94,7 @@ class ChatConfig:
 class OutputConfig:
     """One output task (`seg`, `gen`): its special token's head and its decoder.
 
-    `decoder`: `{type: sam | diffusion, **kwargs}` (experts/decoders/). `tokens`: signal
+    `decoder`: `{type: sam | diffusion, **kwargs}` (experts/output/decoders/). `tokens`: signal
     tokens per group (gen: N `<gen>` in a row make one image). `head`: extra head kwargs.
     """
 
@@ -119,7 +119,7 @@ class ModelConfig:
     modalities: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     chat: ChatConfig = dataclasses.field(default_factory=ChatConfig)
     outputs: dict[str, OutputConfig] = dataclasses.field(default_factory=dict)  # <seg>, <gen>, ...
-    # MoAI's auxiliary sources, compressor and mixer (experts/moai.py); None: none
+    # MoAI's auxiliary sources, compressor and mixer (experts/moai/mixer.py); None: none
     moai: dict[str, Any] | None = None
     dtype: str = "float32"
     vars: dict[str, Any] = dataclasses.field(default_factory=dict)  # free-form, for ${vars.x}

@@ -37,7 +37,7 @@ class Conversation:
     """One row of a `generate` batch: its preprocessed inputs, its prompt, its own limit."""
 
     inputs: dict[str, torch.Tensor]  # modality key -> (1, *input_shape), as model.preprocess
-    segments: list[Segment]  # the prompt (onellm/template.py render_prompt)
+    segments: list[Segment]  # the prompt (onellm/modeling/template.py render_prompt)
     pixels: torch.Tensor | None = None  # (3, H, W) in [0, 1]: what a <seg> mask is drawn on
     max_new_tokens: int | None = None  # None: the batch's
     streamed: bool = True  # whether generate's `on_text` hears of this row
@@ -76,7 +76,7 @@ def normalise_inputs(
 
 
 def prompt_ids(model: OneLLM, segments: Sequence[Segment], given: Sequence[str]) -> list[int]:
-    """The prompt's ids, laid out as a training row of the same conversation (onellm/layout.py)."""
+    """The prompt's ids, laid out as a training row of the same conversation (onellm/modeling/layout.py)."""
     return model.layout.row(segments, given)[0]
 
 

@@ -1,6 +1,6 @@
 """From the states `generate` computed to a reply's masks and images.
 
-The output experts (experts/outputs.py) read the last-layer hidden state at each output
+The output experts (onellm/modeling/outputs.py and each output kind in experts/output/) read the last-layer hidden state at each output
 token's own position. `generate` computes it when it feeds that token back to choose the
 next one, so those states are kept (`output_hidden_states`); only a token that ends the
 reply at `max_new_tokens` was never fed back, and gets one more step on the KV cache.

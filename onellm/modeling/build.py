@@ -73,7 +73,7 @@ def name_table(modalities: Mapping[str, Modality]) -> dict[str, str]:
 
 def build_moai(spec: Mapping[str, Any] | None, llm) -> nn.Module | None:
     """MoAI's sources, compressor and mixers from the `moai:` section, joined to `llm`'s
-    chosen decoder layers (experts/moai.py); None without the section."""
+    chosen decoder layers (experts/moai/mixer.py); None without the section."""
     if spec is None:
         return None
     mixer = MIXERS.get("moai")

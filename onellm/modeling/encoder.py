@@ -46,7 +46,9 @@ class UniversalEncoder(nn.Module):
         )
         clip = CLIPVisionModel(config)
         grid = cfg.image_size // cfg.patch_size
-        with torch.no_grad():  # a random table carries no position; see onellm/positions.py
+        with (
+            torch.no_grad()
+        ):  # a random table carries no position; see onellm/modeling/positions.py
             clip.embeddings.position_embedding.weight.copy_(
                 with_class_slot(sincos_2d(grid, grid, cfg.hidden_size))
             )

@@ -7,7 +7,7 @@ A modality's placeholder `<m>` goes where the text names it, else right after BO
 (OneLLM's layout). Each segment is tokenised on its own, so a training row's prompt is
 token for token the chat prompt of the same conversation. Only placeholders, and output
 tokens (`<seg>`, `<gen>`) inside answers, become special ids: a user who types "<seg>"
-gets text (onellm/special_tokens.py). `scatter` then fills each run with its block of
+gets text (onellm/modeling/special_tokens.py). `scatter` then fills each run with its block of
 embeddings (the model's forward); nothing widens a sequence after this.
 """
 

@@ -39,7 +39,7 @@ def build_llm(
 ) -> LlamaForCausalLM:
     """A `LlamaForCausalLM` from `cfg.path` (a local HF dir) or random from `cfg`'s sizes,
     with the attention kernel chosen for the `device` it will run on; `quantization_config`
-    (transformers', onellm/quantize.py) quantises a loaded one as it loads."""
+    (transformers', onellm/modeling/quantize.py) quantises a loaded one as it loads."""
     attn = attn_implementation(cfg.attn_implementation, device or torch.device("cpu"), dtype)
     if quantization_config is not None and cfg.path is None:
         raise ConfigError(

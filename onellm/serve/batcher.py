@@ -3,7 +3,7 @@
 A worker thread takes the first waiting job, waits up to `max_wait_s` for more (or until
 `max_batch`), splits them by sampling settings (one `generate` call samples with one
 temperature and top-p) and runs each group as one left-padded batch
-(onellm/chat.py `generate`): every row keeps its own prompt, history, inputs and token
+(onellm/inference/chat.py `generate`): every row keeps its own prompt, history, inputs and token
 limit, and greedy rows get the tokens they would get alone (tests/serve/test_batching.py).
 Jobs that arrive while a batch runs wait for the next one. The queue is bounded: a full
 one refuses new jobs (HTTP 503) instead of growing.

@@ -1,5 +1,5 @@
 """gen: "draw a green square" -> the model answers N `<gen>` tokens, whose states
-condition the UNet (experts/decoders/diffusion.py) through the gen output head. The loss:
+condition the UNet (experts/output/decoders/diffusion.py) through the gen output head. The loss:
 the answer's tokens plus the denoising MSE (`outputs.gen.loss`). Held out:
 `gen_color_accuracy` through `model.chat` (no image: wrong)."""
 

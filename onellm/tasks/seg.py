@@ -1,5 +1,5 @@
 """seg: "segment the blue triangle" -> the model answers `<seg>`, whose state drives SAM
-(experts/decoders/sam.py) through the seg output head. The loss: the answer's tokens plus
+(experts/output/decoders/sam.py) through the seg output head. The loss: the answer's tokens plus
 SAM's mask loss on the named shape (`outputs.seg.loss`). Held out: `seg_miou` through
 `model.chat` (a reply without `<seg>` scores 0)."""
 

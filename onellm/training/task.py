@@ -1,4 +1,4 @@
-"""The task contract: what a stage's source trains and how (one file per task beside this).
+"""The task contract: what a stage's source trains and how (one file per task in onellm/tasks/).
 
 A task says how a source makes an example (`example`), how this process's share of a
 step becomes micro-batches (`collate`), the loss of one micro-batch and what that loss

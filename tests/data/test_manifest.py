@@ -42,7 +42,7 @@ def test_records_resolve_relative_paths_and_read_conversations(folder):
     )
     a, b = read_manifest(path)
     assert a.input == str(folder / "img" / "a.png") and a.caption == "a red circle"
-    # LLaVA's <image> stays: the block goes where the text names it (onellm/layout.py)
+    # LLaVA's <image> stays: the block goes where the text names it (onellm/modeling/layout.py)
     assert b.turns == [("<image>\nWhat is this?", "a red circle"), ("Colour?", "red")]
 
 

@@ -1,4 +1,4 @@
-"""MoAI's auxiliary sources, compressor and mixer (experts/auxiliary.py, experts/moai.py)."""
+"""MoAI's auxiliary sources, compressor and mixer (experts/moai/auxiliary.py, experts/moai/mixer.py)."""
 
 import numpy as np
 import pytest

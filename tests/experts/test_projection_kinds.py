@@ -1,4 +1,4 @@
-"""Every projection kind (experts/projections.py) through the same suite, then what is each
+"""Every projection kind (PROJECTIONS, onellm/modeling/projection.py) through the same suite, then what is each
 kind's own: the perceiver over any number of frames, the MLP over every encoder token."""
 
 import pytest
