@@ -66,3 +66,13 @@ def test_a_reply_saves_its_masks_and_images(tmp_path):
     assert np.array_equal(np.array(Image.open(paths[1])), np.array(picture))
     assert ChatResponse("no outputs").save(tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
+
+
+def test_replies_compare_by_value():
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    assert ChatResponse("a", [1, 2], masks=[mask]) == ChatResponse(
+        "a", [1, 2], masks=[mask.clone()]
+    )
+    assert ChatResponse("a", masks=[]) == ChatResponse("a")  # no masks is no masks
+    assert ChatResponse("a", masks=[mask]) != ChatResponse("a", masks=[~mask])
+    assert ChatResponse("a") != ChatResponse("b")

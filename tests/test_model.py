@@ -1,9 +1,11 @@
+import sys
+
 import pytest
 import torch
 
 from onellm import OneLLM
 from onellm.checkpoints.conformance import onellm_logits
-from onellm.errors import InputError
+from onellm.errors import ConfigError, InputError
 from tests.conftest import TINY, random_input
 
 MODALITIES = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
@@ -188,3 +190,9 @@ def test_random_position_tables_tell_positions_apart(model):
         pos.shape[0]
         == model.tokenizers["audio"](random_input(model, "audio"), model.encoder).shape[2] + 1
     )
+
+
+def test_flash_attention_asked_without_flash_attn_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"needs the flash extra .*pip install 'onellm\[flash\]'"):
+        OneLLM.from_config(TINY, ["llm.attn_implementation=flash_attention_2"])

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from onellm.errors import OneLLMError
 
-RUN = "a saved run dir, or a model YAML such as configs/tiny.yaml"
+RUN = "a saved run dir, a model YAML, or a shipped config's name (tiny)"
 STAGE_DEVICE = "the stage's device (same as device=...); default: its YAML's"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from onellm.modeling.outputs import OutputExpert
 from onellm.registry import OUTPUT_KINDS
 
@@ -18,6 +20,18 @@ def as_png(field: str, item: Any) -> Any:
     """A reply item of `field` as a picture, as its output kind draws it."""
     kind = reply_fields().get(field, OutputExpert)
     return kind.as_png(item)
+
+
+def _same(a: dict[str, list], b: dict[str, list]) -> bool:
+    """Outputs equal item by item (tensors by value, pictures by their pixels)."""
+    a, b = ({k: v for k, v in d.items() if v} for d in (a, b))
+    if a.keys() != b.keys() or any(len(a[k]) != len(b[k]) for k in a):
+        return False
+    pairs = [(x, y) for k in a for x, y in zip(a[k], b[k], strict=True)]
+    return all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else x == y
+        for x, y in pairs
+    )
 
 
 class ChatResponse:
@@ -37,6 +51,15 @@ class ChatResponse:
 
     def __str__(self) -> str:
         return self.text
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChatResponse):
+            return NotImplemented
+        return (self.text, self.token_ids) == (other.text, other.token_ids) and _same(
+            self.outputs, other.outputs
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     def __repr__(self) -> str:
         held = ", ".join(f"{k}={len(v)}" for k, v in self.outputs.items() if v)

@@ -63,7 +63,7 @@ def name_table(modalities: Mapping[str, Modality]) -> dict[str, str]:
     """Every accepted name (config key, registry type, its aliases) -> config key."""
     table: dict[str, str] = {}
     for key, mod in modalities.items():
-        kind = getattr(mod, "name", key)
+        kind = mod.name
         aliases = MODALITIES.aliases(kind) if kind in MODALITIES else []
         for n in (kind, *aliases):
             table.setdefault(n, key)

@@ -23,6 +23,11 @@ from onellm.modeling.text_tokenizer import tiny_tokenizer
 def attn_implementation(requested: str, device: torch.device, dtype: torch.dtype) -> str:
     """`auto` -> flash_attention_2 for a CUDA model with fp16/bf16 weights when flash-attn is
     importable (its kernels take nothing else), else sdpa. Anything else is kept as asked."""
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "llm.attn_implementation: flash_attention_2 needs the flash extra (flash-attn): "
+            "pip install 'onellm[flash]'"
+        )
     if requested != "auto":
         return requested
     half = dtype in (torch.float16, torch.bfloat16)

@@ -110,7 +110,7 @@ def router(service: Service) -> APIRouter:
 
     @api.get("/health")
     def health() -> dict[str, Any]:
-        q = getattr(service.model, "quantization", None)
+        q = service.model.quantization
         return {
             "status": "ok",
             "model": service.model_id,
