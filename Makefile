@@ -29,7 +29,7 @@ bench: $(STAMP)
 # on a CUDA machine: the gpu-marked tests (bitsandbytes 8-bit/NF4 loading too: pip install
 # -e ".[cuda-quant]"), then the GPU bench (bench/gpu_results.json)
 gpu-check: $(STAMP)
-	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py tests/test_quantize.py
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py tests/modeling/test_quantize.py
 	$(BIN)/python -m bench.gpu
 
 # the wheel, core only, in a fresh venv, used from a temporary directory; then the serve extra

@@ -120,7 +120,7 @@ def test_every_task_step_runs_in_the_models_dtype_and_device(tmp_path, dtype):
 
 
 def test_chat_with_masks_and_images_stays_in_the_models_dtype():
-    from tests.test_outputs import forced
+    from tests.inference.test_outputs import forced
 
     torch.manual_seed(0)
     model = OneLLM.from_config(TINY, dtype=torch.float64, device="cpu").eval()
