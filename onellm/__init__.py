@@ -1,7 +1,7 @@
 """onellm: one multimodal LLM aligned modality by modality (OneLLM's design, HF underneath).
 
 from onellm import OneLLM
-model = OneLLM.from_config("configs/tiny.yaml")
+model = OneLLM.from_config("tiny")  # a shipped config by name, or a YAML path
 """
 
 from __future__ import annotations
