@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -14,12 +13,6 @@ from onellm.registry import OUTPUT_KINDS
 def reply_fields() -> dict[str, type[OutputExpert]]:
     """Each output kind's reply field (`masks`, `images`, ...) -> the kind's class."""
     return {cls.field: cls for _, cls in OUTPUT_KINDS.items()}
-
-
-def as_png(field: str, item: Any) -> Any:
-    """A reply item of `field` as a picture, as its output kind draws it."""
-    kind = reply_fields().get(field, OutputExpert)
-    return kind.as_png(item)
 
 
 def _same(a: dict[str, list], b: dict[str, list]) -> bool:
@@ -70,9 +63,10 @@ class ChatResponse:
         white at the input's resolution, an image as it is); -> the paths written."""
         out, kinds, paths = Path(directory), reply_fields(), []
         for field, items in self.outputs.items():
-            item_name = kinds[field].item if field in kinds else field
+            kind = kinds.get(field, OutputExpert)  # draws its items; names their files
+            item_name = kind.item if field in kinds else field
             for i, item in enumerate(items):
                 out.mkdir(parents=True, exist_ok=True)
                 paths.append(out / f"{stem}-{item_name}-{i}.png")
-                as_png(field, item).save(paths[-1])
+                kind.as_png(item).save(paths[-1])
         return paths
