@@ -92,6 +92,7 @@ def is_config(ref: str | os.PathLike) -> bool:
 PATH_KEYS = (
     "init_from",  # a stage's starting model
     "data.*.data",  # a source's manifest or shards
+    "eval.data.*",  # a stage's held-out manifests
     "add_modality.type",  # a modality plug-in's file
     "encoder.path",
     "llm.path",
