@@ -6,6 +6,7 @@
     RUN/llm/               LlamaForCausalLM.save_pretrained (base="store"; LoRA kept apart)
     RUN/lora/              peft adapter (adapter_config.json + adapter_model.safetensors)
     RUN/tokenizer/         the text tokenizer
+    RUN/plugins/           the modality plug-ins the config names by file (plugin_files.py)
 Nothing is pickled: safetensors and JSON/YAML only.
 """
 
@@ -23,6 +24,7 @@ from peft import PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from onellm.checkpoints.plugin_files import keep_plugins
 from onellm.config import ModelConfig, load_config, to_dict
 from onellm.errors import CheckpointError
 from onellm.modeling.llm import base_llm, has_lora
@@ -77,6 +79,8 @@ def save_pretrained(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     cfg = to_dict(model.config)
+    classes = {k: type(m) for k, m in model.modalities.items()}
+    cfg["modalities"] = keep_plugins(cfg["modalities"], classes, out)  # no machine's paths
     llm = base_llm(model.llm)
     if base == "reference":
         missing = [

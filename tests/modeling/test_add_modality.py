@@ -1,7 +1,11 @@
 """Adding a modality (and experts) to a model without changing what it does for the others."""
 
 import importlib.metadata
+import inspect
+import shutil
+import sys
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +90,42 @@ def test_a_model_with_an_added_modality_saves_and_loads(fresh, tmp_path):
             onellm_logits(back, ids, inputs["image"], "image"),
             onellm_logits(model, ids, inputs["image"], "image"),
         )
+
+
+def test_a_saved_file_plugin_travels_with_the_run(fresh, tmp_path, monkeypatch):
+    """The saved config names a file plug-in inside the run (plugins/), never the training
+    machine's path: the run loads the same after it moved and the original file is gone."""
+    model, inputs, ids = fresh
+    src = tmp_path / "mine" / "onellm_cardio.py"  # a fresh name: no module of it is cached
+    src.parent.mkdir()
+    text = PLUGIN.read_text().replace('"thermal"', '"cardio"')
+    src.write_text(text)
+    model.add_modality("cardio", {"type": f"{src}:ThermalModality"}, init_from="image")
+    model.save_pretrained(tmp_path / "a" / "run")
+    saved = (tmp_path / "a" / "run" / "config.yaml").read_text()
+    assert "type: plugins/onellm_cardio.py:ThermalModality" in saved
+    assert str(tmp_path) not in saved
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    shutil.rmtree(src.parent)
+    # a new process: the plug-in is neither imported nor registered
+    monkeypatch.delitem(sys.modules, "onellm_plugin_onellm_cardio")
+    monkeypatch.delitem(MODALITIES._entries, "cardio")
+    monkeypatch.chdir(tmp_path)
+    back = OneLLM.from_pretrained(tmp_path / "b" / "run").eval()
+    loaded_from = Path(inspect.getfile(type(back.modalities["cardio"])))
+    assert loaded_from == tmp_path / "b" / "run" / "plugins" / "onellm_cardio.py"
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        for m, given in (("cardio", x), ("image", inputs["image"])):
+            assert torch.equal(
+                onellm_logits(back, ids, given, m), onellm_logits(model, ids, given, m)
+            ), m
+    # saved again where it is, the run keeps its copy and names it the same way
+    back.save_pretrained(tmp_path / "b" / "run")
+    again = (tmp_path / "b" / "run" / "config.yaml").read_text()
+    assert "type: plugins/onellm_cardio.py:ThermalModality" in again
+    assert (tmp_path / "b" / "run" / "plugins" / "onellm_cardio.py").read_text() == text
 
 
 def test_clear_errors_for_duplicates_and_special_token_names(fresh):
