@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import mimetypes
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -23,13 +22,13 @@ from onellm.errors import InputError
 from onellm.inference.chat import Conversation, pixels_of, prompt_ids
 from onellm.modeling.modality import TakesUpload
 from onellm.modeling.template import render_prompt
+from onellm.serve.media_types import SUFFIXES
 from onellm.serve.schemas import PART_TYPES, ChatRequest, ContentPart, FileData
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*?;base64,(?P<data>.*)$", re.S)
-SUFFIXES = {"image/jpeg": ".jpg", "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3"}
 
 
 class Forbidden(InputError):
@@ -106,7 +105,7 @@ class Uploads:
         m = DATA_URL.match(url)
         if m:
             mime = (m["mime"] or "").lower()
-            suffix = SUFFIXES.get(mime) or mimetypes.guess_extension(mime)
+            suffix = SUFFIXES.get(mime)
             if not suffix:
                 raise InputError(
                     f"{where}: expected a data: URL with a media type (image/png, "
