@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
 from onellm.errors import InputError
 from onellm.inference.output_states import attach_outputs
 from onellm.inference.reply import ChatResponse
+from onellm.inference.stopping import Cancelled, RowLimits
 from onellm.inference.streaming import ChatStream, RowStreamer
 from onellm.modeling.layout import pad
 from onellm.modeling.modality import HasPixels, SampleLists
@@ -41,6 +42,8 @@ class Conversation:
     pixels: torch.Tensor | None = None  # (3, H, W) in [0, 1]: what a <seg> mask is drawn on
     max_new_tokens: int | None = None  # None: the batch's
     streamed: bool = True  # whether generate's `on_text` hears of this row
+    # true once nobody waits for this row (a client that left): it stops at its next token
+    cancelled: Callable[[], bool] | None = None
 
 
 def normalise_inputs(
@@ -170,10 +173,17 @@ def generate(
     stops = list(model.config.chat.stop)
     if stops:
         kwargs.update(stop_strings=stops, tokenizer=tok)
+    criteria = StoppingCriteriaList(generate_kwargs.pop("stopping_criteria", None) or [])
     if len(set(limits)) > 1:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([RowLimits(limits)])
+        criteria.append(RowLimits(limits))
+    if any(r.cancelled is not None for r in rows):
+        criteria.append(Cancelled([r.cancelled for r in rows]))
+    if criteria:
+        kwargs["stopping_criteria"] = criteria
     if on_text is not None and any(r.streamed for r in rows):
-        kwargs["streamer"] = RowStreamer(tok, stops, limits, on_text, [r.streamed for r in rows])
+        follow = [r.streamed for r in rows]
+        cancelled = [r.cancelled for r in rows]
+        kwargs["streamer"] = RowStreamer(tok, stops, limits, on_text, follow, cancelled)
     kwargs.update(generate_kwargs)
     read_states = len(model.outputs) > 0  # the output experts read generate's own states
     if read_states:
@@ -221,16 +231,3 @@ def _trim(row: list[int], tok) -> list[int]:
     while out and tok.pad_token_id is not None and out[-1] == tok.pad_token_id:
         out.pop()
     return out
-
-
-class RowLimits(StoppingCriteria):
-    """Row b is done after `limits[b]` new tokens (generate pads it while others go on)."""
-
-    def __init__(self, limits: Sequence[int]) -> None:
-        self.limits = torch.tensor(list(limits))
-        self.start: int | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        if self.start is None:  # the first call follows the first new token
-            self.start = input_ids.shape[1] - 1
-        return (input_ids.shape[1] - self.start >= self.limits).to(input_ids.device)

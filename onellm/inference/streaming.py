@@ -25,12 +25,14 @@ class RowStreamer(BaseStreamer):
         limits: Sequence[int],
         on_text: Callable[[int, str], None],
         follow: Sequence[bool],
+        cancelled: Sequence[Callable[[], bool] | None] = (),
     ) -> None:
         self.tok, self.stops, self.limits, self.on_text = tok, list(stops), list(limits), on_text
         self.ids: list[list[int]] = [[] for _ in limits]
         self.sent = [""] * len(limits)
         self.follow = list(follow)  # rows whose text is decoded as it comes
         self.done = [not f for f in follow]
+        self.cancelled = list(cancelled) or [None] * len(limits)  # rows nobody hears any more
         self.prompt = True  # generate first puts the prompt's ids (none for inputs_embeds)
 
     def put(self, value: torch.Tensor) -> None:
@@ -38,6 +40,8 @@ class RowStreamer(BaseStreamer):
             self.prompt = False
             return
         for i, t in enumerate(value.reshape(len(self.ids), -1)[:, -1].tolist()):
+            if not self.done[i] and (gone := self.cancelled[i]) is not None and gone():
+                self.done[i], self.follow[i] = True, False  # its final text is not sent either
             if self.done[i]:
                 continue
             if t == self.tok.eos_token_id:

@@ -5,8 +5,10 @@ A worker thread takes the first waiting job, waits up to `max_wait_s` for more (
 temperature and top-p) and runs each group as one left-padded batch
 (onellm/inference/chat.py `generate`): every row keeps its own prompt, history, inputs and token
 limit, and greedy rows get the tokens they would get alone (tests/serve/test_batching.py).
-Jobs that arrive while a batch runs wait for the next one. The queue is bounded: a full
-one refuses new jobs (HTTP 503) instead of growing.
+Jobs that arrive while a batch runs wait for the next one; a job whose client has left
+(`Job.cancelled`, set by the API when a stream's connection closes) is skipped if still
+queued, and stops at its next token if running, so it no longer holds its batch.
+The queue is bounded: a full one refuses new jobs (HTTP 503) instead of growing.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class Batcher:
         rows = [j.conversation for j in jobs]
         for row, job in zip(rows, jobs, strict=True):
             row.max_new_tokens, row.streamed = job.max_tokens, job.stream
+            row.cancelled = job.cancelled.is_set  # a client that left stops its row at once
         self.sizes[len(jobs)] += 1
         try:
             replies = generate(

@@ -1,6 +1,8 @@
 """chat.py's batch of conversations (each row its own prompt, inputs and limit), its
 streaming that ends with the whole reply, and replies saved as files."""
 
+import threading
+
 import numpy as np
 import torch
 from PIL import Image
@@ -76,3 +78,54 @@ def test_replies_compare_by_value():
     assert ChatResponse("a", masks=[]) == ChatResponse("a")  # no masks is no masks
     assert ChatResponse("a", masks=[mask]) != ChatResponse("a", masks=[~mask])
     assert ChatResponse("a") != ChatResponse("b")
+
+
+class Steps:
+    """A logits processor that counts generate's decoding steps (one per new token)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, input_ids, scores):
+        self.n += 1
+        return scores
+
+
+def test_a_cancelled_row_stops_at_its_next_token_and_the_others_are_unchanged(tiny_model):
+    m, chat = tiny_model, tiny_model.config.chat
+    asks = [  # (inputs, prompt, limit): the first would run 200 tokens (the tiny model's
+        # greedy story has no EOS), the others stop early on their own
+        ({"image": img(0)}, "Tell me a long story.", 200),
+        ({}, "hello there, what can you see?", 12),
+        ({"point": RAW["point"]()}, "What shape?", 9),
+    ]
+    rows = [
+        Conversation(
+            {k: m.preprocess(v, k) for k, v in raws.items()},
+            render_prompt(chat, prompt),
+            max_new_tokens=n,
+        )
+        for raws, prompt, n in asks
+    ]
+    gone, steps, at_cancel = threading.Event(), Steps(), []
+    rows[0].cancelled = gone.is_set
+    heard: dict[int, str] = {}
+
+    def on_text(i: int, piece: str) -> None:
+        heard[i] = heard.get(i, "") + piece
+        if i == 0 and len(heard[0]) >= 5 and not gone.is_set():  # the client leaves
+            gone.set()
+            at_cancel.append(steps.n)
+
+    replies = generate(
+        m, rows, max_new_tokens=200, on_text=on_text, logits_processor=LogitsProcessorList([steps])
+    )
+    (cut,) = at_cancel
+    assert len(replies[0].token_ids) <= cut + 1  # at most the token in flight
+    assert steps.n <= max(cut + 1, 12) < 200  # the call ended with the rows still wanted
+    assert heard[0] == replies[0].text or replies[0].text.startswith(heard[0])
+    alone = m.chat(img(0), modality="image", prompt=asks[0][1], max_new_tokens=cut + 1)
+    assert replies[0].token_ids == alone.token_ids[: len(replies[0].token_ids)]
+    for (raws, prompt, n), got in zip(asks[1:], replies[1:], strict=True):
+        want = m.chat(raws or None, prompt=prompt, max_new_tokens=n)
+        assert got.token_ids == want.token_ids and got.text == want.text

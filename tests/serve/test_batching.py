@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from transformers import LogitsProcessorList
 
 from onellm.serve.batcher import Batcher, Busy, Job
 from onellm.serve.inputs import prepare
@@ -110,3 +111,42 @@ def test_a_full_queue_refuses_instead_of_growing(tiny_model):
         batcher.submit(job(tiny_model, {}, f"q{i}", [], 2))
     with pytest.raises(Busy, match="2 requests waiting"):
         batcher.submit(job(tiny_model, {}, "one too many", [], 2))
+
+
+class Steps:
+    """A logits processor that counts generate's decoding steps (one per new token)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, input_ids, scores):
+        self.n += 1
+        return scores
+
+
+def test_a_stream_whose_client_left_stops_and_the_next_job_runs(tiny_model):
+    """The API sets `job.cancelled` when a stream's connection closes: the row stops at its
+    next token, so a 1-token job queued behind a 400-token stream waits a few steps, not 400."""
+    steps = Steps()
+    kw = {"logits_processor": LogitsProcessorList([steps])}
+    batcher = Batcher(tiny_model, max_batch=8, max_wait_s=0.0, generate_kwargs=kw).start()
+    long = job(tiny_model, {}, "Tell me a long story.", [], 400, stream=True)
+    started, ended, answered = threading.Event(), queue.Queue(), queue.Queue()
+    long.emit = lambda kind, value: started.set() if kind == "text" else ended.put(value)
+    short = job(tiny_model, {}, "hi", [], 1)
+    short.emit = lambda kind, value: answered.put((kind, value))
+    try:
+        batcher.submit(long)
+        assert started.wait(60)  # it is streaming
+        batcher.submit(short)  # queued behind it
+        cut = steps.n
+        long.cancelled.set()  # the client left
+        kind, reply = answered.get(timeout=60)
+    finally:
+        batcher.stop()
+    assert kind == "done" and len(reply.token_ids) == 1
+    assert cut < 100  # the stream was cancelled early in its 400 tokens
+    # then at most the stream's token in flight (+1 for the race with the read of `cut`)
+    # and the short job's one token
+    assert steps.n - cut <= 3
+    assert len(ended.get(timeout=5).token_ids) <= cut + 2
