@@ -6,6 +6,7 @@ import argparse
 import time
 from collections.abc import Sequence
 
+from onellm.cli.checks import chat_input
 from onellm.config import is_config
 from onellm.errors import ConfigError
 from onellm.inference.interactive import session
@@ -32,21 +33,6 @@ def load_model(
 def info_verb(args: argparse.Namespace) -> int:
     print(summary(load_model(args.run, args.overrides, args.device)))
     return 0
-
-
-def chat_input(values: Sequence[str] | None):
-    """`--input` as given: one path; several as a pair (`--input rgb.png --input d.png`);
-    `part=path` items (`--input rgb=a.png --input depth=a_d.png`, or one `rgb=a.png,depth=a_d.png`)
-    as the dict the paired modalities (depth, normal) read."""
-    if not values:
-        return None
-    items = [v for value in values for v in (value.split(",") if "=" in value else [value])]
-    named = ["=" in v for v in items]
-    if any(named) and not all(named):
-        raise ConfigError(f"--input: expected every part as name=path or none, got {items}")
-    if all(named):
-        return dict(v.split("=", 1) for v in items)
-    return items[0] if len(items) == 1 else tuple(items)
 
 
 def chat_verb(args: argparse.Namespace) -> int:

@@ -2,8 +2,10 @@
 
 This module holds the parser only; each verb lives beside it (chat.py: info and chat,
 serve.py, train.py: train, shards and cache-features, evaluate.py: eval and conformance,
-demo.py) and is imported once parsing has named it, so that `onellm --help` and a
-mistyped option answer before torch loads.
+demo.py) and is imported once parsing has named it and its paths and configs have been
+checked (checks.py), so that `onellm --help`, a mistyped option and a bad path answer
+before torch loads. The libraries' start-up notices stay off the terminal unless
+`--verbose` (quiet.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 
+from onellm.cli.checks import check
+from onellm.cli.quiet import quiet
 from onellm.errors import OneLLMError
 
 RUN = "a saved run dir, a model YAML, or a shipped config's name (tiny)"
@@ -151,7 +155,24 @@ def add_model_verbs(sub) -> None:
         default=20,
         help="how long a batch waits for more requests before it runs",
     )
-    p.add_argument("--name", help="the model id in /v1/models (default: RUN's folder name)")
+    p.add_argument(
+        "--served-model-name",
+        "--name",
+        dest="name",
+        help="the model id in /v1/models and the UI (default: RUN as given, or a YAML's name)",
+    )
+    p.add_argument(
+        "--api-key",
+        help="a key every request must carry (Bearer; the UI asks for it once); default "
+        "$ONELLM_API_KEY; required with a --host beyond loopback",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        help="another site whose pages may call this server (e.g. https://app.example.com); "
+        "repeat for more",
+    )
     p.add_argument("--no-ui", action="store_true", help="the API only, no Gradio UI")
     add_device(p)
     p.set_defaults(func=_serve)
@@ -232,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_verbs(sub)
     add_training_verbs(sub)
     add_measuring_verbs(sub)
+    for p in sub.choices.values():
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show the libraries' start-up notices, deprecation warnings and weight bars",
+        )
     return parser
 
 
@@ -244,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        check(args)  # paths and configs, before the verb imports torch
+        quiet(args.verbose)
         return args.func(args)
     except OneLLMError as e:  # a user mistake: one clear line, no traceback
         print(f"onellm: error: {e}", file=sys.stderr)
