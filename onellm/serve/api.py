@@ -2,8 +2,8 @@
 `GET /v1/models`, `GET /health`.
 
 A bad request is answered with a 4xx and OpenAI's error body carrying the `InputError`'s
-text; nothing of it reaches the queue. The body is read up to `max_body` bytes and no
-further (413).
+text; nothing of it reaches the queue. The body arrives read and parsed by the guard
+(guard.py: its size, type and JSON shape bounded).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from onellm.errors import InputError
 from onellm.serve import schemas
 from onellm.serve.batcher import Batcher, Busy, Job
 from onellm.serve.inputs import Forbidden, Uploads, prepare, read_messages
+from onellm.serve.wording import reworded
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -56,33 +57,13 @@ def failure(status: int, message: str, kind: str = "invalid_request_error") -> J
     return JSONResponse(schemas.error(message, kind), status_code=status)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    too_big = f"body: expected at most {limit:,} bytes (--max-body-mb), got more"
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, too_big)
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise RequestError(413, too_big)
-    return bytes(body)
-
-
-def parse(service: Service, body: bytes) -> tuple[schemas.ChatRequest, Any, int]:
-    """Body -> (request, prepared conversation, max_tokens); runs in a worker thread (it
-    decodes uploads)."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"body: expected a JSON object, got malformed JSON ({e})") from e
+def parse(service: Service, data: Any) -> tuple[schemas.ChatRequest, Any, int]:
+    """Parsed JSON -> (request, prepared conversation, max_tokens); runs in a worker thread
+    (it decodes uploads)."""
     try:
         req = schemas.ChatRequest.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        raise RequestError(400, f"{where}: {err['msg']}") from e
+        raise RequestError(400, reworded(e)) from e
     if req.model not in (None, service.model_id):
         raise RequestError(
             404,
@@ -134,9 +115,11 @@ def router(service: Service) -> APIRouter:
 
     @api.post("/v1/chat/completions")
     async def completions(request: Request):
+        data = request.scope.get("state", {}).get("json")
+        if data is None:  # the guard parsed any JSON body; this one had none
+            return failure(400, "body: expected a JSON object, got none")
         try:
-            body = await read_body(request, service.max_body)
-            req, prepared, max_tokens = await run_in_threadpool(parse, service, body)
+            req, prepared, max_tokens = await run_in_threadpool(parse, service, data)
         except RequestError as e:
             return failure(e.status, str(e), e.kind)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()

@@ -95,12 +95,26 @@ def gathered(slots, values) -> dict[str, Any]:
     return raws
 
 
+def text_of(content: Any) -> str:
+    """A chat message's text: Gradio 6 gives content as a list of parts (`{"type": "text",
+    "text": ...}`, files, components); a plain string is kept as it is. Parts other than
+    text are the inputs' slots' business, not the history's."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    if not isinstance(content, list):
+        return ""
+    texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+    return "\n".join(t for t in texts if isinstance(t, str))
+
+
 def turns(chat: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The chatbot's messages -> (user, assistant) pairs."""
     out, user = [], None
     for m in chat:
-        content = m["content"] if isinstance(m["content"], str) else ""
-        if m["role"] == "user":
+        content = text_of(m.get("content"))
+        if m.get("role") == "user":
             user = content
         elif user is not None:
             out.append((user, content))
@@ -164,6 +178,10 @@ def build_ui(service: Service) -> gr.Blocks:
                     temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature")
             with gr.Column(scale=2):
                 chat = gr.Chatbot(label="conversation", height=320, elem_id="chat")
+                # the history lives on the server (per browser session): the chatbot only
+                # shows it, so no client sends a history for Gradio to unpack (its chat
+                # messages may name files and components for the server to build)
+                kept = gr.State([])
                 message = gr.Textbox(
                     label="message", placeholder="Ask about the inputs", elem_id="prompt"
                 )
@@ -207,7 +225,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 kind, value = events.get()
                 if kind == "text":
                     history[-1] = {"role": "assistant", "content": history[-1]["content"] + value}
-                    yield history, "", *[skip] * len(views), skip
+                    yield history, skip, "", *[skip] * len(views), skip
                 elif kind == "error":
                     raise gr.Error(f"generation failed: {value}")
                 else:
@@ -216,12 +234,14 @@ def build_ui(service: Service) -> gr.Blocks:
             conv = prepared.conversation
             figure = routing_figure(model, conv.inputs) if conv.inputs else None
             made = [shown(kind, expert, conv.pixels, value.outputs) for kind, expert, _ in views]
-            yield history, "", *made, figure
+            yield history, history, "", *made, figure
 
         shows = [view for _, _, view in views]
-        outputs = [chat, message, *shows, routing]
-        inputs = [message, chat, max_tokens, temperature, *(w for _, _, w in slots)]
+        outputs = [chat, kept, message, *shows, routing]
+        inputs = [message, kept, max_tokens, temperature, *(w for _, _, w in slots)]
         send.click(respond, inputs, outputs)
         message.submit(respond, inputs, outputs)
-        clear.click(lambda: ([], *[None] * len(shows), None), None, [chat, *shows, routing])
+        clear.click(
+            lambda: ([], [], *[None] * len(shows), None), None, [chat, kept, *shows, routing]
+        )
     return ui

@@ -16,6 +16,9 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="onellm serve needs fastapi (pip install -e .)")
 
 
+LOCAL = "http://127.0.0.1"  # TestClient's base URL: the server answers its own host names only
+
+
 def b64(path) -> str:
     return base64.b64encode(open(path, "rb").read()).decode()
 

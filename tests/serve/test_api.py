@@ -16,12 +16,12 @@ from transformers import LogitsProcessorList
 
 from onellm.serve.app import create_app
 from tests.conftest import ForceAt
-from tests.serve.conftest import b64, data_url
+from tests.serve.conftest import LOCAL, b64, data_url
 
 
 @pytest.fixture(scope="module")
 def client(tiny_model):
-    with TestClient(create_app(tiny_model, model_id="tiny", ui=False)) as c:
+    with TestClient(create_app(tiny_model, model_id="tiny", ui=False), base_url=LOCAL) as c:
         yield c
 
 
@@ -197,7 +197,7 @@ def seg_client(tiny_model):
     """The server with every reply's second token forced to <seg>."""
     force = LogitsProcessorList([ForceAt(tiny_model.outputs.token_ids["seg"], 1)])
     app = create_app(tiny_model, ui=False, generate_kwargs={"logits_processor": force})
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c, force
 
 
@@ -232,7 +232,7 @@ def test_a_run_of_gen_tokens_comes_back_as_one_image(tiny_model):
     gen, n = tiny_model.outputs.token_ids["gen"], tiny_model.outputs["gen"].tokens
     force = LogitsProcessorList([ForceAt(gen, i) for i in range(1, 1 + n)])
     app = create_app(tiny_model, ui=False, generate_kwargs={"logits_processor": force})
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         body = ask(c, "draw a green square", max_tokens=n + 2)
     (image,) = body["choices"][0]["message"]["images"]
     assert image["token"] == "<gen>" and image["position"] == 1
@@ -318,7 +318,7 @@ def test_every_bad_request_is_a_4xx_with_the_error_and_the_server_keeps_answerin
 
 def test_oversized_body_is_413_before_it_is_read(tiny_model, files):
     app = create_app(tiny_model, ui=False, max_body_mb=0.001)  # 1 KiB
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         big = {"messages": [{"role": "user", "content": part(data_url(files / "x.png"))}]}
         r = c.post("/v1/chat/completions", json=big)
         assert (
@@ -339,7 +339,7 @@ def test_paths_inside_the_allowed_folder_only(tiny_model, files, tmp_path):
     (files / "link.png").unlink(missing_ok=True)
     (files / "link.png").symlink_to(outside)  # a link inside that points out
     app = create_app(tiny_model, ui=False, allow_dir=files)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
 
         def post(url):
             return c.post(

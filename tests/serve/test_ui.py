@@ -13,8 +13,9 @@ from PIL import Image
 from transformers import LogitsProcessorList
 
 from onellm.serve.app import create_app
-from onellm.serve.ui import build_ui, output_views, upload_slots
+from onellm.serve.ui import build_ui, output_views, turns, upload_slots
 from tests.conftest import ForceAt
+from tests.serve.conftest import LOCAL
 
 
 def test_each_modality_gets_the_slot_for_what_it_takes(tiny_model):
@@ -47,14 +48,15 @@ def test_the_ui_answers_with_text_and_the_kinds_output(tiny_model, files, kind):
     token, n = tiny_model.outputs.token_ids[kind], tiny_model.outputs[kind].tokens
     force = LogitsProcessorList([ForceAt(token, i) for i in range(1, 1 + n)])
     app = create_app(tiny_model, ui=False, generate_kwargs={"logits_processor": force})
-    with TestClient(app):  # runs the request queue the UI submits to
+    with TestClient(app, base_url=LOCAL):  # runs the request queue the UI submits to
         ui = build_ui(app.state.service)
         respond = next(f.fn for f in ui.fns.values() if f.name == "respond")
         with gr.Blocks():
             keys = [key for key, _, _ in upload_slots(tiny_model)]
         values = [str(files / "x.png") if key == "image" else None for key in keys]
         *_, last = respond("segment it", [], n + 2, 0.0, *values)
-    history, message, *shown, figure = last
+    history, kept, message, *shown, figure = last
+    assert kept == history  # the session's history, kept on the server
     want = tiny_model.chat(
         str(files / "x.png"),
         modality="image",
@@ -74,3 +76,35 @@ def test_the_ui_answers_with_text_and_the_kinds_output(tiny_model, files, kind):
         assert isinstance(picture, Image.Image) and picture.size == (32, 32)
         assert by_kind["seg"] is None
     assert figure is not None  # the routing of the image's projection experts
+
+
+def test_a_two_turn_history_in_gradio_6s_message_format_reaches_the_prompt(tiny_model, files):
+    # what gr.Chatbot.preprocess hands a function in Gradio 6: content as a list of parts
+    sent = [
+        {"role": "user", "content": [{"type": "text", "text": "what shape?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a circle"}]},
+        {"role": "user", "content": [{"type": "text", "text": "and colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+    ]
+    chatbot = gr.Chatbot()
+    history = chatbot.preprocess(chatbot.data_model.model_validate(sent))
+    assert history[0]["content"] == [{"type": "text", "text": "what shape?"}]
+    assert turns(history) == [("what shape?", "a circle"), ("and colour?", "red")]
+    assert turns([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]) == [
+        ("hi", "yo")
+    ]
+    # the UI's third turn carries the two before it into the prompt, as model.chat does
+    app = create_app(tiny_model, ui=False)
+    service = app.state.service
+    seen = []
+    submit = service.batcher.submit
+    service.batcher.submit = lambda job: seen.append(job) or submit(job)
+    with TestClient(app, base_url=LOCAL):
+        respond = next(f.fn for f in build_ui(service).fns.values() if f.name == "respond")
+        with gr.Blocks():
+            n = len(upload_slots(tiny_model))
+        *_, last = respond("where is it?", history, 6, 0.0, *[None] * n)
+    want = tiny_model.chat(prompt="where is it?", history=turns(history), max_new_tokens=6)
+    assert last[0][-1] == {"role": "assistant", "content": want.text} and len(last[0]) == 6
+    prompt = str(seen[0].conversation.segments)
+    assert all(t in prompt for t in ("what shape?", "a circle", "and colour?", "red"))
