@@ -1,7 +1,8 @@
 """`model.chat(...)`: raw inputs + prompt -> text, through transformers' `generate`.
 
-inputs (raw | [raw, ...] | {modality: raw} | [{...}, ...])
-  -> preprocess -> one `Conversation` per sample (inputs, prompt segments, own limit)
+inputs (raw | [raw, ...] | {modality: raw} | [{...}, ...]) + prompt, history, system
+  or messages (OpenAI's, with typed content parts: onellm/inference/messages.py)
+  -> a `Dialogue` per sample -> preprocess -> one `Conversation` per sample (inputs, prompt segments, own limit)
   -> `generate`: modality blocks (B_m, Q+2, D); ids laid out as training lays them out
   (onellm/modeling/layout.py: placeholders expanded to Q+2 positions; batch left-padded)
   -> inputs_embeds (masked_scatter of the blocks) -> llm.generate (KV cache, sampling)
@@ -13,6 +14,7 @@ inputs and token limit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,9 @@ import torch
 from transformers import StoppingCriteriaList
 
 from onellm.errors import InputError
+from onellm.inference.context import check_fits, context_of
+from onellm.inference.media import Media
+from onellm.inference.messages import Dialogue, check_dialogue, conversations, read_messages
 from onellm.inference.output_states import attach_outputs
 from onellm.inference.reply import ChatResponse
 from onellm.inference.stopping import Cancelled, RowLimits
@@ -103,6 +108,9 @@ def chat(
     temperature: float = 0.0,
     top_p: float = 1.0,
     stream: bool = False,
+    *,
+    messages: Any = None,
+    system: str | None = None,
     **generate_kwargs: Any,
 ) -> ChatResponse | list[ChatResponse] | ChatStream:
     """Answer `prompt` about `inputs` (greedy unless `temperature` > 0): `model.chat(...)`.
@@ -110,26 +118,38 @@ def chat(
     `inputs`: a raw input of `modality` (path, PIL, array, tensor), a list of them (a
     batch: returns a list), a dict `{modality: raw}` for several modalities in one
     prompt (placed at their `<m>` placeholders, else first), or None for text only.
-    No prompt: the model captions its input. `history`: earlier (prompt, reply) turns.
+    No prompt: the model captions its input. `history`: earlier (prompt, reply) turns;
+    `system`: a system prompt in place of the config's.
+    Or `messages`: the conversation as OpenAI's chat messages with typed content parts,
+    as `onellm serve` takes them (onellm/inference/messages.py), in place of all of
+    these; a list of conversations is a batch.
     `max_new_tokens`, `temperature`, `top_p`, `stream=True` (an iterator of text
     pieces); other keyword arguments go to transformers' `generate`.
     """
     if model.text_tokenizer is None:
         raise InputError("text: this model has no tokenizer; set llm.tokenizer to a tokenizer dir")
-    if prompt is not None and not prompt.strip():
-        prompt = None
-    if prompt is None and inputs is None:
-        raise InputError("text: expected a prompt or an input, got an empty prompt and no input")
-    samples, batched = normalise_inputs(model, inputs, modality)
-    segments = render_prompt(model.config.chat, prompt, list(history or ()))
-    if stream and len(samples) > 1:
-        raise InputError(f"inputs: streaming takes one input, got a batch of {len(samples)}")
-    rows = [
-        Conversation(
-            {k: model.preprocess(raw, k) for k, raw in s.items()}, segments, pixels_of(model, s)
+    if messages is not None:
+        given = dict(
+            inputs=inputs, modality=modality, prompt=prompt, history=history, system=system
         )
-        for s in samples
-    ]
+        if named := [n for n, v in given.items() if v is not None]:
+            raise InputError(f"messages: expected messages alone, got {', '.join(named)} too")
+        convs, batched = conversations(messages)
+        with Media() as media:  # its temporary files last until the inputs are read
+            rows = [conversation_of(model, read_messages(model, c, media)) for c in convs]
+    else:
+        if prompt is not None and not prompt.strip():
+            prompt = None
+        if prompt is None and inputs is None:
+            raise InputError(
+                "text: expected a prompt or an input, got an empty prompt and no input"
+            )
+        check_dialogue(model, Dialogue({}, prompt, list(history or ()), system))
+        samples, batched = normalise_inputs(model, inputs, modality)
+        turns = list(history or ())
+        rows = [conversation_of(model, Dialogue(s, prompt, turns, system)) for s in samples]
+    if stream and len(rows) > 1:
+        raise InputError(f"inputs: streaming takes one input, got a batch of {len(rows)}")
     opts = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     if stream:
         return ChatStream(
@@ -137,6 +157,20 @@ def chat(
         )
     replies = generate(model, rows, **opts, **generate_kwargs)
     return replies if batched else replies[0]
+
+
+def segments_of(model: OneLLM, d: Dialogue) -> list[Segment]:
+    """The dialogue's prompt laid out (its system message in place of the config's)."""
+    cfg = model.config.chat
+    if d.system is not None:
+        cfg = dataclasses.replace(cfg, system=d.system)
+    return render_prompt(cfg, d.prompt, d.history)
+
+
+def conversation_of(model: OneLLM, d: Dialogue) -> Conversation:
+    """A read dialogue -> its `generate` row: the prompt laid out, the inputs preprocessed."""
+    inputs = {key: model.preprocess(raw, key) for key, raw in d.inputs.items()}
+    return Conversation(inputs, segments_of(model, d), pixels_of(model, d.inputs))
 
 
 @torch.no_grad()
@@ -156,6 +190,8 @@ def generate(
     tok = model.text_tokenizer
     limits = [r.max_new_tokens or max_new_tokens for r in rows]
     ids = [prompt_ids(model, r.segments, list(r.inputs)) for r in rows]
+    for i in ids:  # RoPE would run past the trained positions; refuse it instead
+        check_fits(len(i), context_of(model))
     blocks = {}
     for key in dict.fromkeys(k for r in rows for k in r.inputs):  # first-seen order
         blocks[key] = _blocks(model, [r.inputs[key] for r in rows if key in r.inputs], key)

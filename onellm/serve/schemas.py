@@ -1,7 +1,8 @@
 """The wire format: OpenAI's chat completion request, and the replies built from a `ChatResponse`.
 
-Content parts: OpenAI's `text`, `image_url` (a data: URL), `input_audio` (base64 + format)
-and vLLM's `video_url`; `onellm_input` for any model modality by name:
+Content parts (read by the library's own reader, onellm/inference/messages.py, the same
+as `model.chat(messages=...)`): OpenAI's `text`, `image_url` (a data: URL), `input_audio`
+(base64 + format) and vLLM's `video_url`; `onellm_input` for any model modality by name:
     {"type": "onellm_input", "onellm_input": {"modality": "point", "data": "<base64>", "format": "npy"}}
     {"type": "onellm_input", "onellm_input": {"modality": "depth", "parts": {
         "rgb": {"data": "...", "format": "png"}, "depth": {"data": "...", "format": "npy"}}}}
@@ -17,59 +18,47 @@ import base64
 import io
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
+from onellm.inference.messages import ROLES
 from onellm.modeling.template import cut_at_stop
 
 if TYPE_CHECKING:
     from onellm.inference.reply import ChatResponse
     from onellm.model import OneLLM
 
-PART_TYPES = ("text", "image_url", "input_audio", "video_url", "onellm_input")
+
+def _content(value: Any) -> Any:
+    """A message's content: text, a list of parts (each read and checked by
+    onellm/inference/messages.py, which names the bad field), or null."""
+    if value is None or isinstance(value, (str, list)):
+        return value
+    raise PydanticCustomError(
+        "content_type",
+        "expected a string or a list of content parts (objects with a 'type': text, "
+        "image_url, input_audio, video_url, onellm_input), got {given}",
+        {"given": type(value).__name__},
+    )
 
 
-class URL(BaseModel):
-    url: str
-    detail: str | None = None
-
-
-class InputAudio(BaseModel):
-    data: str
-    format: str = "wav"
-
-
-class FileData(BaseModel):
-    """A file's bytes (base64) and its format (the file suffix: png, wav, mp4, npy, ...),
-    or a path on the server inside `--allow-dir`."""
-
-    model_config = ConfigDict(extra="forbid")
-    data: str | None = None
-    format: str | None = None
-    path: str | None = None
-
-
-class ModalityInput(FileData):
-    """One input of a named modality: a file, or `parts` for a paired input (rgb + depth)."""
-
-    modality: str
-    parts: dict[str, FileData] | None = None
-
-
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: str
-    text: str | None = None
-    image_url: URL | None = None
-    video_url: URL | None = None
-    input_audio: InputAudio | None = None
-    onellm_input: ModalityInput | None = None
+def _role(value: Any) -> Any:
+    if isinstance(value, str) and value in ROLES:
+        return value
+    raise PydanticCustomError(
+        "role",
+        "expected one of {roles}, got {given}",
+        {"roles": ", ".join(ROLES), "given": repr(value)[:50]},
+    )
 
 
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    """One chat message; its parts are read by the library's reader (messages.py)."""
+
+    role: Annotated[str, BeforeValidator(_role)]
+    content: Annotated[Any, BeforeValidator(_content)] = None
 
 
 class ChatRequest(BaseModel):
