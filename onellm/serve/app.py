@@ -88,7 +88,12 @@ def create_app(
 
         blocks = build_ui(service).queue(default_concurrency_limit=max(2 * max_batch, 4))
         app = gr.mount_gradio_app(
-            app, blocks, path="/", max_file_size=f"{max_body_mb}mb", footer_links=[], ssr_mode=False
+            app,
+            blocks,
+            path="/",
+            max_file_size=int(max_body_mb * 2**20),
+            footer_links=[],
+            ssr_mode=False,
         )
         # mounted, not launched, Gradio skips its own check that a file named in a request was
         # uploaded through it; the guard checks that first, and this keeps Gradio's check on too
