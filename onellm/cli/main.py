@@ -204,10 +204,8 @@ def add_measuring_verbs(sub) -> None:
     """eval, demo and conformance."""
     p = sub.add_parser("eval", help="held-out captioning: exact match, BLEU-4, CIDEr")
     p.add_argument("run", help="a saved run dir (or a model YAML)")
-    p.add_argument("--modality", action="append", help="repeatable; default: every modality")
-    p.add_argument(
-        "--data", help="a JSONL manifest with captions; default: the shapes world's test split"
-    )
+    p.add_argument("--modality", action="append", help="repeatable; default: every one (--data's)")
+    p.add_argument("--data", help="a JSONL manifest; default: the shapes world's test split")
     p.add_argument(
         "--task",
         action="append",
@@ -216,9 +214,14 @@ def add_measuring_verbs(sub) -> None:
         help="one of %(choices)s; qa: question answering per modality and question (shapes "
         "world, or --data's conversations); the others: the task's own held-out metrics",
     )
-    p.add_argument("--samples", type=int, default=100, help="shapes-world scenes per modality")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="where to write the results (default: RUN/eval.json)")
+    p.add_argument("--samples", type=int, help="shapes-world scenes per modality (default: 100)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="the shapes-world draw; default: the one the stage that saved RUN evaluated on "
+        "(its seed + 1, and its eval.samples: RUN/../stage.yaml), so the figures are its own",
+    )
+    p.add_argument("--json", help="write here (default: RUN/eval_caption.json, eval_qa.json, ...)")
     add_device(p)
     p.set_defaults(func=_eval)
     p = sub.add_parser(
@@ -263,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("--verbose", action="store_true")
+    quiet(verbose.parse_known_args(argv)[0].verbose)  # before parsing, which may load torch
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse (3.11) leaves a positional prompt given after the options unparsed
@@ -272,7 +278,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         check(args)  # paths and configs, before the verb imports torch
-        quiet(args.verbose)
         return args.func(args)
     except OneLLMError as e:  # a user mistake: one clear line, no traceback
         print(f"onellm: error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ still shows; FutureWarnings (deprecations meant for library authors, such as tra
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 # (logger, a part of the message): each seen on every start of the command
@@ -35,8 +36,9 @@ class DropNotice(logging.Filter):
 
 
 def quiet(verbose: bool = False) -> None:
-    """Filter the known notices and the weight-loading bars before the verb imports the
-    libraries that print them; with `verbose`, leave everything as the libraries have it."""
+    """Filter the known notices and the weight-loading bars before anything imports the
+    libraries that print them (parsing may: `eval --task` lists the registered tasks);
+    with `verbose`, leave everything as the libraries have it. Costs microseconds."""
     if verbose:
         return
     for name, text in NOTICES:
@@ -44,8 +46,6 @@ def quiet(verbose: bool = False) -> None:
         if not any(isinstance(f, DropNotice) and f.text == text for f in logger.filters):
             logger.addFilter(DropNotice(text))
     warnings.filterwarnings("ignore", category=FutureWarning)
-    # ~0.2 s, so loaded only once the command's paths have been checked; transformers reads
-    # this switch when it is imported (its "Loading weights" and "Writing model shards" bars)
-    from huggingface_hub.utils import disable_progress_bars
-
-    disable_progress_bars()
+    # read once, when huggingface_hub loads (with transformers): its and transformers' bars
+    # ("Loading weights", "Writing model shards"); a value the user set stays theirs
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -39,7 +39,9 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[str]) -> di
         bleu, _ = Bleu(4).compute_score(refs, preds)
         cider, _ = Cider().compute_score(refs, preds)
     exact = sum(preds[i][0] == refs[i][0] for i in preds) / len(preds)
-    return {"exact_match": exact, "bleu4": float(bleu[3]), "cider": float(cider)}
+    metrics = {"exact_match": exact, "bleu4": float(bleu[3]), "cider": float(cider)}
+    # mean words per reference: BLEU-4 reads short captions badly (onellm/cli/evaluate.py)
+    return metrics | {"ref_words": float(np.mean([len(r[0].split()) for r in refs.values()]))}
 
 
 @contextlib.contextmanager

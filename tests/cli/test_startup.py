@@ -1,6 +1,7 @@
 """The command's start: a bad path or config answers before torch loads, and the libraries'
 start-up notices stay off the terminal unless --verbose."""
 
+import os
 import subprocess
 import sys
 import warnings
@@ -14,8 +15,13 @@ NOTICES = ("is an Enum subclass", "Unable to import `torchao`", "Loading weights
 
 
 def onellm(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
     return subprocess.run(
-        [sys.executable, "-m", "onellm.cli", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "onellm.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
 
 
@@ -50,7 +56,9 @@ def test_the_libraries_notices_show_only_with_verbose(tmp_path, tiny_model):
     assert loud.returncode == 0 and all(n in loud.stderr for n in NOTICES), loud.stderr
 
 
-def test_quiet_ignores_future_warnings_and_keeps_others():
+def test_quiet_ignores_future_warnings_and_keeps_others(monkeypatch):
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "")  # as it was, after the test
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet(verbose=True)
@@ -59,3 +67,4 @@ def test_quiet_ignores_future_warnings_and_keeps_others():
         warnings.warn("`x` is deprecated and will be removed in v6", FutureWarning, stacklevel=1)
         warnings.warn("a user's problem", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["shown with --verbose", "a user's problem"]
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
