@@ -38,6 +38,7 @@ from transformers import ASTFeatureExtractor
 from onellm.data.draw import Scene
 from onellm.data.language import PATTERNS, PITCHES
 from onellm.errors import InputError
+from onellm.modeling.media_limits import check_bytes, max_array_bytes
 from onellm.modeling.modality import EncoderInfo, as_float_array, as_path, check_readable
 from onellm.modeling.positions import sincos_2d, with_class_slot
 from onellm.registry import MODALITIES
@@ -61,13 +62,17 @@ def read_audio(name: str, path: Any, seconds: float | None = None) -> tuple[np.n
     if suffix in SOUNDFILE_SUFFIXES:
         what = "a PCM .wav file" if suffix == ".wav" else f"a {suffix} audio file"
         try:
-            x, rate = _read_soundfile(p, seconds)
+            x, rate = _read_soundfile(name, p, seconds)
+        except InputError:
+            raise
         except (soundfile.LibsndfileError, RuntimeError, OSError, TypeError) as e:
             raise InputError(f"{name}: expected {what}, got unreadable {p.name!r}: {e}") from e
     else:
         what = f"a {suffix} file with an audio stream"
         try:
             x, rate = _read_container(name, p, seconds)
+        except InputError:
+            raise
         except (av.error.FFmpegError, OSError, RuntimeError) as e:
             raise InputError(f"{name}: expected {what}, got unreadable {p.name!r}: {e}") from e
     if x.size == 0:
@@ -79,10 +84,15 @@ def read_audio(name: str, path: Any, seconds: float | None = None) -> tuple[np.n
     return x.mean(axis=0, dtype=np.float32), rate  # (channels, N) -> (N,)
 
 
-def _read_soundfile(p: Path, seconds: float | None) -> tuple[np.ndarray, int]:
-    """(channels, N) float32 in [-1, 1] (floats as stored) and the rate, by libsndfile."""
+def _read_soundfile(name: str, p: Path, seconds: float | None) -> tuple[np.ndarray, int]:
+    """(channels, N) float32 in [-1, 1] (floats as stored) and the rate, by libsndfile;
+    what the header says would be read is checked against ONELLM_MAX_ARRAY_MB first."""
     with soundfile.SoundFile(p) as f:
-        frames = -1 if seconds is None else int(np.ceil(seconds * f.samplerate))
+        frames = (
+            f.frames if seconds is None else min(f.frames, int(np.ceil(seconds * f.samplerate)))
+        )
+        what = f"{frames:,} frames x {f.channels} channels at {f.samplerate} Hz as float32"
+        check_bytes(name, frames * f.channels * 4, what, repr(p.name))
         x = f.read(frames, dtype="float32", always_2d=True)
         return x.T, f.samplerate
 
@@ -95,6 +105,11 @@ def _read_container(name: str, p: Path, seconds: float | None) -> tuple[np.ndarr
         stream = container.streams.audio[0]
         rate = stream.rate or stream.codec_context.sample_rate
         limit = None if seconds is None else int(np.ceil(seconds * rate))
+        channels = stream.codec_context.channels or 1
+        if limit is not None:
+            what = f"{limit:,} frames x {channels} channels at {rate} Hz as float32"
+            check_bytes(name, limit * channels * 4, what, repr(p.name))
+        cap = max_array_bytes()
         to_float = av.AudioResampler(format="fltp")  # any sample format -> planar float32
         chunks, n = [], 0
         for frame in container.decode(stream):
@@ -103,6 +118,8 @@ def _read_container(name: str, p: Path, seconds: float | None) -> tuple[np.ndarr
                 n += chunks[-1].shape[1]
             if limit is not None and n >= limit:
                 break
+            if n * channels * 4 > cap:  # no limit asked: the whole stream, bounded
+                check_bytes(name, n * channels * 4, "its audio decoded so far", repr(p.name))
         else:
             chunks += [f.to_ndarray() for f in to_float.resample(None)]
     if not chunks:

@@ -3,15 +3,12 @@ plug-ins such as thermal): reading image files, OneLLM's CLIP transform, CLIP's 
 embedding as the tokenizer, and a size bound to the encoder. A helper module, not a
 modality: nothing here registers.
 
-Image files are read with PIL: EXIF orientation applied, palette and CMYK converted to
-RGB, transparency composited over white (as a page shows it), 16-bit and 32-bit grey
-scaled from their full range (not clipped at 255), and files over `MAX_PIXELS` refused
-before they are decoded (a decompression bomb).
+Image files are read by image_reader.py: only the formats onellm reads, sizes checked
+from the header, large images reduced in 8 bits before they become float.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,82 +16,34 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from einops import rearrange
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from onellm.data.draw import Scene, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, DISTANCES, SHAPES
 from onellm.errors import ConfigError, InputError
-from onellm.modeling.modality import EncoderInfo, as_path, check_readable
+from onellm.modalities.image_reader import ASPECT, open_image, pil_to_tensor, shrink
+from onellm.modeling.modality import EncoderInfo, as_path
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# 16384 x 16384: above any camera or scan a user chats about, far below what fills memory
-# (PIL's own guard warns at 89 MP and refuses at 179 MP; ours refuses first, clearly)
-MAX_PIXELS = 16384 * 16384
-HIGH_BIT = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
 
 
-def open_image(name: str, path: Any) -> Image.Image:
-    """An image file, decoded and upright (EXIF orientation applied), in its own mode;
-    `InputError` for a missing, corrupt or oversized file."""
-    p = check_readable(name, as_path(path))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours is below
-            im = Image.open(p)
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            im.close()
-            raise InputError(
-                f"{name}: expected an image of at most {MAX_PIXELS:,} pixels, got {w} x {h} "
-                f"= {w * h:,} in {str(p)!r}"
-            )
-        with im:
-            im.load()
-            return ImageOps.exif_transpose(im) or im
-    except InputError:
-        raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as e:
-        raise InputError(f"{name}: expected an image file, got unreadable {str(p)!r}: {e}") from e
-
-
-def load_image(name: str, path: Any) -> Image.Image:
-    """An image file as an 8-bit RGB PIL image (see `pil_to_tensor` for full precision)."""
-    return TF.to_pil_image(pil_to_tensor(open_image(name, path)))
-
-
-def pil_to_tensor(im: Image.Image) -> torch.Tensor:
-    """A PIL image in any mode -> float (3, H, W) in [0, 1]."""
-    if im.mode in HIGH_BIT or im.mode in ("I", "F"):
-        x = np.asarray(im, dtype=np.float32)
-        top = HIGH_BIT.get(im.mode) or (65535.0 if im.mode == "I" and x.max() <= 65535 else None)
-        x = x / top if top else x  # "F" (float) is taken as given, "I" beyond 16 bits as is
-        x = np.clip(x, 0.0, 1.0) if top else x
-        return torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0).expand(3, -1, -1).float()
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        page = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(page, im.convert("RGBA"))
-    return TF.to_dtype(TF.to_image(im.convert("RGB")), torch.float32, scale=True)
-
-
-def to_image_tensor(name: str, raw: Any) -> torch.Tensor:
+def to_image_tensor(
+    name: str, raw: Any, fit: int | None = None, max_side: int | None = None
+) -> torch.Tensor:
     """Path / PIL / numpy (H, W, 3) or (3, H, W) / tensor -> float (3, H, W) in [0, 1].
 
     uint8 arrays are scaled by 1/255, uint16 by 1/65535; float arrays must already be in
-    [0, 1]. A PIL image given in memory is taken as it stands (no EXIF rotation).
+    [0, 1]. A PIL image given in memory is taken as it stands (no EXIF rotation). Files
+    and PIL images larger than needed are reduced first (`fit`, `max_side`: see
+    image_reader.shrink); arrays and tensors keep their size, but with `fit` a side longer
+    than 4 of the other is cropped to its middle, as a file's is.
     """
     if as_path(raw) is not None:
-        raw = open_image(name, raw)
+        raw = open_image(name, raw, fit, max_side)
     if isinstance(raw, Image.Image):
-        return pil_to_tensor(raw)
+        return pil_to_tensor(shrink(raw, fit, max_side))
     if isinstance(raw, np.ndarray):
         if raw.dtype == np.uint16:
             raw = raw.astype(np.float32) / 65535.0
@@ -114,6 +63,10 @@ def to_image_tensor(name: str, raw: Any) -> torch.Tensor:
         )
     if x.shape[0] == 1:
         x = x.expand(3, -1, -1)
+    h, w = x.shape[1:]
+    if fit and max(h, w) > ASPECT * min(h, w):  # as image_reader.shrink crops a file
+        keep = ASPECT * min(h, w)
+        x = x[:, (h - keep) // 2 :][:, :keep] if h > w else x[:, :, (w - keep) // 2 :][..., :keep]
     if x.dtype == torch.uint8:
         return x.float() / 255.0
     if not x.is_floating_point():
@@ -174,7 +127,7 @@ class ClipImageInput:
 
     def image(self, raw: Any) -> torch.Tensor:
         """One raw image -> CLIP-transformed (3, size, size)."""
-        return clip_transform(to_image_tensor(self.name, raw), self.size)
+        return clip_transform(to_image_tensor(self.name, raw, fit=self.size), self.size)
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return ClipPatchTokenizer()
@@ -217,7 +170,7 @@ class PairedMapInput(ClipImageInput):
 
     def preprocess(self, raw: Any) -> torch.Tensor:
         rgb, other = split_pair(self.name, raw, self.second)
-        frames = [to_image_tensor(self.name, rgb), self.map_to_image(other)]
+        frames = [to_image_tensor(self.name, rgb, fit=self.size), self.map_to_image(other)]
         return torch.stack([clip_transform(f, self.size) for f in frames])
 
     def render_map(

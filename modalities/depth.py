@@ -22,27 +22,28 @@ import numpy as np
 import torch
 from PIL import Image
 
-from onellm.errors import InputError
-from onellm.modalities.clip_image import (
-    PairedMapInput,
-    exr_channels,
-    open_image,
-    to_image_tensor,
-    write_png,
-)
+from onellm.errors import ConfigError, InputError
+from onellm.modalities.clip_image import PairedMapInput, exr_channels, to_image_tensor, write_png
+from onellm.modalities.image_reader import open_image
+from onellm.modeling.media_limits import read_npy
 from onellm.modeling.modality import as_float_array, as_path, check_readable
 from onellm.registry import MODALITIES
 
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".exr", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def read_depth(name: str, path: Path, depth_scale: float = 1000.0) -> np.ndarray | Image.Image:
-    """A depth file -> (H, W) float32 metres, or an 8-bit image taken as coloured depth."""
+def read_depth(
+    name: str, path: Path, depth_scale: float = 1000.0, fit: int | None = None
+) -> np.ndarray | Image.Image:
+    """A depth file -> (H, W) float32 metres, or an 8-bit image taken as coloured depth
+    (`fit`: the size the map is resized to; a large image file is reduced towards it)."""
     p = check_readable(name, path, DEPTH_SUFFIXES)
     suffix = p.suffix.lower()
     if suffix == ".npy":
         try:
-            d = np.load(p, allow_pickle=False)
+            d = read_npy(name, p)  # its header checked against ONELLM_MAX_ARRAY_MB first
+        except (InputError, ConfigError):  # a bad limit setting, too
+            raise
         except (ValueError, OSError, EOFError) as e:
             raise InputError(
                 f"{name}: expected a .npy depth array, got unreadable {str(p)!r}: {e}"
@@ -51,7 +52,7 @@ def read_depth(name: str, path: Path, depth_scale: float = 1000.0) -> np.ndarray
     elif suffix == ".exr":
         d = _read_exr(name, p)
     else:
-        im = open_image(name, p)
+        im = open_image(name, p, fit)
         if im.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
             return im  # 8-bit: a depth image already coloured
         d = np.asarray(im, dtype=np.float32) / (1.0 if im.mode == "F" else depth_scale)
@@ -77,16 +78,18 @@ def _read_exr(name: str, p: Path) -> np.ndarray:
     )
 
 
-def depth_to_image(name: str, raw: Any, depth_scale: float = 1000.0) -> torch.Tensor:
+def depth_to_image(
+    name: str, raw: Any, depth_scale: float = 1000.0, fit: int | None = None
+) -> torch.Tensor:
     """A depth map -> (3, H, W) in [0, 1]: metric maps are min-max scaled, images pass through."""
     if as_path(raw) is not None:
-        raw = read_depth(name, as_path(raw), depth_scale)
+        raw = read_depth(name, as_path(raw), depth_scale, fit)
     if isinstance(raw, (np.ndarray, torch.Tensor)) and raw.ndim == 2:
         d = as_float_array(name, raw, "a depth map (H, W)")
         span = float(d.max() - d.min())
         d = (d - d.min()) / span if span > 0 else np.zeros_like(d)
         return torch.from_numpy(d).unsqueeze(0).expand(3, -1, -1).contiguous()
-    return to_image_tensor(name, raw)
+    return to_image_tensor(name, raw, fit)
 
 
 class DepthModality(PairedMapInput):
@@ -100,7 +103,7 @@ class DepthModality(PairedMapInput):
         self.depth_scale = depth_scale
 
     def map_to_image(self, raw: Any) -> torch.Tensor:
-        return depth_to_image(self.name, raw, self.depth_scale)
+        return depth_to_image(self.name, raw, self.depth_scale, self.size)
 
     def write_map(self, raw: Any, stem: Path) -> Path:
         """Metric depth as a 16-bit PNG in units of 1 / depth_scale m (millimetres), as

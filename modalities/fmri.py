@@ -8,7 +8,8 @@ Raw forms:
   (X, Y, Z), or 4-D (X, Y, Z, R) whose last axis is averaged as repeats; its voxels are
   picked by a mask of the same (X, Y, Z) (a NIfTI or `.npy`; nonzero = kept, in C order):
   the modality's `mask:` option, or per input as `{"scan": "a.nii.gz", "mask": "m.nii.gz"}`.
-  Volumes over `MAX_VOXELS` values are refused from the header, before they are read.
+  A volume whose header promises more than `ONELLM_MAX_ARRAY_MB` of float32 is refused
+  from the header, before it is read (onellm/modeling/media_limits.py).
 
 Tokens: a Linear to `tokens` x W, read channel-major as OneLLM does (token t takes
 channel c from output c * tokens + t), plus a learned positional embedding.
@@ -29,7 +30,8 @@ from torch import nn
 
 from onellm.data.draw import Scene, one_shape_captions, one_shape_scene
 from onellm.data.language import COLOURS, PLACES, SHAPES
-from onellm.errors import InputError
+from onellm.errors import ConfigError, InputError
+from onellm.modeling.media_limits import check_bytes
 from onellm.modeling.modality import (
     EncoderInfo,
     as_float_array,
@@ -41,7 +43,6 @@ from onellm.modeling.positions import sincos_1d, with_class_slot
 from onellm.registry import MODALITIES
 
 NIFTI_SUFFIXES = (".nii", ".gz")
-MAX_VOXELS = 2**28  # values in one NIfTI file (1 GiB of float32): far above a whole-brain series
 VECTOR = "a voxel vector (voxels,) or (repeats, voxels)"
 
 
@@ -53,14 +54,11 @@ def read_nifti(name: str, path: Path) -> np.ndarray:
     """A NIfTI file -> its float32 data, (X, Y, Z) or (X, Y, Z, R), scaling applied."""
     p = check_readable(name, path, NIFTI_SUFFIXES)
     try:
-        img = nibabel.load(p)
-        if int(np.prod(img.shape)) > MAX_VOXELS:
-            raise InputError(
-                f"{name}: expected a NIfTI volume of at most {MAX_VOXELS:,} values, "
-                f"got shape {img.shape} in {str(p)!r}"
-            )
+        img = nibabel.load(p)  # the header alone: the data is read by get_fdata
+        size = int(np.prod(img.shape, dtype=object)) * 4
+        check_bytes(name, size, f"a NIfTI volume of shape {img.shape} as float32", repr(str(p)))
         return np.asarray(img.get_fdata(dtype=np.float32))
-    except InputError:
+    except (InputError, ConfigError):  # a bad limit setting, too
         raise
     except (nibabel.filebasedimages.ImageFileError, ValueError, OSError, EOFError, zlib.error) as e:
         raise InputError(

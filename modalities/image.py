@@ -27,6 +27,8 @@ from onellm.data.language import COLOURS, PLACES, SHAPES
 from onellm.modalities.clip_image import ClipImageInput, to_image_tensor, write_png
 from onellm.registry import MODALITIES
 
+MASK_SIDE = 1024
+
 
 class ImageModality(ClipImageInput):
     """One RGB image, (3, size, size). `size` defaults to the encoder's image size."""
@@ -41,8 +43,11 @@ class ImageModality(ClipImageInput):
         return self.image(raw)
 
     def pixels(self, raw: Any) -> torch.Tensor:
-        """The raw image as RGB (3, H, W) in [0, 1] at its own size (for SAM, masks)."""
-        return to_image_tensor(self.name, raw)
+        """The raw image as RGB (3, H, W) in [0, 1] (for SAM, masks): at its own size up
+        to `MASK_SIDE` on the long side, else reduced by an integer factor to that (SAM
+        sees 1024 px at most, so its masks hold no more; a float copy of a 40 MP image
+        would be 480 MB)."""
+        return to_image_tensor(self.name, raw, max_side=MASK_SIDE)
 
     def render(self, rng: np.random.Generator) -> Scene:
         """One shape of a colour at a place: "a red circle on the left"."""

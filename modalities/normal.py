@@ -59,7 +59,7 @@ class NormalModality(PairedMapInput):
         if is_float and raw.ndim == 3 and raw.shape[-1] == 3:
             n = as_float_array(self.name, raw, "a normal map (H, W, 3)")
             raw = np.clip((n + 1.0) / 2.0, 0.0, 1.0)
-        return to_image_tensor(self.name, raw)
+        return to_image_tensor(self.name, raw, fit=self.size)
 
 
 def read_normals(name: str, path) -> np.ndarray:

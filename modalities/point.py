@@ -31,12 +31,13 @@ import numpy as np
 import plyfile
 import torch
 from einops import rearrange
-from pypcd4 import PointCloud
+from pypcd4 import MetaData, PointCloud
 from torch import nn
 
 from onellm.data.draw import RGB, Scene
 from onellm.data.language import COLOURS, SOLIDS
-from onellm.errors import InputError
+from onellm.errors import ConfigError, InputError
+from onellm.modeling.media_limits import check_bytes
 from onellm.modeling.modality import (
     EncoderInfo,
     as_float_array,
@@ -62,9 +63,10 @@ def read_points(name: str, path: Path) -> np.ndarray:
         return load_array_file(name, p, ARRAY_SUFFIXES)
     try:
         return _read_ply(name, p) if suffix == ".ply" else _read_pcd(name, p)
-    except InputError:
+    except (InputError, ConfigError):  # a bad limit setting, too
         raise
     except (plyfile.PlyParseError, ValueError, KeyError, OSError, EOFError, IndexError) as e:
+        # pydantic's ValidationError (a bad .pcd header) is a ValueError
         what = "a .ply" if suffix == ".ply" else "a .pcd"
         raise InputError(
             f"{name}: expected {what} point cloud, got unreadable {str(p)!r}: {e}"
@@ -72,6 +74,10 @@ def read_points(name: str, path: Path) -> np.ndarray:
 
 
 def _read_ply(name: str, p: Path) -> np.ndarray:
+    with open(p, "rb") as f:  # the header's element counts first, by plyfile's own parser
+        for element in plyfile.PlyData._parse_header(f):
+            size = element.count * element.dtype().itemsize
+            check_bytes(name, size, f"{element.count:,} {element.name} rows", repr(str(p)))
     ply = plyfile.PlyData.read(str(p))
     if "vertex" not in ply:
         raise InputError(
@@ -82,6 +88,7 @@ def _read_ply(name: str, p: Path) -> np.ndarray:
 
 
 def _read_pcd(name: str, p: Path) -> np.ndarray:
+    check_pcd(name, p)
     pc = PointCloud.from_path(p)
     fields = tuple(pc.fields)
     packed = next((f for f in ("rgb", "rgba") if f in fields), None)
@@ -90,6 +97,26 @@ def _read_pcd(name: str, p: Path) -> np.ndarray:
     xyz = _columns(name, p, pc.pc_data, fields, ())
     rgb = PointCloud.decode_rgb(pc.pc_data[packed]).astype(np.float32)
     return np.concatenate([xyz, rgb], axis=1)
+
+
+def check_pcd(name: str, p: Path) -> None:
+    """A .pcd's header (its points x their size) and, when compressed, the size its data
+    says it inflates to, against ONELLM_MAX_ARRAY_MB, before pypcd4 reads or inflates."""
+    lines = []
+    with open(p, "rb") as f:
+        for raw in f:  # as pypcd4's from_fileobj reads the header
+            line = raw.decode("utf-8", errors="replace").strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+            if line.startswith("DATA") or len(lines) >= 10:
+                break
+        meta = MetaData.parse_header(lines)
+        size = meta.points * meta.build_dtype().itemsize
+        check_bytes(name, size, f"{meta.points:,} points", repr(str(p)))
+        if meta.data == "binary_compressed":
+            sizes = f.read(8)
+            inflated = int.from_bytes(sizes[4:8], "little") if len(sizes) == 8 else 0
+            check_bytes(name, inflated, "its compressed data inflated", repr(str(p)))
 
 
 def _columns(name: str, p: Path, data, fields, colour: tuple[str, ...]) -> np.ndarray:

@@ -19,6 +19,7 @@ to last.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +27,14 @@ import av
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image, ImageSequence
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from onellm.data.draw import Scene, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, MOTIONS, SHAPES
-from onellm.errors import InputError
-from onellm.modalities.clip_image import (
-    IMAGE_SUFFIXES,
-    ClipImageInput,
-    ClipPatchTokenizer,
-    open_image,
-    to_image_tensor,
-)
+from onellm.errors import ConfigError, InputError
+from onellm.modalities.clip_image import ClipImageInput, ClipPatchTokenizer, to_image_tensor
+from onellm.modalities.image_reader import image_files
 from onellm.modalities.video_reader import (
     CLIP_SECONDS,
     VIDEO_SUFFIXES,
@@ -46,40 +42,76 @@ from onellm.modalities.video_reader import (
     is_video_file,
     read_video,
 )
+from onellm.modeling.media_limits import check_decode, check_pixels, max_frames, read_npy
 from onellm.modeling.modality import EncoderInfo, as_path, check_readable
 from onellm.registry import MODALITIES
 
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
-def load_frames(name: str, raw: Any) -> list[Any]:
-    """Split a raw video into a list of raw frames."""
+def load_frames(name: str, raw: Any) -> Sequence[Any]:
+    """Split a raw video into a sequence of raw frames (a GIF's are decoded when indexed)."""
     path = as_path(raw)
     if path is not None:
         if path.is_dir():
-            files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise InputError(
-                    f"{name}: expected a folder of frame images, got {str(path)!r} with none"
-                )
-            return files
+            return image_files(name, path)
         check_readable(name, path, (".gif", ".npy", *VIDEO_SUFFIXES))
         if path.suffix.lower() == ".npy":
-            return list(np.load(path, allow_pickle=False))
-        open_image(name, path)  # raises a clear error if corrupt
-        with Image.open(path) as im:
-            return [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+            return read_npy(name, path)
+        return GifFrames(name, path)
     if isinstance(raw, (list, tuple)):
         if not raw:
             raise InputError(f"{name}: expected at least one frame, got an empty list")
         return list(raw)
     if isinstance(raw, (np.ndarray, torch.Tensor)) and raw.ndim == 4:
-        return list(raw)
+        return raw
     shape = tuple(getattr(raw, "shape", ()))
     raise InputError(
         f"{name}: expected frames (folder, GIF, list, or a (T, H, W, 3) array), "
         f"got {type(raw).__name__} {shape}"
     )
+
+
+class GifFrames(Sequence):
+    """An animated GIF's frames as RGB PIL images, each decoded when it is asked for: only
+    one canvas is held, never every frame. Its size and frame count are checked first
+    (ONELLM_MAX_PIXELS, ONELLM_MAX_DECODE_MB as RGBA, ONELLM_MAX_FRAMES)."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name, self.path, label = name, path, repr(str(path))
+        try:
+            with Image.open(path, formats=("GIF",)) as im:
+                check_pixels(name, *im.size, label)
+                check_decode(name, im.size, "RGBA", label)
+                self.count = im.n_frames  # frame headers read; nothing decoded
+        except (InputError, ConfigError):  # a bad limit setting, too
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise InputError(f"{name}: expected a GIF file, got unreadable {label}: {e}") from e
+        if self.count > max_frames():
+            raise InputError(
+                f"{name}: expected at most {max_frames():,} frames (ONELLM_MAX_FRAMES), "
+                f"got {self.count:,} in {label}"
+            )
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> Image.Image:  # type: ignore[override]
+        return next(self.take([i]))
+
+    def take(self, indices: Sequence[int]) -> Iterator[Image.Image]:
+        """The frames at `indices` (non-decreasing), decoded in one pass."""
+        with Image.open(self.path, formats=("GIF",)) as im:
+            for i in indices:
+                im.seek(int(i))  # decodes the frames before it, one canvas at a time
+                yield im.convert("RGB")
+
+
+def taken(frames: Sequence[Any], n: int) -> Iterator[Any]:
+    """`n` frames taken evenly from first to last."""
+    idx = evenly(len(frames), n)
+    return frames.take(idx) if isinstance(frames, GifFrames) else (frames[i] for i in idx)
 
 
 class MotionPatchTokenizer(ClipPatchTokenizer):
@@ -130,12 +162,12 @@ class VideoModality(ClipImageInput):
 
     def preprocess(self, raw: Any) -> torch.Tensor:
         if is_video_file(raw):
-            frames = read_video(self.name, raw, self.frames, self.clip_seconds)
+            frames = read_video(self.name, raw, self.frames, self.clip_seconds, fit=self.size)
             return torch.stack([self.image(f) for f in frames])
         frames = load_frames(self.name, raw)
         if not len(frames):
             raise InputError(f"{self.name}: expected at least one frame, got none")
-        return torch.stack([self.image(frames[i]) for i in evenly(len(frames), self.frames)])
+        return torch.stack([self.image(f) for f in taken(frames, self.frames)])
 
     def build_tokenizer(self, *, encoder: EncoderInfo) -> nn.Module:
         return MotionPatchTokenizer(encoder) if self.motion else ClipPatchTokenizer()
@@ -144,7 +176,7 @@ class VideoModality(ClipImageInput):
         """The frames the model takes from `raw` as an H.264 mp4 (lossless RGB), one a
         second: OneLLM's clip starts then land on them, so the file reads as `raw` does."""
         frames = load_frames(self.name, raw)
-        frames = [to_image_tensor(self.name, frames[i]) for i in evenly(len(frames), self.frames)]
+        frames = [to_image_tensor(self.name, f) for f in taken(frames, self.frames)]
         path = Path(stem).with_suffix(".mp4")
         with av.open(str(path), "w") as out:
             stream = out.add_stream("libx264rgb", rate=1)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from onellm.errors import ConfigError, InputError
+from onellm.modeling.media_limits import check_tensor, read_npy, read_npz
 from onellm.registry import MODALITIES
 
 
@@ -238,18 +239,20 @@ def load_array_file(
     suffix = path.suffix.lower()
     check_readable(name, path, suffixes)
     try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+        if suffix == ".npy":  # headers checked against ONELLM_MAX_ARRAY_MB first
+            return read_npy(name, path)
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return z[z.files[0]]
+            return read_npz(name, path)
         if suffix == ".pt":
             t = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(t, torch.Tensor):
                 raise ValueError(f"it holds a {type(t).__name__}, not a tensor")
+            check_tensor(name, t, repr(str(path)))
             return t.float().numpy()
         delim = "," if suffix == ".csv" else None
         return np.loadtxt(path, delimiter=delim, dtype=np.float32, ndmin=2)
+    except (InputError, ConfigError):  # the limits' own errors, already clear
+        raise
     except (ValueError, OSError, IndexError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
         raise InputError(
             f"{name}: expected a numeric array file, got unreadable {str(path)!r}: {e}"

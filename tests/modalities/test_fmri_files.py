@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from onellm.errors import InputError
-from onellm.modalities import fmri as fmri_module
 from onellm.modalities.fmri import FMRIModality
 
 VOXELS = 48
@@ -112,7 +111,10 @@ HOSTILE = {  # name -> (make the input, what the message says)
         lambda d: (d / "r.nii").write_bytes(rng.bytes(1000)) and d / "r.nii",
         r"NIfTI .* got unreadable .*r\.nii",
     ),
-    "header claiming 2048^3 voxels": (_huge_header, r"at most 268,435,456 values, got shape"),
+    "header claiming 2048^3 voxels": (
+        _huge_header,
+        r"at most 16.0 MiB \(ONELLM_MAX_ARRAY_MB\) .* shape \(2048, 2048, 2048\)",
+    ),
     "dict with other keys": (lambda d: {"volume": "a.nii"}, r"keys 'scan' and 'mask', got"),
     "wrong voxel count": (lambda d: np.zeros((2, 47)), r"48 voxels, got shape \(2, 47\)"),
 }
@@ -129,7 +131,9 @@ def test_hostile_fmri_input_is_an_input_error_and_changes_nothing(unchanged, tmp
 def test_the_size_limit_is_checked_from_the_header_before_reading(tmp_path, fmri, monkeypatch):
     scan = save(tmp_path / "s.nii.gz", np.moveaxis(REPEATS, 0, -1))
     mask = save(tmp_path / "m.nii.gz", MASK.astype(np.uint8))
-    monkeypatch.setattr(fmri_module, "MAX_VOXELS", REPEATS.size - 1)
+    monkeypatch.setenv("ONELLM_MAX_ARRAY_MB", str((REPEATS.size * 4 - 1) / 2**20))
     monkeypatch.setattr(nibabel.Nifti1Image, "get_fdata", lambda *a, **k: pytest.fail("read"))
-    with pytest.raises(InputError, match=r"^fmri: expected a NIfTI volume of at most 359 values"):
+    with pytest.raises(
+        InputError, match=r"^fmri: expected at most 1,439 bytes \(ONELLM_MAX_ARRAY_MB\) .*NIfTI volume"
+    ):
         fmri.preprocess({"scan": scan, "mask": mask})

@@ -184,6 +184,6 @@ def test_hostile_video_is_an_input_error_and_changes_nothing(video, tmp_path, ca
 
 def test_frames_over_the_pixel_limit_are_refused_before_decoding(video, tmp_path, monkeypatch):
     path = write(tmp_path / "big.mp4", 3)
-    monkeypatch.setattr("onellm.modalities.video_reader.MAX_PIXELS", W * H - 1)
-    with pytest.raises(InputError, match=r"^video: expected frames of at most .* 64 x 48"):
+    monkeypatch.setenv("ONELLM_MAX_PIXELS", str(W * H - 1))
+    with pytest.raises(InputError, match=r"^video: expected an image of at most .* 64 x 48"):
         video.preprocess(path)
