@@ -1,4 +1,5 @@
-"""Held-out captioning metrics: exact match, BLEU-4 and CIDEr (pycocoevalcap's scorers)."""
+"""Held-out metrics: captions (exact match, BLEU-4 and CIDEr: pycocoevalcap's scorers),
+question answering, and the output tasks'. A stage's sets of them: stage_eval.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import torch
 from onellm.data import shapes
 from onellm.data.manifest import read_manifest
 from onellm.errors import InputError
-from onellm.modeling.projection import Routed
 from onellm.registry import TASKS
 from onellm.training.task import output_tasks
 
@@ -185,48 +185,3 @@ def held_out(model: Any, task: str, samples: int, score) -> dict[str, Any]:
         **{k: float(np.mean(v)) for k, v in scores.items()},
         "examples": examples,
     }
-
-
-class StageEval:
-    """A stage's held-out evaluation: captions of its eval modalities (all it trains on
-    captions unless `eval.modalities` says), QA where it trains on questions, each output
-    task's own metric, and the mean routing weights per modality."""
-
-    def __init__(self, cfg: Any, sources: dict[str, Any], model: Any) -> None:
-        self.cfg, sources = cfg, sources.values()
-        if cfg.eval.modalities is not None:
-            self.modalities = [model.modality_key(m) for m in cfg.eval.modalities]
-        else:
-            self.modalities = sorted(
-                {s.modality for s in sources if s.modality and s.task.captions}
-            )
-        self.asked = {s.modality for s in sources if s.task.questions}
-        self.tasks = sorted({s.task.name for s in sources} & set(output_tasks()))
-
-    def __bool__(self) -> bool:
-        return bool(self.modalities or self.tasks)
-
-    def __call__(self, model: Any) -> dict[str, Any]:
-        e, seed = self.cfg.eval, self.cfg.seed + 1
-        results = {
-            m: evaluate(model, m, samples=e.samples, seed=seed, max_new_tokens=e.max_new_tokens)
-            for m in self.modalities
-        }
-        routing, per_query = {}, {}
-        # perceiver and MLP projections have no router
-        for m in [m for m in results if isinstance(model.projector(m), Routed)]:
-            x = torch.cat([model.preprocess(s.input, m) for s in shapes.sample(m, 16, model=model)])
-            report = model.routing_report(m, x)
-            routing[m], per_query[m] = report["per_expert"], report["per_query"]
-        record = {"results": results, "routing": routing, "routing_per_query": per_query}
-        if self.asked:  # instruction data trains: does it answer what it is asked?
-            record["qa"] = {
-                m: evaluate_qa(model, m, samples=e.samples, seed=seed)
-                for m in self.modalities
-                if m in self.asked
-            }
-        if self.tasks:
-            record["outputs"] = {
-                t: TASKS.get(t).evaluate(model, samples=e.samples, seed=seed) for t in self.tasks
-            }
-        return record

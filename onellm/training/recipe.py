@@ -13,6 +13,7 @@ in onellm/modeling/devices.py. Step s draws its source and examples from (seed, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,18 @@ from onellm.model import OneLLM
 from onellm.modeling import activation_checkpointing
 from onellm.modeling.devices import PRECISIONS, grad_scaler, move
 from onellm.training import distributed
-from onellm.training.evaluate import StageEval
 from onellm.training.freezing import apply_trainable
+from onellm.training.lineage import read_lineage, write_lineage
 from onellm.training.moe import StepMoE
 from onellm.training.optim import optimizer
 from onellm.training.optimizer_step import OptimizerStep
 from onellm.training.prepare import compile_projection, prepare_model, stage_sources, task_modules
 from onellm.training.progress import Progress
+from onellm.training.replay import plan_replay, replay_line
 from onellm.training.run_state import RunFiles, TrainState
 from onellm.training.stage import StageConfig
+from onellm.training.stage_eval import StageEval
+from onellm.training.summary import StageSummary
 
 __all__ = ["Recipe", "read_metrics", "train"]
 
@@ -54,11 +58,19 @@ class Recipe:
         self.d = distributed.init(cfg.device)
         self.device = self.d.device
         torch.manual_seed(cfg.seed)
+        # what the starting model was trained on, and its replay beside the stage's data
+        self.parent = read_lineage(cfg.init_from)
+        replay, self.replay = plan_replay(cfg, self.parent)
+        cfg = self.cfg = dataclasses.replace(cfg, data={**cfg.data, **replay})
         # the model, its sources, and the modules its tasks train beside it
         self.model, added = prepare_model(cfg, self.device)
         self.sources = stage_sources(self.model, cfg)
         self.data = StepBatches(cfg, self.sources, self.model, rank=self.d.rank, world=self.d.world)
+        # held-out sets: the stage's, those the parent was measured on, and the parent's
+        # figures on them (before sharding: rank 0 may evaluate the starting model)
         self.held_out = StageEval(cfg, self.sources, self.model)
+        self.summary = StageSummary(cfg, self.parent, self.replay, self.held_out)
+        self.summary.parent_figures(self.model, measure=self.d.main)
         self.aux = task_modules(self.model, self.sources, self.device)
         self.moe = StepMoE(cfg.moe, self.model.projection, self.d)  # MoE losses, expert use
         # one root so that names (for patterns and checkpoints) are "model.*" / "aux.*"
@@ -97,6 +109,10 @@ class Recipe:
         self.step = self.files.resume(self.state) if self.resume else 0
         if self.d.main:
             self.files.start(cfg, self.n_trainable, self.n_total, resumed_at=self.step)
+            self.files.log({"event": "replay", **self.replay})
+            said = [replay_line(cfg.name, self.replay)] if self.parent else []
+            for line in [*said, *(f"[{cfg.name}] {n}" for n in self.held_out.notes)]:
+                print(line)
             if self.cache_notes:
                 self.files.log({"event": "feature_cache", "sources": self.cache_notes})
             for name, note in self.cache_notes.items():
@@ -146,18 +162,26 @@ class Recipe:
         """RUN/final, its held-out evaluation, and the run's plots."""
         twin = lambda: prepare_model(self.cfg, torch.device("cpu"))[0]  # noqa: E731
         final = self.files.save_final(self.state, twin)
-        if self.d.main and self.held_out:
+        if not self.d.main:
+            return final
+        record: dict[str, Any] = {}
+        if self.held_out or self.summary.extra:
             # under FSDP the training model is sharded; rank 0 evaluates the saved one
             model = (
                 self.model
                 if self.d.world == 1
                 else OneLLM.from_pretrained(final, device=self.device)
             )
-            self.files.log(
-                {"event": "eval", "step": self.step, "final": True, **self.held_out(model)}
-            )
-        if self.d.main:
-            self.files.plot()
+            record = self.held_out(model, self.summary.extra)
+            self.files.log({"event": "eval", "step": self.step, "final": True, **record})
+        # against the parent's figures: printed, RUN/report.json, RUN/final/trained_on.json
+        rows = record.get("held_out", [])
+        report = self.summary.report(rows, read_metrics(self.cfg.output_dir), final, self.step)
+        self.files.report(report.pop("json"))
+        write_lineage(final, self.parent, self.cfg.name, self.sources, rows)
+        if not self.quiet:
+            print(report["table"])
+        self.files.plot()
         return final
 
     def cleanup(self) -> None:

@@ -2,9 +2,11 @@
 
     RUN/stage.yaml          the resolved stage config
     RUN/metrics.jsonl       one JSON object per line (train / eval / start events)
+    RUN/report.json         the end-of-stage summary: held-out figures against the parent's
     RUN/plots/*.png         loss, held-out accuracy, routing weights
     RUN/checkpoints/step_N/ trainable.safetensors, optimizer.pt, trainer.json (atomic)
-    RUN/final/              the model, `OneLLM.from_pretrained`-able
+    RUN/final/              the model, `OneLLM.from_pretrained`-able, and trained_on.json
+                            (what it was trained on, its held-out figures: lineage.py)
 Only rank 0 writes. Checkpoints are written to a temporary name and renamed into place.
 """
 
@@ -80,6 +82,12 @@ class RunFiles:
 
     def plot(self) -> None:
         plot_run(self.root)
+
+    def report(self, report: dict[str, Any]) -> Path:
+        """RUN/report.json: what the stage did, read by a person (onellm/training/summary.py)."""
+        path = self.root / "report.json"
+        path.write_text(json.dumps(report, indent=1))
+        return path
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, state: TrainState) -> tuple[dict, dict]:

@@ -82,3 +82,22 @@ def test_unknown_modality_argument_is_named():
 
     with pytest.raises(ConfigError, match=r"modalities\.audio\.mel"):
         build_modality("audio", {"mel": 3})
+
+
+def test_a_stages_replay_and_held_out_manifests_read_from_yaml(tmp_path):
+    from onellm.training.stage import ReplayConfig, load_stage
+
+    (tmp_path / "test.jsonl").write_text("")
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text(
+        "name: ft\ninit_from: runs/demo/stage4/final\noutput_dir: runs/ft\n"
+        "data: {image: {task: caption}}\ntrainable: [projection.*]\n"
+        "eval: {data: {image: test.jsonl}}\nreplay: {ratio: 0.3}\n"
+    )
+    cfg = load_stage(recipe)
+    assert cfg.eval.data == {"image": str(tmp_path / "test.jsonl")}  # beside the YAML
+    assert cfg.replay == ReplayConfig(ratio=0.3)
+    assert load_stage(recipe, ["replay=false"]).replay is False
+    assert load_stage(recipe, ["replay=null"]).replay is None  # the default: on if needed
+    with pytest.raises(ConfigError, match=r"eval.floor / eval.forgetting"):
+        load_stage(recipe, ["eval.floor=50"])
