@@ -12,10 +12,10 @@ import subprocess
 
 import numpy as np
 import pytest
-from hostile_media import CASES, MB, PeakRSS, build_all
 from PIL import EpsImagePlugin, Image
 
 from onellm.errors import ConfigError, InputError
+from tests.serve.hostile_media import CASES, MB, PeakRSS, build_all
 
 BUDGET = 64 * MB  # the bound for a request of at most 1 MB, tiny model
 RESIDUE = 4 * MB  # what a second read of the same file may leave (allocator slack)
