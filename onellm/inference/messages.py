@@ -236,6 +236,15 @@ def taking(model: OneLLM, upload: str, where: str) -> str:
     )
 
 
+def one_turn(inputs: Mapping[str, Any], text: str | None = None) -> list[dict[str, Any]]:
+    """A conversation of one user message asking `text` (None: a caption) about `inputs`
+    ({modality: raw}), in the message format: what the evaluation asks."""
+    content: list[dict[str, Any]] = [{"type": m, m: raw} for m, raw in inputs.items()]
+    if text:
+        content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
 def conversations(messages: Any) -> tuple[list[Any], bool]:
     """`messages` as a batch: one conversation (a list of messages) or a list of them ->
     (the conversations, whether a batch was given)."""

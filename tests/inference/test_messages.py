@@ -15,7 +15,7 @@ from PIL import Image
 from onellm.errors import InputError
 from onellm.inference.chat import segments_of
 from onellm.inference.media import Media
-from onellm.inference.messages import conversations, read_messages
+from onellm.inference.messages import conversations, one_turn, read_messages
 
 N = dict(max_new_tokens=6)
 
@@ -307,3 +307,17 @@ def test_text_past_the_context_is_refused_before_it_is_tokenised(tiny_model, mon
     words = " ".join(f"zq{i}" for i in range(context))
     with pytest.raises(InputError, match=rf"the prompt has \d+ tokens .* context holds {context}"):
         tiny_model.chat(prompt=words, max_new_tokens=1)
+
+
+def test_one_turn_conversations_equal_a_batch_of_inputs(tiny_model):  # the evaluation's asks
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    pairs = [(rng.random((32, 32, 3)).astype(np.float32), rng.random((32, 32))) for _ in range(2)]
+    for key, xs, q in (
+        ("image", images, None),
+        ("image", images, "What colour?"),
+        ("depth", pairs, "Near?"),
+    ):
+        want = tiny_model.chat(xs, modality=key, prompt=q, **N)
+        got = tiny_model.chat(messages=[one_turn({key: x}, q) for x in xs], **N)
+        assert [r.token_ids for r in got] == [r.token_ids for r in want], (key, q)

@@ -39,7 +39,14 @@ def answering(model, monkeypatch, right: set[str]):
     below: the image's mean decides), anything else wrongly; records what it was asked."""
     asked = []
 
-    def chat(inputs, modality=None, prompt=None, **kw):
+    def chat(inputs=None, modality=None, prompt=None, messages=None, **kw):
+        if messages is not None:  # one conversation per input, in the message format
+            inputs = [
+                next(p[p["type"]] for p in c[0]["content"] if p["type"] != "text") for c in messages
+            ]
+            prompt = next(
+                (p["text"] for p in messages[0][0]["content"] if p["type"] == "text"), None
+            )
         asked.append((prompt, len(inputs)))
         truth = ["bright" if np.asarray(Image.open(x)).mean() > 100 else "dark" for x in inputs]
         return [ChatResponse(t if prompt in right else "no idea") for t in truth]
