@@ -161,7 +161,7 @@ class Guard:
             if sent:
                 return await receive()  # after the body: the client's disconnect
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         return replay
 

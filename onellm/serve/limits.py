@@ -44,8 +44,9 @@ def check_declared(headers: dict[str, str], limit: int) -> None:
         raise too_big(limit)
 
 
-async def read_body(receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
-    """The whole body from an ASGI `receive`, refused (413) as soon as it passes `limit`."""
+async def read_body(receive: Callable[[], Awaitable[dict]], limit: int) -> bytearray:
+    """The whole body from an ASGI `receive`, refused (413) as soon as it passes `limit`.
+    One growing buffer, handed on without a copy (json.loads reads a bytearray)."""
     body = bytearray()
     while True:
         message = await receive()
@@ -55,10 +56,10 @@ async def read_body(receive: Callable[[], Awaitable[dict]], limit: int) -> bytes
         if len(body) > limit:
             raise too_big(limit)
         if not message.get("more_body", False):
-            return bytes(body)
+            return body
 
 
-def load_json(body: bytes) -> Any:
+def load_json(body: bytes | bytearray) -> Any:
     """`body` parsed, once its size is known to be bounded: 400 for malformed JSON, more
     than `MAX_ITEMS` elements, nesting deeper than `MAX_DEPTH` or an integer past 64 bits."""
     items = body.count(b",") + body.count(b"[") + body.count(b"{")
