@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from onellm.data import shapes
 from onellm.model import OneLLM
 from onellm.registry import TASKS
-from onellm.training.plots import plot_table
+from onellm.training.plots import pyplot, save_figure
 from onellm.training.recipe import read_metrics, train
 from onellm.training.stage import load_stage
 
@@ -197,3 +197,25 @@ def demo_verb(args: argparse.Namespace) -> int:
         overrides=args.overrides,
     )
     return 0
+
+
+def plot_table(stages: list[dict], path: Path) -> Path:
+    """The demo's stage x modality accuracy table as a heat map."""
+    mods = sorted(
+        {m for s in stages for m in s["accuracy"]},
+        key=lambda m: min(i for i, s in enumerate(stages) if m in s["accuracy"]),
+    )
+    fig, ax = pyplot().subplots(figsize=(1.1 * len(mods) + 2, 0.6 * len(stages) + 1.5))
+    grid = [[s["accuracy"].get(m, float("nan")) for m in mods] for s in stages]
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:
+                ax.text(
+                    j, i, f"{100 * v:.0f}", ha="center", va="center", color="w" if v < 0.6 else "k"
+                )
+    ax.set_xticks(range(len(mods)), mods, rotation=30)
+    ax.set_yticks(range(len(stages)), [s["name"] for s in stages])
+    ax.set_title("held-out exact match (%) after each stage")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    return save_figure(fig, path)

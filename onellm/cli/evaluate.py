@@ -140,14 +140,15 @@ def caption_report(model: OneLLM, mods: list[str], args: argparse.Namespace, dra
         exact = f"{100 * r['exact_match']:>6.1f}%"
         words = r.get("ref_words", BLEU_MIN_WORDS)
         bleu = f"{r['bleu4']:>7.3f}" if words >= BLEU_MIN_WORDS else f"{'-':>7}"
-        short += [f"{m} {words:.1f}"] if words < BLEU_MIN_WORDS else []
+        short += [words] if words < BLEU_MIN_WORDS else []
         print(f"{m:<9} {r['n']:>5} {exact} {bleu} {r['cider']:>7.3f}")
     if short:
+        lo, hi = f"{min(short):.0f}", f"{max(short):.0f}"
         print(
-            f"BLEU-4 left out where the references average under {BLEU_MIN_WORDS} words "
-            f"({', '.join(short)}): it counts 4-word runs, of which a short caption has one "
-            "or two, so one wrong word zeroes it; read exact match and CIDEr (BLEU-4 is in "
-            "the JSON)"
+            f"BLEU-4 (-) left out: these references average {lo if lo == hi else lo + '-' + hi} "
+            f"words, under the {BLEU_MIN_WORDS} it needs (it counts 4-word runs; a 5-word "
+            "caption has two, so one wrong word zeroes it); read exact match and CIDEr. The "
+            "JSON keeps it."
         )
     return results
 

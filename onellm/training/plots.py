@@ -1,11 +1,23 @@
 """Plots a person can look at: RUN/plots/{loss,accuracy,routing}.png from metrics.jsonl, and
-where the stage routes through the projection, expert_load.png and router_entropy.png."""
+where the stage routes through the projection, expert_load.png and router_entropy.png.
+
+loss.png: every step's loss (faint dots; runs from before the `losses` field have one step
+in `log_every`) and, per source, its moving average. accuracy.png: each held-out set over
+the stage's evaluations as a line, from the starting model's figure at step 0 where the
+stage's report.json has it (onellm/training/summary.py); a stage evaluated once, with no
+starting figure, as bars. expert_load.png: a grid of panels, one per modality.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
+
+import numpy as np
+
+STYLES = {"caption": "-", "qa": "--"}
 
 
 @functools.cache
@@ -31,38 +43,13 @@ def plot_run(run: str | Path) -> list[Path]:
     written = []
     train = [r for r in records if r["event"] == "train"]
     if train:
-        fig, ax = pyplot().subplots(figsize=(7, 4))
-        for source in sorted({r["source"] for r in train}):
-            pts = [(r["step"], r["loss"]) for r in train if r["source"] == source]
-            ax.plot(*zip(*pts, strict=True), ".-", label=source, alpha=0.8)
-        ax.set(
-            xlabel="step",
-            ylabel="loss (last step logged)",
-            title=f"{run.name}: training loss",
-            yscale="log",
-        )
-        ax.legend(fontsize=8)
-        written.append(_save(fig, out / "loss.png"))
+        written.append(plot_loss(train, out / "loss.png", run.name))
     used = [r for r in train if r.get("routing")]
     if used:
         written += plot_expert_use(used, out, run.name)
     evals = [r for r in records if r["event"] == "eval"]
     if evals:
-        fig, ax = pyplot().subplots(figsize=(7, 4))
-        for m in sorted({m for r in evals for m in r["results"]}):
-            pts = [(r["step"], r["results"][m]["exact_match"]) for r in evals if m in r["results"]]
-            line = ax.plot(*zip(*pts, strict=True), "o-", label=m)[0]
-            qa = [(r["step"], r["qa"][m]["qa_accuracy"]) for r in evals if m in r.get("qa", {})]
-            if qa:  # dashed, same colour: question answering
-                ax.plot(*zip(*qa, strict=True), "s--", color=line.get_color(), label=f"{m} QA")
-        ax.set(
-            xlabel="step",
-            ylabel="held-out exact match (dashed: QA)",
-            ylim=(-0.02, 1.02),
-            title=f"{run.name}: accuracy",
-        )
-        ax.legend(fontsize=8)
-        written.append(_save(fig, out / "accuracy.png"))
+        written.append(plot_accuracy(evals, starting_figures(run), out / "accuracy.png", run.name))
         routing = evals[-1].get("routing", {})
         if routing:
             written.append(
@@ -76,38 +63,195 @@ def plot_run(run: str | Path) -> list[Path]:
     return written
 
 
+def smooth(values: list[float], window: int) -> np.ndarray:
+    """A centred moving average over `window` values (of the logs where all are positive:
+    the geometric mean, as a log axis reads it)."""
+    y = np.asarray(values, dtype=float)
+    positive = bool((y > 0).all())
+    y = np.log(y) if positive else y
+    sums, i, h = np.concatenate([[0.0], np.cumsum(y)]), np.arange(len(y)), window // 2
+    lo, hi = np.maximum(0, i - h), np.minimum(len(y), i + h + 1)
+    mean = (sums[hi] - sums[lo]) / (hi - lo)
+    return np.exp(mean) if positive else mean
+
+
+def plot_loss(train: list[dict], path: Path, name: str) -> Path:
+    """Each source's loss at every step (dots) and its moving average (line)."""
+    steps = [tuple(s) for r in train for s in r.get("losses", [])]
+    every = bool(steps)
+    if not every:  # logged before `losses`: the last step of each `log_every`
+        steps = [(r["step"], r["source"], r["loss"]) for r in train]
+    fig, ax = pyplot().subplots(figsize=(8, 4.5), layout="constrained")
+    for i, source in enumerate(sorted({s for _, s, _ in steps})):
+        x, y = zip(*[(t, v) for t, s, v in steps if s == source], strict=True)
+        window = max(1, min(50, len(y) // 8))
+        ax.plot(x, y, ".", ms=2.5 if every else 4, alpha=0.3, color=f"C{i % 10}")
+        ax.plot(x, smooth(list(y), window), "-", lw=1.6, color=f"C{i % 10}", label=source)
+    positive = all(v > 0 for _, _, v in steps)
+    what = "every step" if every else "the logged steps"
+    ax.set(
+        xlabel="step",
+        ylabel="loss",
+        yscale="log" if positive else "linear",
+        title=f"{name}: training loss ({what}: dots; moving average: lines)",
+    )
+    ticker = pyplot().matplotlib.ticker
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 6.2, not 6.2x10^0
+    ax.yaxis.set_major_formatter(plain)
+    losses = [v for _, _, v in steps]
+    narrow = positive and max(losses) < 10 * min(losses)  # within a decade: label the minors
+    ax.yaxis.set_minor_formatter(plain if narrow else ticker.NullFormatter())
+    ax.legend(fontsize=8, loc="upper right")
+    return save_figure(fig, path)
+
+
+def starting_figures(run: Path) -> dict[tuple[str, str, str], float]:
+    """The starting model's held-out figures, by set, from the stage's report.json."""
+    path = run / "report.json"
+    rows = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+    return {
+        (r["modality"], r["task"], r.get("data", "synthetic")): r["parent"]
+        for r in rows
+        if r.get("parent") is not None
+    }
+
+
+def accuracy_series(evals: list[dict]) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
+    """{(modality, task, data): [(step, accuracy), ...]} over the eval records: their
+    `held_out` rows, or (older runs) their caption `results` and `qa`."""
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for r in evals:
+        rows = r.get("held_out") or [
+            *({"modality": m, "task": "caption", "accuracy": v["exact_match"]}
+              for m, v in r.get("results", {}).items()),
+            *({"modality": m, "task": "qa", "accuracy": v["qa_accuracy"]}
+              for m, v in r.get("qa", {}).items()),
+        ]  # fmt: skip
+        for row in rows:
+            key = (row["modality"], row["task"], row.get("data", "synthetic"))
+            series.setdefault(key, []).append((r["step"], row["accuracy"]))
+    return series
+
+
+def plot_accuracy(
+    evals: list[dict], start: dict[tuple[str, str, str], float], path: Path, name: str
+) -> Path:
+    """Held-out accuracy per set over the stage (colour: modality; line: captions, questions
+    or a manifest), from the starting model's figure (hollow, step 0) where known; bars
+    where there is one figure per set only."""
+    series = accuracy_series(evals)
+    for key, points in series.items():
+        if key in start:
+            points.insert(0, (0, start[key]))
+    mods = sorted({m for m, _, _ in series})
+    colour = {m: f"C{i % 10}" for i, m in enumerate(mods)}
+    fig, ax = pyplot().subplots(figsize=(8, 4.5), layout="constrained")
+    bars = max(len(p) for p in series.values()) == 1  # evaluated once, no starting figure
+    if bars:
+        keys = sorted(series)
+        values = [series[k][0][1] for k in keys]
+        drawn = ax.bar([set_label(k) for k in keys], values, color=[colour[k[0]] for k in keys])
+        for bar, k in zip(drawn, keys, strict=True):
+            bar.set_hatch("" if k[1] == "caption" else "//")
+        ax.bar_label(drawn, [f"{100 * v:.0f}" for v in values], fontsize=7)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        title, lowest = f"{name}: held-out accuracy at step {evals[-1]['step']}", 0.0
+    else:
+        for (m, task, data), points in sorted(series.items()):
+            ax.plot(
+                *zip(*points, strict=True), style(task, data), marker="o", ms=4, color=colour[m]
+            )
+            if (m, task, data) in start:
+                ax.plot(0, start[(m, task, data)], "o", ms=7, mfc="white", color=colour[m])
+        ax.set_xlabel("step (0: the starting model)" if start else "step")
+        title, lowest = f"{name}: held-out accuracy", min(v for p in series.values() for _, v in p)
+    ax.set(ylabel="held-out exact match", title=title, ylim=(max(0, lowest - 0.05), 1.015))
+    ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= 1.0])
+    ax.yaxis.set_major_formatter(pyplot().matplotlib.ticker.PercentFormatter(1.0))
+    handles = legend(mods, colour, series, bars=bars, start=bool(start))
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return save_figure(fig, path)
+
+
+def style(task: str, data: str) -> str:
+    """A set's line: solid captions, dashed questions, dotted a manifest's."""
+    return STYLES.get(task, "-") if data == "synthetic" else ":"
+
+
+def legend(mods: list[str], colour: dict, series: dict, *, bars: bool, start: bool) -> list:
+    """One entry per modality (its colour) and one per kind of set (its line or hatch)."""
+    mpl = pyplot().matplotlib
+    handles = [mpl.patches.Patch(color=colour[m], label=m) for m in mods]
+    for task, data in sorted({(t, d if d == "synthetic" else "") for _, t, d in series}):
+        label = "captions" if task == "caption" else "questions"
+        label += "" if data else ", manifest"
+        if bars:
+            hatch = "" if task == "caption" else "//"
+            handles.append(mpl.patches.Patch(fill=False, hatch=hatch, label=label))
+        else:
+            handles.append(mpl.lines.Line2D([], [], color="k", ls=style(task, data), label=label))
+    if start and not bars:
+        handles.append(
+            mpl.lines.Line2D([], [], color="k", marker="o", mfc="w", ls="", label="starting model")
+        )
+    return handles
+
+
+def set_label(key: tuple[str, str, str]) -> str:
+    m, task, data = key
+    where = "" if data == "synthetic" else f" {Path(data).name}"
+    return f"{m}{where}{' QA' if task == 'qa' else ''}"
+
+
 def plot_expert_use(train: list[dict], out: Path, name: str) -> list[Path]:
-    """Per modality, each expert's share of the routing weight over the steps (stacked),
-    and all modalities together with the collapse alarm's steps; the router entropy."""
+    """A grid of panels, one per modality and one for all together: each expert's share of
+    the routing weight over the steps (stacked; its last share in the title) and the
+    collapse alarm's steps; then the router entropy."""
     mods = sorted({m for r in train for m in r["routing"]})
     k = len(next(iter(train[-1]["routing"].values()))["load"])
     panels = [*mods, "all"]
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = pyplot().subplots(
-        1, len(panels), figsize=(2.6 * len(panels) + 1, 3.2), squeeze=False
+        rows,
+        cols,
+        figsize=(3.3 * cols, 2.3 * rows + 0.8),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
     )
-    for ax, m in zip(axes[0], panels, strict=True):
-        rows = [r for r in train if m == "all" or m in r["routing"]]
-        steps = [r["step"] for r in rows]
+    for ax, m in zip(axes.flat, panels, strict=False):
+        rows_m = [r for r in train if m == "all" or m in r["routing"]]
+        steps = [r["step"] for r in rows_m]
         if m == "all":
-            loads = [[s or 0.0 for s in r["expert_share"]] for r in rows]
+            loads = [[s or 0.0 for s in r["expert_share"]] for r in rows_m]
         else:
-            loads = [r["routing"][m]["load"] for r in rows]
+            loads = [r["routing"][m]["load"] for r in rows_m]
         ax.stackplot(steps, *zip(*loads, strict=True), labels=[f"expert {e}" for e in range(k)])
-        alarms = [r["step"] for r in rows if m == "all" and r.get("collapse")]
+        alarms = [r["step"] for r in rows_m if m == "all" and r.get("collapse")]
         if alarms:
             ax.plot(alarms, [1.0] * len(alarms), "rx", label="collapse alarm")
-        ax.set(title=m, xlabel="step", ylim=(0, 1))
-    axes[0][0].set_ylabel("share of routing weight")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{name}: expert load")
-    written = [_save(fig, out / "expert_load.png")]
-    fig, ax = pyplot().subplots(figsize=(7, 4))
+        shares = "/".join(f"{100 * s:.0f}" for s in loads[-1])
+        ax.set(ylim=(0, 1))
+        ax.set_title(f"{m}: {shares}%", fontsize=9)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("step")
+    handles, labels = axes.flat[len(panels) - 1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
+    fig.suptitle(f"{name}: expert load (each expert's share of the routing weight)")
+    written = [save_figure(fig, out / "expert_load.png")]
+    fig, ax = pyplot().subplots(figsize=(8, 4.5), layout="constrained")
     for m in mods:
         pts = [(r["step"], r["routing"][m]["entropy"]) for r in train if m in r["routing"]]
         ax.plot(*zip(*pts, strict=True), ".-", label=m)
     ax.set(xlabel="step", ylabel="mean router entropy (nats)", title=f"{name}: router entropy")
     ax.legend(fontsize=8)
-    written.append(_save(fig, out / "router_entropy.png"))
+    written.append(save_figure(fig, out / "router_entropy.png"))
     return written
 
 
@@ -140,33 +284,12 @@ def plot_routing(routing: dict[str, list[float]], path: Path, title: str) -> Pat
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax.set(ylabel="mean routing weight", title=title, ylim=(0, 1))
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_table(stages: list[dict], path: Path) -> Path:
-    """The demo's stage x modality accuracy table as a heat map."""
-    mods = sorted(
-        {m for s in stages for m in s["accuracy"]},
-        key=lambda m: min(i for i, s in enumerate(stages) if m in s["accuracy"]),
-    )
-    fig, ax = pyplot().subplots(figsize=(1.1 * len(mods) + 2, 0.6 * len(stages) + 1.5))
-    grid = [[s["accuracy"].get(m, float("nan")) for m in mods] for s in stages]
-    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
-    for i, row in enumerate(grid):
-        for j, v in enumerate(row):
-            if v == v:
-                ax.text(
-                    j, i, f"{100 * v:.0f}", ha="center", va="center", color="w" if v < 0.6 else "k"
-                )
-    ax.set_xticks(range(len(mods)), mods, rotation=30)
-    ax.set_yticks(range(len(stages)), [s["name"] for s in stages])
-    ax.set_title("held-out exact match (%) after each stage")
-    fig.colorbar(im, ax=ax, fraction=0.03)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def save_figure(fig, path: Path) -> Path:
+    if fig.get_layout_engine() is None:  # the newer plots lay out as they draw
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     pyplot().close(fig)
     return path

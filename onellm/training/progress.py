@@ -1,5 +1,6 @@
 """The training loop's progress: the bar, and every `log_every` steps (and the last) a
-`train` event in RUN/metrics.jsonl with the step's figures, the examples per second, the
+`train` event in RUN/metrics.jsonl with the step's figures, every step's loss since the
+last one (`losses`: [step, source, loss], for loss.png), the examples per second, the
 share of that time spent waiting for data, the peak memory and the experts' use since the
 last one (with the collapse alarm's warnings)."""
 
@@ -47,6 +48,7 @@ class Progress:
             dynamic_ncols=True,
         )
         self.tick, self.seen, self.waited = time.perf_counter(), 0, 0.0
+        self.losses: list[tuple[int, str, float]] = []
 
     def next(self, loader: Iterator[Any]) -> Any:
         """The loader's next step, the time spent waiting for it counted."""
@@ -59,6 +61,8 @@ class Progress:
         """Step number `step` (from 1) ran over `examples` examples (all processes) and gave
         `stats`."""
         self.seen += examples
+        if self.main:  # the one that logs
+            self.losses.append((step, stats["source"], round(stats["loss"], 5)))
         if self.main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
             self.log(step, stats)
         self.bar.update(1)
@@ -72,7 +76,10 @@ class Progress:
             tqdm.write(f"[{self.cfg.name}] warning: {warning}")
             self.files.log({"event": "warning", "step": step, "message": warning})
         figures = {"samples_per_s": rate, "data_wait": wait, "peak_rss_mb": peak_rss_mb()}
-        self.files.log({"event": "train", "step": step, **figures, **stats, **use})
+        losses, self.losses = self.losses, []
+        self.files.log(
+            {"event": "train", "step": step, **figures, **stats, **use, "losses": losses}
+        )
         self.bar.set_postfix(
             loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}", sps=f"{rate:.0f}"
         )
