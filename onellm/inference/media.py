@@ -41,11 +41,24 @@ def decode_base64(data: Any, where: str) -> bytes:
         raise InputError(f"{where}: expected base64 data, got invalid base64 ({e})") from e
 
 
+def check_path(path: str, where: str) -> None:
+    """A path the file system can be asked about: no NUL byte, no lone surrogate (either
+    makes `os.stat` and `Path.resolve` raise a ValueError)."""
+    if "\x00" in path:
+        raise InputError(f"{where}: expected a file path, got one with a NUL byte: {shown(path)}")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{where}: expected a file path, got one with a lone surrogate "
+            f"{path[e.start]!r} at character {e.start}"
+        ) from e
+
+
 def stat_path(path: str, where: str) -> os.stat_result:
     """`os.stat(path)`, its failures (NUL byte, name too long, no such file, no access) as
     the request's `InputError` naming the field."""
-    if "\x00" in path:
-        raise InputError(f"{where}: expected a file path, got one with a NUL byte: {shown(path)}")
+    check_path(path, where)
     try:
         return os.stat(path)
     except FileNotFoundError as e:

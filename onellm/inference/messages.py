@@ -206,12 +206,18 @@ def read_part(model: OneLLM, p: Mapping, kind: str, media: Media, at: str) -> tu
                 f"{at}.onellm_input: expected 'modality' and 'parts' (an object of files by "
                 f"part name), got keys {sorted(value)}"
             )
-        return key, {n: media.file(f, f"{at}.onellm_input.parts.{n}") for n, f in parts.items()}
+        at = f"{at}.onellm_input.parts"
+        return key, {n: media.file(f, f"{at}.{field_name(n)}") for n, f in parts.items()}
     # a part typed by the modality's name carries a raw input (the library only)
     key = model.modality_key(kind)
     if isinstance(value, (str, os.PathLike)):
         return key, media.path(str(value), f"{at}.{kind}")
     return key, value
+
+
+def field_name(name: Any) -> str:
+    """A client's key as an error message names it (escaped unless a plain name)."""
+    return name if isinstance(name, str) and name.isidentifier() else repr(name)[:50]
 
 
 def modality_of(model: OneLLM, name: Any, where: str) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from onellm.errors import InputError
 from onellm.inference.chat import Conversation, pixels_of, prompt_ids, segments_of
 from onellm.inference.context import check_fits
-from onellm.inference.media import Media, shown, stat_path
+from onellm.inference.media import Media, check_path, shown, stat_path
 from onellm.inference.messages import Dialogue, check_dialogue, check_typed
 from onellm.inference.messages import read_messages as read_dialogue
 
@@ -53,8 +53,7 @@ def allowed_path(path: str, allow_dir: Path | None, where: str) -> Path:
             f"{where}: expected the file's bytes (base64), got a server path; this server reads "
             "no files (the operator can allow a folder with --allow-dir)"
         )
-    if "\x00" in path:
-        raise InputError(f"{where}: expected a file path, got one with a NUL byte: {shown(path)}")
+    check_path(path, where)
     try:
         resolved = Path(path).resolve()
     except (OSError, RuntimeError) as e:  # a link loop (RuntimeError before Python 3.13)
@@ -90,7 +89,8 @@ class Uploads(Media):
 
 def read_messages(model: OneLLM, request: ChatRequest, uploads: Uploads):
     """-> (system text or None, earlier (user, assistant) turns, prompt, {modality: raw})."""
-    d = read_dialogue(model, [m.model_dump() for m in request.messages], uploads)
+    messages = [{"role": m.role, "content": m.content} for m in request.messages]  # no copies
+    d = read_dialogue(model, messages, uploads)
     return d.system, d.history, d.prompt, d.inputs
 
 

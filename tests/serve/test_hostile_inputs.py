@@ -49,7 +49,10 @@ def client(tiny_model, allowed):
 
 
 def post(client, messages, **kw):
-    return client.post("/v1/chat/completions", json={"messages": messages, **kw})
+    body = json.dumps({"messages": messages, **kw})  # ASCII JSON: a lone surrogate escaped
+    return client.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
 
 
 def user(*content):
@@ -115,6 +118,10 @@ def test_paths_that_break_the_file_system_calls_are_400s(client, allowed):
     long = str(allowed / ("a" * 5000))
     cases = {
         "a NUL byte": (str(allowed / "x\x00.png"), "expected a file path, got one with a NUL byte"),
+        "a lone surrogate": (
+            str(allowed / "x\ud800.png"),
+            "got one with a lone surrogate '\\ud800'",
+        ),
         "a name too long": (long, "(File name too long)"),
         "no such file": (str(allowed / "none.png"), "expected an existing file"),
         "a FIFO": (str(allowed / "pipe.png"), "expected a file or a folder"),
