@@ -83,3 +83,30 @@ def test_the_ui_answers_an_uploaded_image_with_text_and_a_mask(server, tmp_path)
     import httpx  # the API answers on the same server as the UI
 
     assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "tiny"
+
+
+def test_with_a_key_the_browser_logs_in_once_and_the_ui_answers(tiny_model):
+    if not CHROMIUM.is_file():
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium; .ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    live = LiveServer(create_app(tiny_model, model_id="tiny", api_key="sesame"))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(live.url + "/")
+                assert page.url == live.url + "/login"  # sent to the form, no UI without it
+                page.fill("input[name=key]", "wrong")
+                page.click("button[type=submit]")
+                sync_api.expect(page.locator("body")).to_contain_text("wrong key")
+                page.fill("input[name=key]", "sesame")
+                page.click("button[type=submit]")
+                page.locator("#prompt textarea").fill("hello")
+                page.locator("#send").click()
+                answer = page.locator('#chat [data-testid="bot"]').last
+                sync_api.expect(answer).not_to_be_empty(timeout=60_000)
+            finally:
+                browser.close()
+    finally:
+        live.close()
