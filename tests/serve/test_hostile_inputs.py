@@ -39,6 +39,7 @@ def allowed(tmp_path_factory, files):
     (d / "rgb.png").write_bytes((files / "rgb.png").read_bytes())
     (d / "depth.npy").symlink_to(files / "depth.npy")  # a pair's part links outside
     os.mkfifo(d / "pipe.png")  # a reader would wait on it for ever
+    (d / "loop.png").symlink_to(d / "loop.png")  # a link to itself
     return d
 
 
@@ -125,6 +126,7 @@ def test_paths_that_break_the_file_system_calls_are_400s(client, allowed):
         "a name too long": (long, "(File name too long)"),
         "no such file": (str(allowed / "none.png"), "expected an existing file"),
         "a FIFO": (str(allowed / "pipe.png"), "expected a file or a folder"),
+        "a link loop": (str(allowed / "loop.png"), "expected a file path, got"),
         "a folder as an image": (str(allowed / "frames"), "image: expected a readable"),
     }
     for name, (path, needle) in cases.items():
@@ -242,3 +244,12 @@ def test_a_stream_whose_client_leaves_stops_generating(tiny_model):
     assert any('"content"' in line for line in chunks)
     assert short.status_code == 200, short.text
     assert left < 100 and steps.n - left < 30, (left, steps.n)  # not the 400 - left still to come
+
+
+def test_sampling_settings_that_are_not_numbers_are_400s(client):
+    for name in ("temperature", "top_p"):
+        body = '{"messages": [{"role": "user", "content": "hi"}], "' + name + '": NaN}'
+        r = client.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400 and name in r.json()["error"]["message"], r.text
