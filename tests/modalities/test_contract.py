@@ -74,8 +74,9 @@ def test_missing_file_is_an_input_error(tiny_model, tmp_path, name):
 
 def registered():
     """Every modality the registry can find: the shipped entry points and the thermal
-    plug-in (a file outside the package), as a user's YAML would name it."""
+    and ecg plug-ins (files outside the package), as a user's YAML would name them."""
     find_modality(str(ROOT / "examples" / "thermal" / "onellm_thermal.py"), "thermal")
+    find_modality(str(ROOT / "examples" / "ecg" / "onellm_ecg.py"), "ecg")
     return sorted({MODALITIES.canonical(n) for n in MODALITIES.names()})
 
 
