@@ -152,9 +152,11 @@ def chat(
         raise InputError(f"inputs: streaming takes one input, got a batch of {len(rows)}")
     opts = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     if stream:
-        return ChatStream(
+        out = ChatStream(
             lambda on_text: generate(model, rows, on_text=on_text, **opts, **generate_kwargs)[0]
         )
+        rows[0].cancelled = out.left.is_set
+        return out
     replies = generate(model, rows, **opts, **generate_kwargs)
     return replies if batched else replies[0]
 

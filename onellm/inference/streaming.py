@@ -69,11 +69,14 @@ class RowStreamer(BaseStreamer):
 class ChatStream:
     """What `chat(..., stream=True)` returns: iterate it for the reply's text pieces as they
     are generated (they join to the final text); then `.response` is the whole reply, masks
-    and images included."""
+    and images included. A reader that stops early (breaks out of its loop) stops the
+    generation at its next token (`left`, which the row's `cancelled` reads)."""
 
     def __init__(self, run: Callable[[Callable[[int, str], None]], ChatResponse]) -> None:
         self._run = run
         self.response: ChatResponse | None = None
+        self.left = threading.Event()
+        self.thread: threading.Thread | None = None  # the generating thread, once iterated
 
     def __iter__(self) -> Iterator[str]:
         pieces: queue.Queue = queue.Queue()
@@ -87,11 +90,17 @@ class ChatStream:
                 result["error"] = e
             pieces.put(done)
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        while (piece := pieces.get()) is not done:
-            yield piece
-        thread.join()
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+        finished = False
+        try:
+            while (piece := pieces.get()) is not done:
+                yield piece
+            finished = True
+        finally:
+            if not finished:  # the reader left (the generator was closed)
+                self.left.set()
+        self.thread.join()
         if "error" in result:
             raise result["error"]
         self.response = result["reply"]

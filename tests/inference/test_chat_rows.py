@@ -129,3 +129,20 @@ def test_a_cancelled_row_stops_at_its_next_token_and_the_others_are_unchanged(ti
     for (raws, prompt, n), got in zip(asks[1:], replies[1:], strict=True):
         want = m.chat(raws or None, prompt=prompt, max_new_tokens=n)
         assert got.token_ids == want.token_ids and got.text == want.text
+
+
+def test_a_library_stream_left_early_stops_generating(tiny_model):
+    steps = Steps()
+    stream = tiny_model.chat(
+        prompt="Tell me a long story.",
+        max_new_tokens=400,
+        stream=True,
+        logits_processor=LogitsProcessorList([steps]),
+    )
+    for i, _ in enumerate(stream):
+        if i == 1:
+            cut = steps.n
+            break  # the loop's generator is closed: the reader left
+    stream.thread.join(timeout=60)
+    assert not stream.thread.is_alive() and stream.response is None
+    assert steps.n <= cut + 2 < 400  # the token in flight, then no more
