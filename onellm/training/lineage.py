@@ -6,7 +6,9 @@
                    "seed": 1, "samples": 100, "accuracy": 0.99}, ...]}
 
 `stages` is every stage from the first to this one (a stage copies its parent's list and
-adds itself), so a later stage knows what to replay (onellm/training/replay.py) and which
+adds itself), `held_out` the figures of the model as saved (each with the `stage` that
+measured it: a set a stage did not measure, e.g. with `eval.parent: false`, keeps its
+parent's), so a later stage knows what to replay (onellm/training/replay.py) and which
 modalities to hold to the parent's figures (onellm/training/summary.py). The shapes world
 is procedural: `"data": "synthetic"` regenerates it by name; a manifest is kept by its
 absolute path, so replaying it on another machine needs the file at that path.
@@ -129,4 +131,8 @@ def write_lineage(
             d["data"] = str(Path(d["data"]).resolve())
         mine[key] = {**d, "modality": s.modality}
     stages = [*(parent.stages if parent else []), {"name": name, "sources": mine}]
-    (final / TRAINED_ON).write_text(json.dumps({"stages": stages, "held_out": rows}, indent=1))
+    # a set this stage did not measure keeps the figure of the stage that did (`stage`)
+    measured = {HeldOut.of(r) for r in rows}
+    kept = [r for r in (parent.held_out if parent else []) if HeldOut.of(r) not in measured]
+    held_out = [{**r, "stage": name} for r in rows] + kept
+    (final / TRAINED_ON).write_text(json.dumps({"stages": stages, "held_out": held_out}, indent=1))

@@ -63,7 +63,9 @@ def plan_replay(
             "nothing to replay: the stage names every source of captions or questions the parent was trained on"
         )
         return {}, {"note": "; ".join(notes)}
-    weights = split(chosen, {m for m, _ in own}, sum(s.weight for s in cfg.data.values()), ratio)
+    mine = sum(s.weight for s in cfg.data.values())
+    weights = split(chosen, {m for m, _ in own}, mine, ratio)
+    everything = mine + sum(weights.values())
     added = {
         k: SourceConfig(**{f: v for f, v in src.items() if f in FIELDS} | {"weight": weights[k]})
         for k, src in chosen.items()
@@ -72,7 +74,7 @@ def plan_replay(
         "ratio": ratio,
         "sources": {
             k: {"modality": s["modality"], "task": s["task"], "data": s["data"]}
-            | {"weight": weights[k]}
+            | {"weight": weights[k], "share": weights[k] / everything}
             for k, s in chosen.items()
         },
         "note": "; ".join(notes),
@@ -118,12 +120,14 @@ def replay_reasons(info: dict[str, Any], parent: Lineage | None) -> dict[str, li
     if parent is None:
         return {}
     if "ratio" in info:
+        share: dict[str, float] = {}
+        for s in info["sources"].values():
+            share[s["modality"]] = share.get(s["modality"], 0.0) + s["share"]
         return {
-            s["modality"]: [
-                f"replayed in {info['ratio']:.0%} of the steps with the parent's other "
-                "sources (more: replay.ratio)"
+            m: [
+                f"the parent's {m} data replayed in {v:.0%} of the steps (replay.ratio {info['ratio']:g})"
             ]
-            for s in info["sources"].values()
+            for m, v in share.items()
         }
     if info["note"].startswith("off"):
         return {m: ["replay was off (replay: false)"] for m, _ in parent.sources()}

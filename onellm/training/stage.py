@@ -82,6 +82,9 @@ class EvalConfig:
     # word or two), one that learnt reads 90% and more
     floor: float = 0.5
     forgetting: float = 5.0
+    # also evaluate, at the end, every set the parent model was measured on; false where the
+    # stage trains nothing those figures read (the decoders alone): the parent's are kept
+    parent: bool = True
 
 
 @dataclasses.dataclass

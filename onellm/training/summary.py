@@ -170,7 +170,8 @@ class StageSummary:
     def parent_figures(self, model: Any, *, measure: bool) -> None:
         """The sets the parent was measured on beside the stage's, and the parent's figures
         (`measure`: this process evaluates `model`, the starting one, where none is saved)."""
-        self.extra = parent_sets(self.parent, self.stage, model)
+        if self.cfg.eval.parent:
+            self.extra = parent_sets(self.parent, self.stage, model)
         if measure:
             self.figures = parent_figures(
                 self.parent,

@@ -15,7 +15,7 @@ from onellm.data.loader import choose_source
 from onellm.errors import ConfigError
 from onellm.training.lineage import Lineage
 from onellm.training.recipe import Recipe
-from onellm.training.replay import plan_replay, replay_line
+from onellm.training.replay import plan_replay, replay_line, replay_reasons
 from onellm.training.stage import ReplayConfig, load_stage
 from tests.conftest import ROOT
 
@@ -68,6 +68,10 @@ def test_the_parents_sources_join_at_the_stated_ratio(manifest):
     total = 0.3 / 0.7
     assert added["replay_image"].weight == pytest.approx(total / 2)
     assert added["replay_video"].weight == pytest.approx(total / 6)
+    assert info["sources"]["replay_image"]["share"] == pytest.approx(0.15)
+    assert replay_reasons(info, parent)["image"] == [
+        "the parent's image data replayed in 15% of the steps (replay.ratio 0.3)"
+    ]
     weights = {"image": 1.0} | {k: s.weight for k, s in added.items()}
     steps = Counter(choose_source(weights, seed=0, step=s) for s in range(20000))
     replayed = sum(n for k, n in steps.items() if k.startswith("replay_")) / 20000
