@@ -39,6 +39,8 @@ def allowed(tmp_path_factory, files):
     (d / "rgb.png").write_bytes((files / "rgb.png").read_bytes())
     (d / "depth.npy").symlink_to(files / "depth.npy")  # a pair's part links outside
     os.mkfifo(d / "pipe.png")  # a reader would wait on it for ever
+    (d / "scan.nii").write_bytes(b"\0" * 352)  # a NIfTI's place; its mask links outside
+    (d / "mask.nii").symlink_to(secret)
     (d / "loop.png").symlink_to(d / "loop.png")  # a link to itself
     return d
 
@@ -147,6 +149,12 @@ def test_no_file_outside_the_allowed_folder_is_read(client, allowed):
         },
     )
     refused(post(client, user(pair, text("hi"))), 403, "parts.depth.path: expected a path inside")
+    # a NIfTI whose mask links outside
+    scan = {
+        "scan": {"path": str(allowed / "scan.nii")},
+        "mask": {"path": str(allowed / "mask.nii")},
+    }
+    refused(post(client, user(onellm("fmri", parts=scan), text("hi"))), 403, "parts.mask.path")
     # a missing file outside says 403, not whether it exists
     refused(
         post(client, user(image("/no/such/file.png"), text("hi"))), 403, "inside the allowed folder"
