@@ -49,19 +49,19 @@ class Draw:
         default stage's (seed 0 + 1); `--seed` / `--samples` replace either."""
         stage_file = Path(args.run).parent / "stage.yaml"  # a saved run's, not a YAML's
         saved = Path(args.run).is_dir() and stage_file.is_file()
-        stage = yaml.safe_load(stage_file.read_text()) if saved else None
-        e = (stage or {}).get("eval") or {}
-        seed = (stage or {}).get("seed", StageConfig.seed) + 1
-        samples = e.get("samples", EvalConfig.samples)
-        tokens = e.get("max_new_tokens", EvalConfig.max_new_tokens)
-        source = f"as {stage_file}'s evaluation: its seed + 1" if stage else "a stage's default"
-        if args.seed is not None or args.samples is not None:
-            source = "as asked"
+        stage = (yaml.safe_load(stage_file.read_text()) if saved else None) or {}
+        e = stage.get("eval") or {}
+        seed = stage.get("seed", StageConfig.seed)
+        if stage:
+            source = f"the stage's own evaluation: its seed {seed} + 1, {stage_file}"
+        else:
+            source = f"no stage.yaml beside RUN: a default stage's, seed {seed} + 1"
+        asked = [f"--{k} as asked" for k in ("seed", "samples") if getattr(args, k) is not None]
         return cls(
-            seed=seed if args.seed is None else args.seed,
-            samples=samples if args.samples is None else args.samples,
-            max_new_tokens=tokens,
-            source=source,
+            seed=seed + 1 if args.seed is None else args.seed,
+            samples=e.get("samples", EvalConfig.samples) if args.samples is None else args.samples,
+            max_new_tokens=e.get("max_new_tokens", EvalConfig.max_new_tokens),
+            source=", ".join(asked) if len(asked) == 2 else "; ".join([*asked, source]),
         )
 
     def line(self, data: str | None) -> str:
@@ -74,11 +74,11 @@ class Draw:
 
 
 def eval_verb(args: argparse.Namespace) -> int:
-    model = load_model(args.run, device=args.device).eval()
-    draw = Draw.of(args)
     tasks = args.task or ["caption"]
     if "qa" in tasks and len(tasks) > 1:
         raise ConfigError("eval: --task qa goes alone (the output tasks report per task)")
+    model = load_model(args.run, device=args.device).eval()
+    draw = Draw.of(args)
     if tasks == ["caption"] or tasks == ["qa"]:
         mods = modalities(model, args, questions=tasks == ["qa"])
     print(draw.line(args.data))

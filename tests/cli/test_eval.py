@@ -39,7 +39,11 @@ def test_eval_draws_what_the_stage_drew_and_gives_its_figures(stage_run, capsys)
     final, logged = stage_run
     assert main(["eval", str(final), "--modality", "image"]) == 0
     out = capsys.readouterr().out
-    assert "seed 4, 4 scenes per modality" in out  # the stage's seed 3 + 1
+    stage = final.parent / "stage.yaml"
+    assert (
+        f"seed 4, 4 scenes per modality (the stage's own evaluation: its seed 3 + 1, {stage})"
+        in out
+    )
     got = json.loads((final / "eval_caption.json").read_text())["image"]
     want = logged["results"]["image"]
     assert got["n"] == want["n"] == 4 and got["seed"] == 4
@@ -51,9 +55,16 @@ def test_eval_draws_what_the_stage_drew_and_gives_its_figures(stage_run, capsys)
 def test_each_task_writes_its_own_file(stage_run, capsys):
     final, _ = stage_run
     assert main(["eval", str(final), "--modality", "image", "--samples", "2", "--seed", "0"]) == 0
-    assert "seed 0, 2 scenes per modality (as asked)" in capsys.readouterr().out
+    assert (
+        "seed 0, 2 scenes per modality (--seed as asked, --samples as asked)"
+        in capsys.readouterr().out
+    )
     caption = (final / "eval_caption.json").read_text()
     assert main(["eval", str(final), "--modality", "image", "--task", "qa", "--samples", "2"]) == 0
+    assert (
+        "seed 4, 2 scenes per modality (--samples as asked; the stage's own"
+        in capsys.readouterr().out
+    )
     assert (final / "eval_caption.json").read_text() == caption  # not overwritten
     qa = json.loads((final / "eval_qa.json").read_text())
     assert qa["image"]["n"] == 6 and "qa_accuracy" in qa["image"]
