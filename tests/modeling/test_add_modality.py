@@ -184,6 +184,8 @@ def test_shipped_modalities_are_declared_as_entry_points():
 
 
 def test_a_short_add_modality_stage_trains_only_the_new_parts(tmp_path):
+    """`trainable: ["@added"]`: the option that keeps every earlier modality bit-identical
+    (the shipped add_modality.yaml trains the LLM's LoRA too, below)."""
     torch.manual_seed(0)
     base = OneLLM.from_config(TINY).eval()
     base.save_pretrained(tmp_path / "base")
@@ -204,6 +206,7 @@ def test_a_short_add_modality_stage_trains_only_the_new_parts(tmp_path):
             "schedule.warmup_steps=2",
             "data.thermal.pool=64",
             "add_modality.type=" + str(PLUGIN),
+            'trainable=["@added"]',
         ],
     )
     t = Recipe(cfg, quiet=True).setup()
@@ -221,6 +224,21 @@ def test_a_short_add_modality_stage_trains_only_the_new_parts(tmp_path):
     for m in before:
         assert torch.equal(before[m], after[m]), m
     assert "thermal" in trained.modalities and trained.projection.num_experts == 4
+
+
+def test_the_shipped_add_modality_stage_trains_the_new_parts_and_the_llms_lora(tmp_path):
+    """So that the LLM can learn words it never said; a starting model without LoRA gets one."""
+    OneLLM.from_config(TINY).save_pretrained(tmp_path / "base")
+    cfg = load_stage(
+        ADD_STAGE,
+        [f"init_from={tmp_path / 'base'}", f"output_dir={tmp_path / 'run'}", "steps=1"],
+    )
+    t = Recipe(cfg, quiet=True).setup()
+    trains = {n for n, p in t.model.named_parameters() if p.requires_grad}
+    llm = {n for n in trains if n.startswith("llm.")}
+    assert llm and all("lora_" in n for n in llm)
+    assert any(n.startswith("tokenizers.thermal.") for n in trains)
+    assert not any(n.startswith("tokenizers.image.") for n in trains)
 
 
 def test_a_modality_starts_from_another_under_any_projection_kind():
