@@ -235,8 +235,10 @@ def plot_expert_use(train: list[dict], out: Path, name: str) -> list[Path]:
         shares = "/".join(f"{100 * s:.0f}" for s in loads[-1])
         ax.set(ylim=(0, 1))
         ax.set_title(f"{m}: {shares}%", fontsize=9)
-    for ax in axes.flat[len(panels) :]:
-        ax.set_visible(False)
+    for i in range(len(panels), rows * cols):  # the last row's empty places
+        axes.flat[i].set_visible(False)
+        axes.flat[i - cols].tick_params(labelbottom=True)
+        axes.flat[i - cols].set_xlabel("step")
     for ax in axes[:, 0]:
         ax.set_ylabel("share")
     for ax in axes[-1, :]:
