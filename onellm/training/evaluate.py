@@ -15,6 +15,7 @@ import torch
 from onellm.data import shapes
 from onellm.data.manifest import read_manifest
 from onellm.errors import InputError
+from onellm.inference.messages import one_turn
 from onellm.registry import TASKS
 from onellm.training.task import output_tasks
 
@@ -81,9 +82,8 @@ def evaluate(
     preds: list[str] = []
     with eval_mode(model):
         for i in range(0, len(inputs), batch_size):
-            replies = model.chat(
-                inputs[i : i + batch_size], modality=key, max_new_tokens=max_new_tokens
-            )
+            asked = [one_turn({key: raw}) for raw in inputs[i : i + batch_size]]
+            replies = model.chat(messages=asked, max_new_tokens=max_new_tokens)
             preds += [r.text for r in replies]
     result: dict[str, Any] = {"modality": key, "n": len(refs), **caption_metrics(preds, refs)}
     result["examples"] = [
@@ -126,8 +126,8 @@ def evaluate_qa(
         for q, items in by_question.items():
             preds[q] = []
             for i in range(0, len(items), batch_size):
-                part = [raw for raw, _ in items[i : i + batch_size]]
-                replies = model.chat(part, modality=key, prompt=q, max_new_tokens=max_new_tokens)
+                asked = [one_turn({key: raw}, q) for raw, _ in items[i : i + batch_size]]
+                replies = model.chat(messages=asked, max_new_tokens=max_new_tokens)
                 preds[q] += [r.text for r in replies]
     return qa_metrics(key, {q: [a for _, a in items] for q, items in by_question.items()}, preds)
 
