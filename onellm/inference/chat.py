@@ -136,7 +136,9 @@ def chat(
             raise InputError(f"messages: expected messages alone, got {', '.join(named)} too")
         convs, batched = conversations(messages)
         with Media() as media:  # its temporary files last until the inputs are read
-            rows = [conversation_of(model, read_messages(model, c, media)) for c in convs]
+            names = [f"messages[{k}]" if batched else "messages" for k in range(len(convs))]
+            read = [read_messages(model, c, media, n) for c, n in zip(convs, names, strict=True)]
+            rows = [conversation_of(model, d) for d in read]
     else:
         if prompt is not None and not prompt.strip():
             prompt = None

@@ -86,21 +86,22 @@ def check_dialogue(model: OneLLM, d: Dialogue) -> None:
         check_text(text, where)
 
 
-def read_messages(model: OneLLM, messages: Any, media: Media) -> Dialogue:
+def read_messages(model: OneLLM, messages: Any, media: Media, where: str = "messages") -> Dialogue:
     """OpenAI-style `messages` -> a `Dialogue`, every field checked (an `InputError` names
     it: `messages[2].content[0].image_url.url: ...`). Files are read through `media`,
-    whose temporary files live until it is closed."""
+    whose temporary files live until it is closed. `where`: how errors name the list (a
+    batch's conversations are `messages[k]`)."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise InputError(
-            "messages: expected a list of {'role': ..., 'content': ...} messages, got "
+            f"{where}: expected a list of {{'role': ..., 'content': ...}} messages, got "
             f"{type(messages).__name__}"
         )
     if not messages:
-        raise InputError("messages: expected at least one message, got an empty list")
+        raise InputError(f"{where}: expected at least one message, got an empty list")
     system, texts, roles, raws = None, [], [], {}
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        role, parts = role_and_parts(msg, where)
+        at_msg = f"{where}[{i}]"
+        role, parts = role_and_parts(msg, at_msg)
         text = []
         for at, p in parts:
             kind = part_type(model, p, media, at)
@@ -118,24 +119,24 @@ def read_messages(model: OneLLM, messages: Any, media: Media) -> Dialogue:
                 raise InputError(f"{at}: expected one {key} input in a conversation, got two")
             raws[key] = raw
         joined = "\n".join(t for t in text if t)
-        check_text(joined, f"{where}.content")
+        check_text(joined, f"{at_msg}.content")
         if role != "assistant":
-            check_typed(model, joined, where)
+            check_typed(model, joined, at_msg)
         if role == "system":
             if i != 0:
-                raise InputError(f"{where}: expected the system message first, got it at {i}")
+                raise InputError(f"{at_msg}: expected the system message first, got it at {i}")
             system = joined
             continue
         texts.append(joined)
         roles.append(role)
-    check_chars(model, [system or "", *texts], "messages")  # before any tokenising
+    check_chars(model, [system or "", *texts], where)  # before any tokenising
     if (
         not roles
         or roles[-1] != "user"
         or any(r != ("user", "assistant")[k % 2] for k, r in enumerate(roles))
     ):
         raise InputError(
-            "messages: expected user and assistant turns in turn, ending with a user "
+            f"{where}: expected user and assistant turns in turn, ending with a user "
             f"message, got roles {roles}"
         )
     history = list(zip(texts[:-1:2], texts[1::2], strict=True))

@@ -146,6 +146,10 @@ BAD = {  # messages (or chat keyword arguments) -> the error's start
         ),
         r"expected one of 'data' \(base64\) or 'path', got both",
     ),
+    "a batch's conversation": (
+        dict(messages=[user(text("a")), [{"role": "bot", "content": "b"}]]),
+        r"^messages\[1\]\[0\]\.role: expected one of",
+    ),
     "surrogate in a prompt": (
         dict(prompt="hi \udfff"),
         r"^prompt: expected Unicode text, got a lone surrogate",
