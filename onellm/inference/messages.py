@@ -140,7 +140,10 @@ def read_messages(model: OneLLM, messages: Any, media: Media, where: str = "mess
             f"message, got roles {roles}"
         )
     history = list(zip(texts[:-1:2], texts[1::2], strict=True))
-    return Dialogue(raws, texts[-1] or None, history, system)
+    prompt = texts[-1] if texts[-1].strip() else None
+    if prompt is None and not raws:
+        raise InputError(f"{where}: expected text or an input in the last user message, got none")
+    return Dialogue(raws, prompt, history, system)
 
 
 def role_and_parts(msg: Any, where: str) -> tuple[str, list[tuple[str, Any]]]:

@@ -150,6 +150,10 @@ BAD = {  # messages (or chat keyword arguments) -> the error's start
         dict(messages=[user(text("a")), [{"role": "bot", "content": "b"}]]),
         r"^messages\[1\]\[0\]\.role: expected one of",
     ),
+    "nothing to answer": (
+        dict(messages=user(text("  "))),
+        r"^messages: expected text or an input in the last user message, got none",
+    ),
     "surrogate in a prompt": (
         dict(prompt="hi \udfff"),
         r"^prompt: expected Unicode text, got a lone surrogate",
