@@ -70,8 +70,20 @@ def raw(port: int, head: str, body=b"", chunks=None, read_timeout: float = 60) -
                 s.sendall(b"0\r\n\r\n")
         except OSError:
             pass  # the server answered and closed before all of it was sent
-        answer = s.recv(65536).decode("latin-1")
-    return answer.split("\r\n", 1)[0] + " | " + answer.rsplit("\r\n\r\n", 1)[-1][:150]
+        answer = s.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(x.split(b":")[1])
+                for x in head.lower().split(b"\r\n")
+                if x.startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(body) < length and (more := s.recv(65536)):
+            body += more
+    status = head.split(b"\r\n", 1)[0].decode("latin-1")
+    return f"{status} | {body[:160].decode('latin-1')}"
 
 
 def cases(port: int, ui_body) -> dict:
@@ -83,7 +95,11 @@ def cases(port: int, ui_body) -> dict:
         return raw(port, head + f"Content-Length: {len(body)}\r\n", body)
 
     many = b"[" + b"[]," * (8 * MIB) + b"[]]"  # 24 MiB of []
+    under = b'{"messages": [' + b"{}," * 99_000 + b"{}]}"  # 0.6 MB, just under the cap
     return {
+        "a good request (1 token), /v1": lambda: post(
+            "/v1/chat/completions", b'{"messages":[{"role":"user","content":"hi"}],"max_tokens":1}'
+        ),
         "UI image slot {path: /etc/passwd}": lambda: post(
             "/gradio_api/call/respond", ui_body("/etc/passwd")
         ),
@@ -121,6 +137,8 @@ def cases(port: int, ui_body) -> dict:
         ),
         "24 MiB of [], /v1": lambda: post("/v1/chat/completions", many),
         "24 MiB of [], UI": lambda: post("/gradio_api/queue/join", many),
+        "99,000 {} (0.3 MB, under the cap), /v1": lambda: post("/v1/chat/completions", under),
+        "99,000 {} (0.3 MB, under the cap), UI": lambda: post("/gradio_api/queue/join", under),
         "text/plain POST, /v1": lambda: post(
             "/v1/chat/completions", b'{"messages":[{"role":"user","content":"hi"}]}', "text/plain"
         ),
@@ -193,6 +211,23 @@ def main() -> None:
     print("| case | answer | time s | peak RSS added MB | RSS kept MB |\n|---|---|---|---|---|")
     for name, answer, took, peak, kept in rows:
         print(f"| {name} | {answer.replace('|', '/')} | {took:.2f} | {peak:+.1f} | {kept:+.1f} |")
+    keyed = free_port()
+    proc = start(keyed, "--api-key", "sesame")
+    ask = b'{"messages":[{"role":"user","content":"hi"}],"max_tokens":1}'
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{keyed}\r\nContent-Type: application/json\r\nContent-Length: {len(ask)}\r\n"
+    try:
+        print("\nwith --api-key:")
+        for name, extra in (
+            ("no key", ""),
+            ("wrong key", "Authorization: Bearer x\r\n"),
+            ("the key", "Authorization: Bearer sesame\r\n"),
+        ):
+            print(f"- {name}: {raw(keyed, head + extra, ask)[:120]}")
+        page = f"GET / HTTP/1.1\r\nHost: {HOST}:{keyed}\r\nAccept: text/html\r\n"
+        print(f"- GET / (a browser): {raw(keyed, page)}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
     exposed = subprocess.run(
         [sys.executable, "-m", "onellm.cli", "serve", "configs/tiny.yaml", "--host", "0.0.0.0"],
         capture_output=True,

@@ -198,6 +198,8 @@ def test_pydantic_errors_are_in_onellms_words(client):
     assert r.json()["error"]["message"] == "temperature: expected a number, got a string ('hot')"
     r = client.post(CHAT, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0})
     assert r.json()["error"]["message"] == "max_tokens: expected at least 1, got a number (0)"
+    r = client.post(CHAT, json={"messages": [{}] * 99_000})  # refused before pydantic sees it
+    assert r.json()["error"]["message"] == "messages: expected at most 1,024 messages, got 99,000"
     r = client.post(CHAT, json=[1, 2])
     assert r.json()["error"]["message"].startswith("body: expected an object, got a list")
 
