@@ -23,6 +23,7 @@ from onellm.data.draw import Scene, canvas, paint, shape_mask
 from onellm.data.language import COLOURS, DISTANCES, SHAPES
 from onellm.errors import ConfigError, InputError
 from onellm.modalities.image_reader import ASPECT, open_image, pil_to_tensor, shrink
+from onellm.modeling.media_limits import check_bytes
 from onellm.modeling.modality import EncoderInfo, as_path
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -150,7 +151,13 @@ def exr_channels(name: str, p: Path) -> dict[str, np.ndarray]:
     import OpenEXR  # 0.2 s to import, for .exr files alone
 
     try:
+        head = OpenEXR.File(str(p), header_only=True).header()  # sizes before pixels
+        (x0, y0), (x1, y1) = head["dataWindow"]
+        size = (int(x1) - int(x0) + 1) * (int(y1) - int(y0) + 1) * 4 * len(head["channels"])
+        check_bytes(name, size, f"{len(head['channels'])} channels as float32", repr(str(p)))
         return {k: np.asarray(c.pixels) for k, c in OpenEXR.File(str(p)).channels().items()}
+    except (InputError, ConfigError):
+        raise
     except (RuntimeError, OSError, ValueError) as e:
         raise InputError(f"{name}: expected an OpenEXR file, got unreadable {str(p)!r}: {e}") from e
 

@@ -27,11 +27,10 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 
 from onellm.errors import ConfigError, InputError
-from onellm.modeling.media_limits import check_decode, check_pixels
+from onellm.modeling.media_limits import IMAGE_FORMATS, check_decode, check_pixels
 from onellm.modeling.modality import as_path, check_readable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # JPEG opens MPO too
 HIGH_BIT = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
 ASPECT = 4  # a longer side beyond 4 short sides is cropped: the centre crop takes the middle
 STRIP_BYTES = 4 << 20  # modes Image.reduce cannot average are converted this much at a time

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from onellm.data.manifest import Manifest, Record, fill_text
 from onellm.errors import InputError
+from onellm.modeling.media_limits import IMAGE_FORMATS
 
 OPEN_SHARDS = 8  # indexes of recently read shards kept open per process
 IMAGE_EXTS = {"png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"}
@@ -192,7 +193,7 @@ def materialised(value: Any) -> Iterator[Any]:
     decoded: Any = None
     try:  # decode here; what the modality then does with it raises its own errors
         if last in IMAGE_EXTS:
-            with Image.open(io.BytesIO(value.data)) as im:
+            with Image.open(io.BytesIO(value.data), formats=IMAGE_FORMATS) as im:
                 im.load()
                 decoded = im.copy()
         elif last == "npy":

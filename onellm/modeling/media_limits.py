@@ -8,7 +8,7 @@ default sized so that a server request of at most 1 MB stays within 64 MB of mem
 | variable                | default    | bounds                                                |
 | ----------------------- | ---------- | ----------------------------------------------------- |
 | `ONELLM_MAX_PIXELS`     | 40,000,000 | pixels of one image, depth/normal map or video frame  |
-| `ONELLM_MAX_DECODE_MB`  | 48         | the memory one image or frame is decoded into (PIL    |
+| `ONELLM_MAX_DECODE_MB`  | 40         | the memory one image or frame is decoded into (PIL    |
 |                         |            | decodes a PNG whole: 1-4 bytes a pixel)               |
 | `ONELLM_MAX_ARRAY_MB`   | 16         | the bytes one array file (.npy, .npz member, NIfTI,   |
 |                         |            | point cloud, audio read) unpacks to                   |
@@ -26,8 +26,11 @@ import numpy as np
 
 from onellm.errors import ConfigError, InputError
 
+# the image formats onellm reads: `Image.open(..., formats=IMAGE_FORMATS)`, so that PIL
+# never identifies EPS (and hands it to Ghostscript) or any other format (JPEG opens MPO)
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 MAX_PIXELS = 40_000_000  # a 40 MP photo; PIL's own guard refuses at 179 MP, far later
-MAX_DECODE_MB = 48.0  # a 12 MP RGB image decoded whole; a JPEG decodes at up to 1/8 scale
+MAX_DECODE_MB = 40.0  # a 10 MP RGB image decoded whole (a JPEG decodes at 1/8 scale or less)
 MAX_ARRAY_MB = 16.0  # 4M float32 values: a 700k-point cloud, three NSD-sized fMRI volumes
 MAX_FRAMES = 18_000  # ten minutes at 30 fps; only an untimed stream is counted frame by frame
 

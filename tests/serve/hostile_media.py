@@ -65,11 +65,20 @@ def gif_frames(d: Path, frames: int = 100, side: int = 1024) -> Path:
 
 def h264_raw(d: Path, frames: int = 150, side: int = 1024) -> Path:
     """A raw H.264 elementary stream (no container, so no duration) of still frames."""
-    p = d / "stream.mp4"  # as an upload labelled video/mp4 is written
-    black = av.VideoFrame.from_ndarray(np.zeros((side, side, 3), np.uint8), format="rgb24")
-    with av.open(str(p), "w", format="h264") as c:  # raw Annex B, no container
+    return h264(d / "stream.mp4", "h264", frames, (side, side))  # named as an upload is
+
+
+def mp4_4k(d: Path) -> Path:
+    """Two seconds of black 3840 x 2160 H.264 in an mp4 (~25 KiB)."""
+    return h264(d / "uhd.mp4", "mp4", 50, (3840, 2160))
+
+
+def h264(p: Path, container: str, frames: int, size: tuple[int, int]) -> Path:
+    """Black frames encoded by libx264 (they compress to a few bytes each)."""
+    black = av.VideoFrame.from_ndarray(np.zeros((size[1], size[0], 3), np.uint8), format="rgb24")
+    with av.open(str(p), "w", format=container) as c:
         s = c.add_stream("libx264", rate=25)
-        s.width = s.height = side
+        s.width, s.height = size
         s.pix_fmt, s.codec_context.options = "yuv420p", {"preset": "ultrafast"}
         for _ in range(frames):
             c.mux(s.encode(black))
@@ -84,11 +93,10 @@ def png_huge(d: Path, side: int = 8192) -> Path:
     return p
 
 
-def png_pixels(d: Path, megapixels: float, name: str = "large.png") -> Path:
-    """A grey PNG of about `megapixels` MP (a few KiB each: one flat colour)."""
-    side = int((megapixels * 1e6) ** 0.5)
-    p = d / name
-    Image.new("L", (side, side), 128).save(p, optimize=True)
+def png_palette40(d: Path) -> Path:
+    """A 6324^2 palette PNG (just under 40 MP, the default ONELLM_MAX_PIXELS; ~12 KiB)."""
+    p = d / "palette40.png"
+    Image.new("P", (6324, 6324), 3).save(p, optimize=True)
     return p
 
 
@@ -148,16 +156,12 @@ def wav_hours(d: Path, rate: int = 16_000, channels: int = 2) -> Path:
     return p
 
 
-def png_grey36(d: Path) -> Path:
-    return png_pixels(d, 36, "grey36.png")
-
-
 def png_rgb16(d: Path) -> Path:
     return png_rgb(d, 16, "rgb16.png")
 
 
-def png_rgb11(d: Path) -> Path:
-    return png_rgb(d, 11, "rgb11.png")
+def png_rgb10(d: Path) -> Path:
+    return png_rgb(d, 10, "rgb10.png")
 
 
 # case name -> (builder, modality); the files are built once per test session
@@ -166,13 +170,14 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "GIF 100 frames 1024^2 (video)": (gif_frames, "video"),
     "GIF 100 frames 1024^2 (image)": (gif_frames, "image"),
     "raw H.264, no duration (video)": (h264_raw, "video"),
+    "H.264 mp4 3840 x 2160 (video)": (mp4_4k, "video"),
     "PNG 8192^2 (image)": (png_huge, "image"),
     "npy huge header shape (point)": (npy_huge_shape, "point"),
     "NIfTI huge header shape (fmri)": (nifti_huge_shape, "fmri"),
     "WAV claiming hours (audio)": (wav_hours, "audio"),
-    "PNG grey 36 MP (image)": (png_grey36, "image"),
+    "PNG palette 40 MP (image)": (png_palette40, "image"),
     "PNG RGB 16 MP (image)": (png_rgb16, "image"),
-    "PNG RGB 11 MP (image)": (png_rgb11, "image"),
+    "PNG RGB 10 MP (image)": (png_rgb10, "image"),
     "JPEG 36 MP (image)": (jpeg_large, "image"),
     "EPS bytes as .png (image)": (eps_as_png, "image"),
 }
