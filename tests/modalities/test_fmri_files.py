@@ -134,6 +134,7 @@ def test_the_size_limit_is_checked_from_the_header_before_reading(tmp_path, fmri
     monkeypatch.setenv("ONELLM_MAX_ARRAY_MB", str((REPEATS.size * 4 - 1) / 2**20))
     monkeypatch.setattr(nibabel.Nifti1Image, "get_fdata", lambda *a, **k: pytest.fail("read"))
     with pytest.raises(
-        InputError, match=r"^fmri: expected at most 1,439 bytes \(ONELLM_MAX_ARRAY_MB\) .*NIfTI volume"
+        InputError,
+        match=r"^fmri: expected at most 1,439 bytes \(ONELLM_MAX_ARRAY_MB\) .*NIfTI volume",
     ):
         fmri.preprocess({"scan": scan, "mask": mask})
