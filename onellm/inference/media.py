@@ -121,6 +121,11 @@ class Media:
                     f"video/mp4, audio/wav, ...), got {mime or 'none'}"
                 )
             return self.write(decode_base64(m["data"], where), suffix)
+        if url[:5].lower() == "data:":
+            raise InputError(
+                f"{where}: expected a base64 data: URL (data:<media type>;base64,<data>), got "
+                f"{url[:40]!r}"
+            )
         if url.startswith(("http://", "https://")):
             raise InputError(
                 f"{where}: expected a data: URL or a file, got an http URL (onellm fetches "

@@ -16,6 +16,10 @@ def user(*parts) -> list[dict]:
     return [{"role": "user", "content": list(parts)}]
 
 
+def image(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 def text(t: str) -> dict:
     return {"type": "text", "text": t}
 
@@ -90,6 +94,10 @@ BAD = {  # messages (or chat keyword arguments) -> the error's start
             messages=user({"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}})
         ),
         r"image_url\.url: expected base64 data",
+    ),
+    "a data: URL not in base64": (
+        dict(messages=user(image("data:image/png,%89PNG"))),
+        r"image_url\.url: expected a base64 data: URL \(data:<media type>;base64,<data>\), got 'data:image/png,%89PNG'",
     ),
     "unknown media type": (
         dict(
