@@ -162,12 +162,9 @@ def warning(modality: str, found: dict) -> str | None:
 
 def announce(found: Mapping[str, dict], files: Any, stage: str, *, quiet: bool = False) -> None:
     """Each modality's check into the run's metrics (`{"event": "vocabulary", "modality",
-    "reason", ...}`: the summary gives the reason when the modality stays under its
-    floor), and its warning printed."""
+    "reason", ...}`: the summary gives `reason` when the modality stays under its floor;
+    None where the LLM trains, as the words are then learnable), and its warning printed."""
     for modality, f in found.items():
-        reason = f["warning"]
-        if reason is None and f["unsaid"]:  # the LLM trains: it had new words to learn
-            reason = f"{modality}: {_shown(f)}; the LLM trained to learn them"
-        files.log({"event": "vocabulary", "modality": modality, **f, "reason": reason})
+        files.log({"event": "vocabulary", "modality": modality, **f, "reason": f["warning"]})
         if f["warning"] and not quiet:
             print(f"[{stage}] warning: {f['warning']}")
