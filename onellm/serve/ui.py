@@ -3,26 +3,33 @@ one message), a multi-turn chat streamed as it is generated, a view per output k
 model (masks drawn over the input image, generated images in a gallery), and the
 projection experts' routing for the last input.
 
-Its requests go through the same queue as the API's, so UI and API users share batches.
+Its requests go through the same queue as the API's, so UI and API users share batches,
+and each turn is read as the API reads its messages (`model.chat(messages=...)`'s reader,
+onellm/inference/messages.py): the turn's uploads as `onellm_input` parts naming their
+files, read only inside Gradio's upload folder.
 """
 
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
 
 from onellm.errors import InputError
+from onellm.inference.messages import read_messages
 from onellm.modeling.modality import HasPixels, Paired, TakesUpload
 from onellm.modeling.projection import Routed
 from onellm.serve.batcher import Busy, Job
-from onellm.serve.inputs import check_typed, prepare
+from onellm.serve.inputs import Uploads, prepare
 
 if TYPE_CHECKING:
     from onellm.serve.api import Service
+
+UPLOADS = Path(gr.utils.get_upload_folder()).resolve()
 
 # the player for a modality that takes a common file (its `upload`); others get a file slot
 PLAYERS = {
@@ -122,6 +129,27 @@ def turns(chat: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return out
 
 
+def as_messages(
+    earlier: Sequence[tuple[str, str]], text: str, raws: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """A UI turn in the message format: the earlier turns' text, then a user message with
+    an `onellm_input` part per upload (a pair as its `parts`) and the typed text."""
+    messages: list[dict[str, Any]] = []
+    for user, assistant in earlier:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    parts: list[dict[str, Any]] = []
+    for key, raw in raws.items():
+        spec = (
+            {"parts": {n: {"path": p} for n, p in raw.items()}}
+            if isinstance(raw, dict)
+            else {"path": raw}
+        )
+        parts.append({"type": "onellm_input", "onellm_input": {"modality": key, **spec}})
+    if text:
+        parts.append({"type": "text", "text": text})
+    return [*messages, {"role": "user", "content": parts}]
+
+
 def overlay(pixels, masks, kind: str) -> tuple[np.ndarray, list] | None:
     """The input image (H, W, 3) uint8 and each mask labelled by its kind's token
     (`<seg> 1`), for `gr.AnnotatedImage`."""
@@ -194,14 +222,16 @@ def build_ui(service: Service) -> gr.Blocks:
 
         def respond(text, history, n, temp, *values) -> Iterator[tuple]:
             history = list(history or [])
+            uploads = Uploads(UPLOADS)  # Gradio's upload folder: the UI reads nothing else
             try:
                 raws = gathered(slots, values)
-                check_typed(model, text or "", "message")
+                messages = as_messages(turns(history), text or "", raws)
+                d = read_messages(model, messages, uploads)
                 prepared = prepare(
                     model,
-                    raws,
-                    text or None,
-                    turns(history),
+                    d.inputs,
+                    d.prompt,
+                    d.history,
                     context=service.context,
                     max_tokens=int(n),
                 )
@@ -215,7 +245,9 @@ def build_ui(service: Service) -> gr.Blocks:
                 )
                 service.batcher.submit(job)
             except (InputError, Busy) as e:
-                raise gr.Error(str(e)) from e
+                raise gr.Error(uploads.hide(str(e))) from e
+            finally:
+                uploads.close()
             history += [
                 {"role": "user", "content": text or "(caption the input)"},
                 {"role": "assistant", "content": ""},

@@ -5,6 +5,10 @@ an uploaded image (its reply text, the mask drawn over the input)."""
 
 from __future__ import annotations
 
+import shutil
+import uuid
+from pathlib import Path
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -43,6 +47,13 @@ def test_each_output_kind_gets_a_view(tiny_model):
     assert (views["gen"].elem_id, views["gen"].label) == ("images", "generated images")
 
 
+def uploaded(path) -> str:
+    """`path` as the UI's upload route leaves it: a copy in Gradio's upload folder."""
+    folder = Path(gr.utils.get_upload_folder()) / f"test-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    return shutil.copy(path, folder)
+
+
 @pytest.mark.parametrize("kind", ["seg", "gen"])
 def test_the_ui_answers_with_text_and_the_kinds_output(tiny_model, files, kind):
     token, n = tiny_model.outputs.token_ids[kind], tiny_model.outputs[kind].tokens
@@ -53,7 +64,7 @@ def test_the_ui_answers_with_text_and_the_kinds_output(tiny_model, files, kind):
         respond = next(f.fn for f in ui.fns.values() if f.name == "respond")
         with gr.Blocks():
             keys = [key for key, _, _ in upload_slots(tiny_model)]
-        values = [str(files / "x.png") if key == "image" else None for key in keys]
+        values = [uploaded(files / "x.png") if key == "image" else None for key in keys]
         *_, last = respond("segment it", [], n + 2, 0.0, *values)
     history, kept, message, *shown, figure = last
     assert kept == history  # the session's history, kept on the server
@@ -108,3 +119,16 @@ def test_a_two_turn_history_in_gradio_6s_message_format_reaches_the_prompt(tiny_
     assert last[0][-1] == {"role": "assistant", "content": want.text} and len(last[0]) == 6
     prompt = str(seen[0].conversation.segments)
     assert all(t in prompt for t in ("what shape?", "a circle", "and colour?", "red"))
+
+
+def test_the_ui_reads_no_file_outside_its_upload_folder(tiny_model, files):
+    app = create_app(tiny_model, ui=False)
+    with TestClient(app, base_url=LOCAL):
+        respond = next(
+            f.fn for f in build_ui(app.state.service).fns.values() if f.name == "respond"
+        )
+        with gr.Blocks():
+            keys = [key for key, _, _ in upload_slots(tiny_model)]
+        values = [str(files / "x.png") if key == "image" else None for key in keys]
+        with pytest.raises(gr.Error, match="inside the allowed folder"):
+            next(respond("what is it?", [], 2, 0.0, *values))
