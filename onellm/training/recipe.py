@@ -27,7 +27,7 @@ from onellm.data.loader import StepBatches, step_loader, steps
 from onellm.model import OneLLM
 from onellm.modeling import activation_checkpointing
 from onellm.modeling.devices import PRECISIONS, grad_scaler, move
-from onellm.training import distributed
+from onellm.training import distributed, vocabulary
 from onellm.training.freezing import apply_trainable
 from onellm.training.lineage import read_lineage, write_lineage
 from onellm.training.moe import StepMoE
@@ -79,6 +79,8 @@ class Recipe:
         self.n_trainable, self.n_total = apply_trainable(
             self.root, cfg.trainable, added, world=self.d.world
         )
+        # caption words the LLM never said, before sharding (vocabulary.py)
+        self.vocabulary = vocabulary.check(self.model, self.sources)
         self.model.train()
         self.cache_notes: dict[str, str] = {}
         if cfg.feature_cache:  # before sharding: the whole encoder runs on rank 0
@@ -109,6 +111,7 @@ class Recipe:
         self.step = self.files.resume(self.state) if self.resume else 0
         if self.d.main:
             self.files.start(cfg, self.n_trainable, self.n_total, resumed_at=self.step)
+            vocabulary.announce(self.vocabulary, self.files, cfg.name, quiet=self.quiet)
             self.files.log({"event": "replay", **self.replay})
             said = [replay_line(cfg.name, self.replay)] if self.parent else []
             for line in [*said, *(f"[{cfg.name}] {n}" for n in self.held_out.notes)]:
