@@ -219,6 +219,10 @@ def test_a_short_add_modality_stage_trains_only_the_new_parts(tmp_path):
         if r["event"] == "train" and r["source"] == "thermal"
     ]
     assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:3]) / 3
+    # the stage start's vocabulary check, one record per captioned modality
+    (checked,) = [r for r in read_metrics(cfg.output_dir) if r["event"] == "vocabulary"]
+    assert checked["modality"] == "thermal" and checked["reason"] is None
+    assert checked["words"] == 6 and not checked["llm_trains"]  # a, near, far, 3 shapes
     trained = OneLLM.from_pretrained(final).eval()
     after = old_logits(trained, inputs, ids)
     for m in before:
