@@ -253,15 +253,19 @@ def build_ui(service: Service) -> gr.Blocks:
                 {"role": "assistant", "content": ""},
             ]
             skip = gr.skip()
-            while True:
-                kind, value = events.get()
-                if kind == "text":
-                    history[-1] = {"role": "assistant", "content": history[-1]["content"] + value}
-                    yield history, skip, "", *[skip] * len(views), skip
-                elif kind == "error":
-                    raise gr.Error(f"generation failed: {value}")
-                else:
-                    break
+            try:  # a page that leaves closes this generator: its row stops at the next token
+                while True:
+                    kind, value = events.get()
+                    if kind == "text":
+                        piece = history[-1]["content"] + value
+                        history[-1] = {"role": "assistant", "content": piece}
+                        yield history, skip, "", *[skip] * len(views), skip
+                    elif kind == "error":
+                        raise gr.Error(f"generation failed: {value}")
+                    else:
+                        break
+            finally:
+                job.cancelled.set()  # after "done" it changes nothing
             history[-1] = {"role": "assistant", "content": value.text}
             conv = prepared.conversation
             figure = routing_figure(model, conv.inputs) if conv.inputs else None

@@ -132,3 +132,22 @@ def test_the_ui_reads_no_file_outside_its_upload_folder(tiny_model, files):
         values = [str(files / "x.png") if key == "image" else None for key in keys]
         with pytest.raises(gr.Error, match="inside the allowed folder"):
             next(respond("what is it?", [], 2, 0.0, *values))
+
+
+def test_a_page_that_leaves_mid_answer_cancels_its_row(tiny_model):
+    """Gradio closes the generator of a page that left: the job is cancelled, so its row
+    stops at the next token instead of holding its batch slot to the end."""
+    app = create_app(tiny_model, ui=False)
+    service = app.state.service
+    seen = []
+    submit = service.batcher.submit
+    service.batcher.submit = lambda job: seen.append(job) or submit(job)
+    with TestClient(app, base_url=LOCAL):
+        respond = next(f.fn for f in build_ui(service).fns.values() if f.name == "respond")
+        with gr.Blocks():
+            n = len(upload_slots(tiny_model))
+        answer = respond("hello", [], 200, 0.0, *[None] * n)
+        next(answer)  # the first streamed piece
+        assert not seen[0].cancelled.is_set()
+        answer.close()  # what Gradio does when the page goes
+        assert seen[0].cancelled.is_set()
