@@ -125,6 +125,8 @@ def check(model: Any, sources: Mapping[str, Source]) -> dict[str, dict]:
         task = s.task
         if isinstance(task, TextTask) and not (task.lm or task.output) and s.modality:
             said.setdefault(s.modality, []).extend(source_captions(model, s))
+    if not any(said.values()):  # e.g. stage 0: language modelling and CLIP
+        return {}
     contexts = [*shapes_captions(model.modalities.values()), *QUESTIONS]
     best = highest_probabilities(model, [*contexts, *(c for cs in said.values() for c in cs)])
     llm_trains = trains_llm(model)
