@@ -24,7 +24,7 @@ from PIL import Image
 
 from onellm.errors import ConfigError, InputError
 from onellm.modalities.clip_image import PairedMapInput, exr_channels, to_image_tensor, write_png
-from onellm.modalities.image_reader import open_image
+from onellm.modalities.image_reader import fit_array, open_image
 from onellm.modeling.media_limits import read_npy
 from onellm.modeling.modality import as_float_array, as_path, check_readable
 from onellm.registry import MODALITIES
@@ -48,9 +48,9 @@ def read_depth(
             raise InputError(
                 f"{name}: expected a .npy depth array, got unreadable {str(p)!r}: {e}"
             ) from e
-        d = np.squeeze(d)
+        d = fit_array(np.squeeze(d), fit)  # a large map made small before the work below
     elif suffix == ".exr":
-        d = _read_exr(name, p)
+        d = fit_array(_read_exr(name, p), fit)
     else:
         im = open_image(name, p, fit)
         if im.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -85,7 +85,7 @@ def depth_to_image(
     if as_path(raw) is not None:
         raw = read_depth(name, as_path(raw), depth_scale, fit)
     if isinstance(raw, (np.ndarray, torch.Tensor)) and raw.ndim == 2:
-        d = as_float_array(name, raw, "a depth map (H, W)")
+        d = as_float_array(name, fit_array(np.asarray(raw), fit), "a depth map (H, W)")
         span = float(d.max() - d.min())
         d = (d - d.min()) / span if span > 0 else np.zeros_like(d)
         return torch.from_numpy(d).unsqueeze(0).expand(3, -1, -1).contiguous()

@@ -111,6 +111,20 @@ def shrink(im: Image.Image, fit: int | None, max_side: int | None = None) -> Ima
     return reduce_by(im, k) if k > 1 else im
 
 
+def fit_array(x: np.ndarray, fit: int | None) -> np.ndarray:
+    """A float map (H, W[, C]) made small as `shrink` makes an image: a long side over
+    `ASPECT` short sides cropped to its middle, then every k-th pixel kept (a view: a
+    depth or normal map is not averaged across an object's edge)."""
+    if not fit or x.ndim < 2:
+        return x
+    h, w = x.shape[:2]
+    if max(h, w) > ASPECT * min(h, w):
+        keep = ASPECT * min(h, w)
+        x = x[(h - keep) // 2 :][:keep] if h > w else x[:, (w - keep) // 2 :][:, :keep]
+    k = reduce_factor((x.shape[1], x.shape[0]), fit, None)
+    return x[::k, ::k] if k > 1 else x
+
+
 def reduce_by(im: Image.Image, k: int) -> Image.Image:
     """`Image.reduce(k)`; a mode it cannot average (palette, one-bit, 16-bit) is first
     converted, strip by strip, so no full-size converted copy is made."""

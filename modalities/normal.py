@@ -16,6 +16,7 @@ import torch
 
 from onellm.errors import InputError
 from onellm.modalities.clip_image import PairedMapInput, exr_channels, to_image_tensor, write_png
+from onellm.modalities.image_reader import fit_array
 from onellm.modeling.modality import as_float_array, as_path, load_array_file
 from onellm.registry import MODALITIES
 
@@ -51,7 +52,7 @@ class NormalModality(PairedMapInput):
     def map_to_image(self, raw: Any) -> torch.Tensor:
         path = as_path(raw)
         if path is not None and path.suffix.lower() in (".npy", ".npz", ".exr"):
-            raw = read_normals(self.name, path)
+            raw = fit_array(read_normals(self.name, path), self.size)
         is_float = isinstance(raw, (np.ndarray, torch.Tensor)) and raw.dtype not in (
             np.uint8,
             torch.uint8,

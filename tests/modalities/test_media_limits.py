@@ -15,6 +15,7 @@ from PIL import Image, ImageSequence
 
 from onellm.errors import InputError
 from onellm.modalities.clip_image import clip_transform
+from onellm.modalities.depth import read_depth
 from onellm.modalities.image_reader import open_image, pil_to_tensor
 from onellm.modalities.video_reader import evenly, upright
 
@@ -160,3 +161,18 @@ def test_depth_maps_are_reduced_in_their_own_bit_depth(tiny_model, tmp_path):
         SIZE,
         SIZE,
     )
+
+
+def test_float_maps_are_subsampled_and_cropped_before_the_float_work(tiny_model, tmp_path):
+    np.save(
+        tmp_path / "d.npy", np.linspace(1, 9, 2000 * 1500, dtype=np.float32).reshape(1500, 2000)
+    )
+    d = read_depth("depth", tmp_path / "d.npy", fit=SIZE)
+    assert d.shape == (137, 182)  # every 11th pixel: 1500 // (2 x 64)
+    assert d[0, 0] == 1 and d[1, 0] == np.linspace(1, 9, 2000 * 1500, dtype=np.float32)[11 * 2000]
+    strip = np.random.default_rng(0).uniform(-1, 1, (16, 20_000, 3)).astype(np.float32)
+    np.save(tmp_path / "n.npy", strip)
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(smooth(40, 30)).save(rgb)
+    out = tiny_model.modalities["normal"].preprocess((rgb, tmp_path / "n.npy"))
+    assert out.shape == (2, 3, SIZE, SIZE)  # 16 x 64 kept of 20000, not resized to 80000

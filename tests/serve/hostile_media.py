@@ -164,8 +164,28 @@ def png_rgb10(d: Path) -> Path:
     return png_rgb(d, 10, "rgb10.png")
 
 
+def normal_npz(d: Path) -> dict[str, Path]:
+    """A depth-pair-like input: a small rgb PNG and a normal map .npz of 16 MiB of float32
+    zeros (just under ONELLM_MAX_ARRAY_MB) in ~16 KiB."""
+    Image.new("RGB", (40, 30)).save(d / "n_rgb.png")
+    np.savez_compressed(d / "normal.npz", np.zeros((1182, 1182, 3), np.float32))
+    return {"rgb": d / "n_rgb.png", "normal": d / "normal.npz"}
+
+
+def size_of(raw: Path | dict[str, Path]) -> int:
+    """A case's bytes on disk (a pair's two files together)."""
+    return (
+        sum(p.stat().st_size for p in raw.values()) if isinstance(raw, dict) else raw.stat().st_size
+    )
+
+
+def as_raw(raw: Path | dict[str, Path]) -> str | dict[str, str]:
+    """A case as a modality's preprocess takes it (paths as strings)."""
+    return {k: str(p) for k, p in raw.items()} if isinstance(raw, dict) else str(raw)
+
+
 # case name -> (builder, modality); the files are built once per test session
-CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
+CASES: dict[str, tuple[Callable[[Path], Path | dict[str, Path]], str]] = {
     "npz zip bomb (point)": (npz_bomb, "point"),
     "GIF 100 frames 1024^2 (video)": (gif_frames, "video"),
     "GIF 100 frames 1024^2 (image)": (gif_frames, "image"),
@@ -180,12 +200,13 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "PNG RGB 10 MP (image)": (png_rgb10, "image"),
     "JPEG 36 MP (image)": (jpeg_large, "image"),
     "EPS bytes as .png (image)": (eps_as_png, "image"),
+    "normal map .npz, 16 MiB of float32 (normal)": (normal_npz, "normal"),
 }
 
 
-def build_all(d: Path) -> dict[str, tuple[Path, str]]:
-    """Every case's file (built once each) and modality."""
-    built: dict[Callable, Path] = {}
+def build_all(d: Path) -> dict[str, tuple[Path | dict[str, Path], str]]:
+    """Every case's file (built once each; a pair for normal) and modality."""
+    built: dict[Callable, Path | dict[str, Path]] = {}
     out = {}
     for name, (make, modality) in CASES.items():
         if make not in built:

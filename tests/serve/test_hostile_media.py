@@ -15,7 +15,7 @@ import pytest
 from PIL import EpsImagePlugin, Image
 
 from onellm.errors import ConfigError, InputError
-from tests.serve.hostile_media import CASES, MB, PeakRSS, build_all
+from tests.serve.hostile_media import CASES, MB, PeakRSS, as_raw, build_all, size_of
 
 BUDGET = 64 * MB  # the issue's bound for a request of at most 1 MB, tiny model
 RESIDUE = 4 * MB  # what a second read of the same file may leave (allocator slack)
@@ -34,18 +34,18 @@ def hostile(tmp_path_factory):
     return build_all(tmp_path_factory.mktemp("hostile"))
 
 
-def read(model, path, modality):
+def read(model, raw, modality):
     """What a chat request reads: the input, and for an image its pixels (for masks)."""
-    x = model.preprocess(str(path), modality)
+    x = model.preprocess(as_raw(raw), modality)
     if modality == "image":
-        model.modalities["image"].pixels(str(path))
+        model.modalities["image"].pixels(as_raw(raw))
     return x
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_hostile_file_is_refused_or_read_within_budget(tiny_model, hostile, case):
     path, modality = hostile[case]
-    assert path.stat().st_size < MB
+    assert size_of(path) < MB
     for attempt in range(2):  # the second shows what stays (the first pays one-time setup)
         with PeakRSS() as m:
             if case in REFUSED:

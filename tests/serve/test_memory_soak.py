@@ -24,9 +24,16 @@ ROUNDS = 3
 SLACK = 16 * MB  # what the server may keep after ROUNDS x cases requests (allocator, caches)
 
 
-def body(path, modality: str) -> dict:
+def upload(path) -> dict:
     data = base64.b64encode(path.read_bytes()).decode()
-    part = {"modality": modality, "data": data, "format": path.suffix.lstrip(".")}
+    return {"data": data, "format": path.suffix.lstrip(".")}
+
+
+def body(raw, modality: str) -> dict:
+    if isinstance(raw, dict):  # a pair (rgb and its map)
+        part = {"modality": modality, "parts": {k: upload(p) for k, p in raw.items()}}
+    else:
+        part = {"modality": modality, **upload(raw)}
     content = [{"type": "onellm_input", "onellm_input": part}, {"type": "text", "text": "what?"}]
     return {"messages": [{"role": "user", "content": content}], "max_tokens": 2}
 
