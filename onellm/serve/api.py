@@ -158,12 +158,11 @@ def router(service: Service) -> APIRouter:
             return StreamingResponse(
                 stream(service, cid, job, events, prepared, usage), media_type="text/event-stream"
             )
-        while True:
-            kind, value = await events.get()
-            if kind == "error":
-                return failure(500, f"generation failed: {value}", "server_error")
-            if kind == "done":
-                break
+        kind, value = await answer(request, events, job)
+        if kind == "gone":
+            return failure(499, "the client closed the connection", "client_closed")
+        if kind == "error":
+            return failure(500, f"generation failed: {value}", "server_error")
         message = {
             "role": "assistant",
             "content": value.text,
@@ -178,6 +177,21 @@ def router(service: Service) -> APIRouter:
         )
 
     return api
+
+
+async def answer(request: Request, events: asyncio.Queue, job: Job) -> tuple[str, Any]:
+    """A whole answer's ("done", reply) or ("error", e); ("gone", None) once the client has
+    closed its connection, whose job is then cancelled (Starlette cancels only streams)."""
+    while True:
+        try:
+            kind, value = await asyncio.wait_for(events.get(), timeout=0.25)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancelled.set()
+                return "gone", None
+            continue
+        if kind in ("done", "error"):
+            return kind, value
 
 
 def finish(reply, max_tokens: int) -> str:

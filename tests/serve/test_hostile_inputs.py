@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import time
 
 import httpx
 import numpy as np
@@ -261,3 +263,43 @@ def test_sampling_settings_that_are_not_numbers_are_400s(client):
             "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
         )
         assert r.status_code == 400 and name in r.json()["error"]["message"], r.text
+
+
+class SlowSteps(Steps):
+    """Counts decoding steps, each 10 ms longer, and never lets a row end on EOS."""
+
+    def __init__(self, eos: int) -> None:
+        super().__init__()
+        self.eos = eos
+
+    def __call__(self, input_ids, scores):
+        time.sleep(0.01)
+        scores[:, self.eos] = float("-inf")
+        return super().__call__(input_ids, scores)
+
+
+def test_a_whole_answer_whose_client_leaves_stops_generating(tiny_model):
+    """Not streamed: the client sends a 400-token request and closes its socket; the
+    server notices, cancels the row, and generation stops long before 400 steps."""
+    steps = SlowSteps(tiny_model.text_tokenizer.eos_token_id)
+    app = create_app(
+        tiny_model, ui=False, generate_kwargs={"logits_processor": LogitsProcessorList([steps])}
+    )
+    server = LiveServer(app)
+    body = json.dumps({"messages": user(text("Tell me a long story.")), "max_tokens": 400})
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall((head + body).encode())
+            deadline = time.monotonic() + 30
+            while steps.n < 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        time.sleep(1.5)  # the server polls for a gone client every 0.25 s
+        stopped = steps.n
+        time.sleep(0.5)
+    finally:
+        server.close()
+    assert 5 <= stopped < 250 and steps.n - stopped <= 1, (stopped, steps.n)
