@@ -33,7 +33,7 @@ from onellm.modeling.modality import as_path, check_readable
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 HIGH_BIT = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
 ASPECT = 4  # a longer side beyond 4 short sides is cropped: the centre crop takes the middle
-STRIP_BYTES = 4 << 20  # modes Image.reduce cannot average are converted this much at a time
+STRIP_BYTES = 1 << 20  # modes Image.reduce cannot average are converted this much at a time
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose)
 UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
