@@ -9,7 +9,8 @@ The parent's sources are read from the saved model (onellm/training/lineage.py):
 except those the stage names itself (the same modality and data). They join the stage's
 data as `replay_<key>` with weights that sum to `ratio / (1 - ratio)` of the stage's own,
 so `ratio` of the steps draw from them: half for the modalities the stage trains, half for
-the others (`split`). By default (`replay:` unset) it is on at
+the others (`split`); a replayed instruction source keeps `caption_mix` of plain captions
+(0.5: the fine-tune's captions pull that prompt). By default (`replay:` unset) it is on at
 ReplayConfig's ratio whenever there is such a source: the demo's stages name every earlier
 modality themselves, so they replay nothing; a fine-tune on one's own manifest from the
 demo's model replays all eight shapes-world modalities.
@@ -46,7 +47,8 @@ def plan_replay(
         return {}, {"note": "off (replay: false)"}
     if parent is None:
         return {}, {"note": "none: the stage starts from a model config, not a trained model"}
-    ratio = cfg.replay.ratio if isinstance(cfg.replay, ReplayConfig) else ReplayConfig.ratio
+    settings = cfg.replay if isinstance(cfg.replay, ReplayConfig) else ReplayConfig()
+    ratio = settings.ratio
     own, missing, chosen = named(cfg), [], {}
     for (modality, data), src in parent.sources().items():
         teaching = teaches(src["task"], "captions") or teaches(src["task"], "questions")
@@ -66,8 +68,11 @@ def plan_replay(
     mine = sum(s.weight for s in cfg.data.values())
     weights = split(chosen, {m for m, _ in own}, mine, ratio)
     everything = mine + sum(weights.values())
+    mix = {} if settings.caption_mix is None else {"caption_mix": settings.caption_mix}
     added = {
-        k: SourceConfig(**{f: v for f, v in src.items() if f in FIELDS} | {"weight": weights[k]})
+        k: SourceConfig(
+            **{f: v for f, v in src.items() if f in FIELDS} | {"weight": weights[k]} | mix
+        )
         for k, src in chosen.items()
     }
     info = {

@@ -152,3 +152,12 @@ def test_a_stage_counts_its_replayed_samples_at_the_ratio(manifest, tmp_path):
 def test_a_bad_ratio_is_refused():
     with pytest.raises(ConfigError, match=r"replay.ratio: expected a share in \(0, 1\), got 1.0"):
         load_stage(STAGES / "finetune.yaml", ["replay.ratio=1"])
+
+
+def test_replayed_instruction_keeps_a_stated_share_of_plain_captions(manifest):
+    parent = lineage_of("stage4_instruct")
+    added, _ = plan_replay(finetune(manifest), parent)
+    assert added["replay_audio"].task == "instruct"
+    assert added["replay_audio"].caption_mix == ReplayConfig().caption_mix
+    added, _ = plan_replay(finetune(manifest, "replay.caption_mix=null"), parent)
+    assert added["replay_audio"].caption_mix == 0.25  # the parent's own
