@@ -235,6 +235,13 @@ def rss() -> int:
     return _status("VmRSS")
 
 
+def anon() -> int:
+    """This process's resident anonymous memory (heap, arrays; no library code), in bytes,
+    after `trim`: what a request could leave behind."""
+    trim()
+    return _status("RssAnon")
+
+
 class PeakRSS:
     """`with PeakRSS() as m: ...` -> m.added: the peak resident memory the block added
     over what was resident when it began (bytes). Linux resets the high-water mark
