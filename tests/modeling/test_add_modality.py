@@ -1,6 +1,7 @@
 """Adding a modality (and experts) to a model without changing what it does for the others."""
 
 import importlib.metadata
+import importlib.util
 import inspect
 import shutil
 import sys
@@ -12,7 +13,8 @@ import torch
 
 from onellm import OneLLM
 from onellm.checkpoints.conformance import onellm_logits
-from onellm.errors import ConfigError, InputError, RegistryError
+from onellm.checkpoints.plugin_files import keep_plugins
+from onellm.errors import CheckpointError, ConfigError, InputError, RegistryError
 from onellm.modeling.modality import MODALITIES, find_modality
 from onellm.registry import Registry
 from onellm.training.recipe import Recipe, read_metrics
@@ -259,3 +261,22 @@ def test_a_modality_starts_from_another_under_any_projection_kind():
         model.add_modality("sonar", {"type": "depth"}, new_experts=1)
     with pytest.raises(InputError, match="the perceiver projection, which has no router"):
         model.routing_report("image", torch.zeros(1, 3, 32, 32))
+
+
+def test_two_plugin_files_of_one_name_are_refused_when_saved(tmp_path, monkeypatch):
+    """plugins/ holds one file per name: two different files named alike cannot both go."""
+    classes = {}
+    for key in ("one", "two"):
+        path = tmp_path / key / "onellm_same.py"
+        path.parent.mkdir()
+        path.write_text(f"class Same:\n    name = {key!r}\n")
+        spec = importlib.util.spec_from_file_location(f"same_{key}", path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, f"same_{key}", module)  # as find_modality imports
+        spec.loader.exec_module(module)
+        classes[key] = module.Same
+    specs = {k: {"type": f"{tmp_path / k / 'onellm_same.py'}:Same"} for k in classes}
+    with pytest.raises(CheckpointError, match="would both be saved as"):
+        keep_plugins(specs, classes, tmp_path / "run")
+    kept = keep_plugins({"one": specs["one"], "imu": {"type": "imu"}}, classes, tmp_path / "run")
+    assert kept == {"one": {"type": "plugins/onellm_same.py:Same"}, "imu": {"type": "imu"}}
