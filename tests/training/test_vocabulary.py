@@ -1,5 +1,7 @@
 """The stage start's check: caption words the LLM has never said, and what to train."""
 
+import json
+
 import pytest
 import torch
 
@@ -97,3 +99,28 @@ def test_the_stage_check_warns_until_the_llm_trains(spoken, tmp_path):
     trained = vocabulary.check(spoken, sources)["ecg"]
     assert trained["llm_trains"] and trained["warning"] is None
     assert trained["unsaid"] == ecg["unsaid"]  # LoRA starts as the identity
+
+
+def test_a_manifests_captions_and_answers_are_checked(spoken, tmp_path):
+    """One's own data: the first records' captions (or, for conversations, the answers)."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "purple").save(tmp_path / "star.png")
+    rows = [
+        {"modality": "image", "input": "star.png", "caption": "a purple star"},
+        {
+            "modality": "image",
+            "input": "star.png",
+            "conversations": [
+                {"from": "human", "value": "What colour is it?"},
+                {"from": "gpt", "value": "magenta"},
+            ],
+        },
+    ]
+    (tmp_path / "own.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = SourceConfig(task="instruct", data=str(tmp_path / "own.jsonl"))
+    source = Source(spoken, "image", cfg, 0)
+    assert vocabulary.source_captions(spoken, source) == ["a purple star", "magenta"]
+    found = vocabulary.check(spoken, {"image": source})["image"]
+    # (the demo's stage-4 LLM never said "star" or "magenta" either; 40 steps push down less)
+    assert "purple" in found["unsaid"] and "a" not in found["unsaid"] and found["words"] == 4
