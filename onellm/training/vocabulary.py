@@ -26,6 +26,7 @@ import torch
 
 from onellm.data.language import QUESTIONS
 from onellm.data.sources import Source
+from onellm.errors import InputError
 from onellm.modeling.build import shapes_captions
 from onellm.modeling.modality import Renders
 from onellm.training.text_tasks import TextTask
@@ -43,7 +44,10 @@ def source_captions(model: Any, source: Source, limit: int = LIMIT) -> list[str]
         return [c for m in mods if isinstance(m, Renders) for c in m.captions()]
     texts = []
     for i in range(min(limit, source.size)):
-        r = source.records[i]
+        try:
+            r = source.records[i]
+        except InputError:  # a bad record is the data loader's to report, with its line
+            continue
         texts += [r.caption] if r.caption else [a for _, a in r.turns]
     return list(dict.fromkeys(texts))
 
