@@ -269,19 +269,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("--verbose", action="store_true")
     quiet(verbose.parse_known_args(argv)[0].verbose)  # before parsing, which may load torch
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # argparse (3.11) leaves a positional prompt given after the options unparsed
-    if getattr(args, "prompt", "") is None and len(extra) == 1 and not extra[0].startswith("-"):
-        args.prompt, extra = extra[0], []
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parse(argv)
     try:
         check(args)  # paths and configs, before the verb imports torch
         return args.func(args)
     except OneLLMError as e:  # a user mistake: one clear line, no traceback
         print(f"onellm: error: {e}", file=sys.stderr)
         return 2
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as argparse reads it, and what argparse leaves after an option."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse (3.11) leaves a positional prompt given after the options unparsed
+    if getattr(args, "prompt", "") is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.prompt, extra = extra[0], []
+    # and key=value overrides after an option (`train STAGE --resume steps=10`)
+    if isinstance(getattr(args, "overrides", None), list) and all("=" in e for e in extra):
+        args.overrides, extra = args.overrides + extra, []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 if __name__ == "__main__":

@@ -207,3 +207,15 @@ def test_eval_tasks_are_qa_and_the_registered_tasks_with_a_metric_of_their_own(c
     tasks = ", ".join(repr(t) for t in ["qa", *output_tasks()])
     assert f"invalid choice: 'caption' (choose from {tasks})" in capsys.readouterr().err
     assert {"seg", "gen", "sam", "t2i"} <= set(output_tasks())
+
+
+def test_overrides_after_an_option_are_overrides():
+    """`onellm train STAGE --resume steps=10`: argparse alone stops at --resume."""
+    from onellm.cli.main import parse
+
+    args = parse(["train", "stage1_image", "--resume", "steps=10", "eval.samples=4"])
+    assert args.resume and args.overrides == ["steps=10", "eval.samples=4"]
+    args = parse(["train", "stage1_image", "steps=3", "--resume", "batch_size=2"])
+    assert args.overrides == ["steps=3", "batch_size=2"]
+    with pytest.raises(SystemExit):  # a stray word is still refused
+        parse(["train", "stage1_image", "--resume", "oops"])
