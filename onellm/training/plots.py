@@ -49,7 +49,10 @@ def plot_run(run: str | Path) -> list[Path]:
         written += plot_expert_use(used, out, run.name)
     evals = [r for r in records if r["event"] == "eval"]
     if evals:
-        written.append(plot_accuracy(evals, starting_figures(run), out / "accuracy.png", run.name))
+        if accuracy_series(evals):  # a stage of output tasks alone (5a) has no held-out set
+            written.append(
+                plot_accuracy(evals, starting_figures(run), out / "accuracy.png", run.name)
+            )
         routing = evals[-1].get("routing", {})
         if routing:
             written.append(
