@@ -103,9 +103,11 @@ def seg_server(ws: Path):
     from onellm.serve.app import create_app
     from tests.conftest import ForceAt
 
-    model = OneLLM.from_pretrained(ws / "runs/demo/stage4/final")
+    run = "runs/demo/stage4/final"  # served under the path, as `onellm serve` names it
+    model = OneLLM.from_pretrained(ws / run)
     force = LogitsProcessorList([ForceAt(model.outputs.token_ids["seg"], 1)])
-    server = LiveServer(create_app(model, ui=False, generate_kwargs={"logits_processor": force}))
+    app = create_app(model, model_id=run, ui=False, generate_kwargs={"logits_processor": force})
+    server = LiveServer(app)
     try:
         yield server.port
     finally:

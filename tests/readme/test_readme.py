@@ -104,7 +104,8 @@ def test_shell_block(block, workspace):
             if not fixture.exists():
                 pytest.skip(f"{fixture} is absent (CI has ../shared)")
             with inside(ROOT):
-                assert "max abs error" in run_cli(ROOT, argv).lower()
+                table = run_cli(ROOT, argv).splitlines()[1:]  # output, max abs, ok or not
+                assert table and all(line.split()[2] == "ok" for line in table), table
         elif argv is not None:
             chat_session = argv[0] == "chat" and not any(a.startswith("--") for a in argv[2:])
             run_cli(workspace, argv, stdin="hello\n/quit\n" if chat_session else "")
