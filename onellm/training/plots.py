@@ -5,8 +5,7 @@ loss.png: every step's loss (faint dots; runs from before the `losses` field hav
 in `log_every`) and, per source, its moving average. accuracy.png: each held-out set over
 the stage's evaluations as a line, from the starting model's figure at step 0 where the
 stage's report.json has it (onellm/training/summary.py); a stage evaluated once, with no
-starting figure, as bars. expert_load.png: a grid of panels, one per modality.
-"""
+starting figure, as bars. expert_load.png: a grid of panels, one per modality."""
 
 from __future__ import annotations
 
