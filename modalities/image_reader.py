@@ -74,7 +74,7 @@ def open_image(
     except UnidentifiedImageError as e:
         raise InputError(
             f"{name}: expected an image file in one of the formats onellm reads "
-            f"({', '.join(IMAGE_FORMATS)}), got {label}, which is none of them"
+            f"({', '.join(IMAGE_FORMATS)}), got unreadable {label}: none of them, or damaged"
         ) from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"{name}: expected an image file, got unreadable {label}: {e}") from e
