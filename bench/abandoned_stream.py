@@ -17,36 +17,21 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
 import httpx
 
 from bench.serve import HOST, free_port, rss_mb
+from bench.serve import start as serve_process
 
 LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400}
 SHORT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
 
 def start(root: str, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "onellm.cli", "serve", "configs/tiny.yaml", "--host", HOST]
-    cmd += ["--port", str(port), "--device", "cpu", "--no-ui"]
     env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not answer /health within 120 s")
+    return serve_process("configs/tiny.yaml", port, "--no-ui", cwd=root, env=env)
 
 
 def short_wait(c: httpx.Client) -> float:

@@ -18,32 +18,15 @@ import time
 
 import httpx
 
-HOST = "127.0.0.1"
+from bench.serve import HOST, free_port
+from bench.serve import start as serve_process
+
 MIB = 2**20
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def start(port: int, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "onellm.cli", "serve", "configs/tiny.yaml", "--host", HOST]
-    cmd += ["--port", str(port), "--device", "cpu", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("no /health within 180 s")
+    return serve_process("configs/tiny.yaml", port, *extra, env=env, timeout=180)
 
 
 def memory(pid: int) -> dict[str, float]:

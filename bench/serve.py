@@ -37,27 +37,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(config: str, port: int, max_batch: int, wait_ms: float) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "onellm.cli",
-        "serve",
-        config,
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--no-ui",
-        "--max-batch",
-        str(max_batch),
-        "--batch-wait-ms",
-        str(wait_ms),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+def start(
+    config: str,
+    port: int,
+    *options: str,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.Popen:
+    """`onellm serve CONFIG --host 127.0.0.1 --port PORT --device cpu OPTIONS` in its own
+    process, as a user starts it, once it answers /health (the other serving benches too)."""
+    cmd = [sys.executable, "-m", "onellm.cli", "serve", config, "--host", HOST]
+    cmd += ["--port", str(port), "--device", "cpu", *options]
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited: {proc.stderr.read()[-2000:]}")
@@ -67,7 +62,7 @@ def start(config: str, port: int, max_batch: int, wait_ms: float) -> subprocess.
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    raise SystemExit("the server did not answer /health within 120 s")
+    raise SystemExit(f"the server did not answer /health within {timeout:.0f} s")
 
 
 def rss_mb(pid: int) -> float:
@@ -169,7 +164,15 @@ def main() -> None:
     port = free_port()
     url = f"http://{HOST}:{port}"
     images = [image_url(s) for s in range(8)]
-    proc = start(args.config, port, args.max_batch, args.batch_wait_ms)
+    proc = start(
+        args.config,
+        port,
+        "--no-ui",
+        "--max-batch",
+        str(args.max_batch),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+    )
     try:
         throughput(url, 1, 3, args.max_tokens, images)  # warm-up
         one = throughput(url, 1, args.requests, args.max_tokens, images)
