@@ -52,6 +52,17 @@ class ForceAt:
         return scores
 
 
+class Steps:
+    """A logits processor that counts generate's decoding steps (one per new token of a batch)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, input_ids, scores):
+        self.n += 1
+        return scores
+
+
 def random_input(model, modality: str, batch: int = 2, frames: int = 2) -> torch.Tensor:
     """A random preprocessed batch of `modality` at the model's input shape."""
     shape = model.modalities[model.modality_key(modality)].input_shape()

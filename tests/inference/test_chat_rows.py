@@ -10,7 +10,7 @@ from transformers import LogitsProcessorList
 
 from onellm.inference.chat import ChatResponse, ChatStream, Conversation, generate
 from onellm.modeling.template import render_prompt
-from tests.conftest import ForceAt
+from tests.conftest import ForceAt, Steps
 from tests.modalities.test_contract import RAW
 
 
@@ -78,17 +78,6 @@ def test_replies_compare_by_value():
     assert ChatResponse("a", masks=[]) == ChatResponse("a")  # no masks is no masks
     assert ChatResponse("a", masks=[mask]) != ChatResponse("a", masks=[~mask])
     assert ChatResponse("a") != ChatResponse("b")
-
-
-class Steps:
-    """A logits processor that counts generate's decoding steps (one per new token)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def __call__(self, input_ids, scores):
-        self.n += 1
-        return scores
 
 
 def test_a_cancelled_row_stops_at_its_next_token_and_the_others_are_unchanged(tiny_model):

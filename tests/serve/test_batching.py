@@ -12,6 +12,7 @@ from transformers import LogitsProcessorList
 
 from onellm.serve.batcher import Batcher, Busy, Job
 from onellm.serve.inputs import prepare
+from tests.conftest import Steps
 from tests.modalities.test_contract import RAW
 
 
@@ -111,17 +112,6 @@ def test_a_full_queue_refuses_instead_of_growing(tiny_model):
         batcher.submit(job(tiny_model, {}, f"q{i}", [], 2))
     with pytest.raises(Busy, match="2 requests waiting"):
         batcher.submit(job(tiny_model, {}, "one too many", [], 2))
-
-
-class Steps:
-    """A logits processor that counts generate's decoding steps (one per new token)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def __call__(self, input_ids, scores):
-        self.n += 1
-        return scores
 
 
 def test_a_stream_whose_client_left_stops_and_the_next_job_runs(tiny_model):

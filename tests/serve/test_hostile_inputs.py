@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import LogitsProcessorList
 
 from onellm.serve.app import create_app
+from tests.conftest import Steps
 from tests.serve.conftest import LOCAL, LiveServer, data_url
 
 
@@ -218,17 +219,6 @@ def test_prompts_past_the_context_are_refused_before_tokenising(client, tiny_mod
         r"has (\d+) tokens.* at most (\d+), got", r.json()["error"]["message"]
     ).groups()
     assert int(n) + int(at_most) == context
-
-
-class Steps:
-    """A logits processor that counts decoding steps (one per new token of a batch)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def __call__(self, input_ids, scores):
-        self.n += 1
-        return scores
 
 
 def test_a_stream_whose_client_leaves_stops_generating(tiny_model):

@@ -89,6 +89,18 @@ def test_the_ui_answers_with_text_and_the_kinds_output(tiny_model, files, kind):
     assert figure is not None  # the routing of the image's projection experts
 
 
+def submitted(service) -> list:
+    """The jobs the UI submits to the service's queue, in order (they still run)."""
+    seen, submit = [], service.batcher.submit
+    service.batcher.submit = lambda job: seen.append(job) or submit(job)
+    return seen
+
+
+def ui_respond(service):
+    """The UI's respond generator, as Gradio calls it."""
+    return next(f.fn for f in build_ui(service).fns.values() if f.name == "respond")
+
+
 def test_a_two_turn_history_in_gradio_6s_message_format_reaches_the_prompt(tiny_model, files):
     # what gr.Chatbot.preprocess hands a function in Gradio 6: content as a list of parts
     sent = [
@@ -106,12 +118,9 @@ def test_a_two_turn_history_in_gradio_6s_message_format_reaches_the_prompt(tiny_
     ]
     # the UI's third turn carries the two before it into the prompt, as model.chat does
     app = create_app(tiny_model, ui=False)
-    service = app.state.service
-    seen = []
-    submit = service.batcher.submit
-    service.batcher.submit = lambda job: seen.append(job) or submit(job)
+    seen = submitted(app.state.service)
     with TestClient(app, base_url=LOCAL):
-        respond = next(f.fn for f in build_ui(service).fns.values() if f.name == "respond")
+        respond = ui_respond(app.state.service)
         with gr.Blocks():
             n = len(upload_slots(tiny_model))
         *_, last = respond("where is it?", history, 6, 0.0, *[None] * n)
@@ -138,12 +147,9 @@ def test_a_page_that_leaves_mid_answer_cancels_its_row(tiny_model):
     """Gradio closes the generator of a page that left: the job is cancelled, so its row
     stops at the next token instead of holding its batch slot to the end."""
     app = create_app(tiny_model, ui=False)
-    service = app.state.service
-    seen = []
-    submit = service.batcher.submit
-    service.batcher.submit = lambda job: seen.append(job) or submit(job)
+    seen = submitted(app.state.service)
     with TestClient(app, base_url=LOCAL):
-        respond = next(f.fn for f in build_ui(service).fns.values() if f.name == "respond")
+        respond = ui_respond(app.state.service)
         with gr.Blocks():
             n = len(upload_slots(tiny_model))
         answer = respond("hello", [], 200, 0.0, *[None] * n)
