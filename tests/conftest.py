@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -91,3 +95,37 @@ def train_until_killed(recipe, step: int, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         recipe.train()
     monkeypatch.setattr(Recipe, "train_step", real)
+
+
+def b64(path) -> str:
+    return base64.b64encode(open(path, "rb").read()).decode()
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """One file per kind of upload: png image, wav audio, npy point cloud, a depth pair."""
+    d = tmp_path_factory.mktemp("uploads")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / "x.png")
+    sf.write(d / "x.wav", (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
+    np.save(d / "cloud.npy", rng.standard_normal((300, 6)).astype(np.float32))
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / "rgb.png")
+    np.save(d / "depth.npy", (rng.random((32, 32)) * 5).astype(np.float32))
+    np.save(d / "normal.npy", rng.uniform(-1, 1, (32, 32, 3)).astype(np.float32))
+    np.save(d / "imu.npy", rng.standard_normal((80, 6)).astype(np.float32))
+    np.save(d / "fmri.npy", rng.standard_normal(48).astype(np.float32))
+    write_video(d / "clip.mp4", rng)
+    return d
+
+
+def write_video(path, rng, frames: int = 6) -> None:
+    """A short H.264 clip, as a phone would upload one."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(frames):
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        c.mux(s.encode())

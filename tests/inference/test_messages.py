@@ -5,34 +5,15 @@ and bad text: tests/inference/test_message_errors.py."""
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
-import pytest
-import soundfile as sf
 from PIL import Image
 
 from onellm.inference.chat import segments_of
 from onellm.inference.media import Media
 from onellm.inference.messages import conversations, one_turn, read_messages
+from tests.conftest import b64  # and the `files` fixture: the uploads the serve tests use
 
 N = dict(max_new_tokens=6)
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("message-files")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / "x.png")
-    sf.write(d / "x.wav", (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
-    np.save(d / "cloud.npy", rng.standard_normal((300, 6)).astype(np.float32))
-    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / "rgb.png")
-    np.save(d / "depth.npy", (rng.random((32, 32)) * 5).astype(np.float32))
-    return d
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def conversation(image_url: str) -> list[dict]:
