@@ -26,6 +26,7 @@ from onellm.modeling import mixing as moai_mixing
 from onellm.modeling import modality_blocks, quantize, surgery
 from onellm.modeling.build import build_model, name_table, rebuilt_config
 from onellm.modeling.devices import resolve_device
+from onellm.modeling.llm_experts import LLMExperts
 from onellm.modeling.mixing import Mixer
 
 
@@ -65,6 +66,8 @@ class OneLLM(nn.Module):
         # the other projection kinds some modalities use (`projection.by_modality`), by kind
         self.projections = projections if projections is not None else nn.ModuleDict()
         self.quantization: quantize.Quantization | None = None  # set as the LLM loads
+        # experts inside the LLM (`llm_experts:`, onellm/modeling/llm_experts.py), set by build
+        self.llm_experts: LLMExperts | None = None
 
     @property
     def config(self) -> ModelConfig:

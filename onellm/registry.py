@@ -168,8 +168,20 @@ OUTPUT_KINDS: Registry[type] = Registry("output kind", group="onellm.outputs")
 DECODERS: Registry[Callable] = Registry("decoder", group="onellm.decoders")
 AUXILIARY: Registry[Any] = Registry("auxiliary source", group="onellm.auxiliary")
 MIXERS: Registry[type] = Registry("mixer", group="onellm.mixers")  # MoAI's, from `moai:`
+# experts inside the LLM, from `llm_experts: {kind: ...}` (onellm/modeling/llm_experts.py)
+LLM_EXPERTS: Registry[type] = Registry("llm expert kind", group="onellm.llm_experts")
 
 EXTENSION_POINTS: dict[str, Registry] = {
     r.group: r  # type: ignore[misc]
-    for r in (MODALITIES, TASKS, ROUTERS, PROJECTIONS, OUTPUT_KINDS, DECODERS, AUXILIARY, MIXERS)
+    for r in (
+        MODALITIES,
+        TASKS,
+        ROUTERS,
+        PROJECTIONS,
+        OUTPUT_KINDS,
+        DECODERS,
+        AUXILIARY,
+        MIXERS,
+        LLM_EXPERTS,
+    )
 }

@@ -121,5 +121,7 @@ class ModelConfig:
     outputs: dict[str, OutputConfig] = dataclasses.field(default_factory=dict)  # <seg>, <gen>, ...
     # MoAI's auxiliary sources, compressor and mixer (experts/moai/mixer.py); None: none
     moai: dict[str, Any] | None = None
+    # experts inside the LLM: {kind: lora_per_modality | moe_layers, ...} (experts/llm/); None: a dense LLM
+    llm_experts: dict[str, Any] | None = None
     dtype: str = "float32"
     vars: dict[str, Any] = dataclasses.field(default_factory=dict)  # free-form, for ${vars.x}

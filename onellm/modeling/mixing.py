@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from onellm.errors import InputError
+from onellm.modeling import llm_experts
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -45,12 +46,13 @@ def mixing(
 ) -> Iterator[None]:
     """The LLM calls inside mix in the auxiliary texts `aux` (one per row of `input_ids`;
     `attention_mask`: its padding) through the model's mixer; without one, nothing happens
-    (and `aux` is refused)."""
-    if model.moai is None:
-        if aux is not None:
-            raise InputError("aux: this model has no MoAI mixer (a `moai:` section), got aux texts")
-        yield
-        return
-    aux = [""] * len(input_ids) if aux is None else aux
-    with model.moai.mixing(model, input_ids, aux, attention_mask):
+    (and `aux` is refused). The LLM's own experts (`llm_experts:`) route inside it too."""
+    if model.moai is None and aux is not None:
+        raise InputError("aux: this model has no MoAI mixer (a `moai:` section), got aux texts")
+    with contextlib.ExitStack() as stack:
+        # the LLM's own experts route each position by its modality run (llm_experts.py)
+        stack.enter_context(llm_experts.routing(model, input_ids, attention_mask))
+        if model.moai is not None:
+            aux = [""] * len(input_ids) if aux is None else aux
+            stack.enter_context(model.moai.mixing(model, input_ids, aux, attention_mask))
         yield

@@ -1,0 +1,122 @@
+"""Experts inside the LLM (a model config's `llm_experts:`, experts/llm/): the contract a kind
+keeps, and which modality each LLM position belongs to.
+
+    llm_experts: {kind: lora_per_modality, r: 8, route: modality}
+    llm_experts: {kind: moe_layers, layers: [1, 3], experts: 4, k: 2}
+
+A position belongs to the modality of the last placeholder run at or before it: the run's
+own tokens and the text that follows it, up to the next run (a row with several modalities
+routes each run by its own modality). Positions before a row's first run (BOS, a system
+prompt) belong to that first run, so a prompt with one modality is that modality's from end
+to end, and a LoRA expert routed by modality can be merged into plain weights for it
+(Phi-4-multimodal's per-modality LoRA covers the whole prompt the same way). A row with no
+run is text's. What `generate` appends continues each row's last run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+TEXT = "text"  # the expert of rows that carry no modality
+
+
+def expert_names(placeholder_ids: Mapping[str, int]) -> list[str]:
+    """The routing order: text first, then the modalities in placeholder order."""
+    return [TEXT, *placeholder_ids]
+
+
+def position_modalities(
+    input_ids: torch.Tensor,
+    placeholder_ids: Mapping[str, int],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, L) ids laid out by onellm/modeling/layout.py -> (B, L) long: each position's index
+    in `expert_names(placeholder_ids)` by the rule above (padding: text's, 0)."""
+    index = torch.zeros_like(input_ids)
+    for i, pid in enumerate(placeholder_ids.values(), start=1):
+        index = torch.where(input_ids == pid, torch.full_like(index, i), index)
+    if attention_mask is not None:
+        index = index.masked_fill(~attention_mask.bool(), 0)
+    # carry each run's index forward over the text after it: the running max of the position
+    # of the last nonzero entry, then a gather
+    at = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(index)
+    last = torch.where(index > 0, at, torch.full_like(at, -1)).cummax(dim=1).values
+    carried = torch.where(last >= 0, index.gather(1, last.clamp(min=0)), torch.zeros_like(index))
+    # before the first run: the first run's
+    first_at = torch.where(index > 0, at, torch.full_like(at, input_ids.shape[1])).min(1).values
+    first = index.gather(1, first_at.clamp(max=input_ids.shape[1] - 1)[:, None])
+    first = torch.where(first_at[:, None] < input_ids.shape[1], first, torch.zeros_like(first))
+    out = torch.where(last >= 0, carried, first.expand_as(index))
+    if attention_mask is not None:
+        out = out.masked_fill(~attention_mask.bool(), 0)
+    return out
+
+
+@dataclass
+class PositionRoutes:
+    """Each position's expert index for one prompt (or training batch), and for the LLM calls
+    `generate` makes after it: `for_call(length)` gives the (B, length) indices of a call over
+    `length` positions, the whole sequence (training, a prefill, generate without a cache) or
+    its newest positions (later cached steps), which continue each row's last run."""
+
+    prompt: torch.Tensor  # (B, L) indices into `names`
+    names: Sequence[str]
+
+    @property
+    def last(self) -> torch.Tensor:
+        """(B,) the index of each row's last position (what generated text continues)."""
+        return self.prompt[:, -1]
+
+    def for_call(self, length: int) -> torch.Tensor:
+        n = self.prompt.shape[1]
+        if length >= n:
+            tail = self.last[:, None].expand(-1, length - n)
+            return torch.cat([self.prompt, tail], dim=1)
+        return self.last[:, None].expand(-1, length)
+
+    @classmethod
+    def of(
+        cls,
+        input_ids: torch.Tensor,
+        placeholder_ids: Mapping[str, int],
+        attention_mask: torch.Tensor | None = None,
+    ) -> PositionRoutes:
+        routes = position_modalities(input_ids, placeholder_ids, attention_mask)
+        return cls(routes, expert_names(placeholder_ids))
+
+
+@runtime_checkable
+class LLMExperts(Protocol):
+    """An `llm_experts:` kind (an `nn.Module` registered in `LLM_EXPERTS`), built with the
+    model and joined to its LLM."""
+
+    def attach(self, model: Any) -> None:
+        """Join the model's LLM (wrap or hook its modules); called once the model is built."""
+        ...
+
+    def routing(self, routes: PositionRoutes) -> contextlib.AbstractContextManager[None]:
+        """The LLM calls inside route each position by `routes` (entered by `model.mixing`)."""
+        ...
+
+    def add_modality(self, model: Any, name: str) -> None:
+        """Experts for a new modality that leave every other modality's outputs unchanged."""
+        ...
+
+
+@contextlib.contextmanager
+def routing(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> Iterator[None]:
+    """The LLM calls inside route by position through the model's `llm_experts` (if any)."""
+    experts = model.llm_experts
+    if experts is None:
+        yield
+        return
+    routes = PositionRoutes.of(input_ids, model.layout.placeholder_ids, attention_mask)
+    with experts.routing(routes):
+        yield
