@@ -1,0 +1,1 @@
+"""Evaluation as the field scores it: captions as COCO scores them (captions.py, ptb.py)."""
