@@ -14,12 +14,14 @@ from torch import nn
 
 from onellm import OneLLM
 from onellm.errors import RegistryError
+from onellm.modeling.llm_experts import LLMExperts
 from onellm.modeling.modality import Modality
 from onellm.modeling.outputs import OutputExpert
 from onellm.registry import (
     AUXILIARY,
     DECODERS,
     EXTENSION_POINTS,
+    LLM_EXPERTS,
     MIXERS,
     MODALITIES,
     OUTPUT_KINDS,
@@ -80,6 +82,20 @@ def check_mixer(name, cls):
     assert issubclass(cls, nn.Module) and "llm_width" in inspect.signature(cls).parameters
 
 
+def check_llm_experts(name, cls):
+    # built by onellm/modeling/build.py with what the model gives, then attached
+    given = inspect.signature(cls).parameters
+    assert issubclass(cls, nn.Module) and {"names", "llm_width", "llm_layers"} <= set(given)
+    model = OneLLM.from_config(TINY, [f"llm_experts={{kind: {name}}}"]).eval()
+    assert isinstance(model.llm_experts, LLMExperts)
+    x = torch.randn(2, *model.modalities["image"].input_shape())
+    ids, _ = model.layout.widen(torch.randint(3, 400, (2, 5)), ["image"])
+    with torch.no_grad():
+        logits = model(ids, inputs={"image": x}).logits
+    assert logits.shape == (*ids.shape, model.llm.config.vocab_size)
+    assert torch.isfinite(logits).all()
+
+
 CONTRACTS = {
     MODALITIES.group: check_modality,
     ROUTERS.group: check_router,
@@ -89,6 +105,7 @@ CONTRACTS = {
     DECODERS.group: check_decoder,
     AUXILIARY.group: check_auxiliary,
     MIXERS.group: check_mixer,
+    LLM_EXPERTS.group: check_llm_experts,
 }
 
 

@@ -16,17 +16,18 @@ from torch import nn
 
 from onellm.config import ModelConfig, check_kwargs
 from onellm.data import output_scenes
-from onellm.errors import ConfigError
+from onellm.errors import ConfigError, RegistryError
 from onellm.modeling.devices import DTYPES, resolve_device, resolve_dtype
 from onellm.modeling.encoder import UniversalEncoder
 from onellm.modeling.layout import TokenLayout
 from onellm.modeling.llm import build_llm, build_text_tokenizer
+from onellm.modeling.llm_experts import LLMExperts, expert_names
 from onellm.modeling.modality import BindsEncoder, Modality, Renders, find_modality
 from onellm.modeling.outputs import build_outputs
 from onellm.modeling.projection import Routed
 from onellm.modeling.quantize import Quantization, loading_config
 from onellm.modeling.special_tokens import add_special_tokens
-from onellm.registry import MIXERS, MODALITIES, PROJECTIONS
+from onellm.registry import LLM_EXPERTS, MIXERS, MODALITIES, PROJECTIONS
 
 if TYPE_CHECKING:
     from onellm.model import OneLLM
@@ -81,6 +82,40 @@ def build_moai(spec: Mapping[str, Any] | None, llm) -> nn.Module | None:
     moai = mixer(llm_width=llm.config.hidden_size, **spec)
     moai.attach(llm)
     return moai
+
+
+# what build passes every `llm_experts:` kind itself (llm_experts.py), never a config key
+MODEL_GIVEN = ("names", "llm_width", "llm_layers")
+
+
+def build_llm_experts(spec: Mapping[str, Any] | None, layout: TokenLayout, llm) -> nn.Module | None:
+    """The `llm_experts: {kind: ..., **options}` plug-in (onellm/modeling/llm_experts.py),
+    constructed as `kind(names=..., llm_width=..., llm_layers=..., **options)`, not yet
+    attached; None without the section. Unknown kinds and options are refused by name."""
+    if spec is None:
+        return None
+    options = dict(spec)
+    kind = options.pop("kind", None)
+    try:
+        cls = LLM_EXPERTS.get(kind) if isinstance(kind, str) else None
+    except RegistryError:
+        cls = None
+    if cls is None:
+        raise ConfigError(
+            f"llm_experts.kind: expected one of {', '.join(LLM_EXPERTS.names())}, got {kind!r}"
+        )
+    for key in MODEL_GIVEN:
+        if key in options:
+            raise ConfigError(
+                f"llm_experts.{key}: set from the model, not the config; got {options[key]!r}"
+            )
+    check_kwargs(cls, options, "llm_experts")
+    names = expert_names(layout.placeholder_ids)
+    c = llm.config
+    experts = cls(names=names, llm_width=c.hidden_size, llm_layers=c.num_hidden_layers, **options)
+    if not isinstance(experts, LLMExperts):
+        raise ConfigError(f"llm_experts.kind: {kind!r} does not keep the LLMExperts contract")
+    return experts
 
 
 def run_lengths(projectors: Mapping[str, nn.Module]) -> dict[str, int]:
@@ -204,6 +239,7 @@ def build_model(
     )
     if token_ids:  # the LLM grows its tables after the heads drew their random weights
         add_special_tokens(tok, llm, layout.output_tokens)
+    experts = build_llm_experts(cfg.llm_experts, layout, llm)  # refused before anything runs
     model = model_class(
         config=cfg,
         modalities=modalities,
@@ -217,7 +253,11 @@ def build_model(
         moai=build_moai(cfg.moai, llm),
         projections=side,
     )
-    return model.to(where, torch_dtype)
+    model = model.to(where, torch_dtype)
+    if experts is not None:  # joined once the LLM is where it runs (peft follows its dtype)
+        model.llm_experts = experts.to(where, torch_dtype)
+        experts.attach(model)
+    return model
 
 
 def parts_dtype(model: torch.nn.Module) -> str:
@@ -227,7 +267,8 @@ def parts_dtype(model: torch.nn.Module) -> str:
 
 def rebuilt_config(model: OneLLM) -> ModelConfig:
     """The config that rebuilds `model` (`OneLLM.config`): its base config with what its
-    modules say now (modalities, a routed projection's experts, routes and router, dtype)."""
+    modules say now (modalities, a routed projection's experts, routes and router, dtype).
+    `llm_experts` is the base config's (merge_llm_experts sets it to None there)."""
     p, projection = model.projection, model.base_config.projection
     if isinstance(p, Routed):  # a routed projection (the UPM) grows experts and routes
         every = list(range(p.num_experts))

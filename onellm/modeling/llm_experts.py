@@ -10,7 +10,14 @@ routes each run by its own modality). Positions before a row's first run (BOS, a
 prompt) belong to that first run, so a prompt with one modality is that modality's from end
 to end, and a LoRA expert routed by modality can be merged into plain weights for it
 (Phi-4-multimodal's per-modality LoRA covers the whole prompt the same way). A row with no
-run is text's. What `generate` appends continues each row's last run.
+run is text's. What `generate` appends continues each row's last run. Padding belongs to
+text's index too, and is marked not `valid`: no expert needs to run there.
+
+A kind is built by onellm/modeling/build.py as
+`LLM_EXPERTS.get(kind)(names=..., llm_width=..., llm_layers=..., **options)` (`names`:
+`expert_names(layout.placeholder_ids)`, the index order of `PositionRoutes`), then
+`attach(model)`; its own parameters live in the kind's module (`llm_experts.*`), the
+LLM's stay the LLM's (`llm.*`: a LoRA's adapters).
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ class PositionRoutes:
 
     prompt: torch.Tensor  # (B, L) indices into `names`
     names: Sequence[str]
+    valid: torch.Tensor | None = None  # (B, L) bool: False at padding; None: all valid
 
     @property
     def last(self) -> torch.Tensor:
@@ -79,6 +87,14 @@ class PositionRoutes:
             return torch.cat([self.prompt, tail], dim=1)
         return self.last[:, None].expand(-1, length)
 
+    def valid_for_call(self, length: int) -> torch.Tensor:
+        """(B, length) bool: the call's positions that are not padding (generated ones are)."""
+        n = self.prompt.shape[1]
+        valid = torch.ones_like(self.prompt, dtype=torch.bool) if self.valid is None else self.valid
+        if length >= n:
+            return torch.cat([valid, valid.new_ones(valid.shape[0], length - n)], dim=1)
+        return valid.new_ones(valid.shape[0], length)
+
     @classmethod
     def of(
         cls,
@@ -87,7 +103,8 @@ class PositionRoutes:
         attention_mask: torch.Tensor | None = None,
     ) -> PositionRoutes:
         routes = position_modalities(input_ids, placeholder_ids, attention_mask)
-        return cls(routes, expert_names(placeholder_ids))
+        valid = None if attention_mask is None else attention_mask.bool()
+        return cls(routes, expert_names(placeholder_ids), valid)
 
 
 @runtime_checkable
@@ -105,6 +122,16 @@ class LLMExperts(Protocol):
 
     def add_modality(self, model: Any, name: str) -> None:
         """Experts for a new modality that leave every other modality's outputs unchanged."""
+        ...
+
+
+@runtime_checkable
+class MergesExperts(Protocol):
+    """A kind whose expert for one modality folds into the LLM's plain weights
+    (`OneLLM.merge_llm_experts`)."""
+
+    def merge(self, model: Any, name: str) -> None:
+        """Fold `name`'s expert into the LLM's weights and leave the LLM a plain one."""
         ...
 
 
