@@ -24,9 +24,9 @@ PACKAGES = {
     "onellm.modalities": ROOT / "modalities",
 }
 PLUGINS = ("onellm.experts", "onellm.modalities", "onellm.tasks")
-# onellm's modules a function may import: the serve extra's; and the entry points (`import
+# onellm's modules a function may import: the serve and eval extras'; and the entry points (`import
 # onellm`, the `onellm` command) may defer the model's heavy imports (torch) to first use
-DEFERRED_OWN = ("onellm.serve",)
+DEFERRED_OWN = ("onellm.serve", "onellm.lmms")
 LAZY_ENTRY = ("onellm", "onellm.cli.main")
 
 

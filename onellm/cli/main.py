@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from onellm.cli.checks import check
+from onellm.cli.lmms_options import add_lmms_options, lmms_backend
 from onellm.cli.quiet import quiet
 from onellm.errors import OneLLMError
 
@@ -60,6 +61,8 @@ def _cache_features(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.backend == "lmms-eval":
+        return lmms_backend(args)  # onellm/lmms/run.py (the eval extra)
     from onellm.cli.evaluate import eval_verb  # torch loads with the verb (above)
 
     return eval_verb(args)
@@ -223,6 +226,7 @@ def add_measuring_verbs(sub) -> None:
     )
     p.add_argument("--json", help="write here (default: RUN/eval_caption.json, eval_qa.json, ...)")
     add_device(p)
+    add_lmms_options(p)
     p.set_defaults(func=_eval)
     p = sub.add_parser(
         "demo", help="staged alignment of the tiny model on the shapes world, then chats"
