@@ -5,13 +5,18 @@ OneLLM reference's outputs.
 By default the shapes world's held-out scenes are the ones the stage that saved RUN drew
 for its own evaluation (its seed + 1, its `eval.samples` and `eval.max_new_tokens`, read
 from the stage.yaml beside RUN), so `onellm eval` on a stage's final model prints the
-figures of that stage's final table; `--seed` and `--samples` draw another set. Each task
-writes its own file: RUN/eval_caption.json, RUN/eval_qa.json, RUN/eval_<task>.json.
+figures of that stage's final table; `--seed` and `--samples` draw another set; `--data`
+reads a JSONL manifest instead (every reference of a record: its `captions`). Captions are
+scored as COCO scores them (onellm/evaluation/captions.py: PTB tokenizer and METEOR where
+Java runs). Each task writes its own file: RUN/eval_caption.json, RUN/eval_qa.json,
+RUN/eval_<task>.json, with what was asked (prompt, max_new_tokens, the draw or the
+manifest's lines and digest).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,7 @@ from onellm.checkpoints.conformance import compare, report
 from onellm.cli.chat import load_model
 from onellm.data.manifest import read_manifest
 from onellm.errors import ConfigError, InputError
+from onellm.evaluation.captions import CaptionScorer
 from onellm.model import OneLLM
 from onellm.registry import TASKS
 from onellm.training.evaluate import evaluate, evaluate_outputs, evaluate_qa
@@ -60,7 +66,8 @@ class Draw:
         return cls(
             seed=seed + 1 if args.seed is None else args.seed,
             samples=e.get("samples", EvalConfig.samples) if args.samples is None else args.samples,
-            max_new_tokens=e.get("max_new_tokens", EvalConfig.max_new_tokens),
+            max_new_tokens=args.max_new_tokens
+            or e.get("max_new_tokens", EvalConfig.max_new_tokens),
             source=", ".join(asked) if len(asked) == 2 else "; ".join([*asked, source]),
         )
 
@@ -120,28 +127,54 @@ def modalities(model: OneLLM, args: argparse.Namespace, *, questions: bool) -> l
 
 
 def caption_report(model: OneLLM, mods: list[str], args: argparse.Namespace, draw: Draw) -> dict:
-    """Held-out captions per modality: exact match, BLEU-4 (where captions are long enough
-    for it) and CIDEr."""
-    results = {
-        m: evaluate(
-            model,
-            m,
-            samples=draw.samples,
-            data=args.data,
-            seed=draw.seed,
-            max_new_tokens=draw.max_new_tokens,
-        )
-        | drawn(draw, args.data)
-        for m in mods
-    }
-    print(f"{'modality':<9} {'n':>5} {'exact':>7} {'BLEU-4':>7} {'CIDEr':>7}")
+    """Held-out captions per modality, scored as COCO scores them: BLEU-4 (where captions
+    are long enough for it), METEOR (where Java runs), ROUGE-L, CIDEr; and exact match."""
+    tokenizer = "simple" if args.simple_tokenizer else "auto"
+    with CaptionScorer(tokenizer=tokenizer, meteor=not args.no_meteor) as scorer:
+        results = {
+            m: evaluate(
+                model,
+                m,
+                samples=draw.samples,
+                data=args.data,
+                seed=draw.seed,
+                max_new_tokens=draw.max_new_tokens,
+                prompt=args.prompt,
+                scorer=scorer,
+                keep=True,
+            )
+            | drawn(draw, args.data)
+            for m in mods
+        }
+    print_captions(results)
+    return results
+
+
+def print_captions(results: dict[str, dict[str, Any]]) -> None:
+    """The caption table, then how it was scored and why a column shows '-'."""
+    heads = ("refs", "exact", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+    print(f"{'modality':<9} {'n':>5} " + " ".join(f"{h:>7}" for h in heads))
     short = []
     for m, r in results.items():
-        exact = f"{100 * r['exact_match']:>6.1f}%"
         words = r.get("ref_words", BLEU_MIN_WORDS)
-        bleu = f"{r['bleu4']:>7.3f}" if words >= BLEU_MIN_WORDS else f"{'-':>7}"
         short += [words] if words < BLEU_MIN_WORDS else []
-        print(f"{m:<9} {r['n']:>5} {exact} {bleu} {r['cider']:>7.3f}")
+        bleu = r["bleu4"] if words >= BLEU_MIN_WORDS else None
+        row = [f"{r['references']:>7.1f}", f"{100 * r['exact_match']:>6.1f}%"]
+        row += [
+            f"{v:>7.3f}" if v is not None else f"{'-':>7}"
+            for v in (bleu, r.get("meteor"), r["rouge_l"], r["cider"])
+        ]
+        print(f"{m:<9} {r['n']:>5} " + " ".join(row))
+    last = list(results.values())[-1]  # one scorer: its reasons hold for every row
+    skipped = last["skipped"]
+    tokens = (
+        "PTB tokenizer (Java)"
+        if last["tokenizer"] == "ptb"
+        else f"simple tokenizer ({skipped.get('ptb', 'as asked')})"
+    )
+    print(f"scored as COCO scores captions: {tokens}, every reference; {last['scorer']}")
+    if "meteor" in skipped:
+        print(f"METEOR (-): {skipped['meteor']}")
     if short:
         lo, hi = f"{min(short):.0f}", f"{max(short):.0f}"
         print(
@@ -150,12 +183,14 @@ def caption_report(model: OneLLM, mods: list[str], args: argparse.Namespace, dra
             "caption has two, so one wrong word zeroes it); read exact match and CIDEr. The "
             "JSON keeps it."
         )
-    return results
 
 
 def drawn(draw: Draw, data: str | None) -> dict[str, Any]:
-    """What a result was measured on, saved beside it."""
-    return {"data": data} if data else {"seed": draw.seed, "samples": draw.samples}
+    """What a result was measured on, saved beside it: the draw, or the manifest and its
+    digest (the lines read are in the result: `lines`)."""
+    if data:
+        return {"data": data, "data_sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest()}
+    return {"seed": draw.seed, "samples": draw.samples}
 
 
 def qa_report(model: OneLLM, mods: list[str], args: argparse.Namespace, draw: Draw) -> dict:
@@ -163,8 +198,9 @@ def qa_report(model: OneLLM, mods: list[str], args: argparse.Namespace, draw: Dr
     results = {}
     for m in mods:
         try:
+            asked = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
             results[m] = evaluate_qa(
-                model, m, samples=draw.samples, seed=draw.seed, data=args.data
+                model, m, samples=draw.samples, seed=draw.seed, data=args.data, **asked
             ) | drawn(draw, args.data)
         except InputError as e:
             if args.modality:  # asked for by name: say why not

@@ -205,10 +205,28 @@ def add_training_verbs(sub) -> None:
 
 def add_measuring_verbs(sub) -> None:
     """eval, demo and conformance."""
-    p = sub.add_parser("eval", help="held-out captioning: exact match, BLEU-4, CIDEr")
+    p = sub.add_parser(
+        "eval", help="held-out captioning scored as COCO: BLEU-4, METEOR, ROUGE-L, CIDEr"
+    )
     p.add_argument("run", help="a saved run dir (or a model YAML)")
     p.add_argument("--modality", action="append", help="repeatable; default: every one (--data's)")
-    p.add_argument("--data", help="a JSONL manifest; default: the shapes world's test split")
+    p.add_argument(
+        "--data",
+        help="a JSONL manifest (docs/data.md; several references: 'captions': [...]); "
+        "default: the shapes world's test split",
+    )
+    p.add_argument("--prompt", help="ask each caption with this (default: none, as trained)")
+    p.add_argument(
+        "--max-new-tokens", type=int, help="default: the stage's eval.max_new_tokens; qa: 8"
+    )
+    p.add_argument(
+        "--no-meteor", action="store_true", help="skip METEOR (its Java start takes ~7 s)"
+    )
+    p.add_argument(
+        "--simple-tokenizer",
+        action="store_true",
+        help="tokenise captions in Python, not with Java's PTB tokenizer (equal on plain captions)",
+    )
     p.add_argument(
         "--task",
         action="append",

@@ -4,6 +4,7 @@
     {"modality": "image", "input": "img/1.png", "conversations": [
         {"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "a cat"}]}
     {"modality": "depth", "input": {"rgb": "a.png", "depth": "a_depth.png"}, "caption": "..."}
+    {"modality": "image", "input": "coco/1.jpg", "captions": ["a cat on a bed", "a sleeping cat"]}
     {"inputs": {"image": "a.png", "audio": "a.wav"}, "conversations": [
         {"from": "human", "value": "<image> <audio> Does the sound match the picture?"}, ...]}
 
@@ -36,7 +37,8 @@ from onellm.errors import InputError
 class Record:
     modality: str  # the first (or only) modality of the record
     input: Any  # a path, or {part: path} for paired inputs (depth/normal with their rgb)
-    caption: str | None = None
+    caption: str | None = None  # what training targets: 'caption', else the first of 'captions'
+    captions: list[str] = field(default_factory=list)  # every reference evaluation scores against
     turns: list[tuple[str, str]] = field(default_factory=list)
     more: dict[str, Any] = field(default_factory=dict)  # the other modalities' inputs, in order
 
@@ -176,15 +178,41 @@ def to_record(raw: dict[str, Any], where: str, root: Path) -> Record:
 
 
 def fill_text(record: Record, raw: dict[str, Any], where: str) -> None:
-    """The record's caption or conversation from `raw` (a manifest line or a shard's json)."""
+    """The record's caption(s) or conversation from `raw` (a manifest line or a shard's json).
+    `captions` (a list: COCO's five per image) are the references evaluation scores against,
+    `caption` beside them joining first; training targets `caption`, else the first."""
     if "conversations" in raw:
         record.turns = _turns(raw["conversations"], where)
-    elif isinstance(raw.get("caption"), str) and raw["caption"].strip():
-        record.caption = raw["caption"].strip()
+        return
+    given = raw.get("caption")
+    if "captions" in raw:
+        record.captions = _captions(raw["captions"], where)
+        if isinstance(given, str) and given.strip():
+            given = given.strip()
+            record.captions = [given, *(c for c in record.captions if c != given)]
+        record.caption = record.captions[0]
+    elif isinstance(given, str) and given.strip():
+        record.caption = given.strip()
+        record.captions = [record.caption]
     else:
         raise InputError(
-            f"manifest {where}: expected a non-empty 'caption' or 'conversations', got neither"
+            f"manifest {where}: expected a non-empty 'caption' or 'conversations' (or "
+            "'captions', a list), got neither"
         )
+
+
+def _captions(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise InputError(
+            f"manifest {where}: expected 'captions' as a non-empty list of strings, "
+            f"got {value!r:.80}"
+        )
+    for i, c in enumerate(value):
+        if not isinstance(c, str) or not c.strip():
+            raise InputError(
+                f"manifest {where}: expected 'captions'[{i}] a non-empty string, got {c!r:.80}"
+            )
+    return [c.strip() for c in value]
 
 
 def _turns(conv: object, where: str) -> list[tuple[str, str]]:

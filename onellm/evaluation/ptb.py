@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,8 +42,10 @@ def ptb_tokenize(captions: Sequence[str]) -> list[str]:
     exe = java()
     if exe is None:
         raise RuntimeError("no java on PATH")
-    # one caption a line, as pycocoevalcap writes them (a newline inside one is a space)
-    text = "\n".join(c.replace("\r", " ").replace("\n", " ") for c in captions)
+    # one caption a line, as pycocoevalcap writes them; a line break inside one is a space
+    # (pycocoevalcap replaces only \n: PTB also breaks at \r, \v, \f, U+2028/9, which
+    # would shift every later caption onto another's references)
+    text = "\n".join(c.translate(_BREAKS) for c in captions)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "captions.txt"
         path.write_bytes(text.encode())
@@ -51,13 +54,16 @@ def ptb_tokenize(captions: Sequence[str]) -> list[str]:
             [*cmd, "-preserveLines", "-lowerCase", str(path)], capture_output=True, check=False
         )
     lines = done.stdout.decode().split("\n")
-    if done.returncode or len(lines) < len(captions):
+    if done.returncode or len(lines) != len(captions):
         err = done.stderr.decode(errors="replace").strip().splitlines()
         raise RuntimeError(
             f"java PTBTokenizer exited {done.returncode} with {len(lines)} lines for "
             f"{len(captions)} captions: {err[-1] if err else 'no message'}"
         )
-    return [_drop_punctuation(line.rstrip().split(" ")) for line in lines[: len(captions)]]
+    return [_drop_punctuation(line.rstrip().split(" ")) for line in lines]
+
+
+_BREAKS = str.maketrans(dict.fromkeys("\n\r\v\f\u2028\u2029", " "))
 
 
 def _drop_punctuation(tokens: Sequence[str]) -> str:
@@ -86,12 +92,20 @@ _ABBREVIATION = re.compile(r"^(?:(?:[a-z]\.){2,}|(?:mr|mrs|ms|dr|st|jr|sr|vs|etc
 def simple_tokenize(caption: str) -> str:
     """One caption tokenised without Java, as PTB + COCO's punctuation list would on plain
     English captions (the module's docstring says what it leaves out)."""
-    text = caption.lower().replace("cannot", "can not")
+    text = "".join(map(_unseen, caption.lower())).replace("cannot", "can not")
     text = _CLITICS.sub(r" \1", text)
     tokens: list[str] = []
     for chunk in text.split():
         tokens += _split(chunk)
     return _drop_punctuation([_PTB.get(t, t) for t in tokens])
+
+
+def _unseen(char: str) -> str:
+    """PTB reads control, format and unassigned characters as spaces (a soft hyphen: as
+    nothing), as it does the tiny models' stray bytes."""
+    if char == "\xad":
+        return ""
+    return " " if unicodedata.category(char)[0] == "C" else char
 
 
 def _split(chunk: str) -> list[str]:

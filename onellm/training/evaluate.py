@@ -1,11 +1,9 @@
-"""Held-out metrics: captions (exact match, BLEU-4 and CIDEr: pycocoevalcap's scorers),
-question answering, and the output tasks'. A stage's sets of them: stage_eval.py."""
+"""Held-out metrics: captions (COCO's scores: onellm/evaluation/captions.py), question
+answering, and the output tasks'. A stage's sets of them: stage_eval.py."""
 
 from __future__ import annotations
 
 import contextlib
-import io
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -13,36 +11,23 @@ import numpy as np
 import torch
 
 from onellm.data import shapes
-from onellm.data.manifest import read_manifest
+from onellm.data.manifest import Manifest, read_manifest
 from onellm.errors import InputError
+from onellm.evaluation.captions import CaptionScorer, normalise, score_captions
 from onellm.inference.messages import one_turn
 from onellm.registry import TASKS
 from onellm.training.task import output_tasks
 
 
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text.lower().strip().rstrip(".")).strip()
-
-
-def caption_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Exact match (after normalising case, spaces and a final period), BLEU-4, CIDEr."""
-    # pycocoevalcap: heavy, loaded only to score
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-
-    if len(predictions) != len(references) or not predictions:
-        raise ValueError(
-            f"expected equal, non-empty lists, got {len(predictions)} and {len(references)}"
-        )
-    preds = {i: [normalise(p) or "<empty>"] for i, p in enumerate(predictions)}
-    refs = {i: [normalise(r)] for i, r in enumerate(references)}
-    with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their progress
-        bleu, _ = Bleu(4).compute_score(refs, preds)
-        cider, _ = Cider().compute_score(refs, preds)
-    exact = sum(preds[i][0] == refs[i][0] for i in preds) / len(preds)
-    metrics = {"exact_match": exact, "bleu4": float(bleu[3]), "cider": float(cider)}
-    # mean words per reference: BLEU-4 reads short captions badly (onellm/cli/evaluate.py)
-    return metrics | {"ref_words": float(np.mean([len(r[0].split()) for r in refs.values()]))}
+def caption_metrics(
+    predictions: Sequence[str], references: Sequence[Sequence[str] | str]
+) -> dict[str, Any]:
+    """A stage table's caption scores: COCO's (exact match, BLEU-1..4, ROUGE-L, CIDEr) with
+    the simple tokenizer and no METEOR. Java's PTB call costs ~0.3 s, METEOR's start ~7 s,
+    on every modality of every evaluation of every stage (make demo), and on the shapes
+    world's plain captions the simple tokenizer gives PTB's tokens; `onellm eval` scores
+    with Java (CaptionScorer)."""
+    return score_captions(predictions, references, tokenizer="simple", meteor=False)
 
 
 @contextlib.contextmanager
@@ -66,30 +51,52 @@ def evaluate(
     data: str | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 16,
+    prompt: str | None = None,
+    scorer: CaptionScorer | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
-    """Greedy captions of held-out inputs (the shapes world's test split, or a manifest)."""
+    """Greedy captions of held-out inputs (the shapes world's test split, or a manifest's
+    records of the modality, scored against every caption of each), asked with `prompt`
+    (None: the caption layout the caption task trains), scored by `scorer` (default:
+    `caption_metrics`). The result pins what was asked: prompt, max_new_tokens, and a
+    manifest's `lines`; `keep`: every prediction too, in order (the first five always)."""
     key = model.modality_key(modality)
+    pinned: dict[str, Any] = {"prompt": prompt, "max_new_tokens": max_new_tokens}
     if data is None:
         scenes = shapes.sample(key, samples, split="test", seed=seed, model=model)
-        inputs, refs = [s.input for s in scenes], [s.caption for s in scenes]
+        inputs, refs = [s.input for s in scenes], [[s.caption] for s in scenes]
     else:
-        records = [
-            r
-            for r in read_manifest(data)
-            if not r.more and model.modality_key(r.modality) == key and r.caption
+        manifest = Manifest(data, keep=lambda mods: len(mods) == 1)
+        wanted = [
+            (int(line), r)
+            for line, r in zip(manifest.lines, manifest, strict=True)
+            if model.modality_key(r.modality) == key and r.captions
         ]
-        inputs, refs = [r.input for r in records], [r.caption for r in records]
+        inputs, refs = [r.input for _, r in wanted], [r.captions for _, r in wanted]
+        pinned["lines"] = spans([line for line, _ in wanted])
     preds: list[str] = []
     with eval_mode(model):
         for i in range(0, len(inputs), batch_size):
-            asked = [one_turn({key: raw}) for raw in inputs[i : i + batch_size]]
+            asked = [one_turn({key: raw}, prompt) for raw in inputs[i : i + batch_size]]
             replies = model.chat(messages=asked, max_new_tokens=max_new_tokens)
             preds += [r.text for r in replies]
-    result: dict[str, Any] = {"modality": key, "n": len(refs), **caption_metrics(preds, refs)}
+    scores = scorer.score(preds, refs) if scorer else caption_metrics(preds, refs)
+    result: dict[str, Any] = {"modality": key, **scores, **pinned}
     result["examples"] = [
-        {"reference": r, "prediction": p} for r, p in list(zip(refs, preds, strict=True))[:5]
+        {"reference": r[0], "prediction": p} for r, p in list(zip(refs, preds, strict=True))[:5]
     ]
-    return result
+    return result | ({"predictions": preds} if keep else {})
+
+
+def spans(lines: Sequence[int]) -> str:
+    """Line numbers as runs: [1, 2, 3, 7] -> "1-3,7"."""
+    runs: list[list[int]] = []
+    for n in lines:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 @torch.no_grad()
