@@ -9,12 +9,16 @@ plots/expert_load.png. Per modality:
     entropy  the mean entropy (nats) of a query's soft weights; ln K: uniform, 0: one expert
     dropped  assignments over an expert's capacity; passed: queries that lost every expert
 
+The LLM's routed layers (`llm_experts: {kind: moe_layers}`) give the same figures per
+layer, each position counted under its modality (text, or its modality run).
+
 The collapse alarm (`ExpertUse`) watches each expert's share of all modalities' routing
 weight together: per modality a share of 0 is specialisation, not collapse.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,6 +48,27 @@ def use_of(routing: Routing, experts: list[int], num_experts: int) -> torch.Tens
         row[at] = values.reshape(-1, k).sum(0)
     row[[HEAD + 3 * num_experts + e for e in experts]] = p.shape[0]
     return row
+
+
+def use_by_group(
+    routing: Routing,
+    groups: torch.Tensor,
+    groups_named: Sequence[str],
+    names: Sequence[str],
+    num_experts: int,
+) -> torch.Tensor:
+    """An LLM layer's call over N positions of several modalities (onellm/modeling/
+    routed_layers.py: `groups` (N,) each one's index into `groups_named`) -> `use_of` sums
+    per name of `names` (len(names), 3 + 4K), each position under its modality."""
+    rows = torch.zeros(len(names), HEAD + 4 * num_experts, device=routing.probs.device)
+    experts = list(range(num_experts))
+    for g, name in enumerate(groups_named):
+        at = groups == g
+        if name in names and bool(at.any()):
+            r = routing
+            sub = Routing(r.weights[at], r.probs[at], None, r.chosen[at], r.dropped[at])
+            rows[list(names).index(name)] += use_of(sub, experts, num_experts)
+    return rows
 
 
 def summarise(row: torch.Tensor, num_experts: int) -> dict[str, Any]:

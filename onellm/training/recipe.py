@@ -72,7 +72,7 @@ class Recipe:
         self.summary = StageSummary(cfg, self.parent, self.replay, self.held_out)
         self.summary.parent_figures(self.model, measure=self.d.main)
         self.aux = task_modules(self.model, self.sources, self.device)
-        self.moe = StepMoE(cfg.moe, self.model.projection, self.d)  # MoE losses, expert use
+        self.moe = StepMoE(cfg.moe, self.model.projection, self.d, self.model.llm_experts)  # MoE
         # one root so that names (for patterns and checkpoints) are "model.*" / "aux.*"
         self.root = nn.ModuleDict({"model": self.model, "aux": self.aux})
         # freezing, and how the trained blocks run
