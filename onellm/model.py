@@ -125,6 +125,7 @@ class OneLLM(nn.Module):
     add_lora = surgery.add_lora
     add_modality = surgery.add_modality
     init_modality_from = surgery.init_modality_from
+    merge_llm_experts = surgery.merge_llm_experts  # one modality's LLM expert into plain weights
 
     @property
     def dtype(self) -> torch.dtype:

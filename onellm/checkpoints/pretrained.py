@@ -4,7 +4,8 @@
     RUN/model.safetensors  everything that is not a base model: tokenizers, projection (UPM)
     RUN/encoder/           CLIPVisionModel.save_pretrained  (base="store")
     RUN/llm/               LlamaForCausalLM.save_pretrained (base="store"; LoRA kept apart)
-    RUN/lora/              peft adapter (adapter_config.json + adapter_model.safetensors)
+    RUN/lora/              peft adapter (adapter_config.json + adapter_model.safetensors);
+                           several (llm_experts' per-modality LoRA): RUN/lora/<name>/ each
     RUN/tokenizer/         the text tokenizer
     RUN/plugins/           the modality plug-ins the config names by file (plugin_files.py)
 Nothing is pickled: safetensors and JSON/YAML only.
@@ -137,6 +138,25 @@ def saved_config(directory: str | os.PathLike, overrides: Sequence[str] = ()) ->
     return cfg
 
 
+def load_adapters(model: OneLLM, directory: Path, *, trainable: bool, changed: bool) -> None:
+    """Each peft adapter the model was built with (`llm_experts:`'s, named by expert) from
+    where peft's `save_pretrained` put it: `directory` for `default`, else `directory/<name>`.
+    An adapter the run did not save (a changed config: an expert more) stays as built."""
+    for name in list(model.llm.peft_config):
+        path = directory if name == "default" else directory / name
+        if not (path / "adapter_config.json").is_file():
+            if changed:
+                log.info("%s: no saved adapter %r; it starts as built", directory, name)
+                continue
+            raise CheckpointError(
+                f"{directory}: expected the saved LoRA adapter {name!r}, got none"
+            )
+        model.llm.load_adapter(path, adapter_name=name, torch_device=str(model.device))
+    for n, p in model.llm.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(trainable)
+
+
 def load_weights(
     model: OneLLM,
     directory: str | os.PathLike,
@@ -150,7 +170,9 @@ def load_weights(
     section) they load wherever they still fit by name and shape, the parts the change made
     stay as built, and what was left out is logged."""
     d = Path(directory)
-    if (d / "lora").is_dir():
+    if (d / "lora").is_dir() and has_lora(model.llm):  # adapters the config built (llm_experts)
+        load_adapters(model, d / "lora", trainable=trainable_lora, changed=bool(overrides))
+    elif (d / "lora").is_dir():
         model.llm = PeftModel.from_pretrained(model.llm, d / "lora", is_trainable=trainable_lora)
     own = _renamed(read_safetensors(d / "model.safetensors", device=str(model.device)))
     expected = own_state_dict(model)

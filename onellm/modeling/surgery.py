@@ -1,11 +1,12 @@
 """Model surgery: a new modality, a modality started from another, more experts by
-sparse upcycling, LoRA on the LLM.
+sparse upcycling, LoRA on the LLM, the LLM's experts merged for one modality.
 
 Each changes the model's modules; the saved config follows from them (`OneLLM.config`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from onellm.modeling.build import (
     tokens_in,
 )
 from onellm.modeling.llm import has_lora
+from onellm.modeling.llm_experts import TEXT, MergesExperts
 from onellm.modeling.projection import Routed
 from onellm.registry import MODALITIES
 
@@ -143,6 +145,8 @@ def add_modality(
         model.layout.output_tokens,
     )
     model.layout = layout
+    if model.llm_experts is not None:  # its expert in the LLM too (llm_experts.py)
+        model.llm_experts.add_modality(model, name)
     if source is not None:
         init_modality_from(model, name, source)
     new = [n for n, _ in model.named_parameters() if n not in before]
@@ -206,10 +210,42 @@ def add_lora(
     dropout: float = 0.0,
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
 ) -> None:
-    """Wrap the LLM with peft LoRA adapters (only they train in the LLM afterwards)."""
+    """Wrap the LLM with peft LoRA adapters (only they train in the LLM afterwards). An LLM
+    that has LoRA already (a saved run's, or lora_per_modality's experts) is refused: a
+    stage's `lora:` adds one only where there is none (training/prepare.py), so on a model
+    with per-modality LoRA experts the experts are the stage's LoRA (their r and alpha are
+    `llm_experts:`'s)."""
     if has_lora(model.llm):
         raise InputError("llm: LoRA is already on")
     cfg = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
     )
     model.llm = get_peft_model(model.llm, cfg)
+
+
+def merge_llm_experts(model: OneLLM, modality: str = TEXT) -> OneLLM:
+    """Fold `modality`'s LLM expert (`llm_experts:`, e.g. its LoRA) into the LLM's plain
+    weights, in place: the model becomes a dense one (no `llm_experts`, its config says so)
+    that answers a prompt of that modality alone as the experts did, with one matmul per
+    layer less to run and nothing to route. -> the model.
+
+    Per modality, because routing is: each position runs its own modality's expert, and a
+    prompt with one modality is that modality's from its first token to its last
+    (onellm/modeling/llm_experts.py), so one expert folded in is exact for such prompts;
+    other modalities' prompts would run the folded expert instead of theirs. Copy the model
+    first (`copy.deepcopy`) to keep the experts. `modality`: a modality's name, or "text"."""
+    experts = model.llm_experts
+    if experts is None:
+        raise InputError("merge_llm_experts: this model has no llm_experts")
+    if not isinstance(experts, MergesExperts):
+        kind = (model.base_config.llm_experts or {}).get("kind")
+        raise InputError(f"merge_llm_experts: the {kind} kind does not fold into plain weights")
+    if model.quantization is not None:
+        raise InputError(
+            "merge_llm_experts: the LLM is quantised; merge the model it was loaded from"
+        )
+    name = modality if modality == TEXT else model.modality_key(modality)
+    experts.merge(model, name)
+    model.llm_experts = None
+    model.base_config = dataclasses.replace(model.base_config, llm_experts=None)
+    return model

@@ -96,13 +96,26 @@ def shard(
 
 
 def sync_replicated_grads(params: list[nn.Parameter], world: int) -> None:
-    """Average the gradients of parameters FSDP does not manage (plain tensors)."""
+    """Average the gradients of parameters FSDP does not manage (plain tensors). A parameter
+    some process used and another did not (an LLM expert whose modality only one process's
+    rows hold) counts as zero on the other; one no process used keeps no gradient, as in
+    one process (AdamW then leaves it as it was)."""
     if world <= 1:
         return
-    for p in params:
-        if p.grad is not None and not isinstance(p.grad, DTensor):
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(world)
+    plain = [p for p in params if not isinstance(p, DTensor)]
+    if not plain:
+        return
+    used = torch.tensor([p.grad is not None for p in plain], dtype=torch.int32)
+    device = next((p.grad.device for p in plain if p.grad is not None), plain[0].device)
+    used = used.to(device)
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)  # the same list in every process
+    for p, anyone in zip(plain, used.tolist(), strict=True):
+        if not anyone:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(world)
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float | None, d: Dist) -> float:
