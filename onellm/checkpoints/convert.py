@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from accelerate import init_empty_weights
+from safetensors import safe_open
 
 from onellm.config import EncoderConfig, LLMConfig, ModelConfig, ProjectionConfig
 from onellm.errors import CheckpointError
@@ -30,15 +31,19 @@ _UNUSED = re.compile(
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A `.safetensors` or `.pth` checkpoint -> tensors, never unpickling arbitrary objects."""
+    """A `.safetensors` or `.pth` checkpoint -> tensors, never unpickling arbitrary objects.
+
+    Memory-mapped, not read: a tensor's pages come from the file as they are used, so a
+    15 GB checkpoint converts without a second copy of it in memory."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.suffix == ".safetensors":
-        sd: Any = load_file(p)
+        with safe_open(p, framework="pt") as f:  # safetensors maps the file itself
+            sd: Any = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     else:
         try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            sd = torch.load(p, map_location="cpu", weights_only=True, mmap=_zip_format(p))
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for bad files
             raise CheckpointError(f"{p}: not a weights-only torch checkpoint: {e}") from e
     if isinstance(sd, Mapping) and isinstance(sd.get("model"), Mapping):
@@ -46,6 +51,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{p}: expected a mapping of tensors")
     return {k.removeprefix("llma."): v for k, v in sd.items()}
+
+
+def _zip_format(path: Path) -> bool:
+    """Whether torch.load can map `path`: torch.save's zip format (since torch 1.6), not the
+    legacy one, which is read whole."""
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def permute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -222,8 +234,9 @@ def _map_one(key: str, v: torch.Tensor, heads: int) -> list[tuple[str, torch.Ten
         if m:  # one fused q/k/v projection -> HF's three
             j, kind = m.groups()
             base = f"encoder.clip.encoder.layers.{j}.self_attn"
+            # clones: views of one storage would stay tied once assigned to three parameters
             return [
-                (f"{base}.{p}.{kind}", t)
+                (f"{base}.{p}.{kind}", t.clone())
                 for p, t in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3), strict=True)
             ]
         m = re.match(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$", sub)
@@ -276,7 +289,11 @@ def from_onellm(
     )
     cfg.dtype = dtype
     cfg.llm.tokenizer = tokenizer
-    model = OneLLM.from_config(cfg)
+    # parameters on the meta device (buffers such as the rotary tables built as usual), then
+    # the checkpoint's tensors assigned in their place: no random 7B model beside the mapped
+    # file, and no copy where the dtype already matches (accelerate: peft's dependency)
+    with init_empty_weights(include_buffers=False):
+        model = OneLLM.from_config(cfg)
     mapped = map_keys(sd, cfg)
     target = model.state_dict()
     missing = sorted(set(target) - set(mapped))
@@ -290,5 +307,7 @@ def from_onellm(
             raise CheckpointError(
                 f"{path}: {k} has shape {tuple(v.shape)}, model expects {tuple(target[k].shape)}"
             )
-    model.load_state_dict({k: v.to(target[k].dtype) for k, v in mapped.items()}, strict=True)
+    model.load_state_dict(
+        {k: v.to(target[k].dtype) for k, v in mapped.items()}, strict=True, assign=True
+    )
     return model

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from onellm.cli.convert import check_convert
 from onellm.config import is_config, load_config
 from onellm.config.loading import apply_override, find_config
 from onellm.errors import CheckpointError, ConfigError, InputError
@@ -100,6 +101,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "shards": lambda a: check_file(a.manifest, "manifest"),
     "eval": check_eval,
     "conformance": check_fixture,
+    "convert": check_convert,
 }
 
 

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from onellm.cli.checks import check
+from onellm.cli.convert import add_convert_verb
+from onellm.cli.eval_options import add_eval_options
 from onellm.cli.lmms_options import add_lmms_options, lmms_backend
 from onellm.cli.quiet import quiet
 from onellm.errors import OneLLMError
@@ -211,23 +213,6 @@ def add_measuring_verbs(sub) -> None:
     p.add_argument("run", help="a saved run dir (or a model YAML)")
     p.add_argument("--modality", action="append", help="repeatable; default: every one (--data's)")
     p.add_argument(
-        "--data",
-        help="a JSONL manifest (docs/data.md; several references: 'captions': [...]); "
-        "default: the shapes world's test split",
-    )
-    p.add_argument("--prompt", help="ask each caption with this (default: none, as trained)")
-    p.add_argument(
-        "--max-new-tokens", type=int, help="default: the stage's eval.max_new_tokens; qa: 8"
-    )
-    p.add_argument(
-        "--no-meteor", action="store_true", help="skip METEOR (its Java start takes ~7 s)"
-    )
-    p.add_argument(
-        "--simple-tokenizer",
-        action="store_true",
-        help="tokenise captions in Python, not with Java's PTB tokenizer (equal on plain captions)",
-    )
-    p.add_argument(
         "--task",
         action="append",
         choices=EvalTasks(),
@@ -235,14 +220,7 @@ def add_measuring_verbs(sub) -> None:
         help="one of %(choices)s; qa: question answering per modality and question (shapes "
         "world, or --data's conversations); the others: the task's own held-out metrics",
     )
-    p.add_argument("--samples", type=int, help="shapes-world scenes per modality (default: 100)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        help="the shapes-world draw; default: the one the stage that saved RUN evaluated on "
-        "(its seed + 1, and its eval.samples: RUN/../stage.yaml), so the figures are its own",
-    )
-    p.add_argument("--json", help="write here (default: RUN/eval_caption.json, eval_qa.json, ...)")
+    add_eval_options(p)
     add_device(p)
     add_lmms_options(p)
     p.set_defaults(func=_eval)
@@ -278,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_verbs(sub)
     add_training_verbs(sub)
     add_measuring_verbs(sub)
+    add_convert_verb(sub)
     for p in sub.choices.values():
         p.add_argument(
             "--verbose",

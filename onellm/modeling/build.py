@@ -56,8 +56,10 @@ def shapes_captions(modalities: Iterable[Modality]) -> list[str]:
 
 
 def embedding_rms(llm: nn.Module) -> float:
-    """The RMS of the LLM's word embeddings: the scale new modality tokens start at."""
-    return float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+    """The RMS of the LLM's word embeddings: the scale new modality tokens start at (1 for
+    an LLM built empty, whose weights a converter assigns next: onellm/checkpoints/convert.py)."""
+    weight = llm.get_input_embeddings().weight
+    return 1.0 if weight.is_meta else float(weight.detach().float().pow(2).mean().sqrt())
 
 
 def name_table(modalities: Mapping[str, Modality]) -> dict[str, str]:
@@ -253,7 +255,9 @@ def build_model(
         moai=build_moai(cfg.moai, llm),
         projections=side,
     )
-    model = model.to(where, torch_dtype)
+    # built empty (parameters on meta, convert.py assigns them): only the dtype can change
+    empty = any(p.is_meta for p in model.parameters())
+    model = model.to(torch_dtype) if empty else model.to(where, torch_dtype)
     if experts is not None:  # joined once the LLM is where it runs (peft follows its dtype)
         model.llm_experts = experts.to(where, torch_dtype)
         experts.attach(model)
