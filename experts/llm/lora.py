@@ -70,6 +70,58 @@ class Gates(nn.Module):
         self.bias = nn.Parameter(torch.cat([b, b.new_full((1,), -self.prior / 2)]))
 
 
+def check_options(r: Any, alpha: Any, dropout: Any, target_modules: Any, route: Any) -> None:
+    """`llm_experts:`'s own options, refused by name before anything is built."""
+    if route not in ROUTES:
+        raise ConfigError(f"llm_experts.route: expected one of {', '.join(ROUTES)}, got {route!r}")
+    if not isinstance(r, int) or r < 1 or alpha <= 0 or not 0 <= dropout < 1:
+        raise ConfigError(
+            f"llm_experts.r/alpha/dropout: expected an int >= 1, > 0 and in [0, 1), got "
+            f"{r!r}, {alpha!r} and {dropout!r}"
+        )
+    if isinstance(target_modules, str) or not target_modules:
+        raise ConfigError(
+            f"llm_experts.target_modules: expected a list of module names, got {target_modules!r}"
+        )
+
+
+def check_targets(llm: nn.Module, targets: Sequence[str]) -> None:
+    """Each target names linear layers of the LLM (peft matches them by that last name)."""
+    linear = {n.rsplit(".", 1)[-1] for n, m in llm.named_modules() if isinstance(m, nn.Linear)}
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise ConfigError(
+            f"llm_experts.target_modules: expected the LLM's linear layers "
+            f"({', '.join(sorted(linear))}), got {missing[0]!r}"
+        )
+
+
+class Call:
+    """One routed LLM call (or one `generate`): each position's expert index and whether it
+    is padding, by the length of the call (KV-cached steps continue each row's last run),
+    and `route: learned`'s gate weights by LoRA'd module."""
+
+    def __init__(self, routes: PositionRoutes) -> None:
+        self.routes = routes
+        self.by_length: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.gates: dict[str, torch.Tensor] = {}
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> the (B, L) expert indices and valid positions of this call."""
+        rows, length = self.routes.prompt.shape[0], x.shape[1]
+        if x.shape[0] != rows:
+            raise InputError(
+                f"llm_experts: expected the batch the routing began with ({rows} rows), got "
+                f"{x.shape[0]} (beam search is not supported)"
+            )
+        if length not in self.by_length:
+            self.by_length[length] = (
+                self.routes.for_call(length).to(x.device),
+                self.routes.valid_for_call(length).to(x.device),
+            )
+        return self.by_length[length]
+
+
 class LoRAPerModality(nn.Module):
     """The `lora_per_modality` kind: built by onellm/modeling/build.py, joined by `attach`."""
 
@@ -87,19 +139,7 @@ class LoRAPerModality(nn.Module):
         prior: float = 8.0,
     ) -> None:
         super().__init__()
-        if route not in ROUTES:
-            raise ConfigError(
-                f"llm_experts.route: expected one of {', '.join(ROUTES)}, got {route!r}"
-            )
-        if not isinstance(r, int) or r < 1 or alpha <= 0 or not 0 <= dropout < 1:
-            raise ConfigError(
-                f"llm_experts.r/alpha/dropout: expected an int >= 1, > 0 and in [0, 1), got "
-                f"{r!r}, {alpha!r} and {dropout!r}"
-            )
-        if isinstance(target_modules, str) or not target_modules:
-            raise ConfigError(
-                f"llm_experts.target_modules: expected a list of module names, got {target_modules!r}"
-            )
+        check_options(r, alpha, dropout, target_modules, route)
         self.names, self.route, self.prior = list(names), route, float(prior)
         self.lora = LoraConfig(
             r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
@@ -108,8 +148,7 @@ class LoRAPerModality(nn.Module):
         self._layers: dict[str, LoraLayer] = {}  # the LLM's, not this module's children
         self._handles: list[Any] = []
         self._active: list[str] | None = None
-        self._routes: PositionRoutes | None = None
-        self._cache: dict[Any, torch.Tensor] = {}  # per call: routes by length, gate weights
+        self._call: Call | None = None  # inside `routing`
 
     # ------------------------------------------------------------------ joining the LLM
     def attach(self, model: Any) -> None:
@@ -119,31 +158,25 @@ class LoRAPerModality(nn.Module):
                 "llm_experts: lora_per_modality puts its own LoRA on the LLM, which has one already"
             )
         llm = base_llm(model.llm)
-        linear = {n.rsplit(".", 1)[-1] for n, m in llm.named_modules() if isinstance(m, nn.Linear)}
-        missing = [t for t in self.lora.target_modules if t not in linear]
-        if missing:
-            raise ConfigError(
-                f"llm_experts.target_modules: expected the LLM's linear layers "
-                f"({', '.join(sorted(linear))}), got {missing[0]!r}"
-            )
+        check_targets(llm, self.lora.target_modules)
         peft = get_peft_model(model.llm, copy.deepcopy(self.lora), adapter_name=self.names[0])
         for name in self.names[1:]:
             peft.add_adapter(name, copy.deepcopy(self.lora))
         for n, p in peft.named_parameters():  # every expert trains, as add_lora's LoRA does
             p.requires_grad_("lora_" in n)
         model.llm = peft
-        for qualname, layer in llm.named_modules():
-            if isinstance(layer, LoraLayer):
-                key = qualname.replace(".", "-")
-                self._layers[key] = layer
-                if self.route == "learned":
-                    width = layer.in_features
-                    self.gates[key] = Gates(width=width, experts=len(self.names), prior=self.prior)
-                    self.gates[key].to(layer.base_layer.weight.device)
-                    hook = functools.partial(self._gate, key)
-                    self._handles.append(layer.register_forward_pre_hook(hook))
-                for name in self.names:
-                    self._hook(key, layer, name)
+        # keyed by the module's name in the LLM ("-" for "."): a gate's name says its module
+        self._layers = {
+            n.replace(".", "-"): m for n, m in llm.named_modules() if isinstance(m, LoraLayer)
+        }
+        for key, layer in self._layers.items():
+            if self.route == "learned":
+                gates = Gates(width=layer.in_features, experts=len(self.names), prior=self.prior)
+                self.gates[key] = gates.to(layer.base_layer.weight.device)
+                hook = functools.partial(self._gate, key)
+                self._handles.append(layer.register_forward_pre_hook(hook))
+            for name in self.names:
+                self._hook(key, layer, name)
         self._activate([TEXT])
 
     def _hook(self, key: str, layer: LoraLayer, name: str) -> None:
@@ -176,45 +209,29 @@ class LoRAPerModality(nn.Module):
             valid = routes.prompt if routes.valid is None else routes.prompt[routes.valid]
             present = set(valid.unique().tolist())
             used = [n for i, n in enumerate(self.names) if i in present] or [TEXT]
-        self._routes, self._cache = routes, {}
+        self._call = Call(routes)
         self._activate(used)
         try:
             yield
         finally:
-            self._routes, self._cache = None, {}
+            self._call = None
             self._activate([TEXT])
 
-    def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The call's (B, L) expert indices and valid positions, for x (B, L, D)."""
-        routes, length = self._routes, x.shape[1]
-        if x.shape[0] != routes.prompt.shape[0]:
-            raise InputError(
-                "llm_experts: expected the batch the routing began with "
-                f"({routes.prompt.shape[0]} rows), got {x.shape[0]} (beam search is not supported)"
-            )
-        if length not in self._cache:
-            self._cache[length] = (
-                routes.for_call(length).to(x.device),
-                routes.valid_for_call(length).to(x.device),
-            )
-        return self._cache[length]
-
     def _gate(self, key: str, layer: nn.Module, args: tuple) -> None:
-        if self._routes is not None:
-            route, _ = self._route(args[0])
-            self._cache[key] = self.gates[key](args[0], route)
+        if self._call is not None:
+            route, _ = self._call.route(args[0])
+            self._call.gates[key] = self.gates[key](args[0], route)
 
     def _scale(self, key: str, name: str, module: nn.Module, args: tuple):
-        if self._routes is None:
+        if self._call is None:
             return None
         x = args[0]
-        route, valid = self._route(x)
+        route, valid = self._call.route(x)
         index = self.names.index(name)
-        w = (
-            self._cache[key][..., index] * valid
-            if self.route == "learned"
-            else (route == index) & valid
-        )
+        if self.route == "learned":
+            w = self._call.gates[key][..., index] * valid
+        else:
+            w = (route == index) & valid
         return (x * w[..., None].to(x.dtype), *args[1:])
 
     # ------------------------------------------------------------------ surgery
