@@ -1,33 +1,24 @@
 """Plots a person can look at: RUN/plots/{loss,accuracy,routing}.png from metrics.jsonl, and
-where the stage routes through the projection, expert_load.png and router_entropy.png.
+where the stage routes (the projection, the LLM's MoE layers), expert_load.png and
+router_entropy.png.
 
 loss.png: every step's loss (faint dots; runs from before the `losses` field have one step
 in `log_every`) and, per source, its moving average. accuracy.png: each held-out set over
 the stage's evaluations as a line, from the starting model's figure at step 0 where the
 stage's report.json has it (onellm/training/summary.py); a stage evaluated once, with no
-starting figure, as bars. expert_load.png: a grid of panels, one per modality."""
+starting figure, as bars. expert_load.png and router_entropy.png: onellm/training/expert_plots.py."""
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
+from onellm.training.expert_plots import plot_expert_use
+from onellm.training.figures import pyplot, save_figure
+
 STYLES = {"caption": "-", "qa": "--"}
-
-
-@functools.cache
-def pyplot():
-    """matplotlib's pyplot, drawing to files only (no display)."""
-    import matplotlib  # heavy (~1 s): loaded when the first plot is drawn, not with training
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # with the Agg backend chosen above
-
-    return plt
 
 
 def plot_run(run: str | Path) -> list[Path]:
@@ -43,7 +34,7 @@ def plot_run(run: str | Path) -> list[Path]:
     train = [r for r in records if r["event"] == "train"]
     if train:
         written.append(plot_loss(train, out / "loss.png", run.name))
-    used = [r for r in train if r.get("routing")]
+    used = [r for r in train if r.get("routing") or r.get("llm_routing")]
     if used:
         written += plot_expert_use(used, out, run.name)
     evals = [r for r in records if r["event"] == "eval"]
@@ -205,60 +196,6 @@ def set_label(key: tuple[str, str, str]) -> str:
     return f"{m}{where}{' QA' if task == 'qa' else ''}"
 
 
-def plot_expert_use(train: list[dict], out: Path, name: str) -> list[Path]:
-    """A grid of panels, one per modality and one for all together: each expert's share of
-    the routing weight over the steps (stacked; its last share in the title) and the
-    collapse alarm's steps; then the router entropy."""
-    mods = sorted({m for r in train for m in r["routing"]})
-    k = len(next(iter(train[-1]["routing"].values()))["load"])
-    panels = [*mods, "all"]
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = pyplot().subplots(
-        rows,
-        cols,
-        figsize=(3.3 * cols, 2.3 * rows + 0.8),
-        squeeze=False,
-        sharex=True,
-        sharey=True,
-        layout="constrained",
-    )
-    for ax, m in zip(axes.flat, panels, strict=False):
-        rows_m = [r for r in train if m == "all" or m in r["routing"]]
-        steps = [r["step"] for r in rows_m]
-        if m == "all":
-            loads = [[s or 0.0 for s in r["expert_share"]] for r in rows_m]
-        else:
-            loads = [r["routing"][m]["load"] for r in rows_m]
-        ax.stackplot(steps, *zip(*loads, strict=True), labels=[f"expert {e}" for e in range(k)])
-        alarms = [r["step"] for r in rows_m if m == "all" and r.get("collapse")]
-        if alarms:
-            ax.plot(alarms, [1.0] * len(alarms), "rx", label="collapse alarm")
-        shares = "/".join(f"{100 * s:.0f}" for s in loads[-1])
-        ax.set(ylim=(0, 1))
-        ax.set_title(f"{m}: {shares}%", fontsize=9)
-    for i in range(len(panels), rows * cols):  # the last row's empty places
-        axes.flat[i].set_visible(False)
-        axes.flat[i - cols].tick_params(labelbottom=True)
-        axes.flat[i - cols].set_xlabel("step")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("share")
-    for ax in axes[-1, :]:
-        ax.set_xlabel("step")
-    handles, labels = axes.flat[len(panels) - 1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
-    fig.suptitle(f"{name}: expert load (each expert's share of the routing weight)")
-    written = [save_figure(fig, out / "expert_load.png")]
-    fig, ax = pyplot().subplots(figsize=(8, 4.5), layout="constrained")
-    for m in mods:
-        pts = [(r["step"], r["routing"][m]["entropy"]) for r in train if m in r["routing"]]
-        ax.plot(*zip(*pts, strict=True), ".-", label=m)
-    ax.set(xlabel="step", ylabel="mean router entropy (nats)", title=f"{name}: router entropy")
-    ax.legend(fontsize=8)
-    written.append(save_figure(fig, out / "router_entropy.png"))
-    return written
-
-
 def plot_routing_per_query(per_query: dict[str, list[list[float]]], path: Path) -> Path:
     """One heat map per modality: query token (rows) x expert (columns), mean weight."""
     names = list(per_query)
@@ -289,11 +226,3 @@ def plot_routing(routing: dict[str, list[float]], path: Path, title: str) -> Pat
     ax.set(ylabel="mean routing weight", title=title, ylim=(0, 1))
     ax.legend(fontsize=8)
     return save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> Path:
-    if fig.get_layout_engine() is None:  # the newer plots lay out as they draw
-        fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    pyplot().close(fig)
-    return path
