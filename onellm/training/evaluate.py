@@ -22,11 +22,12 @@ from onellm.training.task import output_tasks
 def caption_metrics(
     predictions: Sequence[str], references: Sequence[Sequence[str] | str]
 ) -> dict[str, Any]:
-    """A stage table's caption scores: COCO's (exact match, BLEU-1..4, ROUGE-L, CIDEr) with
-    the simple tokenizer and no METEOR. Java's PTB call costs ~0.3 s, METEOR's start ~7 s,
-    on every modality of every evaluation of every stage (make demo), and on the shapes
-    world's plain captions the simple tokenizer gives PTB's tokens; `onellm eval` scores
-    with Java (CaptionScorer)."""
+    """A stage table's shapes-world caption scores: COCO's (exact match, BLEU-1..4, ROUGE-L,
+    CIDEr) with the simple tokenizer and no METEOR. On the shapes world's plain captions it
+    gives PTB's tokens (the demo's tables are the same figures either way), where Java's
+    PTB call would add ~0.3 s and METEOR's start ~7 s to every modality of every stage
+    evaluation (make demo, and every training test), and make the tables depend on
+    whether Java is installed. `onellm eval` scores with Java (CaptionScorer)."""
     return score_captions(predictions, references, tokenizer="simple", meteor=False)
 
 
@@ -57,7 +58,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Greedy captions of held-out inputs (the shapes world's test split, or a manifest's
     records of the modality, scored against every caption of each), asked with `prompt`
-    (None: the caption layout the caption task trains), scored by `scorer` (default:
+    (None: the caption layout the caption task trains), scored by `scorer` (default: a
+    manifest's with the PTB tokenizer where Java runs and no METEOR, the shapes world's by
     `caption_metrics`). The result pins what was asked: prompt, max_new_tokens, and a
     manifest's `lines`; `keep`: every prediction too, in order (the first five always)."""
     key = model.modality_key(modality)
@@ -80,7 +82,12 @@ def evaluate(
             asked = [one_turn({key: raw}, prompt) for raw in inputs[i : i + batch_size]]
             replies = model.chat(messages=asked, max_new_tokens=max_new_tokens)
             preds += [r.text for r in replies]
-    scores = scorer.score(preds, refs) if scorer else caption_metrics(preds, refs)
+    if scorer is not None:
+        scores = scorer.score(preds, refs)
+    elif data is not None:  # a user's captions: PTB's tokens where Java runs (~0.3 s)
+        scores = score_captions(preds, refs, meteor=False)
+    else:
+        scores = caption_metrics(preds, refs)
     result: dict[str, Any] = {"modality": key, **scores, **pinned}
     result["examples"] = [
         {"reference": r[0], "prediction": p} for r, p in list(zip(refs, preds, strict=True))[:5]
