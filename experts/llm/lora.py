@@ -217,6 +217,10 @@ class LoRAPerModality(nn.Module):
             self._call = None
             self._activate([TEXT])
 
+    def recompute(self) -> contextlib.AbstractContextManager[None]:
+        """This call's routing again, for activation checkpointing's recomputation."""
+        return contextlib.nullcontext() if self._call is None else self.routing(self._call.routes)
+
     def _gate(self, key: str, layer: nn.Module, args: tuple) -> None:
         if self._call is not None:
             route, _ = self._call.route(args[0])

@@ -23,7 +23,7 @@ LLM's stay the LLM's (`llm.*`: a LoRA's adapters).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -133,6 +133,27 @@ class MergesExperts(Protocol):
     def merge(self, model: Any, name: str) -> None:
         """Fold `name`'s expert into the LLM's weights and leave the LLM a plain one."""
         ...
+
+
+@runtime_checkable
+class Recomputes(Protocol):
+    """A kind whose routing activation checkpointing must see again: the LLM's layers are
+    recomputed in backward, after `routing` has closed."""
+
+    def recompute(self) -> contextlib.AbstractContextManager[None]:
+        """Called during a routed forward: a context, entered later, in which the LLM's
+        calls route as this one does."""
+        ...
+
+
+def recompute_context(model: Any) -> Callable[[], tuple[Any, Any]] | None:
+    """torch.utils.checkpoint's `context_fn` for the LLM's checkpointed layers
+    (onellm/modeling/activation_checkpointing.py): the recomputation routes as the forward
+    did. None when the model's experts need none."""
+    experts = model.llm_experts
+    if not isinstance(experts, Recomputes):
+        return None
+    return lambda: (contextlib.nullcontext(), experts.recompute())
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from onellm import OneLLM
 from onellm.checkpoints.conformance import onellm_logits
 from onellm.errors import ConfigError, InputError
 from onellm.inference.chat import Conversation, generate
+from onellm.modeling import activation_checkpointing
 from onellm.modeling.template import render_prompt
 from tests.conftest import TINY, random_input
 from tests.modalities.test_contract import RAW
@@ -252,3 +253,25 @@ def test_bad_options_are_refused_by_name(override, message):
 def test_a_shared_lora_beside_the_experts_is_refused(experts):
     with pytest.raises(InputError, match="LoRA is already on"):
         copy.deepcopy(experts).add_lora()
+
+
+@pytest.mark.parametrize("route", ["modality", "learned"])
+def test_activation_checkpointing_recomputes_with_the_forwards_routes(route):
+    """The LLM's layers are recomputed in backward, after the routing context has closed:
+    the experts route them as the forward did (the gradients match, no checkpoint error)."""
+    torch.manual_seed(0)
+    m = trained(OneLLM.from_config(TINY, [EXPERTS.replace("}", f", route: {route}}}")])).train()
+    ids, _ = m.layout.widen(torch.randint(3, 400, (2, 7)), ["image"])
+    x = random_input(m, "image")
+
+    def grads():
+        m.zero_grad(set_to_none=True)
+        m(ids, inputs={"image": x}, labels=ids.masked_fill(ids >= 512, -100)).loss.backward()
+        return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    activation_checkpointing.enable(m)
+    again = grads()
+    assert plain.keys() == again.keys() and any(".image." in n for n in plain)
+    for n, g in plain.items():
+        torch.testing.assert_close(again[n], g, msg=n)
