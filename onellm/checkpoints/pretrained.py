@@ -13,6 +13,7 @@ Nothing is pickled: safetensors and JSON/YAML only.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import yaml
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -138,19 +139,33 @@ def saved_config(directory: str | os.PathLike, overrides: Sequence[str] = ()) ->
     return cfg
 
 
+def same_shape(saved: Path, config: LoraConfig) -> bool:
+    """Whether the LoRA saved with adapter config `saved` has `config`'s rank, scale and
+    modules (its weights then load into that adapter as they are)."""
+    theirs = json.loads(saved.read_text())
+    return (
+        theirs.get("r") == config.r
+        and theirs.get("lora_alpha") == config.lora_alpha
+        and set(theirs.get("target_modules") or ()) == set(config.target_modules)
+    )
+
+
 def load_adapters(model: OneLLM, directory: Path, *, trainable: bool, changed: bool) -> None:
     """Each peft adapter the model was built with (`llm_experts:`'s, named by expert) from
     where peft's `save_pretrained` put it: `directory` for `default`, else `directory/<name>`.
-    An adapter the run did not save (a changed config: an expert more) stays as built."""
+    With a changed config, an adapter the run did not save starts as the run's one shared
+    LoRA where that has its shape (a run trained with `lora:` given per-modality experts:
+    every position starts as it was), else as built."""
+    shared = directory / "adapter_config.json"
     for name in list(model.llm.peft_config):
         path = directory if name == "default" else directory / name
         if not (path / "adapter_config.json").is_file():
-            if changed:
+            if not changed:
+                raise CheckpointError(f"{directory}: expected the saved adapter {name!r}, got none")
+            if not (shared.is_file() and same_shape(shared, model.llm.peft_config[name])):
                 log.info("%s: no saved adapter %r; it starts as built", directory, name)
                 continue
-            raise CheckpointError(
-                f"{directory}: expected the saved LoRA adapter {name!r}, got none"
-            )
+            path = directory
         model.llm.load_adapter(path, adapter_name=name, torch_device=str(model.device))
     for n, p in model.llm.named_parameters():
         if "lora_" in n:

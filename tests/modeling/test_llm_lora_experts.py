@@ -275,3 +275,23 @@ def test_activation_checkpointing_recomputes_with_the_forwards_routes(route):
     assert plain.keys() == again.keys() and any(".image." in n for n in plain)
     for n, g in plain.items():
         torch.testing.assert_close(again[n], g, msg=n)
+
+
+def test_a_run_with_one_shared_lora_seeds_every_expert(tmp_path):
+    """A run trained with `lora:` loaded with llm_experts in its overrides: each expert starts
+    as the shared LoRA, so every prompt answers as before; a LoRA of another rank is left
+    out (the experts start as built)."""
+    torch.manual_seed(0)
+    shared = OneLLM.from_config(TINY).eval()
+    shared.add_lora(r=4, alpha=8)
+    trained(shared)
+    run = shared.save_pretrained(tmp_path / "run")
+    seeded = OneLLM.from_pretrained(run, overrides=[EXPERTS]).eval()
+    ids = torch.randint(3, 400, (2, 7))
+    ids[:, 0] = 1
+    for m in ("image", "imu"):
+        x = random_input(shared, m)
+        assert torch.equal(onellm_logits(shared, ids, x, m), onellm_logits(seeded, ids, x, m))
+    assert torch.equal(onellm_logits(shared, ids), onellm_logits(seeded, ids))
+    other = OneLLM.from_pretrained(run, overrides=[EXPERTS.replace("r: 4", "r: 2")]).eval()
+    assert not any(layer.lora_B["image"].weight.any() for layer in lora_layers(other))
