@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 BASE_PREFIXES = ("encoder.", "llm.")
 
 
+# safetensors lays a whole file out in memory before writing it: 1 GB shards keep saving a 7B
+# model from mapped weights under its own size (onellm convert of a 14.1 GiB OneLLM-7B: peak
+# 12.6 GiB, bench/official_checkpoint.py)
+SHARD = "1GB"
+
+
 def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """A safetensors file's tensors; a truncated or corrupt file is a `CheckpointError`
     naming it (safetensors raises its own SafetensorError or OSError)."""
@@ -103,11 +109,11 @@ def save_pretrained(
             str(Path(cfg["llm"]["path"]).resolve()),
         )
     elif base == "store":
-        model.encoder.clip.save_pretrained(out / "encoder")
+        model.encoder.clip.save_pretrained(out / "encoder", max_shard_size=SHARD)
         base_sd = {
             k.replace(".base_layer", ""): v for k, v in llm.state_dict().items() if "lora_" not in k
         }
-        llm.save_pretrained(out / "llm", state_dict=base_sd)
+        llm.save_pretrained(out / "llm", state_dict=base_sd, max_shard_size=SHARD)
         cfg["encoder"]["path"], cfg["llm"]["path"] = "encoder", "llm"
     else:
         raise CheckpointError(f"base must be 'store' or 'reference', got {base!r}")

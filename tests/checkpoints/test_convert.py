@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.official_checkpoint import official_state_dict
 from onellm.checkpoints.conformance import onellm_logits
 from onellm.checkpoints.convert import from_onellm, load_state_dict, permute_rotary
 from onellm.errors import CheckpointError
@@ -112,109 +113,6 @@ def test_rotary_permutation_turns_interleaved_pairs_into_halves():
     assert rows[1].tolist() == [8, 10, 12, 14, 9, 11, 13, 15]
 
 
-def onellm_state_dict(
-    *,
-    dim,
-    layers,
-    vocab,
-    width,
-    clip_layers,
-    patch,
-    grid,
-    experts,
-    expert_layers,
-    queries,
-    voxels,
-    fmri_tokens,
-):
-    """Random tensors in OneLLM's key layout at the given sizes (as its Transformer makes them)."""
-    ffn = lambda d: 32 * ((int(8 * d / 3) + 31) // 32)  # noqa: E731
-    sd = {
-        "tok_embeddings.weight": (vocab, dim),
-        "norm.weight": (dim,),
-        "output.weight": (vocab, dim),
-    }
-    for i in range(layers):
-        for w in "qkvo":
-            sd[f"layers.{i}.attention.w{w}.weight"] = (dim, dim)
-        sd |= {
-            f"layers.{i}.feed_forward.w1.weight": (ffn(dim), dim),
-            f"layers.{i}.feed_forward.w3.weight": (ffn(dim), dim),
-            f"layers.{i}.feed_forward.w2.weight": (dim, ffn(dim)),
-            f"layers.{i}.attention_norm.weight": (dim,),
-            f"layers.{i}.ffn_norm.weight": (dim,),
-        }
-    v = "clip.visual."
-    sd |= {
-        v + "conv1.weight": (width, 3, patch, patch),
-        v + "class_embedding": (width,),
-        v + "positional_embedding": (grid * grid + 1, width),
-        v + "proj": (width, 16),
-        "clip.logit_scale": (),
-        "clip.text_projection": (width, 16),
-    }
-    for n in ("ln_pre", "ln_post"):
-        sd |= {f"{v}{n}.weight": (width,), f"{v}{n}.bias": (width,)}
-    for j in range(clip_layers):
-        b = f"{v}transformer.resblocks.{j}."
-        sd |= {
-            b + "attn.in_proj_weight": (3 * width, width),
-            b + "attn.in_proj_bias": (3 * width,),
-            b + "attn.out_proj.weight": (width, width),
-            b + "attn.out_proj.bias": (width,),
-            b + "mlp.c_fc.weight": (4 * width, width),
-            b + "mlp.c_fc.bias": (4 * width,),
-            b + "mlp.c_proj.weight": (width, 4 * width),
-            b + "mlp.c_proj.bias": (width,),
-        }
-        for n in ("ln_1", "ln_2"):
-            sd |= {f"{b}{n}.weight": (width,), f"{b}{n}.bias": (width,)}
-    for e in range(experts):
-        for l in range(expert_layers):  # noqa: E741
-            b = f"resample_layers.{e}.{l}."
-            for w in "qkvo":
-                sd[b + f"attention.w{w}.weight"] = (width, width)
-            sd |= {
-                b + "feed_forward.w1.weight": (ffn(width), width),
-                b + "feed_forward.w3.weight": (ffn(width), width),
-                b + "feed_forward.w2.weight": (width, ffn(width)),
-                b + "attention_norm.weight": (width,),
-                b + "ffn_norm.weight": (width,),
-            }
-    sd |= {
-        "conv1.audio.weight": (width, 1, 16, 16),
-        "conv1.audio.bias": (width,),
-        "positional_embedding.audio": (1213, width),
-        "conv1.imu.weight": (width, 6, 10),
-        "positional_embedding.imu": (392, width),
-        "conv1.fmri.weight": (fmri_tokens * width, voxels),
-        "conv1.fmri.bias": (fmri_tokens * width,),
-        "positional_embedding.fmri": (fmri_tokens + 1, width),
-        "conv1.point.conv1.weight": (width, 6, 1, 1),
-        "conv1.point.conv1.bias": (width,),
-        "positional_embedding.point": (1025, width),
-    }
-    for m in ["image", "video", "audio", "point", "rgbd", "rgbn", "fmri", "imu"]:
-        sd |= {
-            f"resample_tokens.{m}": (1, queries, width),
-            f"routers.{m}.fc1.weight": (4 * width, width),
-            f"routers.{m}.fc1.bias": (4 * width,),
-            f"routers.{m}.fc2.weight": (experts, 4 * width),
-            f"routers.{m}.fc2.bias": (experts,),
-            f"start_tag.{m}": (1, 1, dim),
-            f"end_tag.{m}": (1, 1, dim),
-        }
-        for p, out in (("clip_proj1", width), ("clip_proj2", dim)):
-            sd |= {
-                f"{p}.{m}.0.weight": (out, width),
-                f"{p}.{m}.0.bias": (out,),
-                f"{p}.{m}.1.weight": (out,),
-                f"{p}.{m}.1.bias": (out,),
-            }
-    g = torch.Generator().manual_seed(1)
-    return {f"llma.{k}": torch.randn(s, generator=g) * 0.05 for k, s in sd.items()}
-
-
 def test_other_sizes_are_read_from_the_weights(tmp_path):
     from safetensors.torch import save_file
 
@@ -232,7 +130,7 @@ def test_other_sizes_are_read_from_the_weights(tmp_path):
         voxels=100,
         fmri_tokens=4,
     )
-    sd = onellm_state_dict(**sizes)
+    sd = official_state_dict(**sizes)
     save_file(sd, tmp_path / "other.safetensors")
     m = from_onellm(
         tmp_path / "other.safetensors", llm_heads=6, encoder_heads=3, expert_heads=8
