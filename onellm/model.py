@@ -19,6 +19,7 @@ from torch import nn
 
 from onellm.checkpoints import pretrained
 from onellm.config import ModelConfig, load_config
+from onellm.data import packing
 from onellm.errors import InputError
 from onellm.inference import chat as chatting
 from onellm.inference import routing
@@ -162,7 +163,8 @@ class OneLLM(nn.Module):
         run filled from `inputs[m]` (N_m, *input_shape) in reading order, or from
         `features[m]` (N_m, S+1, W), the universal encoder's outputs (a feature cache's).
         `loss`: the cross-entropy on `labels` != -100 (placeholder runs never are targets).
-        `aux`: one auxiliary text per row for a MoAI mixer (experts/moai/)."""
+        `aux`: one auxiliary text per row for a MoAI mixer (experts/moai/). Packed rows:
+        `position_ids` that restart at each sample (onellm/data/packing.py, `llm_call`)."""
         both = set(inputs or {}) & set(features or {})
         if both:
             raise InputError(
@@ -171,10 +173,9 @@ class OneLLM(nn.Module):
         blocks = {m: self.modality_block(x, m) for m, x in (inputs or {}).items()}
         blocks |= {m: self.modality_block(f, m, cached=True) for m, f in (features or {}).items()}
         embeds = self.embed(input_ids, blocks)
-        with self.mixing(input_ids, aux, attention_mask):
-            return self.llm(
-                inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs
-            )
+        mask, position_ids = packing.llm_call(attention_mask, llm_kwargs)
+        with self.mixing(input_ids, aux, attention_mask, position_ids):
+            return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **llm_kwargs)
 
     mixing = moai_mixing.mixing  # MoAI's aux texts into the LLM calls inside (modeling/mixing.py)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from onellm.data import packing
 from onellm.data.sources import Source
 from onellm.errors import ConfigError, OneLLMError
 from onellm.training.stage import StageConfig
@@ -48,6 +49,8 @@ class StepBatches(Dataset):
         self.cfg, self.sources, self.model = cfg, sources, model
         self.rank, self.world = rank, world
         self.weights = {k: s.weight for k, s in cfg.data.items()}
+        # the row length samples pack into (None: padded rows), and why (onellm/data/packing.py)
+        self.pack_tokens, self.packing = packing.resolve(cfg.packing, cfg.pack_tokens, model)
         for key in cfg.data:  # each process reads its own equal slice of every batch
             if self.batch_size(key) % world:
                 raise ConfigError(
@@ -90,7 +93,9 @@ class StepBatches(Dataset):
             # a source's scenes are indexed by step, so steps given to other sources leave gaps
             first = (step * self.cfg.grad_accum + a) * size + self.rank * local
             positions = list(range(first, first + local))
-            b = Batching(self.model, src.cfg, src.modality, self.cfg.seed, positions)
+            b = Batching(
+                self.model, src.cfg, src.modality, self.cfg.seed, positions, self.pack_tokens
+            )
             out += src.task.collate([src[p] for p in positions], b)
         return out
 

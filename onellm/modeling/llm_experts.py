@@ -41,24 +41,32 @@ def position_modalities(
     input_ids: torch.Tensor,
     placeholder_ids: Mapping[str, int],
     attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, L) ids laid out by onellm/modeling/layout.py -> (B, L) long: each position's index
-    in `expert_names(placeholder_ids)` by the rule above (padding: text's, 0)."""
+    in `expert_names(placeholder_ids)` by the rule above (padding: text's, 0). Packed rows
+    (onellm/data/packing.py: `position_ids` restart at each sample): the rule holds in each
+    sample alone."""
     index = torch.zeros_like(input_ids)
     for i, pid in enumerate(placeholder_ids.values(), start=1):
         index = torch.where(input_ids == pid, torch.full_like(index, i), index)
     if attention_mask is not None:
         index = index.masked_fill(~attention_mask.bool(), 0)
-    # carry each run's index forward over the text after it: the running max of the position
-    # of the last nonzero entry, then a gather
-    at = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(index)
+    n = input_ids.shape[1]
+    at = torch.arange(n, device=input_ids.device).expand_as(index)
+    # where each position's sample starts: 0 unpacked
+    start = at - position_ids.to(at.device) if position_ids is not None else torch.zeros_like(at)
+    # carry each run's index forward over the text after it (the last run at or before a
+    # position, in its sample); before a sample's first run, that first run's
     last = torch.where(index > 0, at, torch.full_like(at, -1)).cummax(dim=1).values
-    carried = torch.where(last >= 0, index.gather(1, last.clamp(min=0)), torch.zeros_like(index))
-    # before the first run: the first run's
-    first_at = torch.where(index > 0, at, torch.full_like(at, input_ids.shape[1])).min(1).values
-    first = index.gather(1, first_at.clamp(max=input_ids.shape[1] - 1)[:, None])
-    first = torch.where(first_at[:, None] < input_ids.shape[1], first, torch.zeros_like(first))
-    out = torch.where(last >= 0, carried, first.expand_as(index))
+    ahead = torch.where(index > 0, at, torch.full_like(at, n)).flip(1).cummin(1).values.flip(1)
+    first = ahead.clamp(max=n - 1)
+    in_sample = (ahead < n) & (start.gather(1, first) == start)
+    out = torch.where(
+        last >= start,
+        index.gather(1, last.clamp(min=0)),
+        torch.where(in_sample, index.gather(1, first), torch.zeros_like(index)),
+    )
     if attention_mask is not None:
         out = out.masked_fill(~attention_mask.bool(), 0)
     return out
@@ -101,8 +109,9 @@ class PositionRoutes:
         input_ids: torch.Tensor,
         placeholder_ids: Mapping[str, int],
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> PositionRoutes:
-        routes = position_modalities(input_ids, placeholder_ids, attention_mask)
+        routes = position_modalities(input_ids, placeholder_ids, attention_mask, position_ids)
         valid = None if attention_mask is None else attention_mask.bool()
         return cls(routes, expert_names(placeholder_ids), valid)
 
@@ -158,13 +167,18 @@ def recompute_context(model: Any) -> Callable[[], tuple[Any, Any]] | None:
 
 @contextlib.contextmanager
 def routing(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> Iterator[None]:
-    """The LLM calls inside route by position through the model's `llm_experts` (if any)."""
+    """The LLM calls inside route by position through the model's `llm_experts` (if any);
+    `position_ids`: packed rows' (each sample routes alone)."""
     experts = model.llm_experts
     if experts is None:
         yield
         return
-    routes = PositionRoutes.of(input_ids, model.layout.placeholder_ids, attention_mask)
+    ids = model.layout.placeholder_ids
+    routes = PositionRoutes.of(input_ids, ids, attention_mask, position_ids)
     with experts.routing(routes):
         yield

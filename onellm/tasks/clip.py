@@ -18,6 +18,7 @@ from onellm.training.text_tasks import TextTask
 class Clip(TextTask):
     name = "clip"
     to_llm = False
+    packs = False  # its rows are the text tower's (one caption a row, read at its end)
 
     def check(self, key, cfg) -> None:
         z = cfg.zoom

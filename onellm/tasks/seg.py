@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from onellm.data import output_scenes as scenes
+from onellm.data.packing import unpack
 from onellm.data.sources import Example
 from onellm.modeling.modality import HasPixels
 from onellm.tasks.sam import pixel_modality
@@ -30,10 +31,13 @@ class DecoderTask(TextTask):
     def loss(self, s, batch, items):
         out = self.forward(s, batch, items, output_hidden_states=True)
         expert = s.model.outputs[self.output]
-        hidden, embeds = out.hidden_states[-1], out.hidden_states[0]
+        ids, hidden, embeds = batch["input_ids"], out.hidden_states[-1], out.hidden_states[0]
+        if "unpack" in batch:  # packed rows: the expert reads each sample's own row
+            index = batch["unpack"]
+            ids, hidden, embeds = (unpack(x, index) for x in (ids, hidden, embeds))
         if not expert.tune_llm:  # the decoder loss trains the head only
             hidden, embeds = hidden.detach(), embeds.detach()
-        extra = expert.loss(batch["input_ids"], hidden, embeds, batch["targets"])
+        extra = expert.loss(ids, hidden, embeds, batch["targets"])
         # the decoder loss is a mean per micro-batch
         return out.loss + extra / s.grad_accum, {"decoder_loss": float(extra.detach())}
 

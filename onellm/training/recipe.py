@@ -113,6 +113,7 @@ class Recipe:
             self.files.start(cfg, self.n_trainable, self.n_total, resumed_at=self.step)
             vocabulary.announce(self.vocabulary, self.files, cfg.name, quiet=self.quiet)
             self.files.log({"event": "replay", **self.replay})
+            self.files.log({"event": "packing", "packing": self.data.packing})
             said = [replay_line(cfg.name, self.replay)] if self.parent else []
             for line in [*said, *(f"[{cfg.name}] {n}" for n in self.held_out.notes)]:
                 print(line)

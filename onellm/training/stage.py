@@ -177,6 +177,10 @@ class StageConfig:
     # whose inputs reach the encoder unchanged and whose tokenizer and encoder are frozen
     # read them instead of running CLIP; built on first use, shared by later stages
     feature_cache: str | None = None
+    # samples end to end in rows of at most `pack_tokens` positions (default: the LLM's
+    # context), no padding (onellm/data/packing.py); auto: on wherever it equals padded rows
+    packing: bool | str = "auto"
+    pack_tokens: int | None = None
     compile: bool = False  # torch.compile the experts (bench/: ~1.3x a step; ~45 s to compile)
     seed: int = 0
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -248,6 +252,13 @@ def validate(cfg: StageConfig) -> None:
         )
     if not cfg.trainable:
         raise ConfigError("trainable: name at least one parameter pattern")
+    if cfg.packing not in (True, False, "auto") or (
+        cfg.pack_tokens is not None and cfg.pack_tokens < 1
+    ):
+        raise ConfigError(
+            f"packing / pack_tokens: expected true, false or auto / a length >= 1, got "
+            f"{cfg.packing!r} / {cfg.pack_tokens!r}"
+        )
     validate_moe(cfg)
 
 

@@ -34,6 +34,7 @@ class Batching:
     modality: str | None
     seed: int
     positions: list[int]
+    pack_tokens: int | None = None  # packed rows of at most this many positions (None: padded)
 
     def rng(self, j: int) -> np.random.Generator:
         """Example j's own generator for its tokenisation choices."""
@@ -61,6 +62,8 @@ class Task:
     captions: ClassVar[bool] = False  # its modality joins the stage's held-out caption table
     questions: ClassVar[bool] = False  # ... and the held-out question-answering table
     metrics: ClassVar[tuple[str, ...]] = ()  # what `evaluate` reports
+    # its batches are LLM token rows that can be packed end to end (onellm/data/packing.py)
+    packs: ClassVar[bool] = False
 
     def check(self, key: str, cfg: SourceConfig) -> None:
         """Raise `ConfigError` for source settings this task cannot take."""

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from onellm.data.batches import collate, length_groups, tokens
+from onellm.data.packing import pack
 from onellm.data.sources import Example
 from onellm.inference.chat import pixels_of
 from onellm.training.task import Batching, Step, Task
@@ -21,6 +22,7 @@ class TextTask(Task):
     length_grouped: ClassVar[bool] = False
     lm: ClassVar[bool] = False  # every token is a target (language pretraining)
     to_llm: ClassVar[bool] = True  # the modality input goes into the LLM's sequence
+    packs = True
 
     def use_turns(self, example: Example, rng: np.random.Generator, b: Batching) -> bool:
         """Whether the example is read as its conversation (else as its caption)."""
@@ -49,11 +51,17 @@ class TextTask(Task):
             given.append(carried)
         n = max(1, len(examples) // 16) if self.length_grouped else 1
         out = []
+        pad_id = model.text_tokenizer.pad_token_id or 0
         for group in length_groups([len(ids) for ids, _ in rows], n):
-            batch = collate([rows[k] for k in group], model.text_tokenizer.pad_token_id or 0)
+            reading = group
+            if b.pack_tokens and self.packs:  # end to end (onellm/data/packing.py)
+                batch, order = pack([rows[k] for k in group], pad_id, b.pack_tokens)
+                reading = [group[k] for k in order]
+            else:
+                batch = collate([rows[k] for k in group], pad_id)
             inputs: dict[str, list] = {}
             features: dict[str, list] = {}
-            for k in group:  # each modality's inputs in reading order, as the runs stand
+            for k in reading:  # each modality's inputs in reading order, as the runs stand
                 ex = examples[k]
                 for m in given[k]:
                     if m == b.modality and ex.features is not None:  # the feature cache's
@@ -83,6 +91,8 @@ class TextTask(Task):
         return int((batch["labels"][:, 1:] != -100).sum())
 
     def forward(self, s: Step, batch: dict[str, Any], items: torch.Tensor, **kwargs: Any):
+        if "position_ids" in batch:  # packed rows: each sample's positions restart
+            kwargs["position_ids"] = batch["position_ids"]
         return s.model(
             batch["input_ids"],
             batch["attention_mask"],

@@ -1,0 +1,99 @@
+"""Packed rows (onellm/data/packing.py): first-fit decreasing, restarting positions, and a
+row of several samples that gives each the logits it gets alone."""
+
+import numpy as np
+import pytest
+import torch
+
+from onellm import OneLLM
+from onellm.data import shapes
+from onellm.data.batches import tokens
+from onellm.data.packing import first_fit_decreasing, pack, sample_index, unpack
+from onellm.errors import ConfigError
+from onellm.modeling.llm_experts import expert_names, position_modalities
+
+
+def test_first_fit_decreasing_fills_rows_longest_first():
+    lengths = [3, 7, 2, 5, 4, 1]
+    bins = first_fit_decreasing(lengths, 8)
+    assert bins == [[1, 5], [0, 3], [2, 4]]  # 7+1, 5+3, 4+2; each row in the given order
+    assert sorted(i for b in bins for i in b) == list(range(6))
+    assert all(sum(lengths[i] for i in b) <= 8 for b in bins)
+    with pytest.raises(ConfigError, match=r"^pack_tokens: expected at least .* 7 .*, got 6"):
+        first_fit_decreasing(lengths, 6)
+
+
+def test_pack_restarts_positions_and_unpacks_each_sample():
+    rows = [([1, 5, 6, 2], [-100, 5, 6, 2]), ([1, 7, 2], [-100, 7, 2]), ([1, 9], [9, 9])]
+    batch, order = pack(rows, 0, 6)
+    assert order == [0, 2, 1]  # [4 + 2], [3]
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 1, 9], [1, 7, 2, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
+    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
+    # a sample's first token is no target: nothing from the sample before predicts it
+    assert batch["labels"].tolist() == [[-100, 5, 6, 2, -100, 9], [-100, 7, 2, -100, -100, -100]]
+    back = unpack(batch["input_ids"], batch["unpack"], fill=-1)
+    assert back.tolist() == [[1, 5, 6, 2], [1, 7, 2, -1], [1, 9, -1, -1]]
+    assert sample_index(batch["position_ids"]).tolist() == [[0] * 4 + [1] * 2, [0] * 3 + [1] * 3]
+    # a full row holds no padding
+    full, _ = pack(rows[:1] + rows[2:], 0, 6)
+    assert bool(full["attention_mask"].all()) and full["input_ids"].shape == (1, 6)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return OneLLM.from_config("tiny").eval()
+
+
+def sample(model, modality, i):
+    """One caption sample of `modality`: (ids, labels) and its input (1, ...)."""
+    ex = shapes.render(shapes.modality_instance(modality, model), i, "train", 0)
+    x = model.modalities[modality].preprocess(ex.input).unsqueeze(0)
+    row = tokens(
+        ex, model.layout, model.config.chat, np.random.default_rng(i), use_turns=False,
+        given=[modality],
+    )  # fmt: skip
+    return row, x
+
+
+def test_a_row_of_three_samples_of_two_modalities_gives_each_its_own_logits(model):
+    parts = [sample(model, "image", 0), sample(model, "audio", 1), sample(model, "image", 2)]
+    rows = [r for r, _ in parts]
+    batch, order = pack(rows, 0, sum(len(ids) for ids, _ in rows))
+    assert batch["input_ids"].shape[0] == 1 and order == [0, 1, 2]
+    inputs = {"image": torch.cat([parts[0][1], parts[2][1]]), "audio": parts[1][1]}
+
+    def packed_logits():
+        with torch.no_grad():
+            return model(
+                batch["input_ids"], batch["attention_mask"], position_ids=batch["position_ids"],
+                inputs=inputs,
+            ).logits  # fmt: skip
+
+    sdpa = packed_logits()  # SDPA with transformers' block-diagonal mask
+    got = unpack(sdpa, batch["unpack"])
+    for k, ((ids, _), x) in enumerate(parts):
+        with torch.no_grad():
+            alone = model(torch.tensor([ids]), inputs={"audio" if k == 1 else "image": x})
+        torch.testing.assert_close(got[k, : len(ids)], alone.logits[0], rtol=1e-4, atol=1e-5)
+    model.llm.config._attn_implementation = "flex_attention"  # the other CPU path: a block
+    try:  # mask (compiled once for this shape, ~10 s on 2 cores)
+        torch.testing.assert_close(packed_logits(), sdpa, rtol=1e-4, atol=1e-5)
+    finally:
+        model.llm.config._attn_implementation = "sdpa"
+
+
+def test_each_packed_sample_routes_by_its_own_runs(model):
+    ids = model.layout.placeholder_ids
+    img, aud = ids["image"], ids["audio"]
+    # text alone | BOS, image run, text | BOS, audio run, text; then padding
+    row = torch.tensor([[1, 5, 6, 1, img, img, 7, 1, aud, 8, 0]])
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 0]])
+    mask = torch.tensor([[1] * 10 + [0]])
+    names = expert_names(ids)
+    got = position_modalities(row, ids, mask, pos)[0].tolist()
+    t, i, a = names.index("text"), names.index("image"), names.index("audio")
+    assert got == [t, t, t, i, i, i, i, a, a, a, t]
+    # unpacked, the same row is one sample: BOS and its text take the first run's
+    assert position_modalities(row, ids, mask)[0].tolist()[:3] == [i, i, i]
