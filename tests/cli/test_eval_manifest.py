@@ -75,6 +75,10 @@ def test_every_modality_with_every_reference_and_what_was_asked(manifest, tmp_pa
     assert "METEOR (-): not asked for" in printed
 
 
+# slow: METEOR's Java start is 7 s on a quiet 2-core machine (25 s loaded); the default suite
+# starts it in tests/evaluation/test_captions.py (scores == COCOEvalCap's) and in the README's
+# `onellm eval` line
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("java"), reason="no java on PATH: PTB and METEOR need it")
 def test_with_java_the_table_shows_meteor(manifest, tmp_path, capsys):
     path, _ = manifest
