@@ -70,10 +70,14 @@ class Gates(nn.Module):
         self.bias = nn.Parameter(torch.cat([b, b.new_full((1,), -self.prior / 2)]))
 
 
-def check_options(r: Any, alpha: Any, dropout: Any, target_modules: Any, route: Any) -> None:
+def check_options(
+    r: Any, alpha: Any, dropout: Any, target_modules: Any, route: Any, prior: Any
+) -> None:
     """`llm_experts:`'s own options, refused by name before anything is built."""
     if route not in ROUTES:
         raise ConfigError(f"llm_experts.route: expected one of {', '.join(ROUTES)}, got {route!r}")
+    if not isinstance(prior, (int, float)) or prior < 0:
+        raise ConfigError(f"llm_experts.prior: expected a number >= 0, got {prior!r}")
     if not isinstance(r, int) or r < 1 or alpha <= 0 or not 0 <= dropout < 1:
         raise ConfigError(
             f"llm_experts.r/alpha/dropout: expected an int >= 1, > 0 and in [0, 1), got "
@@ -139,7 +143,7 @@ class LoRAPerModality(nn.Module):
         prior: float = 8.0,
     ) -> None:
         super().__init__()
-        check_options(r, alpha, dropout, target_modules, route)
+        check_options(r, alpha, dropout, target_modules, route, prior)
         self.names, self.route, self.prior = list(names), route, float(prior)
         self.lora = LoraConfig(
             r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
