@@ -213,13 +213,14 @@ class LoRAPerModality(nn.Module):
             valid = routes.prompt if routes.valid is None else routes.prompt[routes.valid]
             present = set(valid.unique().tolist())
             used = [n for i, n in enumerate(self.names) if i in present] or [TEXT]
+        before = self._call, self._active  # a routing inside another gives it back
         self._call = Call(routes)
         self._activate(used)
         try:
             yield
         finally:
-            self._call = None
-            self._activate([TEXT])
+            self._call = before[0]
+            self._activate(before[1] if before[0] is not None else [TEXT])
 
     def recompute(self) -> contextlib.AbstractContextManager[None]:
         """This call's routing again, for activation checkpointing's recomputation."""

@@ -295,3 +295,12 @@ def test_a_run_with_one_shared_lora_seeds_every_expert(tmp_path):
     assert torch.equal(onellm_logits(shared, ids), onellm_logits(seeded, ids))
     other = OneLLM.from_pretrained(run, overrides=[EXPERTS.replace("r: 4", "r: 2")]).eval()
     assert not any(layer.lora_B["image"].weight.any() for layer in lora_layers(other))
+
+
+def test_beam_search_is_refused_and_the_experts_are_left_as_they_were(experts):
+    raw = RAW["image"]()
+    with pytest.raises(InputError, match="beam search is not supported"):
+        experts.chat(raw, modality="image", prompt="What is this?", num_beams=2, max_new_tokens=3)
+    assert experts.llm_experts._call is None and experts.llm_experts._active == ["text"]
+    ok = experts.chat(raw, modality="image", prompt="What is this?", **GREEDY)
+    assert len(ok.token_ids) == GREEDY["max_new_tokens"]
