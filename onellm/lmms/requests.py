@@ -51,11 +51,13 @@ def cut(text: str, until: Sequence[str]) -> str:
 def batches(
     requests: Sequence[Any], size: int, options_of: Callable[[Any], Mapping[str, Any]]
 ) -> Iterator[list[int]]:
-    """Indices of `requests` in batches of at most `size` whose task and generation options
-    are the same (one `generate` call each: a call has one max_new_tokens and temperature)."""
+    """Indices of `requests` in batches of at most `size` whose task, generation options
+    (one `generate` call has one max_new_tokens and temperature) and context are the same:
+    one batched call per prompt, as `onellm eval` asks its questions, so that both pad the
+    same rows together."""
     groups: dict[str, list[int]] = {}
     for i, req in enumerate(requests):
-        key = json.dumps([req.task_name, options_of(req)], sort_keys=True, default=str)
+        key = json.dumps([req.task_name, options_of(req), req.args[0]], sort_keys=True, default=str)
         groups.setdefault(key, []).append(i)
     for idx in groups.values():
         for start in range(0, len(idx), size):
@@ -70,7 +72,9 @@ def continuation_logprob(
     would give exactly its tokens. The prompt is chat's (onellm/inference/chat.py: the
     inputs at their `<m>` placeholders, else first; an empty context is caption mode, the
     continuation straight after the inputs, as alignment trained it); the continuation is
-    its answer, laid out as a training row lays out an answer."""
+    its answer, laid out as a training row lays out an answer: without lmms-eval's leading
+    space (its `target_delimiter`), which the chat template's own spacing stands for."""
+    continuation = continuation.lstrip()
     dialogue = Dialogue(dict(inputs), context if context.strip() else None)
     check_dialogue(model, dialogue)
     segments = [*segments_of(model, dialogue), (continuation, True)]

@@ -31,9 +31,11 @@ def evaluate_lmms(
     batch_size: int = 8,
     limit: int | None = None,
     include_path: str | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run lmms-eval's `tasks` on `model` -> {task: {metric: value}} (lmms-eval's
-    "results", its `,none` filter suffixes dropped)."""
+    "results", its `,none` filter suffixes dropped). `max_new_tokens` replaces the tasks'
+    own (lmms-eval's `--gen_kwargs max_new_tokens=N`)."""
     if not tasks:
         raise InputError("--tasks: expected at least one lmms-eval task name, got none")
     paths = [str(tasks_path()), *([include_path] if include_path else [])]
@@ -49,6 +51,7 @@ def evaluate_lmms(
         tasks=tasks,
         task_manager=manager,
         limit=limit,
+        gen_kwargs=None if max_new_tokens is None else f"max_new_tokens={max_new_tokens}",
         bootstrap_iters=0,  # no stderr: the caption scores are corpus-level
         log_samples=False,
         verbosity="WARNING",
@@ -72,7 +75,8 @@ def lmms_verb(args: argparse.Namespace) -> int:
     if args.data:  # the shipped tasks read their manifest from here
         os.environ["ONELLM_LMMS_DATA"] = str(Path(args.data).resolve())
     model = load(args.run, args.device, None).eval()
-    results = evaluate_lmms(model, tasks, batch_size=args.batch_size)
+    most = getattr(args, "max_new_tokens", None)  # eval's --max-new-tokens, where given
+    results = evaluate_lmms(model, tasks, batch_size=args.batch_size, max_new_tokens=most)
     print(f"lmms-eval {version()}: {', '.join(tasks)}")
     for task, r in results.items():
         got = "  ".join(

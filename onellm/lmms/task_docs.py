@@ -11,24 +11,26 @@ YAML's `!function` is the one hook it runs when it loads a task, so `data_files`
 Docs are read by onellm's manifest reader, not by `datasets`' JSON reader (a manifest's
 `input` is a path for one modality and a dict of paths for another, which one Arrow
 schema cannot hold; and relative paths resolve against the manifest's folder, as `onellm
-eval --data` resolves them). Captions are scored by `score_captions` (onellm/evaluation/
-captions.py: every reference, PTB tokens, COCO's scorers), the function `onellm eval`
-scores with, so both give the same numbers on one file; answers by exact match after
+eval --data` resolves them). Captions are scored by `CaptionScorer` (onellm/evaluation/
+captions.py: every reference, PTB tokens, COCO's scorers), what `onellm eval` scores
+with, so both give the same numbers on one file; answers by exact match after
 `normalise`, as `onellm eval --task qa` scores them.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
-from functools import lru_cache
+import sys
+from functools import cache, lru_cache
 from typing import Any
 
 import datasets
 
 from onellm.data.manifest import Record, read_manifest
 from onellm.errors import InputError
-from onellm.evaluation.captions import normalise, score_captions
+from onellm.evaluation.captions import CaptionScorer, normalise
 from onellm.registry import MODALITIES
 
 MODALITY_NAMES = ("point", "imu", "fmri", "depth", "normal", "image", "video", "audio")
@@ -129,10 +131,19 @@ def qa_results(doc: dict, results: list[str]) -> dict[str, float]:
     return {"accuracy": float(normalise(results[0]) == normalise(doc["answer"]))}
 
 
+@cache
+def scorer() -> CaptionScorer:
+    """One scorer for the process: lmms-eval aggregates through plain functions, so nothing
+    else could hold METEOR's Java process (~7 s to start) from one task to the next."""
+    made = CaptionScorer()
+    atexit.register(made.close)
+    return made
+
+
 @lru_cache(maxsize=8)
 def _scores(predictions: tuple[str, ...], refs: tuple[tuple[str, ...], ...]) -> dict:
     """One scoring per corpus, shared by the metrics lmms-eval aggregates one by one."""
-    return score_captions(list(predictions), [list(r) for r in refs])
+    return scorer().score(list(predictions), [list(r) for r in refs])
 
 
 def _metric(name: str, items: list[dict]) -> float:
@@ -164,7 +175,11 @@ def cider(items: list[dict]) -> float:
 
 def _docs(modality: str, kind: str):
     def read(_: datasets.Dataset) -> datasets.Dataset:
-        return (caption_docs if kind == "caption" else qa_docs)(modality)
+        try:
+            return (caption_docs if kind == "caption" else qa_docs)(modality)
+        except InputError as e:  # lmms-eval shows only "RetryError[... raised InputError]"
+            print(f"onellm_{modality}_{kind}: {e}", file=sys.stderr)
+            raise
 
     read.__name__ = f"{modality}_{kind}_docs"
     return read
