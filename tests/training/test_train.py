@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from onellm.data.loader import choose_source
+from onellm.data.packing import unpack
 from onellm.errors import ConfigError, InputError
 from onellm.training.recipe import Recipe, read_metrics
 from onellm.training.stage import load_stage
@@ -144,7 +145,7 @@ def test_a_source_can_set_its_own_batch_size(tmp_path):
     )
     t = Recipe(cfg, quiet=True).setup()
     steps = {k: next(s for s in range(50) if t.source_for(s) == k) for k in ("image", "audio")}
-    sizes = {k: len(t.micro_batches(s, k)[0]["input_ids"]) for k, s in steps.items()}
+    sizes = {k: len(t.micro_batches(s, k)[0]["inputs"][k]) for k, s in steps.items()}  # samples
     assert sizes == {"image": 8, "audio": 6}
     with pytest.raises(ConfigError, match=r"data.audio.batch_size: expected >= 1, got 0"):
         short(tmp_path, "data={audio: {task: caption, batch_size: 0}}")
@@ -236,7 +237,9 @@ def test_a_two_modality_source_trains_and_its_placeholder_runs_are_checked(tmp_p
     layout, n = t.model.layout, cfg.batch_size
     assert list(batch["inputs"]) == ["image", "audio"]  # reading order
     assert [x.shape[0] for x in batch["inputs"].values()] == [n, n]
-    for ids in batch["input_ids"].tolist():  # one run each, the image's before the audio's
+    samples = unpack(batch["input_ids"], batch["unpack"], -1) if "unpack" in batch else None
+    for ids in (batch["input_ids"] if samples is None else samples).tolist():  # one run each,
+        # the image's before the audio's (packed rows: each sample's own)
         runs = [
             (ids.index(layout.placeholder_ids[m]), ids.count(layout.placeholder_ids[m]))
             for m in ("image", "audio")
