@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onellm.training.efficiency_plots import plot_efficiency
 from onellm.training.expert_plots import plot_expert_use
 from onellm.training.figures import pyplot, save_figure
 
@@ -34,6 +35,8 @@ def plot_run(run: str | Path) -> list[Path]:
     train = [r for r in records if r["event"] == "train"]
     if train:
         written.append(plot_loss(train, out / "loss.png", run.name))
+    if any("tokens_per_s" in r for r in train):  # runs from before it have none
+        written.append(plot_efficiency(train, out / "efficiency.png", run.name))
     used = [r for r in train if r.get("routing") or r.get("llm_routing")]
     if used:
         written += plot_expert_use(used, out, run.name)

@@ -6,6 +6,7 @@ last one (with the collapse alarm's warnings)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -14,6 +15,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from onellm.modeling.devices import resolve_device
+from onellm.training.efficiency import Efficiency
 from onellm.training.moe import StepMoE
 from onellm.training.run_state import RunFiles
 from onellm.training.stage import StageConfig
@@ -49,18 +52,27 @@ class Progress:
         )
         self.tick, self.seen, self.waited = time.perf_counter(), 0, 0.0
         self.losses: list[tuple[int, str, float]] = []
+        # tokens_per_s, padding_share, samples_per_s.<m>, mfu (onellm/training/efficiency.py)
+        self.efficiency = Efficiency(resolve_device(cfg.device), cfg.precision) if main else None
+        if self.efficiency is not None:
+            e = self.efficiency
+            files.log({"event": "peak", "peak_flops": e.peak, "peak_source": e.peak_source})
 
     def next(self, loader: Iterator[Any]) -> Any:
         """The loader's next step, the time spent waiting for it counted."""
         t = time.perf_counter()
         prepared = next(loader)
         self.waited += time.perf_counter() - t
+        if self.efficiency is not None:
+            self.efficiency.start(prepared)
         return prepared
 
     def done(self, step: int, stats: dict[str, Any], examples: int) -> None:
         """Step number `step` (from 1) ran over `examples` examples (all processes) and gave
         `stats`."""
         self.seen += examples
+        if self.efficiency is not None:
+            self.efficiency.done()
         if self.main:  # the one that logs
             self.losses.append((step, stats["source"], round(stats["loss"], 5)))
         if self.main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
@@ -76,6 +88,7 @@ class Progress:
             tqdm.write(f"[{self.cfg.name}] warning: {warning}")
             self.files.log({"event": "warning", "step": step, "message": warning})
         figures = {"samples_per_s": rate, "data_wait": wait, "peak_rss_mb": peak_rss_mb()}
+        figures |= self.efficiency.figures(elapsed, int(os.environ.get("WORLD_SIZE", 1)))
         losses, self.losses = self.losses, []
         self.files.log(
             {"event": "train", "step": step, **figures, **stats, **use, "losses": losses}
