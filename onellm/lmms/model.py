@@ -47,9 +47,15 @@ class OneLLMEval(lmms):
         batch_size: int | str = 8,
         max_new_tokens: int | str = 64,
         model: Any = None,
-        **unused: Any,  # lmms-eval's own settings for other models (max_batch_size, ...)
+        max_batch_size: Any = None,  # lmms-eval passes its --max_batch_size to every model
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if unknown:  # a misspelt argument is refused, not dropped
+            raise InputError(
+                f"onellm: unknown model_args {', '.join(sorted(unknown))}; expected pretrained, "
+                "device, dtype, batch_size, max_new_tokens"
+            )
         if model is None:
             if not pretrained:
                 raise InputError("onellm: expected model_args pretrained=RUN (a saved run dir)")

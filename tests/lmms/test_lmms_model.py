@@ -181,3 +181,5 @@ def test_lmms_eval_finds_onellm_by_its_entry_point():
     assert models.get_model("onellm", force_simple=True) is OneLLMEval
     with pytest.raises(InputError, match="pretrained=RUN"):
         OneLLMEval.create_from_arg_string("batch_size=2", {"batch_size": 1, "device": None})
+    with pytest.raises(InputError, match="unknown model_args pretraned; expected pretrained"):
+        OneLLMEval.create_from_arg_string("pretraned=runs/x", {"max_batch_size": None})

@@ -42,6 +42,9 @@ PLAN = {
     "Serve: an OpenAI-compatible API and a web UI #1": "serve",
     "Serve: an OpenAI-compatible API and a web UI #2": "serve",
     "Serve: an OpenAI-compatible API and a web UI #3": "serve",
+    "Evaluate in lmms-eval #1": "skip: needs the benchmarks' files (downloaded by hand) and "
+    "the eval extra; tests/lmms/test_lmms_cli.py runs both commands on a tiny saved model "
+    "over shapes-world files",
     "Train: progressive alignment, one modality after another #1": "shell",
     "Train: progressive alignment, one modality after another #2": "manifest",
     "Data at scale: a million files, shards, workers, cached features #1": "shell",
