@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from onellm.cli.convert import check_convert
+from onellm.cli.convert_options import check_convert
 from onellm.config import is_config, load_config
 from onellm.config.loading import apply_override, find_config
 from onellm.errors import CheckpointError, ConfigError, InputError

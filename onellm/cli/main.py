@@ -11,11 +11,12 @@ before torch loads. The libraries' start-up notices stay off the terminal unless
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from onellm.cli.checks import check
-from onellm.cli.convert import add_convert_verb
+from onellm.cli.convert_options import add_convert_verb
 from onellm.cli.eval_options import add_eval_options
 from onellm.cli.lmms_options import add_lmms_options, lmms_backend
 from onellm.cli.quiet import quiet
@@ -25,61 +26,20 @@ RUN = "a saved run dir, a model YAML, or a shipped config's name (tiny)"
 STAGE_DEVICE = "the stage's device (same as device=...); default: its YAML's"
 
 
-# Each verb's module imports torch and the model (seconds): it loads once the verb is known.
-def _info(args: argparse.Namespace) -> int:
-    from onellm.cli.chat import info_verb  # torch loads with the verb (above)
+def verb(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The verb `name` in onellm.cli.<module>, imported when it runs: each verb's module
+    imports torch and the model (seconds), so it loads once parsing has named it."""
 
-    return info_verb(args)
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"onellm.cli.{module}"), name)(args)
 
-
-def _chat(args: argparse.Namespace) -> int:
-    from onellm.cli.chat import chat_verb  # torch loads with the verb (above)
-
-    return chat_verb(args)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from onellm.cli.serve import serve_verb  # torch loads with the verb (above)
-
-    return serve_verb(args)
-
-
-def _train(args: argparse.Namespace) -> int:
-    from onellm.cli.train import train_verb  # torch loads with the verb (above)
-
-    return train_verb(args)
-
-
-def _shards(args: argparse.Namespace) -> int:
-    from onellm.cli.train import shards_verb  # torch loads with the verb (above)
-
-    return shards_verb(args)
-
-
-def _cache_features(args: argparse.Namespace) -> int:
-    from onellm.cli.train import cache_features_verb  # torch loads with the verb (above)
-
-    return cache_features_verb(args)
+    return run
 
 
 def _eval(args: argparse.Namespace) -> int:
     if args.backend == "lmms-eval":
         return lmms_backend(args)  # onellm/lmms/run.py (the eval extra)
-    from onellm.cli.evaluate import eval_verb  # torch loads with the verb (above)
-
-    return eval_verb(args)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from onellm.cli.demo import demo_verb  # torch loads with the verb (above)
-
-    return demo_verb(args)
-
-
-def _conformance(args: argparse.Namespace) -> int:
-    from onellm.cli.evaluate import conformance_verb  # torch loads with the verb (above)
-
-    return conformance_verb(args)
+    return verb("evaluate", "eval_verb")(args)
 
 
 class EvalTasks:
@@ -107,7 +67,7 @@ def add_model_verbs(sub) -> None:
     p.add_argument("run", help=RUN)
     p.add_argument("overrides", nargs="*", help="key=value overrides (YAML only)")
     add_device(p)
-    p.set_defaults(func=_info)
+    p.set_defaults(func=verb("chat", "info_verb"))
     p = sub.add_parser("chat", help="ask a model about an input; no prompt opens a session")
     p.add_argument("run", help=RUN)
     p.add_argument("prompt", nargs="?", help="the question; omit it for an interactive session")
@@ -128,7 +88,7 @@ def add_model_verbs(sub) -> None:
         help="where a reply's masks and images are saved (their paths are printed)",
     )
     add_device(p)
-    p.set_defaults(func=_chat)
+    p.set_defaults(func=verb("chat", "chat_verb"))
     p = sub.add_parser("serve", help="an OpenAI-compatible API and a web UI over one model")
     p.add_argument("run", help=RUN)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
@@ -180,7 +140,7 @@ def add_model_verbs(sub) -> None:
     )
     p.add_argument("--no-ui", action="store_true", help="the API only, no Gradio UI")
     add_device(p)
-    p.set_defaults(func=_serve)
+    p.set_defaults(func=verb("serve", "serve_verb"))
 
 
 def add_training_verbs(sub) -> None:
@@ -190,19 +150,19 @@ def add_training_verbs(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides (any key)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--device", help=STAGE_DEVICE)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=verb("train", "train_verb"))
     p = sub.add_parser("shards", help="write a JSONL manifest as WebDataset tar shards")
     p.add_argument("manifest", help="a JSONL manifest (onellm/data/manifest.py)")
     p.add_argument("out", help="folder for OUT/<modality>/shard-NNNNNN.tar")
     p.add_argument("--per-shard", type=int, default=1000, help="samples per tar file")
-    p.set_defaults(func=_shards)
+    p.set_defaults(func=verb("train", "shards_verb"))
     p = sub.add_parser(
         "cache-features", help="encode a stage's frozen-encoder inputs once into its feature_cache"
     )
     p.add_argument("stage", help="a stage YAML; feature_cache=DIR names the folder")
     p.add_argument("overrides", nargs="*", help="key=value overrides (any key)")
     p.add_argument("--device", help=STAGE_DEVICE)
-    p.set_defaults(func=_cache_features)
+    p.set_defaults(func=verb("train", "cache_features_verb"))
 
 
 def add_measuring_verbs(sub) -> None:
@@ -241,11 +201,11 @@ def add_measuring_verbs(sub) -> None:
     )
     p.add_argument("overrides", nargs="*", help="key=value, applied to every stage")
     add_device(p)
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=verb("demo", "demo_verb"))
     p = sub.add_parser("conformance", help="compare with a OneLLM reference fixture dir")
     p.add_argument("fixture", help="e.g. ../shared/conformance/onellm-reference-A")
     p.add_argument("--tol", type=float, default=1e-4)
-    p.set_defaults(func=_conformance)
+    p.set_defaults(func=verb("evaluate", "conformance_verb"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_verbs(sub)
     add_training_verbs(sub)
     add_measuring_verbs(sub)
-    add_convert_verb(sub)
+    add_convert_verb(sub, verb("convert", "convert_verb"))
     for p in sub.choices.values():
         p.add_argument(
             "--verbose",
