@@ -193,8 +193,12 @@ def load_weights(
     d = Path(directory)
     if (d / "lora").is_dir() and has_lora(model.llm):  # adapters the config built (llm_experts)
         load_adapters(model, d / "lora", trainable=trainable_lora, changed=bool(overrides))
-    elif (d / "lora").is_dir():
+    elif (d / "lora" / "adapter_config.json").is_file():
         model.llm = PeftModel.from_pretrained(model.llm, d / "lora", is_trainable=trainable_lora)
+    elif (d / "lora").is_dir():  # per-modality experts, into a model built without them
+        if not overrides:
+            raise CheckpointError(f"{d / 'lora'}: expected one LoRA adapter, got several")
+        log.info("%s with %s: its LLM experts are left out", d, list(overrides))
     own = _renamed(read_safetensors(d / "model.safetensors", device=str(model.device)))
     expected = own_state_dict(model)
     if overrides:  # a changed model: what still fits loads

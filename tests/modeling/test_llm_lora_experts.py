@@ -304,3 +304,9 @@ def test_beam_search_is_refused_and_the_experts_are_left_as_they_were(experts):
     assert experts.llm_experts._call is None and experts.llm_experts._active == ["text"]
     ok = experts.chat(raw, modality="image", prompt="What is this?", **GREEDY)
     assert len(ok.token_ids) == GREEDY["max_new_tokens"]
+
+
+def test_a_run_with_experts_loads_without_them_when_asked(experts, tmp_path):
+    run = experts.save_pretrained(tmp_path / "run")
+    dense = OneLLM.from_pretrained(run, overrides=["llm_experts=null"])
+    assert dense.llm_experts is None and isinstance(dense.llm, LlamaForCausalLM)
