@@ -1,0 +1,61 @@
+"""MoE losses over several pools (onellm/training/moe.py): the projection's experts and
+each of the LLM's MoE layers balanced on their own, and a layer's calls recorded once per
+forward, also when activation checkpointing recomputes the layer in backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onellm import OneLLM
+from onellm.modeling.activation_checkpointing import hf_enable
+from onellm.modeling.llm import base_llm
+from onellm.registry import ROUTERS
+from onellm.training.moe import Call, recording_layers, step_losses
+from tests.conftest import TINY
+
+
+def calls(router, xs, pool: str) -> list[Call]:
+    return [Call("image", router, x, router.route(x), [0, 1, 2, 3], pool) for x in xs]
+
+
+@pytest.mark.parametrize("scope", ["micro_batch", "global"])
+def test_pools_are_balanced_on_their_own_and_their_terms_summed(scope):
+    a = ROUTERS.build("topk", width=8, hidden=16, num_experts=4, k=2)
+    b = ROUTERS.build("topk", width=8, hidden=16, num_experts=4, k=1)
+    xa, xb = list(torch.randn(4, 3, 8).split(2)), list(torch.randn(4, 5, 8).split(2))
+    opts = dict(balance=1.0, z_loss=0.01, scope=scope)
+    one_a, log_a = step_losses(calls(a, xa, "layer 1"), num_experts={"layer 1": 4}, **opts)
+    one_b, log_b = step_losses(calls(b, xb, "layer 3"), num_experts={"layer 3": 4}, **opts)
+    both, logged = step_losses(
+        calls(a, xa, "layer 1") + calls(b, xb, "layer 3"),
+        num_experts={"layer 1": 4, "layer 3": 4},
+        **opts,
+    )
+    torch.testing.assert_close(both, one_a + one_b)
+    assert logged["moe_balance"] == pytest.approx(log_a["moe_balance"] + log_b["moe_balance"])
+    assert logged["moe_balance_by_pool"] == pytest.approx(
+        {"layer 1": log_a["moe_balance"], "layer 3": log_b["moe_balance"]}
+    )
+    # not vacuous: pooling the two layers' choices as one pool gives another balance
+    pooled = [
+        Call("image", c.router, c.x, c.routing, c.experts)
+        for c in calls(a, xa, "layer 1") + calls(b, xb, "layer 3")
+    ]
+    _, one_pool = step_losses(pooled, num_experts=4, **opts)
+    assert one_pool["moe_balance"] != pytest.approx(logged["moe_balance"], rel=1e-3)
+
+
+def test_a_checkpointed_layer_is_recorded_once_per_forward():
+    model = OneLLM.from_config(
+        TINY, ["llm_experts={kind: moe_layers, layers: [1, 3], experts: 4, k: 2}"]
+    ).train()
+    hf_enable(base_llm(model.llm))
+    ids = torch.randint(3, 400, (2, 10))
+    seen: list[Call] = []
+    with recording_layers(model.llm_experts, seen):
+        loss = model(ids, labels=ids).loss
+        loss.backward()  # recomputes each layer, hooks and all
+    assert [c.pool for c in seen] == ["layer 1", "layer 3"]
+    gate = model.llm_experts.layers["1"].router.gates["all"].weight
+    assert gate.grad is not None and gate.grad.abs().sum() > 0
