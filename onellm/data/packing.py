@@ -100,10 +100,19 @@ def unpack(x: torch.Tensor, index: torch.Tensor, fill: float | int = 0) -> torch
     return out.masked_fill(pad, fill)
 
 
-def is_packed(position_ids: torch.Tensor | None) -> bool:
-    """Whether (B, L) position ids restart inside a row (packed samples, or a packed row's
-    padding)."""
-    return position_ids is not None and bool((position_ids[:, 1:] == 0).any())
+def is_packed(
+    position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None
+) -> bool:
+    """Whether (B, L) position ids restart inside a row's tokens (`attention_mask`'s ones):
+    packed samples. Positions that count a row's tokens from 0, left- or right-padded as
+    generation and padded training give them, are not."""
+    if position_ids is None:
+        return False
+    real = torch.ones_like(position_ids, dtype=torch.bool)
+    if attention_mask is not None:
+        real = attention_mask.to(position_ids.device).bool()
+    counted = real.long().cumsum(-1) - 1
+    return bool(((position_ids != counted) & real).any())
 
 
 def llm_call(attention_mask: torch.Tensor | None, llm_kwargs: dict):
@@ -112,7 +121,7 @@ def llm_call(attention_mask: torch.Tensor | None, llm_kwargs: dict):
     (`use_cache=False` in `llm_kwargs`): transformers looks for restarting positions only
     then; `attention_mask` still marks the padding that ends a row, for the experts."""
     position_ids = llm_kwargs.get("position_ids")
-    if not is_packed(position_ids):
+    if not is_packed(position_ids, attention_mask):
         return attention_mask, None
     llm_kwargs["use_cache"] = False
     return None, position_ids

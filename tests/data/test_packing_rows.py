@@ -8,7 +8,7 @@ import torch
 from onellm import OneLLM
 from onellm.data import shapes
 from onellm.data.batches import tokens
-from onellm.data.packing import first_fit_decreasing, pack, sample_index, unpack
+from onellm.data.packing import first_fit_decreasing, is_packed, pack, sample_index, unpack
 from onellm.errors import ConfigError
 from onellm.modeling.llm_experts import expert_names, position_modalities
 
@@ -97,3 +97,13 @@ def test_each_packed_sample_routes_by_its_own_runs(model):
     assert got == [t, t, t, i, i, i, i, a, a, a, t]
     # unpacked, the same row is one sample: BOS and its text take the first run's
     assert position_modalities(row, ids, mask)[0].tolist()[:3] == [i, i, i]
+
+
+def test_only_restarting_positions_are_packed():
+    packed = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    assert is_packed(packed) and is_packed(packed, torch.ones_like(packed))
+    left = torch.tensor([[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]])  # generate's, left-padded
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert (
+        not is_packed(left, mask) and not is_packed(torch.arange(5)[None]) and not is_packed(None)
+    )
