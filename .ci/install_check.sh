@@ -36,6 +36,7 @@ assert tops == ["onellm"], tops
 assert "onellm/configs/tiny.yaml" in names and "onellm/configs/stages/stage1_image.yaml" in names
 assert any(n.startswith("onellm/modalities/") for n in names)
 assert any(n.startswith("onellm/experts/projection/") for n in names)
+assert "onellm/lmms/tasks/onellm_point_cap.yaml" in names  # lmms-eval's tasks: package data
 EOF
 
 say "installing it, core only, into a fresh venv"

@@ -61,9 +61,8 @@ def __getattr__(name: str) -> Any:
 
 
 def references(record: Record) -> list[str]:
-    """Every reference caption of a record."""
-    many = getattr(record, "captions", None) or getattr(record, "references", None)
-    return list(many) if many else [record.caption] if record.caption else []
+    """Every reference caption of a record (`caption`, or each of `captions`)."""
+    return list(record.captions)
 
 
 def records(modality: str) -> list[Record]:

@@ -183,3 +183,27 @@ def test_lmms_eval_finds_onellm_by_its_entry_point():
         OneLLMEval.create_from_arg_string("batch_size=2", {"batch_size": 1, "device": None})
     with pytest.raises(InputError, match="unknown model_args pretraned; expected pretrained"):
         OneLLMEval.create_from_arg_string("pretraned=runs/x", {"max_batch_size": None})
+
+
+def test_the_chat_type_runs_rounds_from_doc_to_messages(lm, tiny_model):
+    chat = OneLLMChat(model=tiny_model, batch_size=2, max_new_tokens=3)
+    chat.task_dict = lm.task_dict
+    asked = ["What shape is it?", "What colour is it?"]
+
+    def doc_to_messages(doc, round_idx=None, previous_output=None, previous_round_info=None):
+        if round_idx is None:  # round 0: the whole conversation so far
+            parts = [{"type": "image", "url": doc["image"]}, {"type": "text", "text": asked[0]}]
+            return [{"role": "user", "content": parts}]
+        done = round_idx >= len(asked)
+        turn = None if done else [{"role": "user", "content": asked[round_idx]}]
+        return turn, done, previous_output, None
+
+    gen = {"max_new_tokens": 3, "temperature": 0}
+    req = request("generate_until_multi_round", ("", doc_to_messages, gen, 2, TASK, SPLIT))
+    (replies,) = chat.generate_until_multi_round([req])
+    image = lm.task_dict[TASK][SPLIT][2]["image"]
+    first = tiny_model.chat(image, modality="image", prompt=asked[0], max_new_tokens=3).text
+    second = tiny_model.chat(
+        image, modality="image", prompt=asked[1], history=[(asked[0], first)], max_new_tokens=3
+    ).text
+    assert replies == [first, second]
