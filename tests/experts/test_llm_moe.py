@@ -120,7 +120,7 @@ def test_a_cached_step_equals_the_whole_sequence(trained):
             step = trained.llm(
                 inputs_embeds=embeds[:, -2:-1],
                 use_cache=True,
-                past_key_values=first.past_key_values,
+                cache=first.past_key_values,
             )
     torch.testing.assert_close(step.logits[:, -1], whole[:, -2], rtol=1e-4, atol=1e-5)
 

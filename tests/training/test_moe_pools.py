@@ -10,8 +10,11 @@ import torch
 from onellm import OneLLM
 from onellm.modeling.activation_checkpointing import hf_enable
 from onellm.modeling.llm import base_llm
+from onellm.modeling.projection import Routing
 from onellm.registry import ROUTERS
-from onellm.training.moe import Call, recording_layers, step_losses
+from onellm.training.distributed import Dist
+from onellm.training.moe import Call, StepMoE, recording_layers, step_losses
+from onellm.training.stage import CollapseConfig, MoEConfig
 from tests.conftest import TINY
 
 
@@ -59,3 +62,36 @@ def test_a_checkpointed_layer_is_recorded_once_per_forward():
     assert [c.pool for c in seen] == ["layer 1", "layer 3"]
     gate = model.llm_experts.layers["1"].router.gates["all"].weight
     assert gate.grad is not None and gate.grad.abs().sum() > 0
+
+
+def test_an_llm_layers_starved_expert_raises_the_alarm_under_its_layers_name():
+    """StepMoE over a kind whose layer 1 never routes to expert 3: its report has the
+    layer's figures per modality and the collapse alarm, the warning naming the layer."""
+
+    class Layers:  # what a moe_layers kind shows the stage (onellm/modeling/routed_layers.py)
+        pools = {"layer 1": 4}
+        names = ["text", "image", "audio"]
+        recorder = None
+
+    cfg = MoEConfig(collapse=CollapseConfig(floor=0.1, steps=2))
+    layers = Layers()
+    moe = StepMoE(cfg, torch.nn.Identity(), Dist(), layers)
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).repeat(6, 1)
+    chosen = torch.tensor([[True, True, False, False]]).repeat(6, 1)
+    routing = Routing(probs * chosen / 0.8, probs, None, chosen, torch.zeros_like(chosen))
+    groups = torch.tensor([1, 1, 1, 2, 2, 0])  # image, image, image, audio, audio, text
+    reports = []
+    for _ in range(3):
+        with moe.recording():
+            layers.recorder("layer 1", torch.zeros(6, 2), routing, None, groups, layers.names)
+        assert moe.finish() == (None, {})  # no balance asked: figures only
+        reports.append(moe.report())
+    use = reports[0]["llm_routing"]["layer 1"]
+    assert use["routing"]["image"]["tokens"] == 3 and use["routing"]["text"]["tokens"] == 1
+    assert use["routing"]["audio"]["load"] == pytest.approx([0.625, 0.375, 0.0, 0.0])
+    assert "collapse" not in use and reports[0]["warnings"] == []
+    alarm = reports[1]["llm_routing"]["layer 1"]["collapse"]
+    assert alarm["experts"] == [2, 3] and alarm["steps"] == 2
+    assert len(reports[1]["warnings"]) == 2
+    assert all(w.startswith("LLM layer 1: expert ") for w in reports[1]["warnings"])
+    assert "routing" not in reports[1]  # an Identity projection routes nothing
