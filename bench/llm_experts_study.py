@@ -12,6 +12,7 @@ overrides, the same seed, data and steps:
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.llm_experts_study \
         [--init runs/demo/stage3/final] [--root runs/llm_experts_study] [--steps 240]
+        [--only VARIANT ...] [--seed N]
 
 Per variant: held-out captions and QA per modality after the stage (the stage's own
 report.json) and the caption change against the stage-3 model; the stage-0 text ability
@@ -153,6 +154,7 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     wall = None
     if args.retrain or not (out_dir / "final").is_dir():
         base = [f"init_from={args.init}", f"output_dir={out_dir}", f"steps={args.steps}"]
+        base += [f"seed={args.seed}"] * (args.seed is not None)  # default: the stage's
         cfg = load_stage(STAGE4, base + overrides)
         t = time.perf_counter()
         train(cfg, quiet=True)
@@ -204,6 +206,7 @@ def main() -> None:
     ap.add_argument("--root", default="runs/llm_experts_study")
     ap.add_argument("--steps", type=int, default=240)
     ap.add_argument("--only", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--seed", type=int, default=None, help="another seed (default: the stage's)")
     ap.add_argument("--retrain", action="store_true")
     args = ap.parse_args()
     root = Path(args.root)

@@ -4,8 +4,9 @@ MoE losses, gradient sync and clipping, then the optimiser and the schedule.
 A source's loss is summed over its task's items (target tokens or samples) and divided by
 their count on all processes, so N processes match one with the same batch. With
 `mix_sources` each micro-batch draws its own source, its loss a mean over its own items
-divided by the step's number of sources. The projection's routings are recorded through
-the step for the MoE losses and the expert-use figures (onellm/training/moe.py).
+divided by the step's number of sources. The projection's routings, and those of the LLM's
+MoE layers (`llm_experts: {kind: moe_layers}`), are recorded through the step for the MoE
+losses and the expert-use figures (onellm/training/moe.py).
 """
 
 from __future__ import annotations

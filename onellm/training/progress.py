@@ -2,7 +2,8 @@
 `train` event in RUN/metrics.jsonl with the step's figures, every step's loss since the
 last one (`losses`: [step, source, loss], for loss.png), the examples per second, the
 share of that time spent waiting for data, the peak memory and the experts' use since the
-last one (with the collapse alarm's warnings)."""
+last one (the projection's `routing`, the LLM's MoE layers' `llm_routing`; with the
+collapse alarm's warnings)."""
 
 from __future__ import annotations
 
