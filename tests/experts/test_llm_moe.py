@@ -153,7 +153,7 @@ def test_saved_models_load_back_with_their_experts(trained, tmp_path):
     assert torch.equal(logits(back, "audio"), logits(trained, "audio"))
 
 
-def test_add_modality_gives_it_a_gate_and_leaves_the_others_bit_identical():
+def test_add_modality_gives_it_a_gate_and_leaves_the_others_bit_identical(tmp_path):
     model = build(", noise: 0.5, router: per_modality")
     before = {m: logits(model, m) for m in ("image", "audio")}
     model.add_modality("thermal", {"type": "depth"})
@@ -161,7 +161,14 @@ def test_add_modality_gives_it_a_gate_and_leaves_the_others_bit_identical():
     assert torch.equal(gates["thermal"].weight, gates["text"].weight)  # text's, to start
     for m, want in before.items():
         assert torch.equal(logits(model, m), want)
-    logits(model, "thermal")  # and the new one runs
+    with torch.no_grad():  # as if trained: the saved run keeps thermal's own gate
+        gates["thermal"].weight.add_(1.0)
+    model.save_pretrained(tmp_path / "m")
+    back = OneLLM.from_pretrained(tmp_path / "m").eval()
+    assert torch.equal(
+        back.llm_experts.layers["3"].router.gates["thermal"].weight, gates["thermal"].weight
+    )
+    assert torch.equal(logits(back, "thermal"), logits(model, "thermal"))
 
 
 @pytest.mark.parametrize(
