@@ -188,8 +188,7 @@ class LoRAPerModality(nn.Module):
         self._handles.append(layer.lora_A[name].register_forward_pre_hook(hook))
 
     def _activate(self, names: list[str]) -> None:
-        """peft's active adapters, keeping every parameter's requires_grad as it was
-        (peft's set_adapter also sets them: the stage's `trainable` decides that here)."""
+        """peft's active adapters; requires_grad stays the stage's (peft's set_adapter sets it)."""
         if names == self._active:
             return
         for layer in self._layers.values():
