@@ -8,6 +8,8 @@ group by length; stage 0's language modelling) a Recipe with `packing: true` and
 `packing: false` on the same starting weights, trainable as the stage says, run step s of
 the stage in turn (order flipped each step). Prints one JSON line per source kind: median ms
 a step each, their ratio, and each one's share of LLM positions that are padding.
+
+    .venv/bin/python -m bench.packing --attention [--config ...]   # SDPA against flex_attention
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from pathlib import Path
 
 import torch
 
+from bench.real_scale import Workload
+from onellm import OneLLM
 from onellm.training.efficiency import batch_figures
+from onellm.training.freezing import set_trainable
 from onellm.training.recipe import Recipe
 from onellm.training.stage import load_stage
 
@@ -56,13 +61,55 @@ def padding(r: Recipe, steps: int) -> float:
     return sum(f[1] for f in figures) / sum(f[0] for f in figures)
 
 
+def attention_paths(config: str, batch: int, runs: int) -> dict:
+    """Our packed stage-1 forward (cached features) with the LLM's attention as SDPA with
+    transformers' materialised block-diagonal mask, then as flex_attention's block mask,
+    alternated on one batch (flex compiles per shape: its first call is reported). Forward
+    only: torch 2.14's FlexAttention has no backward on the CPU, so training there is SDPA."""
+
+
+    torch.manual_seed(0)
+    model = OneLLM.from_config(config).train()
+    set_trainable(model, ["projection.*"])
+    work = Workload(model, batch)
+    idx = list(range(batch))
+
+    def step(attn: str) -> float:
+        model.llm.config._attn_implementation = attn
+        t = time.perf_counter()
+        with torch.no_grad():
+            work.onellm(idx)
+        return 1000 * (time.perf_counter() - t)
+
+    first = {a: step(a) for a in ("sdpa", "flex_attention")}
+    times: dict[str, list[float]] = {"sdpa": [], "flex_attention": []}
+    for r in range(runs):
+        for a in list(times) if r % 2 else list(times)[::-1]:
+            times[a].append(step(a))
+    ms = {a: statistics.median(v) for a, v in times.items()}
+    return {
+        "bench": "packing_attention",
+        "config": config,
+        "batch": batch,
+        "row": list(work.packed(idx)["input_ids"].shape),
+        "threads": torch.get_num_threads(),
+        "first_call_ms": first,
+        "forward_ms": ms,
+        "flex_over_sdpa": ms["flex_attention"] / ms["sdpa"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="bench/configs/small.yaml")
     ap.add_argument("--kinds", nargs="*", default=list(KINDS))
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--attention", action="store_true", help="SDPA against flex_attention")
     args = ap.parse_args()
+    if args.attention:
+        print(json.dumps(attention_paths(args.config, args.batch, args.steps)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             runs = {p: recipe(kind, args.config, p, args.batch, Path(tmp)) for p in (True, False)}

@@ -52,8 +52,13 @@ class Workload:
             self.features = torch.cat([model.features(p[None], "image") for p in self.pixels])
         cfg = model.llm.config
         self.lengths = caption_lengths(n, rng)
+        taken = set(model.layout.placeholder_ids.values())  # never a placeholder by chance
         self.texts = [
-            [cfg.bos_token_id, *rng.integers(3, cfg.vocab_size, k - 2).tolist(), cfg.eos_token_id]
+            [
+                cfg.bos_token_id,
+                *[t if t not in taken else 3 for t in rng.integers(3, cfg.vocab_size, k - 2)],
+                cfg.eos_token_id,
+            ]
             for k in self.lengths
         ]
         self.layout = OneLLMLayout(model.projection)
