@@ -9,6 +9,8 @@ tolerances are on the CLIP-normalised (T, 3, size, size) tensor, measured on thi
 
 from __future__ import annotations
 
+import struct
+
 import av
 import numpy as np
 import pytest
@@ -52,14 +54,33 @@ def write(path, n: int, *, codec: str = "libx264", gop: int = 10, rotation=None,
             s.codec_context.options = {"crf": "0", "preset": "ultrafast"}
         else:
             s.bit_rate = 8_000_000  # near-lossless for the lossy codecs
-        if rotation is not None:
+        if rotation is not None and hasattr(s, "set_display_rotation"):  # PyAV >= 16
             s.set_display_rotation(rotation)
         for i in range(n):
             for p in s.encode(av.VideoFrame.from_ndarray(frame(i), format="rgb24")):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+    if rotation is not None and not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        set_mp4_rotation(path, rotation)
     return path
+
+
+def set_mp4_rotation(path, degrees: float) -> None:
+    """The display matrix of an mp4's video track (its tkhd box) for `degrees`
+    counter-clockwise: what PyAV >= 16's set_display_rotation writes, for the PyAV 15 that
+    lmms-eval 0.7.3 (the eval extra) pins."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    version = data[at + 4]
+    # version, flags; times, track id, reserved, duration (64-bit in version 1); reserved,
+    # layer, alternate group, volume, reserved: then the 3x3 matrix (16.16, last 2.30)
+    at += 4 + 4 + (32 if version == 1 else 20) + 16
+    rad = np.deg2rad(degrees)
+    c, s = (int(round(v * (1 << 16))) for v in (np.cos(rad), np.sin(rad)))
+    matrix = [c, -s, 0, s, c, 0, 0, 0, 1 << 30]
+    data[at : at + 36] = struct.pack(">9i", *matrix)
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture
