@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -98,6 +98,24 @@ def check_targets(llm: nn.Module, targets: Sequence[str]) -> None:
             f"llm_experts.target_modules: expected the LLM's linear layers "
             f"({', '.join(sorted(linear))}), got {missing[0]!r}"
         )
+
+
+def set_active(layers: Iterable[LoraLayer], names: list[str]) -> None:
+    """peft's active adapters on `layers`; requires_grad stays the stage's (peft's
+    set_adapter sets it too)."""
+    for layer in layers:
+        grads = [(p, p.requires_grad) for p in layer.parameters()]
+        layer.set_adapter(names)
+        for p, g in grads:
+            p.requires_grad_(g)
+
+
+def copy_adapter(layers: Iterable[LoraLayer], name: str, source: str) -> None:
+    """Adapter `name`'s factors as a copy of `source`'s, on every LoRA'd layer."""
+    with torch.no_grad():
+        for layer in layers:
+            for table in (layer.lora_A, layer.lora_B):
+                table[name].weight.copy_(table[source].weight)
 
 
 class Call:
@@ -188,15 +206,9 @@ class LoRAPerModality(nn.Module):
         self._handles.append(layer.lora_A[name].register_forward_pre_hook(hook))
 
     def _activate(self, names: list[str]) -> None:
-        """peft's active adapters; requires_grad stays the stage's (peft's set_adapter sets it)."""
-        if names == self._active:
-            return
-        for layer in self._layers.values():
-            grads = [(p, p.requires_grad) for p in layer.parameters()]
-            layer.set_adapter(names)
-            for p, g in grads:
-                p.requires_grad_(g)
-        self._active = names
+        if names != self._active:
+            set_active(self._layers.values(), names)
+            self._active = names
 
     # ------------------------------------------------------------------ per call
     @contextlib.contextmanager
@@ -261,6 +273,12 @@ class LoRAPerModality(nn.Module):
             gates.grow()
         self._active = None
         self._activate([TEXT])
+
+    def start_from(self, model: Any, name: str, source: str) -> None:
+        """`name`'s adapter as a copy of `source`'s (route: modality; no other position runs
+        it). Learned gates weigh every expert everywhere: there it stays at zero."""
+        if self.route == "modality":
+            copy_adapter(self._layers.values(), name, source)
 
     def merge(self, model: Any, name: str) -> None:
         """Fold `name`'s adapter into the LLM's weights (peft's merge_and_unload of it); the

@@ -145,6 +145,16 @@ class MergesExperts(Protocol):
 
 
 @runtime_checkable
+class StartsFrom(Protocol):
+    """A kind whose expert for one modality can start as another's (`init_modality_from`,
+    add_modality's `init_from`) without changing any other modality's outputs."""
+
+    def start_from(self, model: Any, name: str, source: str) -> None:
+        """Copy `source`'s expert into `name`'s."""
+        ...
+
+
+@runtime_checkable
 class Recomputes(Protocol):
     """A kind whose routing activation checkpointing must see again: the LLM's layers are
     recomputed in backward, after `routing` has closed."""

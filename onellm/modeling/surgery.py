@@ -25,7 +25,7 @@ from onellm.modeling.build import (
     tokens_in,
 )
 from onellm.modeling.llm import has_lora
-from onellm.modeling.llm_experts import TEXT, MergesExperts
+from onellm.modeling.llm_experts import TEXT, MergesExperts, StartsFrom
 from onellm.modeling.projection import Routed
 from onellm.registry import MODALITIES
 
@@ -71,7 +71,8 @@ def _entries(part: nn.Module | torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def init_modality_from(model: OneLLM, modality: str, source: str) -> None:
-    """Start `modality`'s tokenizer and projection parts from `source`'s, where they fit."""
+    """Start `modality`'s tokenizer and projection parts from `source`'s, where they fit,
+    and its LLM expert from `source`'s where the model's `llm_experts` can (StartsFrom)."""
     dst, src = model.modality_key(modality), model.modality_key(source)
     if dst == src:
         raise ConfigError(f"modality {modality!r}: cannot start from itself")
@@ -83,6 +84,8 @@ def init_modality_from(model: OneLLM, modality: str, source: str) -> None:
         )
     copy_matching(model.tokenizers[src], model.tokenizers[dst])
     copy_modality_parts(proj, src, dst)
+    if isinstance(model.llm_experts, StartsFrom):
+        model.llm_experts.start_from(model, dst, src)
 
 
 def add_modality(

@@ -163,9 +163,13 @@ def test_add_modality_adds_its_expert_and_leaves_the_others_bit_identical(expert
     lora_new = [n for n in new if "lora_" in n]
     assert lora_new and all(".thermal." in n for n in lora_new)
     assert all(p.requires_grad for n, p in m.named_parameters() if n in lora_new)
-    assert all(
-        not layer.lora_B["thermal"].weight.any() for layer in lora_layers(m)
-    )  # zero B: the new expert starts as nothing
+    for layer in lora_layers(m):  # init_from: the LLM expert starts as image's too
+        assert torch.equal(layer.lora_B["thermal"].weight, layer.lora_B["image"].weight)
+        assert torch.equal(layer.lora_A["thermal"].weight, layer.lora_A["image"].weight)
+    m.add_modality("depth2", {"type": "depth"})  # without init_from: zero B, it adds nothing
+    assert all(not layer.lora_B["depth2"].weight.any() for layer in lora_layers(m))
+    for k in before:
+        assert torch.equal(before[k], old_logits(m, {k: inputs[k]}, ids)[k]), k
     y = torch.randn(2, 1, 32, 32)
     assert onellm_logits(m, ids, y, "thermal").shape == before["image"].shape
 
@@ -214,8 +218,10 @@ def test_learned_routing_starts_on_each_positions_own_expert_and_grows():
     assert {n.split(".")[0] for n, _ in m.named_parameters() if "gates" in n} == {"llm_experts"}
     trained(m)
     before = onellm_logits(m, ids, x, "video")
-    m.add_modality("thermal", {"type": str(PLUGIN)})
+    m.add_modality("thermal", {"type": str(PLUGIN)}, init_from="image")
     assert gates.weight.shape[0] == 1 + len(m.modalities)  # text, then each modality
+    # learned gates weigh thermal's expert at every position: it starts at zero, not as image's
+    assert all(not layer.lora_B["thermal"].weight.any() for layer in lora_layers(m))
     assert torch.equal(before, onellm_logits(m, ids, x, "video"))
     with pytest.raises(InputError, match="route: learned"):
         m.merge_llm_experts("video")
