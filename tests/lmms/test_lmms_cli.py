@@ -27,6 +27,7 @@ from onellm.data import shapes  # noqa: E402
 from onellm.data.manifest import read_manifest  # noqa: E402
 from onellm.inference.messages import one_turn  # noqa: E402
 from onellm.lmms import tasks_path  # noqa: E402
+from onellm.lmms.__main__ import main as lmms_main  # noqa: E402
 from onellm.lmms.shapes_data import SHIPPED, write_held_out  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
@@ -216,3 +217,15 @@ def test_onellm_eval_backend_lmms_eval_prints_and_writes_the_clis_numbers(
         for metric, value in written[task].items():
             if isinstance(value, float):
                 assert value == pytest.approx(lmms_cli[task][metric], abs=1e-12), (task, metric)
+
+
+def test_write_shapes_writes_the_files_and_a_manifest_onellm_reads(bench, tmp_path, capsys):
+    tmp, _, _ = bench
+    argv = ["write-shapes", str(tmp / "run"), str(tmp_path), "--samples", "2"]
+    assert lmms_main([*argv, "--modality", "imu", "--modality", "depth"]) == 0
+    assert Path(capsys.readouterr().out.split()[-1]) == tmp_path / "manifest.jsonl"
+    records = read_manifest(tmp_path / "manifest.jsonl")
+    assert [(r.modality, bool(r.caption), bool(r.turns)) for r in records] == [
+        (m, c, not c) for m in ("imu", "depth") for _ in range(2) for c in (True, False)
+    ]
+    assert records[0].input.endswith(".csv") and set(records[-1].input) == {"rgb", "depth"}
