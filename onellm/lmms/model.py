@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from lmms_eval import utils
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
@@ -68,8 +69,6 @@ class OneLLMEval(lmms):
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
         """As lmms-eval's, except that `--model_args` win over lmms-eval's own flags
         (`--batch_size` defaults to 1 and would clash with `batch_size=` in the args)."""
-        from lmms_eval import utils  # lmms-eval's argument parser, as its own models use it
-
         args = utils.simple_parse_args_string(arg_string)
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         return cls(**{**extra, **args})
