@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from onellm.errors import ConfigError
+
+# eval's options for its own backend, which lmms-eval's tasks set in their YAMLs instead
+ONELLM_ONLY = ("modality", "task", "samples", "seed", "prompt", "no_meteor", "simple_tokenizer")
+
 
 def add_lmms_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -19,6 +24,15 @@ def add_lmms_options(p: argparse.ArgumentParser) -> None:
 
 
 def lmms_backend(args: argparse.Namespace) -> int:
+    """The lmms-eval backend, its options checked: an option it would ignore is refused."""
+    if args.backend != "lmms-eval":
+        raise ConfigError("eval: --tasks goes with --backend lmms-eval (--task is onellm's)")
+    given = [f"--{k.replace('_', '-')}" for k in ONELLM_ONLY if getattr(args, k, None)]
+    if given:
+        raise ConfigError(
+            f"eval --backend lmms-eval: {', '.join(given)} are onellm's backend's; lmms-eval's "
+            "tasks set their own prompts and metrics (docs/lmms-eval.md)"
+        )
     from onellm.lmms.run import lmms_verb  # the eval extra: lmms-eval loads with the verb
 
     return lmms_verb(args)

@@ -37,7 +37,7 @@ def verb(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    if args.backend == "lmms-eval":
+    if args.backend == "lmms-eval" or args.tasks:
         return lmms_backend(args)  # onellm/lmms/run.py (the eval extra)
     return verb("evaluate", "eval_verb")(args)
 

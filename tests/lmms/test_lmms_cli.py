@@ -208,8 +208,8 @@ def test_onellm_eval_backend_lmms_eval_prints_and_writes_the_clis_numbers(
     out = tmp / "backend.json"
     tasks = ["onellm_imu_qa", "onellm_depth_qa"]  # no caption scorer: its Java starts in ~7 s
     args = [str(tmp / "run"), "--backend", "lmms-eval", "--tasks", ",".join(tasks)]
-    assert main(["eval", *args, "--data", str(manifest), "--device", "cpu",
-                 "--max-new-tokens", str(TOKENS), "--json", str(out)]) == 0  # fmt: skip
+    args += ["--data", str(manifest), "--device", "cpu", "--max-new-tokens", str(TOKENS)]
+    assert main(["eval", *args, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     written = json.loads(out.read_text())
     for task in tasks:

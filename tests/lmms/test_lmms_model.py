@@ -15,6 +15,7 @@ lmms_eval = pytest.importorskip(
 )
 from lmms_eval.api.instance import Instance  # noqa: E402
 
+from onellm.cli.main import main  # noqa: E402
 from onellm.errors import InputError  # noqa: E402
 from onellm.inference.messages import one_turn  # noqa: E402
 from onellm.lmms.chat_model import OneLLMChat  # noqa: E402
@@ -159,9 +160,14 @@ def test_the_chat_model_type_reads_doc_to_messages_as_the_simple_type_reads_visu
     def doc_to_messages(doc):  # what lmms-eval builds from doc_to_visual + doc_to_text
         return [
             {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-            {"role": "user", "content": [{"type": "image", "url": doc["image"]},
-                                         {"type": "text", "text": "What is it?"}]},
-        ]  # fmt: skip
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "url": doc["image"]},
+                    {"type": "text", "text": "What is it?"},
+                ],
+            },
+        ]
 
     got = chat.generate_until(
         [request("generate_until", ("", doc_to_messages, gen, 1, TASK, SPLIT))]
@@ -207,3 +213,18 @@ def test_the_chat_type_runs_rounds_from_doc_to_messages(lm, tiny_model):
         image, modality="image", prompt=asked[1], history=[(asked[0], first)], max_new_tokens=3
     ).text
     assert replies == [first, second]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tasks", "onellm_point_cap"], "--tasks goes with --backend lmms-eval"),
+        (
+            ["--backend", "lmms-eval", "--tasks", "t", "--prompt", "Hi", "--no-meteor"],
+            "--prompt, --no-meteor are onellm's backend's",
+        ),
+    ],
+)
+def test_eval_refuses_what_its_lmms_eval_backend_would_ignore(argv, message, capsys):
+    assert main(["eval", "tiny", *argv]) != 0
+    assert message in capsys.readouterr().err
