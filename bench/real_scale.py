@@ -3,7 +3,7 @@ against OneLLM's pipeline as bench/onellm_layout.py re-states it (captions padde
 on every image every step, its UPM order), on the same samples, interleaved in one process.
 
     .venv/bin/python -m bench.real_scale --size small            # fp32, the CPU's row
-    .venv/bin/python -m bench.real_scale --size 7b --rounds 3    # ~19 GB: a quiet machine only
+    .venv/bin/python -m bench.real_scale --size 7b --batch 2 --rounds 2   # ~19 GB: a quiet machine
 
 Each size is a CLIP ViT, OneLLM's UPM and a Llama with random weights, written once as
 local HF dirs under --dir (printed) and built from them the way a real checkpoint is
@@ -32,7 +32,7 @@ import torch
 
 from bench.align import MAX_WORDS, caption_lengths
 from bench.common import peak_rss_mb
-from bench.onellm_layout import OneLLMLayout
+from bench.onellm_layout import OneLLMLayout, official_clip
 from bench.real_scale_model import SIZES, build, profile_ops
 from bench.step import count_flops
 from onellm.data.packing import pack
@@ -166,6 +166,9 @@ def main() -> None:
     for k, fn in fns.items():
         gflop[k] = count_flops(lambda fn=fn: fn(batches(0)).backward()) / 1e9
         model.zero_grad(set_to_none=True)
+    with torch.no_grad():  # of which the pipeline's CLIP, which the feature cache removes
+        ow = work.layout.weights(model)
+        clip = count_flops(lambda: official_clip(model, ow, work.pixels[batches(0)])) / 1e9
     times = timed_rounds(model, fns, batches, args.rounds)
     rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
     rows = [work.packed(batches(r)) for r in range(4)]
@@ -184,6 +187,7 @@ def main() -> None:
         "samples_per_s": rate,
         "ratio": rate["onellm"] / rate["onellm_pipeline"],
         "step_gflop": gflop,
+        "pipeline_clip_gflop": clip,
         "bound": gflop["onellm_pipeline"] / gflop["onellm"],
         "ratio_of_bound": rate["onellm"]
         / rate["onellm_pipeline"]
