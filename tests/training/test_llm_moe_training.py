@@ -90,3 +90,15 @@ def test_the_balance_loss_moves_the_llm_routers_and_not_the_task_loss(tmp_path):
     assert loss[0.0] == loss[1.0]
     assert all(not torch.equal(after[0.0][n], after[1.0][n]) for n in after[0.0])
     assert all(torch.equal(experts[0.0][n], experts[1.0][n]) for n in experts[0.0])
+
+
+def test_packed_rows_train_as_padded_ones(tmp_path):
+    """Samples end to end (onellm/data/packing.py) route as they do one a row: padding is
+    routed nowhere, so the same positions reach the experts, and the loss and the balance
+    term are those of the padded batch."""
+    got = {}
+    for packing in ("true", "false"):
+        cfg = stage(tmp_path / packing, "steps=1", f"packing={packing}", "moe={balance: 0.01}")
+        stats = Recipe(cfg, quiet=True).setup().train_step(0)
+        got[packing] = (stats["loss"], stats["moe_balance"])
+    assert got["true"] == pytest.approx(got["false"], rel=1e-5)
