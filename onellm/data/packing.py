@@ -4,7 +4,8 @@
     row 1: [BOS d d d d d d d </s>][pad pad]                      position_ids 0..8 0..1
 
 Samples go into rows of at most `pack_tokens` positions by first-fit decreasing (the longest
-first, each into the first row with room), as LMMs-Engine's packer does; inside a row they
+first, each into the first row with room), as LMMs-Engine's packer does, then are spread over
+that many rows to even their lengths (less padding ends the shorter rows). Inside a row they
 keep the micro-batch's order, so a micro-batch that fits one row reads its samples in the
 order an unpacked batch does (an LLM MoE layer's capacity and gate noise are drawn in that
 order: first come, first served). Position ids restart at 0 at each sample, and what is left
@@ -33,25 +34,36 @@ from onellm.modeling.layout import IGNORE_INDEX
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Sample indices in bins of at most `capacity` total length: longest first, each into
-    the first bin with room (ties keep their order); each bin's indices ascending."""
+    the first bin with room (ties keep their order); then, as many bins, each sample
+    (longest first) into the emptiest one where that keeps every bin within `capacity`:
+    rows of about equal length, so the batch's last row is not mostly padding. Each bin's
+    indices ascending."""
     too_long = [n for n in lengths if n > capacity]
     if too_long:
         raise ConfigError(
             f"pack_tokens: expected at least the longest sample's {max(too_long)} positions, "
             f"got {capacity}"
         )
+    longest_first = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable
     bins: list[list[int]] = []
     room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: ties in order
-        for b, left in enumerate(room):
-            if lengths[i] <= left:
-                bins[b].append(i)
-                room[b] -= lengths[i]
-                break
-        else:
-            bins.append([i])
-            room.append(capacity - lengths[i])
-    return [sorted(b) for b in bins]
+    for i in longest_first:
+        b = next((b for b, left in enumerate(room) if lengths[i] <= left), None)
+        if b is None:
+            bins.append([])
+            room.append(capacity)
+            b = len(bins) - 1
+        bins[b].append(i)
+        room[b] -= lengths[i]
+    balanced: list[list[int]] = [[] for _ in bins]
+    load = [0] * len(bins)
+    for i in longest_first:  # the longest-processing-time rule over the same row count
+        b = min(range(len(bins)), key=lambda b: load[b])
+        if load[b] + lengths[i] > capacity:
+            return [sorted(b) for b in bins]  # no better than first fit: keep it
+        balanced[b].append(i)
+        load[b] += lengths[i]
+    return [sorted(b) for b in balanced]
 
 
 def pack(

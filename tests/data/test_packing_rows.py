@@ -13,10 +13,12 @@ from onellm.errors import ConfigError
 from onellm.modeling.llm_experts import expert_names, position_modalities
 
 
-def test_first_fit_decreasing_fills_rows_longest_first():
+def test_first_fit_decreasing_fills_rows_longest_first_then_evens_them():
     lengths = [3, 7, 2, 5, 4, 1]
     bins = first_fit_decreasing(lengths, 8)
-    assert bins == [[1, 5], [0, 3], [2, 4]]  # 7+1, 5+3, 4+2; each row in the given order
+    assert bins == [[1, 5], [2, 3], [0, 4]]  # 7+1, 5+2, 4+3; each row in the given order
+    # first fit alone: 5+4 and 3+3 (rows of 9, 3 padding); evened: 5+3 and 4+3 (8, 1)
+    assert first_fit_decreasing([5, 4, 3, 3], 9) == [[0, 3], [1, 2]]
     assert sorted(i for b in bins for i in b) == list(range(6))
     assert all(sum(lengths[i] for i in b) <= 8 for b in bins)
     with pytest.raises(ConfigError, match=r"^pack_tokens: expected at least .* 7 .*, got 6"):
@@ -26,15 +28,15 @@ def test_first_fit_decreasing_fills_rows_longest_first():
 def test_pack_restarts_positions_and_unpacks_each_sample():
     rows = [([1, 5, 6, 2], [-100, 5, 6, 2]), ([1, 7, 2], [-100, 7, 2]), ([1, 9], [9, 9])]
     batch, order = pack(rows, 0, 6)
-    assert order == [0, 2, 1]  # [4 + 2], [3]
-    assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 1, 9], [1, 7, 2, 0, 0, 0]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
-    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
+    assert order == [0, 1, 2]  # [4], [3 + 2]: two rows of 5, not [4 + 2] and [3]
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 0], [1, 7, 2, 1, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1] * 5]
     # a sample's first token is no target: nothing from the sample before predicts it
-    assert batch["labels"].tolist() == [[-100, 5, 6, 2, -100, 9], [-100, 7, 2, -100, -100, -100]]
+    assert batch["labels"].tolist() == [[-100, 5, 6, 2, -100], [-100, 7, 2, -100, 9]]
     back = unpack(batch["input_ids"], batch["unpack"], fill=-1)
     assert back.tolist() == [[1, 5, 6, 2], [1, 7, 2, -1], [1, 9, -1, -1]]
-    assert sample_index(batch["position_ids"]).tolist() == [[0] * 4 + [1] * 2, [0] * 3 + [1] * 3]
+    assert sample_index(batch["position_ids"]).tolist() == [[0] * 4 + [1], [0] * 3 + [1] * 2]
     # a full row holds no padding
     full, _ = pack(rows[:1] + rows[2:], 0, 6)
     assert bool(full["attention_mask"].all()) and full["input_ids"].shape == (1, 6)
