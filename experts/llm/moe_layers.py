@@ -175,13 +175,19 @@ class MoELayers(nn.Module):
         return routes.for_call(length).to(h.device), list(routes.names), valid
 
     @contextlib.contextmanager
-    def routing(self, routes: PositionRoutes) -> Iterator[None]:
+    def routing(self, routes: PositionRoutes | None) -> Iterator[None]:
         """The LLM calls inside route each position by its modality run."""
         before, self._routes = self._routes, routes
         try:
             yield
         finally:
             self._routes = before
+
+    def recompute(self) -> contextlib.AbstractContextManager[None]:
+        """Made during a routed forward: a context in which the LLM's calls route as that
+        forward's (activation checkpointing recomputes the layers in backward, after
+        `routing` has closed; llm_experts.py's `Recomputes`)."""
+        return self.routing(self._routes)
 
     def add_modality(self, model: Any, name: str) -> None:
         """With per-modality gates, `name`'s gate in every layer starts as a copy of

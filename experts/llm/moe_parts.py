@@ -56,7 +56,8 @@ class LayerRouter(nn.Module):
         out = x.new_zeros(x.shape[0], self.experts)
         for i, name in enumerate(names):
             at = (groups == i).nonzero().squeeze(1)
-            out = out.index_copy(0, at, self.gates[name](x[at]))
+            if at.numel():  # an absent modality's gate gets no gradient (AdamW leaves it be)
+                out = out.index_copy(0, at, self.gates[name](x[at]))
         return out
 
     def route(
@@ -109,8 +110,8 @@ def upcycled(
 
 class MoEMLP(nn.Module):
     """One upcycled layer: (N, D) positions and their groups (N,) -> (N, D). Each expert
-    runs on the positions routed to it (every expert runs, on no rows if none: FSDP needs
-    every process to run the same modules); `shared`: one more copy every position uses,
+    runs on the positions routed to it (every expert runs, on no rows if none, so that
+    sharded experts would gather on every process alike); `shared`: one more copy every position uses,
     the output then the mean of the shared expert's and the routed mix (so that, upcycled
     at noise 0, the layer still computes the dense MLP)."""
 

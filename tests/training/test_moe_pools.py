@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from onellm import OneLLM
-from onellm.modeling.activation_checkpointing import hf_enable
-from onellm.modeling.llm import base_llm
+from onellm.modeling import activation_checkpointing
 from onellm.modeling.projection import Routing
 from onellm.registry import ROUTERS
 from onellm.training.distributed import Dist
@@ -49,19 +48,33 @@ def test_pools_are_balanced_on_their_own_and_their_terms_summed(scope):
     assert one_pool["moe_balance"] != pytest.approx(logged["moe_balance"], rel=1e-3)
 
 
-def test_a_checkpointed_layer_is_recorded_once_per_forward():
-    model = OneLLM.from_config(
-        TINY, ["llm_experts={kind: moe_layers, layers: [1, 3], experts: 4, k: 2}"]
+def test_a_checkpointed_layer_recomputes_as_its_forward_and_is_recorded_once():
+    """The LLM's layers are recomputed in backward after the routing context has closed:
+    the MoE layers route them as the forward did (per-modality gates: an image prompt's
+    positions read image's gate; the gradients match), and record each call once."""
+    m = OneLLM.from_config(
+        TINY,
+        ["llm_experts={kind: moe_layers, layers: [1, 3], noise: 0.5, router: per_modality}"],
     ).train()
-    hf_enable(base_llm(model.llm))
-    ids = torch.randint(3, 400, (2, 10))
-    seen: list[Call] = []
-    with recording_layers(model.llm_experts, seen):
-        loss = model(ids, labels=ids).loss
-        loss.backward()  # recomputes each layer, hooks and all
+    ids, _ = m.layout.widen(torch.randint(3, 400, (2, 7)), ["image"])
+    x = torch.randn(2, *m.modalities["image"].input_shape())
+
+    def grads() -> tuple[dict[str, torch.Tensor], list[Call]]:
+        m.zero_grad(set_to_none=True)
+        seen: list[Call] = []
+        with recording_layers(m.llm_experts, seen):
+            loss = m(ids, inputs={"image": x}, labels=ids.masked_fill(ids >= 512, -100)).loss
+            loss.backward()  # recomputes each checkpointed layer, hooks and all
+        return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}, seen
+
+    plain, _ = grads()
+    activation_checkpointing.enable(m)
+    again, seen = grads()
     assert [c.pool for c in seen] == ["layer 1", "layer 3"]
-    gate = model.llm_experts.layers["1"].router.gates["all"].weight
-    assert gate.grad is not None and gate.grad.abs().sum() > 0
+    assert plain.keys() == again.keys() and any(".gates.image." in n for n in plain)
+    assert not any(".gates.text." in n for n in plain)  # every position is the image run's
+    for n, g in plain.items():
+        torch.testing.assert_close(again[n], g, msg=n)
 
 
 def test_an_llm_layers_starved_expert_raises_the_alarm_under_its_layers_name():
