@@ -67,7 +67,6 @@ def attention_paths(config: str, batch: int, runs: int) -> dict:
     alternated on one batch (flex compiles per shape: its first call is reported). Forward
     only: torch 2.14's FlexAttention has no backward on the CPU, so training there is SDPA."""
 
-
     torch.manual_seed(0)
     model = OneLLM.from_config(config).train()
     set_trainable(model, ["projection.*"])
