@@ -7,14 +7,17 @@
 
 The model's FLOPs are counted, not estimated: the first step of each source runs under
 torch's `FlopCounterMode` (matmuls, convolutions, attention; forward and backward, frozen
-parts included), divided by its LLM positions; later steps of that source count that many a
+parts included; eager, so a `compile: true` stage compiles on its next step), divided by
+its LLM positions; later steps of that source count that many a
 position. The peak: a GPU's datasheet figure for its name and the run's precision (dense,
-no sparsity), or on the CPU the best rate of a short matmul probe, measured once per CPU,
-thread count and precision and kept in ~/.cache/onellm/peak_flops.json.
+no sparsity), or on the CPU the best of ten 1024 x 1024 matmuls (~0.3 s), measured once per
+CPU, thread count and precision and kept in ~/.cache/onellm/peak_flops.json (measured on a
+busy machine it reads low and MFU high: delete the file to measure again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -48,7 +51,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def probe_cpu(dtype: torch.dtype, n: int = 1024, runs: int = 3) -> float:
+def probe_cpu(dtype: torch.dtype, n: int = 1024, runs: int = 10) -> float:
     """The best FLOP/s of an n x n matmul in `dtype` on this process's threads."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.mm(a, b)  # warm-up
@@ -104,7 +107,7 @@ class Efficiency:
     def __init__(self, device: torch.device, precision: str) -> None:
         self.peak, self.peak_source = peak_flops(device, precision)
         self.per_position: dict[Any, float] = {}  # counted FLOPs per LLM position, by source
-        self.counter: FlopCounterMode | None = None
+        self.counter: contextlib.ExitStack | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -123,13 +126,15 @@ class Efficiency:
                 self.samples[m] = self.samples.get(m, 0) + n
         self.key = key
         if key not in self.per_position and self.step_positions:
-            self.counter = FlopCounterMode(display=False)
-            self.counter.__enter__()
+            self.counter = contextlib.ExitStack()
+            # eager for the counted step: a compiled module's tracing would be counted too
+            self.counter.enter_context(torch.compiler.set_stance("force_eager"))
+            self.flop_counter = self.counter.enter_context(FlopCounterMode(display=False))
 
     def done(self) -> None:
         if self.counter is not None:
-            self.counter.__exit__(None, None, None)
-            total = self.counter.get_total_flops()
+            self.counter.close()
+            total = self.flop_counter.get_total_flops()
             self.per_position[self.key] = total / self.step_positions
             self.counter = None
         self.flops += self.per_position.get(self.key, 0.0) * self.step_positions

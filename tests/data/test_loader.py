@@ -148,6 +148,7 @@ def test_a_manifest_record_with_two_inputs_is_laid_out_where_its_text_names_them
             "log_every=1",
             "eval.modalities=[]",
             f"data={{pair: {pair}}}",
+            "packing=false",  # one sample a row: the layout of each is read below
         ],
     )
     r = Recipe(cfg, quiet=True).setup()
