@@ -12,7 +12,10 @@ overrides, the same seed, data and steps:
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.llm_experts_study \
         [--init runs/demo/stage3/final] [--root runs/llm_experts_study] [--steps 240]
-        [--only VARIANT ...] [--seed N]
+        [--only VARIANT ...] [--seed N] [--timing]
+
+`--timing`: instead, each variant's step time in one process, the variants taking turns on
+the same batches (the machine is shared: separate runs meet different loads).
 
 Per variant: held-out captions and QA per modality after the stage (the stage's own
 report.json) and the caption change against the stage-3 model; the stage-0 text ability
@@ -39,7 +42,7 @@ from onellm import OneLLM
 from onellm.data import shapes
 from onellm.modeling.layout import pad
 from onellm.modeling.template import render_training
-from onellm.training.recipe import train
+from onellm.training.recipe import Recipe, train
 from onellm.training.stage import load_stage
 
 STAGE4 = Path(__file__).resolve().parents[1] / "configs" / "stages" / "stage4_instruct.yaml"
@@ -200,6 +203,26 @@ def load_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def step_times(args, variants: list[str], steps: int = 10, rounds: int = 3) -> dict[str, float]:
+    """Each variant's seconds per optimiser step, timed in one process on the same
+    prepared batches, the variants taking turns (`rounds` of `steps` steps each), so that
+    the machine's load weighs on each alike: {variant: the median step}."""
+    recipes = {}
+    for name in variants:
+        out = Path(args.root) / "timing" / name
+        over = [f"init_from={args.init}", f"output_dir={out}", "eval.modalities=[]"]
+        recipes[name] = Recipe(load_stage(STAGE4, over + VARIANTS[name]), quiet=True).setup()
+    batches = [recipes[variants[0]].data[s] for s in range(steps)]  # the same seed and data
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, recipe in recipes.items():
+            for s, prepared in enumerate(batches):
+                t = time.perf_counter()
+                recipe.train_step(s, prepared)
+                times[name].append(time.perf_counter() - t)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--init", default="runs/demo/stage3/final")
@@ -208,9 +231,18 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=list(VARIANTS))
     ap.add_argument("--seed", type=int, default=None, help="another seed (default: the stage's)")
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--timing", action="store_true", help="only time the variants' steps")
     args = ap.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
+    if args.timing:
+        load = os.getloadavg()[0]
+        times = step_times(args, args.only)
+        print(f"{machine()}, load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+        for name, t in times.items():
+            print(f"{name}: {t:.3f} s/step (median of 3 x 10 steps, taking turns)")
+        (root / "timing.json").write_text(json.dumps({"machine": machine(), **times}, indent=1))
+        return
     parent_text = text_loss(Path(args.init))
     results = {}
     for name in args.only:
