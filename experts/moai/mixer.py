@@ -89,11 +89,12 @@ class LayerMixer(nn.Module):
         is_visual: torch.Tensor,
         visual: tuple[torch.Tensor, ...],
         language: tuple[torch.Tensor, ...],
-        aux: torch.Tensor,
+        aux: tuple[torch.Tensor, ...],
     ) -> torch.Tensor:
-        """h (B, L, D); `visual`: the visual states (B, Nv, D) and valid (B, Nv); `language`:
-        the language states so far (B, Nt, D) and which each row may read (B, L, Nt)."""
-        aux_valid = torch.ones(aux.shape[:2], dtype=torch.bool, device=aux.device)
+        """h (B, L, D); `visual`: the visual states (B, Nv, D) and valid (B, Nv) or (B, L, Nv);
+        `language`: the language states so far (B, Nt, D) and which each row may read
+        (B, L, Nt); `aux`: the compressed aux tokens (B, N, D) and valid (B, N) or (B, L, N)."""
+        aux, aux_valid = aux
         gv, gl = self.gate_visual(h).softmax(-1), self.gate_language(h).softmax(-1)
         mix_v = gv[..., :1] * self.visual_aux(h, aux, aux_valid)
         mix_v = mix_v + gv[..., 1:] * self.visual_self(h, *visual)
@@ -110,18 +111,44 @@ class MixContext:
     is_visual: torch.Tensor  # (B, L) bool, the prompt's visual positions
     valid: torch.Tensor  # (B, L) bool, its real positions (not padding)
     aux: torch.Tensor  # (B, N, D) compressed auxiliary tokens
+    aux_valid: torch.Tensor  # (B, N) which exist (packed: a row's samples' side by side)
+    # packed rows (onellm/data/packing.py): each position's sample in its row (B, L), and
+    # each aux token's (N,): a position reads its own sample's aux, runs and text only
+    sample: torch.Tensor | None = None
+    aux_sample: torch.Tensor | None = None
     # per layer: the visual states and their mask, and the language states so far and theirs
-    visual: dict[int, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    visual: dict[int, tuple[torch.Tensor, ...]] = dataclasses.field(default_factory=dict)
     language: dict[int, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
-def gather_visual(h: torch.Tensor, is_visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's visual states, first, padded: (B, L, D) -> (B, Nv, D) and valid (B, Nv)."""
+def gather_visual(h: torch.Tensor, is_visual: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each row's visual states, first, padded: (B, L, D) -> (B, Nv, D), valid (B, Nv) and
+    where each came from (B, Nv)."""
     counts = is_visual.sum(-1)
     n = max(int(counts.max()), 1)
     order = torch.argsort((~is_visual).to(torch.int8), dim=-1, stable=True)[:, :n]
     states = h.gather(1, order[..., None].expand(-1, -1, h.shape[-1]))
-    return states, torch.arange(n, device=h.device)[None] < counts[:, None]
+    return states, torch.arange(n, device=h.device)[None] < counts[:, None], order
+
+
+def packed_context(
+    is_visual: torch.Tensor,
+    valid: torch.Tensor,
+    aux: torch.Tensor,
+    starts: torch.Tensor,
+    position_ids: torch.Tensor,
+) -> MixContext:
+    """Packed rows' context: compressed aux (S, N, D), one per sample in reading order, laid
+    side by side per row (B, max samples x N, D); each position's sample and each aux token's."""
+    counts = starts.sum(-1).tolist()
+    n, width = aux.shape[1], aux.shape[2]
+    rows = aux.new_zeros(len(counts), max(counts) * n, width)
+    for r, part in enumerate(aux.split(counts)):
+        rows[r, : part.shape[0] * n] = part.reshape(-1, width)
+    sample = (position_ids == 0).long().cumsum(-1) - 1
+    aux_sample = torch.arange(max(counts), device=aux.device).repeat_interleave(n)
+    exists = aux_sample[None] < torch.tensor(counts, device=aux.device)[:, None]
+    return MixContext(is_visual, valid, rows, exists, sample, aux_sample)
 
 
 class MoAI(nn.Module):
@@ -189,8 +216,15 @@ class MoAI(nn.Module):
         states, keys = ctx.language[i]  # row r (the last `length` positions) reads keys <= r
         causal = torch.ones(length, keys.shape[1], dtype=torch.bool, device=h.device)
         language = (states, causal.tril(keys.shape[1] - length)[None] & keys[:, None, :])
+        visual, aux = ctx.visual[i], (ctx.aux.to(h.dtype), ctx.aux_valid)
+        if ctx.sample is not None:  # packed (training: the whole sequence): each sample alone
+            s = ctx.sample
+            language = (states, language[1] & (s[:, :, None] == s[:, None, :]))
+            seen = s.gather(1, visual[2])  # each gathered visual state's sample
+            visual = (visual[0], visual[1][:, None, :] & (s[:, :, None] == seen[:, None, :]))
+            aux = (aux[0], aux[1][:, None, :] & (s[:, :, None] == ctx.aux_sample))
         mixer = self.mixers[str(i)]
-        out = mixer(h, is_visual, ctx.visual[i], language, ctx.aux.to(h.dtype))
+        out = mixer(h, is_visual, visual[:2], language, aux)
         return ((out, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": out})
 
     # ------------------------------------------------------------------ per call
@@ -224,24 +258,36 @@ class MoAI(nn.Module):
         input_ids: torch.Tensor,
         texts: Sequence[str],
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> Iterator[None]:
         """Mix during the LLM calls inside: `input_ids` (B, L) with placeholder runs (and its
-        `attention_mask`: padding is no one's context), one auxiliary text per row."""
-        if len(texts) != input_ids.shape[0]:
-            raise InputError(
-                f"moai: expected one auxiliary text per row ({input_ids.shape[0]}), got {len(texts)}"
-            )
-        placeholders = torch.tensor(
-            list(model.layout.placeholder_ids.values()), device=input_ids.device
-        )
+        `attention_mask`: padding is no one's context), one auxiliary text per row; packed
+        rows (`position_ids` restarting at each sample): one per sample, in reading order."""
         valid = (
             torch.ones_like(input_ids, dtype=torch.bool)
             if attention_mask is None
             else attention_mask.bool()
         )
-        self.context = MixContext(
-            torch.isin(input_ids, placeholders), valid, self.compress(model, texts)
+        if position_ids is None and len(texts) != input_ids.shape[0]:
+            raise InputError(
+                f"moai: expected one auxiliary text per row ({input_ids.shape[0]}), got {len(texts)}"
+            )
+        starts = valid & (position_ids == 0) if position_ids is not None else valid[:, :1]
+        if position_ids is not None and len(texts) != int(starts.sum()):
+            raise InputError(
+                f"moai: expected one auxiliary text per packed sample ({int(starts.sum())}), "
+                f"got {len(texts)}"
+            )
+        placeholders = torch.tensor(
+            list(model.layout.placeholder_ids.values()), device=input_ids.device
         )
+        is_visual = torch.isin(input_ids, placeholders)
+        aux = self.compress(model, texts)
+        if position_ids is None:
+            ones = torch.ones(aux.shape[:2], dtype=torch.bool, device=aux.device)
+            self.context = MixContext(is_visual, valid, aux, ones)
+        else:  # each row's samples' aux tokens side by side, each read by its own sample
+            self.context = packed_context(is_visual, valid, aux, starts, position_ids)
         try:
             yield
         finally:

@@ -146,15 +146,9 @@ def sample_index(position_ids: torch.Tensor) -> torch.Tensor:
 
 def resolve(packing: bool | str, pack_tokens: int | None, model) -> tuple[int | None, str]:
     """A stage's `packing` (true | false | auto) and `pack_tokens` on `model` -> the row
-    length to pack into (None: padded rows) and why, for the log. `auto` packs wherever
-    packed equals padded; a MoAI mixer reads one auxiliary text and one sample's visual and
-    language states a row, so there it stays off (`true` is refused)."""
+    length to pack into (None: padded rows) and why, for the log. Packed equals padded for
+    every part (a MoAI mixer reads each sample's own aux text, runs and text), so `auto` is on."""
     if packing is False:
         return None, "off (packing: false)"
-    if model.moai is not None:
-        why = "a MoAI mixer reads one auxiliary text and one sample's states a row"
-        if packing is True:
-            raise ConfigError(f"packing: expected false or auto on this model ({why}), got true")
-        return None, f"off: {why}"
     tokens = pack_tokens or model.llm.config.max_position_embeddings
     return tokens, f"on: samples end to end in rows of at most {tokens} positions"

@@ -34,7 +34,10 @@ class Mixer(Protocol):
         input_ids: torch.Tensor,
         texts: Sequence[str],
         attention_mask: torch.Tensor | None = None,
-    ) -> contextlib.AbstractContextManager[None]: ...
+        position_ids: torch.Tensor | None = None,
+    ) -> contextlib.AbstractContextManager[None]:
+        """`texts`: one per row; packed rows (`position_ids` given): one per sample."""
+        ...
 
 
 @contextlib.contextmanager
@@ -48,16 +51,17 @@ def mixing(
     """The LLM calls inside mix in the auxiliary texts `aux` (one per row of `input_ids`;
     `attention_mask`: its padding) through the model's mixer; without one, nothing happens
     (and `aux` is refused). The LLM's own experts (`llm_experts:`) route inside it too.
-    `position_ids`: packed rows' (onellm/data/packing.py), which a mixer does not take."""
+    `position_ids`: packed rows' (onellm/data/packing.py): one aux text per sample then."""
     if model.moai is None and aux is not None:
         raise InputError("aux: this model has no MoAI mixer (a `moai:` section), got aux texts")
-    if model.moai is not None and position_ids is not None:
-        # its auxiliary text, visual and language states are one row's, not one sample's
-        raise InputError("position_ids: a MoAI model reads one sample a row, got packed rows")
     with contextlib.ExitStack() as stack:
         # the LLM's own experts route each position by its modality run (llm_experts.py)
         stack.enter_context(llm_experts.routing(model, input_ids, attention_mask, position_ids))
         if model.moai is not None:
             aux = [""] * len(input_ids) if aux is None else aux
-            stack.enter_context(model.moai.mixing(model, input_ids, aux, attention_mask))
+            if position_ids is None:
+                stack.enter_context(model.moai.mixing(model, input_ids, aux, attention_mask))
+            else:  # each packed sample mixes with its own aux text, runs and text
+                mix = model.moai.mixing(model, input_ids, aux, attention_mask, position_ids)
+                stack.enter_context(mix)
         yield

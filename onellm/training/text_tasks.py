@@ -73,7 +73,7 @@ class TextTask(Task):
             if features:
                 batch["features"] = {m: torch.cat(xs) for m, xs in features.items()}
             if model.moai is not None:
-                batch["aux"] = [aux_text(model, examples[k], b.modality) for k in group]
+                batch["aux"] = [aux_text(model, examples[k], b.modality) for k in reading]
             out.append(self.extra(batch, [examples[k] for k in group], b))
         return out
 

@@ -9,7 +9,7 @@ import torch
 from onellm import OneLLM
 from onellm.data.packing import resolve
 from onellm.data.sources import Source
-from onellm.errors import ConfigError, InputError
+from onellm.errors import InputError
 from onellm.registry import TASKS
 from onellm.training.stage import SourceConfig
 from onellm.training.task import Batching, Step
@@ -90,14 +90,33 @@ def test_packed_equals_padded_loss_and_gradients(model, name):
         torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
-def test_auto_packs_where_exact_and_a_moai_model_reads_one_sample_a_row(model):
-    assert resolve("auto", None, model) == (512, ANY)  # the tiny LLM's context
-    assert resolve(True, 96, model)[0] == 96 and resolve(False, 96, model)[0] is None
-    moai = OneLLM.from_config("tiny", ["moai={layers: [1], sources: [components]}"])
-    tokens, why = resolve("auto", None, moai)
-    assert tokens is None and "MoAI" in why
-    with pytest.raises(ConfigError, match=r"^packing: expected false or auto on this model"):
-        resolve(True, None, moai)
-    ids = torch.tensor([[1, 5, 1, 6]])
-    with pytest.raises(InputError, match=r"^position_ids: a MoAI model reads one sample a row"):
-        moai(ids, position_ids=torch.tensor([[0, 1, 0, 1]]))
+def test_auto_packs_and_a_moai_model_mixes_each_packed_sample_alone():
+    torch.manual_seed(0)
+    moai = OneLLM.from_config("tiny", ["moai={layers: [1, 3], sources: [components]}"])
+    assert resolve("auto", None, moai) == (512, ANY)  # the tiny LLM's context
+    assert resolve(True, 96, moai)[0] == 96 and resolve(False, 96, moai)[0] is None
+    with torch.no_grad():  # the mixer starts at exact zeros: make it add something
+        for p in moai.moai.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    moai.requires_grad_(True).train()
+    task = TASKS.get("sceneqa")  # questions whose aux text (the shapes' regions) matters
+    cfg = SourceConfig(task="sceneqa", pool=8, modality="image")
+    src = Source(moai, "q", cfg, seed=0)
+    examples = [src[p] for p in range(5)]
+
+    def batches(pack_tokens):
+        return task.collate(examples, Batching(moai, cfg, "image", 0, list(range(5)), pack_tokens))
+
+    padded = batches(None)
+    packed = batches(2 * padded[0]["input_ids"].shape[1])
+    assert len(packed[0]["input_ids"]) < 5 and len(packed[0]["aux"]) == 5
+    aux = torch.nn.ModuleDict()
+    loss_a, grads_a = step_of(moai, aux, task, padded)
+    loss_b, grads_b = step_of(moai, aux, task, packed)
+    assert abs(loss_a - loss_b) <= 1e-5 * max(1.0, abs(loss_a)), (loss_a, loss_b)
+    assert any(n.startswith("moai.mixers.") for n in grads_a)
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-4, atol=1e-5, msg=n)
+    with pytest.raises(InputError, match=r"^moai: expected one auxiliary text per packed sample"):
+        b = packed[0]
+        moai(b["input_ids"], position_ids=b["position_ids"], inputs=b["inputs"], aux=["x"])
