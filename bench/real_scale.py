@@ -3,7 +3,7 @@ against OneLLM's pipeline as bench/onellm_layout.py re-states it (captions padde
 on every image every step, its UPM order), on the same samples, interleaved in one process.
 
     .venv/bin/python -m bench.real_scale --size small            # fp32, the CPU's row
-    .venv/bin/python -m bench.real_scale --size 7b --batch 2 --rounds 2   # ~19 GB: a quiet machine
+    .venv/bin/python -m bench.real_scale --size 7b --batch 2 --rounds 2   # ~19 GB: a quiet machine only
 
 Each size is a CLIP ViT, OneLLM's UPM and a Llama with random weights, written once as
 local HF dirs under --dir (printed) and built from them the way a real checkpoint is
@@ -153,6 +153,9 @@ def main() -> None:
     def batches(r: int) -> list[int]:
         return [(r * args.batch + j) % n for j in range(args.batch)]
 
+    def trio(idx: list[int]) -> list[int]:  # at least one sample of each of the three
+        return [(idx[0] + j) % n for j in range(max(3, len(idx)))]
+
     with torch.no_grad():  # the same samples, the same loss (the bench's check)
         a, b = work.pipeline(batches(0)), work.onellm(batches(0))
     tol = 2e-2 if model.dtype == torch.bfloat16 else 1e-4
@@ -160,7 +163,7 @@ def main() -> None:
     fns = {
         "onellm_pipeline": work.pipeline,
         "onellm": work.onellm,
-        "onellm_3_modalities": lambda idx: three_modalities(model, work, idx),
+        "onellm_3_modalities": lambda idx: three_modalities(model, work, trio(idx)),
     }
     gflop = {}
     for k, fn in fns.items():
@@ -170,7 +173,8 @@ def main() -> None:
         ow = work.layout.weights(model)
         clip = count_flops(lambda: official_clip(model, ow, work.pixels[batches(0)])) / 1e9
     times = timed_rounds(model, fns, batches, args.rounds)
-    rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    size = {k: len(trio(batches(0))) if "3" in k else args.batch for k in times}
+    rate = {k: size[k] / statistics.median(v) for k, v in times.items()}
     rows = [work.packed(batches(r)) for r in range(4)]
     positions = sum(int(b["input_ids"].numel()) for b in rows)
     real = sum(int(b["attention_mask"].sum()) for b in rows)
@@ -180,6 +184,7 @@ def main() -> None:
         "weights": str(model.dtype).removeprefix("torch."),
         "attn": args.attn,
         "batch": args.batch,
+        "three_modality_batch": size["onellm_3_modalities"],
         "rounds": args.rounds,
         "threads": torch.get_num_threads(),
         "caption_tokens_median": float(np.median(work.lengths)),
