@@ -17,14 +17,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from onellm.errors import ConfigError, InputError
 from onellm.modeling.media_limits import IMAGE_FORMATS, check_decode, check_pixels
@@ -46,6 +48,17 @@ UPRIGHT = {
 }
 
 
+@contextlib.contextmanager
+def strict_decoding() -> Iterator[None]:
+    """A cut file is an error, whatever the process set: lmms-eval sets PIL's global
+    LOAD_TRUNCATED_IMAGES when it is imported, and PIL then fills a cut image with grey."""
+    before, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 def open_image(
     name: str, path: Any, fit: int | None = None, max_side: int | None = None
 ) -> Image.Image:
@@ -59,7 +72,7 @@ def open_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours is below
             im = Image.open(p, formats=IMAGE_FORMATS)
-        with im:
+        with im, strict_decoding():
             check_pixels(name, *im.size, label)
             if im.format in ("JPEG", "MPO") and (fit or max_side):
                 im.draft(im.mode, draft_size(im.size, fit, max_side))

@@ -5,7 +5,7 @@ import numpy as np
 import OpenEXR
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from onellm.errors import InputError
 from onellm.modalities.clip_image import to_image_tensor
@@ -137,3 +137,16 @@ def test_normal_maps_from_a_float_array_file_and_an_8_bit_image(tmp_path, tiny_m
     coloured = ((n + 1) / 2 * 255).round().astype(np.uint8)
     Image.fromarray(coloured).save(tmp_path / "n.png")
     assert (mod.preprocess((RGB, tmp_path / "n.png")) - want).abs().max() < 0.05  # 8-bit steps
+
+
+def test_a_cut_file_is_an_error_even_where_another_library_let_pil_fill_it(
+    tmp_path, monkeypatch, tiny_model
+):
+    # lmms-eval sets PIL's process-wide LOAD_TRUNCATED_IMAGES when it is imported
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    Image.fromarray(RGB).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"^image: expected an image file, got unreadable .*cut"):
+        tiny_model.modalities["image"].preprocess(tmp_path / "cut.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # the process's setting is left as it was
