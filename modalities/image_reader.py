@@ -69,7 +69,7 @@ def open_image(
     p = check_readable(name, as_path(path))
     label = repr(str(p))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), strict_decoding():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours is below
             im = Image.open(p, formats=IMAGE_FORMATS)
         with im, strict_decoding():

@@ -147,6 +147,9 @@ def test_a_cut_file_is_an_error_even_where_another_library_let_pil_fill_it(
     Image.fromarray(RGB).save(tmp_path / "ok.png")
     data = (tmp_path / "ok.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     with pytest.raises(InputError, match=r"^image: expected an image file, got unreadable .*cut"):
         tiny_model.modalities["image"].preprocess(tmp_path / "cut.png")
+    with pytest.raises(InputError, match=r"^image: expected an image file in one of the formats"):
+        tiny_model.modalities["image"].preprocess(tmp_path / "broken.png")
     assert ImageFile.LOAD_TRUNCATED_IMAGES  # the process's setting is left as it was

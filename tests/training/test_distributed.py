@@ -1,5 +1,7 @@
 """The same recipe under torchrun: 2 gloo processes with FSDP2 (and 2 data workers each) ==
-1 process reading in-process, same global batch."""
+1 process reading in-process, same global batch; with per-modality LoRA experts in the LLM
+trained beside the projection (an expert one rank's rows did not use: its gradient is
+averaged as zero there, tests/training/test_llm_experts_distributed.py)."""
 
 import json
 import os
@@ -17,7 +19,8 @@ ARGS = [
     "log_every=1",
     "eval.modalities=[]",
     "data={image: {pool: 32}, audio: {pool: 32}}",
-    "trainable=[projection.*, tokenizers.*]",
+    "trainable=[projection.*, tokenizers.*, llm.*lora_*]",
+    'model_overrides=["llm_experts={kind: lora_per_modality, r: 4}"]',
 ]
 
 
