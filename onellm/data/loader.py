@@ -51,6 +51,7 @@ class StepBatches(Dataset):
         self.weights = {k: s.weight for k, s in cfg.data.items()}
         # the row length samples pack into (None: padded rows), and why (onellm/data/packing.py)
         self.pack_tokens, self.packing = packing.resolve(cfg.packing, cfg.pack_tokens, model)
+        self.pack_saving = packing.min_saving(cfg.packing)
         for key in cfg.data:  # each process reads its own equal slice of every batch
             if self.batch_size(key) % world:
                 raise ConfigError(
@@ -94,7 +95,13 @@ class StepBatches(Dataset):
             first = (step * self.cfg.grad_accum + a) * size + self.rank * local
             positions = list(range(first, first + local))
             b = Batching(
-                self.model, src.cfg, src.modality, self.cfg.seed, positions, self.pack_tokens
+                self.model,
+                src.cfg,
+                src.modality,
+                self.cfg.seed,
+                positions,
+                self.pack_tokens,
+                self.pack_saving,
             )
             out += src.task.collate([src[p] for p in positions], b)
         return out

@@ -16,29 +16,17 @@ from lmms_eval.api.instance import Instance
 
 from onellm.lmms.inputs import Visuals
 from onellm.lmms.model import OneLLMEval
-from onellm.lmms.requests import batches, chat_options, cut, generation_key, until_of
+from onellm.lmms.requests import chat_options, cut, until_of
 
 
 class OneLLMChat(OneLLMEval):
     """Requests (context, doc_to_messages, gen_kwargs, doc_id, task, split)."""
 
     is_simple = False
+    gen_arg, cached = 2, 1  # (context, doc_to_messages, gen_kwargs, doc_id, task, split)
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
-        out: list[str] = [""] * len(requests)
-        for idx in batches(requests, self.batch_size, lambda r: generation_key(r.args[2])):
-            first = requests[idx[0]]
-            gen = first.args[2]
-            with tempfile.TemporaryDirectory() as tmp:
-                convs = [self.messages(requests[i], tmp) for i in idx]
-                replies = self.model.chat(messages=convs, **chat_options(gen, self.max_new_tokens))
-            until = until_of(gen, first.task_name)
-            for i, reply in zip(idx, replies, strict=True):
-                out[i] = cut(reply.text, until)
-                self.cache_hook.add_partial("generate_until", requests[i].args[:1], out[i])
-        return out
-
-    def messages(self, req: Instance, folder: str) -> list[dict[str, Any]]:
+    def conversation(self, req: Instance, folder: str) -> list[dict[str, Any]]:
+        """A chat request -> the task's messages, each visual read as onellm reads it."""
         doc_to_messages = req.args[1]
         return Visuals(self.model, req.task_name, folder).messages(doc_to_messages(self.doc(req)))
 

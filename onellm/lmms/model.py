@@ -39,6 +39,9 @@ class OneLLMEval(lmms):
     --backend lmms-eval` passes) in place of `pretrained`."""
 
     is_simple = True
+    # a request's args: (context, gen_kwargs, doc_to_visual, doc_id, task, split); the chat
+    # type's put doc_to_messages second. The cache keys a reply by the args before `cached`.
+    gen_arg, cached = 1, 2
 
     def __init__(
         self,
@@ -85,16 +88,20 @@ class OneLLMEval(lmms):
         """Each request's context about its visuals, batched through `model.chat`'s rows."""
         out: list[str] = [""] * len(requests)
 
-        for idx in batches(requests, self.batch_size, lambda r: generation_key(r.args[1])):
+        for idx in batches(
+            requests, self.batch_size, lambda r: generation_key(r.args[self.gen_arg])
+        ):
             first = requests[idx[0]]
-            gen = first.args[1]
+            gen = first.args[self.gen_arg]
             with tempfile.TemporaryDirectory() as tmp:
                 convs = [self.conversation(requests[i], tmp) for i in idx]
                 replies = self.model.chat(messages=convs, **chat_options(gen, self.max_new_tokens))
             until = until_of(gen, first.task_name)
             for i, reply in zip(idx, replies, strict=True):
                 out[i] = cut(reply.text, until)
-                self.cache_hook.add_partial("generate_until", requests[i].args[:2], out[i])
+                self.cache_hook.add_partial(
+                    "generate_until", requests[i].args[: self.cached], out[i]
+                )
         return out
 
     def conversation(self, req: Instance, folder: str) -> list[dict[str, Any]]:

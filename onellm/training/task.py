@@ -35,6 +35,7 @@ class Batching:
     seed: int
     positions: list[int]
     pack_tokens: int | None = None  # packed rows of at most this many positions (None: padded)
+    pack_saving: float = 0.0  # pack only what loses this share of its padded positions (auto)
 
     def rng(self, j: int) -> np.random.Generator:
         """Example j's own generator for its tokenisation choices."""

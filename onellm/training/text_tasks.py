@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from onellm.data.batches import collate, length_groups, tokens
-from onellm.data.packing import pack
+from onellm.data.packing import pack, saves  # end to end: onellm/data/packing.py
 from onellm.data.sources import Example
 from onellm.inference.chat import pixels_of
 from onellm.training.task import Batching, Step, Task
@@ -54,7 +54,8 @@ class TextTask(Task):
         pad_id = model.text_tokenizer.pad_token_id or 0
         for group in length_groups([len(ids) for ids, _ in rows], n):
             reading = group
-            if b.pack_tokens and self.packs:  # end to end (onellm/data/packing.py)
+            lengths = [len(rows[k][0]) for k in group]
+            if b.pack_tokens and self.packs and saves(lengths, b.pack_tokens, b.pack_saving):
                 batch, order = pack([rows[k] for k in group], pad_id, b.pack_tokens)
                 reading = [group[k] for k in order]
             else:

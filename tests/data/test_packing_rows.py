@@ -8,7 +8,16 @@ import torch
 from onellm import OneLLM
 from onellm.data import shapes
 from onellm.data.batches import tokens
-from onellm.data.packing import first_fit_decreasing, is_packed, pack, sample_index, unpack
+from onellm.data.packing import (
+    AUTO_MIN_SAVING,
+    first_fit_decreasing,
+    is_packed,
+    min_saving,
+    pack,
+    sample_index,
+    saves,
+    unpack,
+)
 from onellm.errors import ConfigError
 from onellm.modeling.llm_experts import expert_names, position_modalities
 
@@ -109,3 +118,12 @@ def test_only_restarting_positions_are_packed():
     assert (
         not is_packed(left, mask) and not is_packed(torch.arange(5)[None]) and not is_packed(None)
     )
+
+
+def test_auto_packs_a_micro_batch_only_where_it_removes_a_fifth_of_the_padding():
+    # equal lengths: packed rows are as long as padded ones, so the masked kernel buys nothing
+    assert not saves([10, 10, 10, 10], 40, AUTO_MIN_SAVING)
+    assert saves([10, 10, 10, 10], 40, 0.0)  # packing: true packs anyway
+    # one long sample and four short: 40 packed positions against 100 padded
+    assert saves([20, 5, 5, 5, 5], 40, AUTO_MIN_SAVING)
+    assert min_saving("auto") == AUTO_MIN_SAVING and min_saving(True) == 0.0
