@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from onellm.training.efficiency import probe_matmul
 from onellm.training.progress import peak_rss_mb  # noqa: F401  (re-exported for the benchmarks)
 
 
@@ -24,15 +23,4 @@ def peak_matmul_flops(
         n, runs = 8192, 10
     elif dtype not in (torch.float32, torch.float64):
         n, runs = min(n, 1024), min(runs, 2)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    torch.mm(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(runs):
-        sync()
-        t = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return probe_matmul(dtype, n, runs, device)

@@ -51,16 +51,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def probe_cpu(dtype: torch.dtype, n: int = 1024, runs: int = 10) -> float:
-    """The best FLOP/s of an n x n matmul in `dtype` on this process's threads."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def probe_matmul(
+    dtype: torch.dtype, n: int = 1024, runs: int = 10, device: torch.device | str = "cpu"
+) -> float:
+    """The best FLOP/s of an n x n matmul in `dtype` on `device` (on the CPU: this
+    process's threads); the benches' roof (bench/common.py) is this at their sizes."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(runs):
+        sync()
         t = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
+
+
+def probe_cpu(dtype: torch.dtype) -> float:
+    """The CPU's peak for a run's MFU: `probe_matmul` at 1024, best of ten."""
+    return probe_matmul(dtype)
 
 
 def peak_flops(
