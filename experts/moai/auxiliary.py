@@ -15,7 +15,11 @@ Both shipped sources verbalise each region the same way (`describe`): "red ellip
 left (25, 70), area 6": the mean colour's nearest name, a shape word from how much of its
 bounding box the region fills, its centre in words (thirds of the image) and as percent of
 the width and height, its area as percent of the image. Regions are listed top to bottom,
-then left to right.
+then left to right. `coordinates: false` (either source) leaves out the percent and the
+area ("red ellipse, bottom left"): the study's tiny LLM reads 2-4 regions in ~10 tokens each
+rather than ~20, most of them digits no question asks about; `shapes: [square, circle,
+triangle]` names the three fills with the shapes world's words, as a detector's classes
+are its world's (MoAI's detectors say "person", "cup": COCO's names, the questions' too).
 """
 
 from __future__ import annotations
@@ -44,11 +48,15 @@ COLOUR_NAMES = {  # a basic palette; each region takes the nearest (RGB, 0-255)
 }
 
 
-def shape_word(mask: np.ndarray) -> str:
-    """How much of its bounding box a region fills: a box ~1, an ellipse ~pi/4, a triangle ~1/2."""
+SHAPE_NAMES = ("rectangle", "ellipse", "triangle")  # a box, a round thing, a three-cornered one
+
+
+def shape_word(mask: np.ndarray, names: tuple[str, ...] = SHAPE_NAMES) -> str:
+    """How much of its bounding box a region fills: a box ~1, an ellipse ~pi/4, a triangle
+    ~1/2; `names`: the words for those three (a detector's class names)."""
     ys, xs = np.nonzero(mask)
     fill = mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-    return "rectangle" if fill >= 0.88 else "ellipse" if fill >= 0.66 else "triangle"
+    return names[0] if fill >= 0.88 else names[1] if fill >= 0.66 else names[2]
 
 
 def colour_word(rgb: np.ndarray) -> str:
@@ -62,8 +70,14 @@ def place_word(percent: int, words: tuple[str, str, str]) -> str:
     return words[0] if percent < 100 / 3 else words[2] if percent > 200 / 3 else words[1]
 
 
-def describe(pixels: torch.Tensor, masks: list[np.ndarray]) -> str:
-    """Regions (boolean (H, W) masks) of an image (3, H, W) in [0, 1] -> one line of words."""
+def describe(
+    pixels: torch.Tensor,
+    masks: list[np.ndarray],
+    coordinates: bool = True,
+    shapes: tuple[str, ...] = SHAPE_NAMES,
+) -> str:
+    """Regions (boolean (H, W) masks) of an image (3, H, W) in [0, 1] -> one line of words
+    (`coordinates`: the centre in percent and the area too; `shapes`: `shape_word`'s names)."""
     img = pixels.float().permute(1, 2, 0).cpu().numpy() * 255
     h, w = img.shape[:2]
     found = []
@@ -72,7 +86,8 @@ def describe(pixels: torch.Tensor, masks: list[np.ndarray]) -> str:
         x, y = round(100 * (xs.mean() + 0.5) / w), round(100 * (ys.mean() + 0.5) / h)
         area = round(100 * m.sum() / (h * w))
         where = f"{place_word(y, ('top', 'middle', 'bottom'))} {place_word(x, ('left', 'centre', 'right'))}"
-        words = f"{colour_word(img[m].mean(0))} {shape_word(m)}, {where} ({x}, {y}), area {area}"
+        words = f"{colour_word(img[m].mean(0))} {shape_word(m, shapes)}, {where}"
+        words += f" ({x}, {y}), area {area}" if coordinates else ""
         found.append((y, x, words))
     return "; ".join(words for _, _, words in sorted(found))
 
@@ -113,9 +128,11 @@ class SamRegions:
         min_area: float = 0.004,
         max_area: float = 0.4,
         stability: float = 0.85,
+        coordinates: bool = True,
+        shapes: tuple[str, ...] = SHAPE_NAMES,
     ) -> None:
         self.grid, self.min_area, self.max_area = grid, min_area, max_area
-        self.stability = stability
+        self.stability, self.coordinates, self.shapes = stability, coordinates, tuple(shapes)
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor, model: Any) -> str:
@@ -131,22 +148,32 @@ class SamRegions:
         masks = [
             m for m, ok in zip((logits > 0).cpu().numpy(), stable, strict=True) if ok and m.any()
         ]
-        return describe(pixels, deduplicate(in_range(masks, self.min_area, self.max_area)))
+        kept = deduplicate(in_range(masks, self.min_area, self.max_area))
+        return describe(pixels, kept, self.coordinates, self.shapes)
 
 
 class ColourRegions:
     """A detector without learning: pixels whose channels differ by more than `saturation`
     (coloured things on a grey ground), grouped into connected components."""
 
-    def __init__(self, *, saturation: float = 0.25, min_area: float = 0.004) -> None:
+    def __init__(
+        self,
+        *,
+        saturation: float = 0.25,
+        min_area: float = 0.004,
+        coordinates: bool = True,
+        shapes: tuple[str, ...] = SHAPE_NAMES,
+    ) -> None:
         self.saturation, self.min_area = saturation, min_area
+        self.coordinates, self.shapes = coordinates, tuple(shapes)
 
     def __call__(self, pixels: torch.Tensor, model: Any = None) -> str:
         x = pixels.float().cpu()
         coloured = ((x.amax(0) - x.amin(0)) > self.saturation).numpy()
         labels, n = ndimage.label(coloured)
         masks = [labels == i for i in range(1, n + 1)]
-        return describe(pixels, [m for m in masks if m.mean() >= self.min_area])
+        found = [m for m in masks if m.mean() >= self.min_area]
+        return describe(pixels, found, self.coordinates, self.shapes)
 
 
 AUXILIARY.register("sam", SamRegions)

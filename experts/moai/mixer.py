@@ -1,6 +1,7 @@
 """MoAI's compressor and mixer (Lee et al., 2024) around a frozen LLM.
 
     aux text (experts/moai/auxiliary.py) --LLM word embeddings--> (B, La, D)
+      (or `aux_states: k`: the frozen LLM's states after layer k over the aux text)
       --compressor: `queries` latents over the aux tokens (a perceiver)--> A (B, N, D)
     at each chosen decoder layer l, the states h (B, L, D) entering it become
       visual positions:   h + g_v1(h) * CA(h -> A) + g_v2(h) * SA(h -> V_l)
@@ -34,74 +35,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from onellm.errors import InputError
 from onellm.experts.moai.auxiliary import build_source, run_sources
+from onellm.experts.moai.experts import LayerMixer
 from onellm.experts.projection.perceiver import PerceiverResampler
 from onellm.modeling.llm import base_llm
 from onellm.registry import MIXERS
-
-
-class LowRankAttention(nn.Module):
-    """Attention from x (B, L, D) to a context (B, N, D) through `rank` dims; `valid` (B, N),
-    or (B, L, N) per row, masks the context. Its output starts at zero; a row with no valid
-    context gives zero."""
-
-    def __init__(self, *, width: int, rank: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm_x, self.norm_context = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.q, self.k, self.v = (nn.Linear(width, rank, bias=False) for _ in range(3))
-        self.out = nn.Linear(rank, width, bias=False)
-        nn.init.zeros_(self.out.weight)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        c = self.norm_context(context)
-        q = rearrange(self.q(self.norm_x(x)), "b l (h d) -> b h l d", h=self.heads)
-        k, v = (rearrange(p(c), "b n (h d) -> b h n d", h=self.heads) for p in (self.k, self.v))
-        if valid.dim() == 2:
-            valid = valid[:, None, :].expand(-1, x.shape[1], -1)
-        some = valid.any(-1, keepdim=True)  # (B, L, 1)
-        mask = (valid | ~some)[:, None]  # an empty row attends to anything, then is zeroed
-        out = self.out(
-            rearrange(
-                F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "b h l d -> b l (h d)"
-            )
-        )
-        return out * some.to(out.dtype)
-
-
-class LayerMixer(nn.Module):
-    """One decoder layer's experts and gates."""
-
-    def __init__(self, *, width: int, rank: int, heads: int) -> None:
-        super().__init__()
-        expert = functools.partial(LowRankAttention, width=width, rank=rank, heads=heads)
-        self.visual_aux, self.visual_self = expert(), expert()
-        self.language_aux, self.language_visual, self.language_self = expert(), expert(), expert()
-        self.gate_visual, self.gate_language = nn.Linear(width, 2), nn.Linear(width, 3)
-
-    def forward(
-        self,
-        h: torch.Tensor,
-        is_visual: torch.Tensor,
-        visual: tuple[torch.Tensor, ...],
-        language: tuple[torch.Tensor, ...],
-        aux: tuple[torch.Tensor, ...],
-    ) -> torch.Tensor:
-        """h (B, L, D); `visual`: the visual states (B, Nv, D) and valid (B, Nv) or (B, L, Nv);
-        `language`: the language states so far (B, Nt, D) and which each row may read
-        (B, L, Nt); `aux`: the compressed aux tokens (B, N, D) and valid (B, N) or (B, L, N)."""
-        aux, aux_valid = aux
-        gv, gl = self.gate_visual(h).softmax(-1), self.gate_language(h).softmax(-1)
-        mix_v = gv[..., :1] * self.visual_aux(h, aux, aux_valid)
-        mix_v = mix_v + gv[..., 1:] * self.visual_self(h, *visual)
-        mix_l = gl[..., :1] * self.language_aux(h, aux, aux_valid)
-        mix_l = mix_l + gl[..., 1:2] * self.language_visual(h, *visual)
-        mix_l = mix_l + gl[..., 2:] * self.language_self(h, *language)
-        return h + torch.where(is_visual[..., None], mix_v, mix_l).to(h.dtype)
 
 
 @dataclasses.dataclass
@@ -151,6 +92,14 @@ def packed_context(
     return MixContext(is_visual, valid, rows, exists, sample, aux_sample)
 
 
+@torch.no_grad()
+def llm_states(model: Any, ids: torch.Tensor, valid: torch.Tensor, layer: int) -> torch.Tensor:
+    """The LLM's states after decoder layer `layer` over the aux text (the LLM reads here,
+    it does not learn: no gradient; no mixing context is open, so no mixer runs)."""
+    out = model.llm(input_ids=ids, attention_mask=valid.long(), output_hidden_states=True)
+    return out.hidden_states[layer + 1]
+
+
 class MoAI(nn.Module):
     """Auxiliary sources, compressor and per-layer mixers; `attach(llm)` joins the layers."""
 
@@ -165,6 +114,7 @@ class MoAI(nn.Module):
         heads: int = 4,
         rank: int = 64,
         max_aux_tokens: int = 128,
+        aux_states: int | None = None,
     ) -> None:
         super().__init__()
         if not layers:
@@ -172,6 +122,10 @@ class MoAI(nn.Module):
         if rank % heads:
             raise InputError(f"moai: rank {rank} must be divisible by heads {heads}")
         self.layer_ids, self.max_aux_tokens = [int(i) for i in layers], max_aux_tokens
+        # None: the compressor reads the aux words' embeddings (MoAI's); k: the frozen LLM's
+        # states after decoder layer k over the aux text, each word read in its context
+        # (which region a "top left" belongs to), what a tiny compressor cannot learn fast
+        self.aux_states = aux_states
         self.sources = [build_source(s) for s in sources]
         self.latents = nn.Parameter(torch.randn(queries, llm_width) * 0.02)
         self.aux_positions = nn.Parameter(torch.zeros(max_aux_tokens, llm_width))
@@ -246,7 +200,10 @@ class MoAI(nn.Module):
             enc["input_ids"].to(model.device),
             enc["attention_mask"].bool().to(model.device),
         )
-        embeds = model.llm.get_input_embeddings()(ids)
+        if self.aux_states is None:
+            embeds = model.llm.get_input_embeddings()(ids)
+        else:
+            embeds = llm_states(model, ids, valid, self.aux_states)
         embeds = embeds + self.aux_positions[: ids.shape[1]].to(embeds.dtype)
         latents = self.latents.to(embeds.dtype).expand(len(texts), -1, -1)
         return self.compressor(embeds, latents, valid)

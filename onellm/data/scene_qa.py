@@ -10,6 +10,10 @@ questions of four kinds, as MoAI's gains are on real-world scene understanding:
     count      "How many circles?"                 -> "none", "one", ... "four"
 
 Deterministic by (seed, split, index), like every shapes-world scene.
+
+A question can carry a description of its scene in front of it (`with_words`): the words
+MoAI's auxiliary sources say about the image, read by the aux-as-text baseline and by the
+tiny LLM's language pretraining (onellm/tasks/sceneqa.py).
 """
 
 from __future__ import annotations
@@ -73,3 +77,14 @@ def questions(shapes: list[tuple[str, str, int]], rng: np.random.Generator):
         count = sum(1 for _, shape, _ in shapes if shape == s)
         out["count"].append((f"How many {s}s?", NUMBERS[count]))
     return out
+
+
+def with_words(question: str, words: str) -> str:
+    """A question with its scene's description before it (the aux-as-text prompt form)."""
+    return f"{words}\n{question}" if words else question
+
+
+def other_scene(index: int, samples: int) -> int:
+    """The held-out scene whose words stand in for scene `index`'s in the shuffled-aux
+    control: half the set away, so never itself (samples >= 2)."""
+    return (index + max(1, samples // 2)) % samples

@@ -211,3 +211,32 @@ def test_left_padded_rows_each_equal_their_chat_alone(scene):
     together = generate(model, rows, max_new_tokens=12)
     alone = [model.chat(sc.image, "image", q, max_new_tokens=12) for sc, q in asks]
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+
+
+def test_describe_without_coordinates_says_colour_shape_and_place():
+    img = torch.full((3, 20, 20), 0.5)
+    mask = np.zeros((20, 20), bool)
+    mask[12:18, 2:8] = True  # bottom left
+    img[:, 12:18, 2:8] = torch.tensor([50, 80, 230]).view(3, 1, 1) / 255
+    assert describe(img, [mask], coordinates=False) == "blue rectangle, bottom left"
+    said = ColourRegions(coordinates=False)(img)
+    assert said == "blue rectangle, bottom left"
+
+
+def test_gates_start_uniform_and_the_compressor_can_read_the_llms_states(pair):
+    _, mixed = pair
+    h = torch.randn(2, 5, 128)
+    mixer = mixed.moai.mixers["1"]
+    torch.testing.assert_close(mixer.gate_language(h).softmax(-1), torch.full((2, 5, 3), 1 / 3))
+    torch.testing.assert_close(mixer.gate_visual(h).softmax(-1), torch.full((2, 5, 2), 1 / 2))
+    texts = ["red ellipse, top left; blue triangle, bottom right", "green rectangle, top right"]
+    bare = mixed.moai.compress(mixed, texts)
+    mixed.moai.aux_states = 1
+    try:
+        read = mixed.moai.compress(mixed, texts)
+        swapped = mixed.moai.compress(mixed, ["blue triangle, bottom right; red ellipse, top left"])
+    finally:
+        mixed.moai.aux_states = None
+    assert read.shape == bare.shape and not torch.allclose(read, bare)
+    # the LLM's states carry order: the same words in another order compress otherwise
+    assert not torch.allclose(read[:1], swapped, atol=1e-4)

@@ -26,6 +26,8 @@ SOURCES = {
     "gen": {},
     "sceneqa": {"modality": "image"},
     "sceneqa_lm": {"modality": "image"},
+    "sceneqa_aux": {"modality": "image"},
+    "sceneqa_describe_lm": {"modality": "image"},
 }
 
 

@@ -27,6 +27,8 @@ SOURCES = {
     "gen": "{task: gen}",
     "sceneqa": "{task: sceneqa, modality: image}",
     "sceneqa_lm": "{task: sceneqa_lm, modality: image}",
+    "sceneqa_aux": "{task: sceneqa_aux, modality: image}",
+    "sceneqa_describe_lm": "{task: sceneqa_describe_lm, modality: image}",
 }
 EVERYTHING = "[projection.*, tokenizers.*, outputs.*, llm.*, encoder.*]"
 
