@@ -102,6 +102,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "eval": check_eval,
     "conformance": check_fixture,
     "convert": check_convert,
+    "export": lambda a: check_run(a.run),
 }
 
 

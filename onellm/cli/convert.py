@@ -5,6 +5,9 @@ and every verb then load lazily from safetensors.
 The checkpoint is memory-mapped and the model built with its parameters on the meta device,
 then given the checkpoint's tensors (onellm/checkpoints/convert.py), so peak memory stays
 near the checkpoint's own size: a 15 GB OneLLM-7B converts on a 24 GB machine.
+
+`onellm export RUN OUT --keys GLOB...`: some of a saved run's weights as one safetensors
+file, which a stage's `load_weights:` loads (onellm/checkpoints/weights.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import time
 from pathlib import Path
 
 from onellm.checkpoints.convert import from_onellm
+from onellm.checkpoints.weights import export_weights, sha256
+from onellm.model import OneLLM
 
 
 def convert_verb(args: argparse.Namespace) -> int:
@@ -36,4 +41,11 @@ def convert_verb(args: argparse.Namespace) -> int:
         f"peak memory {peak:.1f} GiB\n"
         f"load it with OneLLM.from_pretrained({str(out)!r}) or `onellm chat {out} ...`"
     )
+    return 0
+
+
+def export_verb(args: argparse.Namespace) -> int:
+    """`onellm export RUN OUT --keys GLOB...`: the run's tensors that match as one file."""
+    out, names = export_weights(OneLLM.from_pretrained(args.run), args.keys, args.out)
+    print(f"onellm export: {len(names)} tensors of {args.run} -> {out} (sha256 {sha256(out)})")
     return 0

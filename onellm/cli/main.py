@@ -163,6 +163,13 @@ def add_training_verbs(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides (any key)")
     p.add_argument("--device", help=STAGE_DEVICE)
     p.set_defaults(func=verb("train", "cache_features_verb"))
+    p = sub.add_parser("export", help="write some of a saved run's weights as one safetensors file")
+    p.add_argument("run", help=RUN)
+    p.add_argument("out", help="the .safetensors file (a stage's load_weights: reads it)")
+    p.add_argument(
+        "--keys", nargs="+", required=True, help="tensor-name globs, e.g. 'outputs.*.decoder.*'"
+    )
+    p.set_defaults(func=verb("convert", "export_verb"))
 
 
 def add_measuring_verbs(sub) -> None:
@@ -189,9 +196,9 @@ def add_measuring_verbs(sub) -> None:
     )
     p.add_argument("--out", default="runs/demo")
     p.add_argument(
-        "--decoders",
+        "--fast",
         action="store_true",
-        help="then the output experts too: SAM pretraining (5a) and stage 5 (<seg> masks, <gen> images)",
+        help="stages 0-4 only: no output experts (<seg> masks, <gen> images)",
     )
     p.add_argument(
         "--steps-scale",

@@ -91,6 +91,7 @@ def is_config(ref: str | os.PathLike) -> bool:
 # (when it names something there; `*` stands for any one key)
 PATH_KEYS = (
     "init_from",  # a stage's starting model
+    "load_weights",  # weights loaded over it (a list)
     "data.*.data",  # a source's manifest or shards
     "eval.data.*",  # a stage's held-out manifests
     "add_modality.type",  # a modality plug-in's file
@@ -118,10 +119,19 @@ def _resolve_at(node: Any, parts: list[str], folder: Path) -> None:
     for k in list(node) if head == "*" else [head] if head in node else []:
         if rest:
             _resolve_at(node[k], rest, folder)
-        elif isinstance(node[k], str) and "${" not in node[k]:
-            path, colon, attr = node[k].partition(":")
-            if path and not Path(path).is_absolute() and _exists(folder / path):
-                node[k] = str((folder / path).resolve()) + colon + attr
+        elif isinstance(node[k], list):
+            node[k] = [_beside_one(v, folder) for v in node[k]]
+        else:
+            node[k] = _beside_one(node[k], folder)
+
+
+def _beside_one(value: Any, folder: Path) -> Any:
+    if not isinstance(value, str) or "${" in value:
+        return value
+    path, colon, attr = value.partition(":")
+    if path and not Path(path).is_absolute() and _exists(folder / path):
+        return str((folder / path).resolve()) + colon + attr
+    return value
 
 
 def _exists(path: Path) -> bool:

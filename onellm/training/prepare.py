@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from onellm.checkpoints.weights import load_weights
 from onellm.config import is_config
 from onellm.data.sources import Source
 from onellm.errors import ConfigError, InputError
@@ -28,6 +29,8 @@ def prepare_model(cfg: StageConfig, device: torch.device) -> tuple[OneLLM, list[
         model = OneLLM.from_pretrained(
             src, trainable_lora=True, device=device, overrides=cfg.model_overrides
         )
+    for path in cfg.load_weights:
+        load_weights(model, path)
     if cfg.lora is not None and not has_lora(model.llm):
         lo = cfg.lora
         model.add_lora(

@@ -201,6 +201,9 @@ class StageConfig:
     # `key=value` changes to the starting model's config; from a saved run, its weights load
     # where they still fit (another projection kind, a moai section: those start as built)
     model_overrides: list[str] = dataclasses.field(default_factory=list)
+    # safetensors files loaded over the starting model by tensor name (onellm export writes
+    # them): parts pretrained elsewhere, such as the demo's tiny SAM and UNet
+    load_weights: list[str] = dataclasses.field(default_factory=list)
     vars: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
