@@ -37,7 +37,8 @@ class ImageOutput(OutputExpert):
         if not len(cond):
             return hidden.sum() * 0
         decoder = self.decoder
-        loss = decoder.loss(targets["images"][where], cond) * self.weights.get("mse", 1.0)
+        mse = self.weights.get("mse", 1.0)  # 0: the UNet does not run, the L2 alone trains
+        loss = decoder.loss(targets["images"][where], cond) * mse if mse else cond.new_zeros(())
         if self.align and decoder.has_text:
             with torch.no_grad():
                 target = decoder.caption_states(targets["phrases"])[where]

@@ -61,17 +61,20 @@ class MaskOutput(OutputExpert):
 
     def loss(self, ids, hidden, embeds, targets):
         """LISA's 2.0 x BCE + 0.5 x Dice per mask (`outputs.seg.loss`), plus `align` x the
-        MSE from each prompt to the caption encoder's reading of the phrase (detached)."""
+        MSE from each prompt to the caption encoder's reading of the phrase (detached). With
+        bce and dice 0 SAM does not run: the head learns from the alignment alone."""
         prompts, where = self.prompts(ids, hidden, embeds)
-        logits = self.mask_logits(prompts, where, targets["pixels"])
-        per = [
-            mask_loss(lg, m[None].expand_as(lg), **self.weights)
-            for lg, m in zip(logits, targets["masks"], strict=True)
-            if len(lg)
-        ]
-        if not per:
+        if not len(prompts):
             return hidden.sum() * 0
-        loss = torch.stack(per).mean()
+        loss = hidden.new_zeros(())
+        if any(self.weights.values()):
+            logits = self.mask_logits(prompts, where, targets["pixels"])
+            per = [
+                mask_loss(lg, m[None].expand_as(lg), **self.weights)
+                for lg, m in zip(logits, targets["masks"], strict=True)
+                if len(lg)
+            ]
+            loss = torch.stack(per).mean() if per else loss
         if self.align and self.decoder.text is not None:
             with torch.no_grad():
                 target = self.decoder.text_prompts(targets["phrases"])[where]

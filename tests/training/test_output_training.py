@@ -30,6 +30,7 @@ def test_a_short_decoder_stage_lowers_both_decoder_losses(tmp_path):
             "data.gen.pool=16",
             "data.image.weight=0",
             "data.audio.weight=0",
+            "model_overrides=[]",  # the mask and denoising losses too (the demo: L2 alone)
             "trainable=[outputs.*.head.*, outputs.seg.decoder.sam.mask_decoder.*, outputs.gen.decoder.unet.*]",
             "optimizer.lr=3e-3",
             "schedule.warmup_steps=2",
@@ -185,3 +186,47 @@ def test_output_tokens_train_only_their_own_embedding_and_lm_head_rows(tmp_path)
     for w, b in zip(tables, before, strict=True):
         changed = (w.detach() != b).any(-1).nonzero().flatten().tolist()
         assert changed == ids
+
+
+def test_the_demo_draws_a_mask_over_its_input():
+    from onellm.tasks.seg import overlay
+
+    sc = seg_scene(3, "test", size=64)
+    drawn = overlay(sc.image, sc.mask)
+    outside, inside = ~sc.mask.astype(bool), sc.mask.astype(bool)
+    assert np.array_equal(drawn[outside], sc.image[outside])
+    assert (drawn[inside] != sc.image[inside]).any(axis=-1).all()
+    assert (drawn[inside] == (255, 0, 255)).all(axis=-1).sum() >= 4  # the mask's edge, solid
+
+
+def test_with_its_decoder_loss_at_zero_a_head_learns_from_the_l2_alone(monkeypatch):
+    """outputs.<task>.loss with the decoder's weights at 0 (the demo's stage 5): the loss
+    is align x the MSE to the text encoder's reading, and neither decoder runs."""
+    torch.manual_seed(0)
+    model = OneLLM.from_config(TINY).eval()
+    tok = model.text_tokenizer
+    seg, gen = tasks.seg_scene(0, size=64), tasks.gen_scene(0, size=32)
+    for task, sc in (("seg", seg), ("gen", gen)):
+        expert = model.outputs[task]
+        expert.weights = {k: 0.0 for k in expert.weights}
+        expert.align = 1.5
+        text = f"### Human: {sc.prompt}\n### Assistant: {sc.answer}"
+        ids = torch.tensor([tok(text).input_ids])
+
+        def no_decoder(*a, task=task, **k):
+            raise AssertionError(f"{task}: the decoder ran")
+
+        monkeypatch.setattr(expert.decoder, "forward", no_decoder)
+        monkeypatch.setattr(expert.decoder, "loss", no_decoder, raising=False)
+        with torch.no_grad():
+            out = model.llm(input_ids=ids, output_hidden_states=True)
+            hidden, embeds = out.hidden_states[-1], out.hidden_states[0]
+            loss = expert.loss(ids, hidden, embeds, {"phrases": [sc.phrase]})
+            if task == "seg":
+                got = expert.prompts(ids, hidden, embeds)[0]
+                want = expert.decoder.text_prompts([sc.phrase])
+            else:
+                got = expert.conditions(ids, hidden, embeds)[0]
+                want = expert.decoder.caption_states([sc.phrase])
+        mse = torch.nn.functional.mse_loss(got, want.expand_as(got))
+        assert torch.allclose(loss, 1.5 * mse, rtol=1e-5), task
