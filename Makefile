@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench gpu-check lint install-check clean
+.PHONY: setup demo test bench gpu-check lint install-check clean tiny-decoders
 
 setup: $(STAMP)
 
@@ -19,6 +19,16 @@ $(STAMP): pyproject.toml tests/plugin/pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/onellm demo
+
+# the demo's tiny SAM and UNet (configs/weights/tiny_decoders.safetensors), made again with the
+# repository's recipe (~20 min on 2 cores); one thread, as they were made: cmp says whether
+# the bytes are the same
+TINY_DECODERS := configs/weights/tiny_decoders.safetensors
+tiny-decoders: $(STAMP)
+	rm -rf runs/tiny-decoders
+	OMP_NUM_THREADS=1 $(BIN)/onellm train stage5a_decoder_pretrain vars.root=runs/tiny-decoders
+	$(BIN)/onellm export runs/tiny-decoders/stage5a/final runs/tiny-decoders/tiny_decoders.safetensors --keys 'outputs.*.decoder.*'
+	cmp runs/tiny-decoders/tiny_decoders.safetensors $(TINY_DECODERS) && echo "the same bytes as $(TINY_DECODERS)"
 
 # two pytest-xdist workers of one torch thread each: 5.5 minutes on 2 cores against 9.3 for
 # one process on both threads (the tests are small models, so a second process is worth more)

@@ -37,6 +37,7 @@ assert "onellm/configs/tiny.yaml" in names and "onellm/configs/stages/stage1_ima
 assert any(n.startswith("onellm/modalities/") for n in names)
 assert any(n.startswith("onellm/experts/projection/") for n in names)
 assert "onellm/lmms/tasks/onellm_point_cap.yaml" in names  # lmms-eval's tasks: package data
+assert "onellm/configs/weights/tiny_decoders.safetensors" in names  # the demo's stage 5 loads it
 EOF
 
 say "installing it, core only, into a fresh venv"
@@ -77,7 +78,7 @@ test -f runs/demo/stage1/metrics.jsonl
 say "the demo, every stage at a few steps, from here"
 "$work/venv/bin/onellm" demo --out runs/quick --steps-scale 0.005 eval.samples=4 2>&1 \
     | grep -E "^(stage|wall time|chat with)" || true
-test -f runs/quick/report.json && test -f runs/quick/stage4/final/model.safetensors \
+test -f runs/quick/report.json && test -f runs/quick/stage5/final/model.safetensors \
     || { echo "the demo did not finish under $(pwd)/runs/quick"; exit 1; }
 
 say "onellm serve without the serve extra names it"
