@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from scipy.ndimage import binary_erosion
 
 from onellm.data import output_scenes as scenes
 from onellm.data.packing import unpack
@@ -20,6 +21,16 @@ from onellm.tasks.sam import pixel_modality
 from onellm.training.evaluate import held_out
 from onellm.training.task import register
 from onellm.training.text_tasks import TextTask
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 0, 255)) -> np.ndarray:
+    """The (H, W, 3) uint8 image with the (H, W) mask blended over it at half strength in
+    `colour` (magenta: no shape of the shapes world has it) and its edge drawn solid."""
+    out = image.astype(np.float32)
+    m = mask.astype(bool)
+    out[m] = 0.5 * out[m] + 0.5 * np.asarray(colour, np.float32)
+    out[m & ~binary_erosion(m)] = colour
+    return out.astype(np.uint8)
 
 
 class DecoderTask(TextTask):
@@ -90,9 +101,10 @@ class Segment(DecoderTask):
         reply = model.chat(sc.image, modality=key, prompt=sc.prompt, max_new_tokens=4)
         iou = scenes.iou(reply.masks[0].cpu().numpy(), sc.mask) if reply.masks else 0.0
         path = directory / "seg_chat.png"
-        if reply.masks:  # the input, and the mask beside it
-            mask = np.repeat(reply.masks[0].cpu().numpy()[..., None] * 255, 3, -1).astype(np.uint8)
-            Image.fromarray(np.concatenate([sc.image, mask], 1)).resize((256, 128)).save(path)
+        if reply.masks:  # the input, and beside it the mask drawn over it
+            over = overlay(sc.image, reply.masks[0].cpu().numpy())
+            side = np.concatenate([sc.image, over], 1)
+            Image.fromarray(side).resize((512, 256), Image.NEAREST).save(path)
         record = {
             "modality": key,
             "prompt": sc.prompt,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from onellm.checkpoints.weights import sha256
 from onellm.inference.chat import ChatResponse
 from onellm.training.evaluate import evaluate_qa, qa_metrics
 from onellm.training.recipe import Recipe, read_metrics
@@ -150,4 +151,16 @@ def test_the_demo_report_carries_the_qa_table(tmp_path, capsys):
     out = capsys.readouterr().out
     table = out.split("held-out question answering (exact match) after each stage\n")[1]
     assert table.splitlines()[1].startswith("stage4-instruct")
-    assert json.loads((tmp_path / "report.json").read_text())["stages"][-1]["qa"] == qa
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["stages"][-2]["qa"] == qa
+    # then the output experts, from the tiny decoders the repository keeps
+    stage5 = saved["stages"][-1]
+    assert stage5["name"] == "stage5-decoders" and stage5["qa"]
+    weights = ROOT / "configs" / "weights" / "tiny_decoders.safetensors"
+    assert stage5["loaded"] == [{"path": str(weights), "sha256": sha256(weights)}]
+    assert f"loads {weights}" in out
+    assert 0 <= saved["seg_miou"] <= 1 and 0 <= saved["gen_color_accuracy"] <= 1
+    prompts = [c["prompt"] for c in saved["chats"]]
+    assert any(p.startswith("segment the ") for p in prompts), prompts
+    assert any(p.startswith("draw a ") for p in prompts), prompts
+    assert (tmp_path / "plots" / "outputs.png").is_file()
