@@ -39,7 +39,7 @@ from onellm.training.replay import plan_replay, replay_line
 from onellm.training.run_state import RunFiles, TrainState
 from onellm.training.stage import StageConfig
 from onellm.training.stage_eval import StageEval
-from onellm.training.summary import StageSummary
+from onellm.training.summary import StageSummary, output_lines
 
 __all__ = ["Recipe", "read_metrics", "train"]
 
@@ -184,7 +184,11 @@ class Recipe:
         self.files.report(report.pop("json"))
         write_lineage(final, self.parent, self.cfg.name, self.sources, rows)
         if not self.quiet:
-            print(report["table"])
+            print(
+                "\n".join(
+                    [report["table"], *output_lines(self.cfg.name, record.get("outputs", {}))]
+                )
+            )
         self.files.plot()
         return final
 

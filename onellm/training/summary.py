@@ -56,7 +56,7 @@ class Summary:
 
     def table(self, name: str) -> str:
         if not self.rows:
-            return f"[{name}] no held-out figures (eval sets none)"
+            return f"[{name}] no held-out captions or questions (eval.modalities names none)"
         width = max(len(r["label"]) for r in self.rows)
         lines = [
             f"[{name}] held-out exact match (floor {self.floor:.0%}; forgetting alarm at "
@@ -77,6 +77,15 @@ class Summary:
         if measured:
             lines.append(f"parent figures: {', '.join(sorted(measured))}")
         return "\n".join(lines)
+
+
+def output_lines(name: str, outputs: dict[str, dict[str, Any]]) -> list[str]:
+    """The final evaluation's task metrics (seg_miou, sam_point_miou, ...), one line a task."""
+    return [
+        f"[{name}] {task}, {o.get('n', '?')} held out: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in o.items() if isinstance(v, float))
+        for task, o in outputs.items()
+    ]
 
 
 def summarise(

@@ -189,3 +189,19 @@ def test_a_held_out_manifest_without_the_modality_is_refused(parent, held_out, t
     cfg = short(tmp_path, "x", f"eval.data.audio={held_out}")
     with pytest.raises(ConfigError, match=r"eval.data.audio: expected records of audio"):
         Recipe(cfg, quiet=True).setup()
+
+
+def test_a_stage_prints_its_tasks_held_out_metrics():
+    from onellm.training.summary import output_lines
+
+    lines = output_lines(
+        "s5",
+        {
+            "seg": {"task": "seg", "n": 100, "seg_miou": 0.8987, "examples": [{"a": 1.0}]},
+            "gen": {"task": "gen", "n": 50, "gen_color_accuracy": 1.0},
+        },
+    )
+    assert lines == [
+        "[s5] seg, 100 held out: seg_miou 0.899",
+        "[s5] gen, 50 held out: gen_color_accuracy 1.000",
+    ]
