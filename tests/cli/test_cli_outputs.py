@@ -158,4 +158,10 @@ def test_the_demo_shows_each_output_tasks_chat_in_the_models_order(
         f"[image] {seg.prompt} -> 1 mask(s), IoU 1.00   ({seg_png})",
         f"[text] {gen.prompt} -> 1 image(s), dominant colour {gen.attrs['colour']}   ({gen_png})",
     ]
-    assert Image.open(seg_png).size == (256, 128) and Image.open(gen_png).size == (128, 128)
+    assert Image.open(seg_png).size == (512, 256) and Image.open(gen_png).size == (128, 128)
+    # the input on the left, the mask drawn over it on the right: magenta where it is
+    drawn = np.asarray(Image.open(seg_png).resize((2 * size, size), Image.NEAREST))
+    left, right = drawn[:, :size], drawn[:, size:]
+    assert np.array_equal(left, seg.image)
+    assert np.array_equal(right[~seg.mask.astype(bool)], seg.image[~seg.mask.astype(bool)])
+    assert (right[seg.mask.astype(bool)] != seg.image[seg.mask.astype(bool)]).any()
