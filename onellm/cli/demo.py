@@ -112,6 +112,7 @@ def run_demo(
                 "seconds": time.perf_counter() - t,
                 "run": cfg.output_dir,
                 "loaded": loaded,
+                "samples": cfg.eval.samples,
             }
         )
     # the output experts' held-out metrics at the top level (the last stage that has each)
@@ -137,7 +138,7 @@ def run_demo(
         )
     for s in stages:
         for k, v in s["outputs"].items():
-            print(f"{k:<20}{v:>6.2f}   (held-out, after {s['name']})")
+            print(f"{k:<20}{v:>6.2f}   ({s['samples']} held-out scenes, after {s['name']})")
     print(
         f"\nwall time {report['wall_seconds']:.0f} s; report {out / 'report.json'}; plots {out / 'plots'}"
     )
