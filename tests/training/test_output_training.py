@@ -119,6 +119,17 @@ def test_a_point_prompt_lies_in_its_mask():
         assert mask[int(y), int(x)]
 
 
+def align_mse(task, expert, ids, hidden, embeds, phrase) -> torch.Tensor:
+    """The MSE from the head's output to its decoder's text encoder on `phrase`."""
+    if task == "seg":
+        got = expert.prompts(ids, hidden, embeds)[0]
+        want = expert.decoder.text_prompts([phrase])
+    else:
+        got = expert.conditions(ids, hidden, embeds)[0]
+        want = expert.decoder.caption_states([phrase])
+    return torch.nn.functional.mse_loss(got, want.expand_as(got))
+
+
 def test_align_adds_the_l2_from_each_head_to_its_decoders_text_encoder():
     """outputs.<task>.loss.align x MSE(head output, the decoder's text encoder on the named
     phrase) is added to the decoder loss; the text encoders read the LLM's tokenizer."""
@@ -146,13 +157,7 @@ def test_align_adds_the_l2_from_each_head_to_its_decoders_text_encoder():
                 expert.align = align
                 torch.manual_seed(1)  # the same diffusion noise both times
                 losses[align] = expert.loss(ids, hidden, embeds, targets)
-            if task == "seg":
-                got = expert.prompts(ids, hidden, embeds)[0]
-                want = expert.decoder.text_prompts([sc.phrase])
-            else:
-                got = expert.conditions(ids, hidden, embeds)[0]
-                want = expert.decoder.caption_states([sc.phrase])
-        mse = torch.nn.functional.mse_loss(got, want.expand_as(got))
+            mse = align_mse(task, expert, ids, hidden, embeds, sc.phrase)
         assert mse > 0
         assert torch.allclose(losses[2.0] - losses[0.0], 2 * mse, rtol=1e-4), task
 
@@ -222,11 +227,5 @@ def test_with_its_decoder_loss_at_zero_a_head_learns_from_the_l2_alone(monkeypat
             out = model.llm(input_ids=ids, output_hidden_states=True)
             hidden, embeds = out.hidden_states[-1], out.hidden_states[0]
             loss = expert.loss(ids, hidden, embeds, {"phrases": [sc.phrase]})
-            if task == "seg":
-                got = expert.prompts(ids, hidden, embeds)[0]
-                want = expert.decoder.text_prompts([sc.phrase])
-            else:
-                got = expert.conditions(ids, hidden, embeds)[0]
-                want = expert.decoder.caption_states([sc.phrase])
-        mse = torch.nn.functional.mse_loss(got, want.expand_as(got))
+            mse = align_mse(task, expert, ids, hidden, embeds, sc.phrase)
         assert torch.allclose(loss, 1.5 * mse, rtol=1e-5), task
