@@ -36,7 +36,7 @@ def test_results_have_the_issues_shape(tmp_path):
     assert len(lines) == 5 and lines[2].split()[:2] == ["aux_text", "90.0%"]
 
 
-def test_the_plan_runs_two_lanes_of_one_thread_stages(tmp_path):
+def test_the_plan_gives_each_row_its_task_start_and_output(tmp_path):
     commands = study.plan(tmp_path, 200)
     assert {"stage0", "sam", "no_aux", "aux_text", "moai_experts", "moai"} <= set(commands)
     assert "data.image.task=sceneqa_aux" in commands["aux_text"]
