@@ -1,5 +1,5 @@
 """A folder laid out as the README says a user's is: the demo's saved runs under runs/demo/
-(and the study's under runs/study/), the files its examples name, the repo's configs.
+(and the MoAI study's under runs/moai_study/), the files its examples name, the repo's configs.
 
 The saved runs are the tiny random model saved at each path the README names: what `make
 demo` would leave there, untrained, so every command runs through the code a user's does,
@@ -18,7 +18,7 @@ from PIL import Image
 from tests.conftest import ROOT
 
 RUNS = ["demo/stage0", "demo/stage1", "demo/stage2", "demo/stage3", "demo/stage4"]
-RUNS += ["demo/stage5", "study/sam", "study/sceneqa-upm"]
+RUNS += ["demo/stage5", "moai_study/sam", "moai_study/stage0"]
 
 
 @pytest.fixture(scope="session")
