@@ -113,8 +113,8 @@ class SceneLanguage(SceneQuestions):
 
 
 class SceneDescriptions(SceneLanguage):
-    """sceneqa_describe_lm: description -> questions -> answers as text, every token a
-    target. The description is what the colour detector's verbaliser says about the scene
+    """sceneqa_describe_lm: description -> questions -> answers as text, the loss on the
+    answers (with every token a target it stayed at chance: docs/moai.md). The description is what the colour detector's verbaliser says about the scene
     (MoAI's `components` source), once or, half the time, twice as two agreeing sources
     would ("... | ..."). Held out: text-only exact match per kind, the scene's words before
     each question, no image: whether the LLM reads a description in its context."""
