@@ -1,8 +1,8 @@
 """MoAI's compressor and mixer (Lee et al., 2024) around a frozen LLM.
 
-    aux text (experts/moai/auxiliary.py) --LLM word embeddings--> (B, La, D)
-      (or `aux_states: k`: the frozen LLM's states after layer k over the aux text)
-      --compressor: `queries` latents over the aux tokens (a perceiver)--> A (B, N, D)
+    aux text (experts/moai/auxiliary.py) --compressor (experts/moai/compressor.py)--> A (B, N, D)
+      perceiver: `queries` latents over the words' embeddings (MoAI's);
+      regions: one token per region the sources name, its words pooled
     at each chosen decoder layer l, the states h (B, L, D) entering it become
       visual positions:   h + g_v1(h) * CA(h -> A) + g_v2(h) * SA(h -> V_l)
       language positions: h + g_t1(h) * CA(h -> A) + g_t2(h) * CA(h -> V_l) + g_t3(h) * SA(h -> T_l)
@@ -39,6 +39,7 @@ from torch import nn
 
 from onellm.errors import InputError
 from onellm.experts.moai.auxiliary import build_source, run_sources
+from onellm.experts.moai.compressor import COMPRESSORS, region_tokens, word_tokens
 from onellm.experts.moai.experts import LayerMixer
 from onellm.experts.projection.perceiver import PerceiverResampler
 from onellm.modeling.llm import base_llm
@@ -76,6 +77,7 @@ def packed_context(
     is_visual: torch.Tensor,
     valid: torch.Tensor,
     aux: torch.Tensor,
+    aux_valid: torch.Tensor,
     starts: torch.Tensor,
     position_ids: torch.Tensor,
 ) -> MixContext:
@@ -84,20 +86,13 @@ def packed_context(
     counts = starts.sum(-1).tolist()
     n, width = aux.shape[1], aux.shape[2]
     rows = aux.new_zeros(len(counts), max(counts) * n, width)
-    for r, part in enumerate(aux.split(counts)):
+    exists = torch.zeros(rows.shape[:2], dtype=torch.bool, device=aux.device)
+    for r, (part, ok) in enumerate(zip(aux.split(counts), aux_valid.split(counts), strict=True)):
         rows[r, : part.shape[0] * n] = part.reshape(-1, width)
+        exists[r, : part.shape[0] * n] = ok.reshape(-1)
     sample = (position_ids == 0).long().cumsum(-1) - 1
     aux_sample = torch.arange(max(counts), device=aux.device).repeat_interleave(n)
-    exists = aux_sample[None] < torch.tensor(counts, device=aux.device)[:, None]
     return MixContext(is_visual, valid, rows, exists, sample, aux_sample)
-
-
-@torch.no_grad()
-def llm_states(model: Any, ids: torch.Tensor, valid: torch.Tensor, layer: int) -> torch.Tensor:
-    """The LLM's states after decoder layer `layer` over the aux text (the LLM reads here,
-    it does not learn: no gradient; no mixing context is open, so no mixer runs)."""
-    out = model.llm(input_ids=ids, attention_mask=valid.long(), output_hidden_states=True)
-    return out.hidden_states[layer + 1]
 
 
 class MoAI(nn.Module):
@@ -115,6 +110,7 @@ class MoAI(nn.Module):
         rank: int = 64,
         max_aux_tokens: int = 128,
         aux_states: int | None = None,
+        compressor: str = "perceiver",
     ) -> None:
         super().__init__()
         if not layers:
@@ -124,14 +120,19 @@ class MoAI(nn.Module):
         self.layer_ids, self.max_aux_tokens = [int(i) for i in layers], max_aux_tokens
         # None: the compressor reads the aux words' embeddings (MoAI's); k: the frozen LLM's
         # states after decoder layer k over the aux text, each word read in its context
-        # (which region a "top left" belongs to), what a tiny compressor cannot learn fast
         self.aux_states = aux_states
+        if compressor not in COMPRESSORS:
+            raise InputError(
+                f"moai.compressor: expected one of {list(COMPRESSORS)}, got {compressor!r}"
+            )
+        self.compressor_kind = compressor  # experts/moai/compressor.py: which, and why
         self.sources = [build_source(s) for s in sources]
-        self.latents = nn.Parameter(torch.randn(queries, llm_width) * 0.02)
         self.aux_positions = nn.Parameter(torch.zeros(max_aux_tokens, llm_width))
-        self.compressor = PerceiverResampler(
-            width=llm_width, layers=compressor_layers, heads=heads, head_dim=llm_width // heads
-        )
+        if compressor == "perceiver":  # `queries` and `compressor_layers` are its
+            self.latents = nn.Parameter(torch.randn(queries, llm_width) * 0.02)
+            self.compressor = PerceiverResampler(
+                width=llm_width, layers=compressor_layers, heads=heads, head_dim=llm_width // heads
+            )
         self.mixers = nn.ModuleDict(
             {str(i): LayerMixer(width=llm_width, rank=rank, heads=heads) for i in self.layer_ids}
         )
@@ -186,27 +187,18 @@ class MoAI(nn.Module):
         """Each image's auxiliary text (every source, in order)."""
         return [run_sources(self.sources, p, model) for p in pixels]
 
-    def compress(self, model: Any, texts: Sequence[str]) -> torch.Tensor:
-        """Auxiliary texts -> (B, queries, D): their word embeddings, positions, the compressor."""
-        tok = model.text_tokenizer
-        enc = tok(
-            list(texts),
-            padding="longest",
-            truncation=True,
-            max_length=self.max_aux_tokens,
-            return_tensors="pt",
-        )
-        ids, valid = (
-            enc["input_ids"].to(model.device),
-            enc["attention_mask"].bool().to(model.device),
-        )
-        if self.aux_states is None:
-            embeds = model.llm.get_input_embeddings()(ids)
-        else:
-            embeds = llm_states(model, ids, valid, self.aux_states)
-        embeds = embeds + self.aux_positions[: ids.shape[1]].to(embeds.dtype)
-        latents = self.latents.to(embeds.dtype).expand(len(texts), -1, -1)
-        return self.compressor(embeds, latents, valid)
+    def compress(
+        self, model: Any, texts: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Auxiliary texts -> the tokens the mixer reads, (B, N, D), and which exist (None:
+        all): the perceiver's `queries` latents over the words, or one token per region."""
+        if self.compressor_kind == "regions":
+            tokens, valid = region_tokens(model, texts, self.max_aux_tokens, self.aux_states)
+            return tokens + self.aux_positions[: tokens.shape[1]].to(tokens.dtype), valid
+        tokens, valid = word_tokens(model, texts, self.max_aux_tokens, self.aux_states)
+        tokens = tokens + self.aux_positions[: tokens.shape[1]].to(tokens.dtype)
+        latents = self.latents.to(tokens.dtype).expand(len(texts), -1, -1)
+        return self.compressor(tokens, latents, valid), None
 
     @contextlib.contextmanager
     def mixing(
@@ -239,12 +231,13 @@ class MoAI(nn.Module):
             list(model.layout.placeholder_ids.values()), device=input_ids.device
         )
         is_visual = torch.isin(input_ids, placeholders)
-        aux = self.compress(model, texts)
+        aux, aux_valid = self.compress(model, texts)
+        if aux_valid is None:  # the compressor's latents: every one exists
+            aux_valid = torch.ones(aux.shape[:2], dtype=torch.bool, device=aux.device)
         if position_ids is None:
-            ones = torch.ones(aux.shape[:2], dtype=torch.bool, device=aux.device)
-            self.context = MixContext(is_visual, valid, aux, ones)
+            self.context = MixContext(is_visual, valid, aux, aux_valid)
         else:  # each row's samples' aux tokens side by side, each read by its own sample
-            self.context = packed_context(is_visual, valid, aux, starts, position_ids)
+            self.context = packed_context(is_visual, valid, aux, aux_valid, starts, position_ids)
         try:
             yield
         finally:

@@ -14,6 +14,8 @@ from onellm.registry import AUXILIARY
 from tests.conftest import TINY
 
 MOAI = "moai={layers: [1, 3], sources: [components, sam], queries: 6, rank: 32, heads: 4}"
+# the same mixer reading one token per region (experts/moai/compressor.py)
+BOTH = [MOAI, MOAI.replace("queries: 6", "compressor: regions")]
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +85,12 @@ def test_an_untrained_mixer_leaves_the_llm_bit_identical(pair, scene):
 
 def test_the_compressor_gives_its_queries_for_any_text_length(pair):
     _, mixed = pair
-    out = mixed.moai.compress(mixed, ["", "a red ellipse at (25, 25), area 6; " * 8])
-    assert out.shape == (2, 6, mixed.llm.config.hidden_size) and torch.isfinite(out).all()
+    out, valid = mixed.moai.compress(mixed, ["", "a red ellipse at (25, 25), area 6; " * 8])
+    assert (
+        valid is None
+        and out.shape == (2, 6, mixed.llm.config.hidden_size)
+        and torch.isfinite(out).all()
+    )
 
 
 def test_the_mixer_trains_with_the_llm_frozen(scene):
@@ -107,9 +113,10 @@ def test_the_mixer_trains_with_the_llm_frozen(scene):
     assert any(n.startswith("moai.compressor.") for n in moved)
 
 
-def test_mixed_generation_with_and_without_the_cache_agrees(scene, tmp_path):
+@pytest.mark.parametrize("spec", BOTH)
+def test_mixed_generation_with_and_without_the_cache_agrees(spec, scene, tmp_path):
     torch.manual_seed(0)
-    model = OneLLM.from_config(TINY, [MOAI]).eval()
+    model = OneLLM.from_config(TINY, [spec]).eval()
     perturbed(model)
     q = "Where is the red circle?"
     cached = model.chat(scene.image, "image", q, max_new_tokens=8)
@@ -166,11 +173,12 @@ def test_describe_names_colour_shape_centre_and_area():
     assert describe(img, [mask]) == "red rectangle, top centre (65, 25), area 9"
 
 
-def test_a_cached_step_equals_the_whole_sequence(scene):
+@pytest.mark.parametrize("spec", BOTH)
+def test_a_cached_step_equals_the_whole_sequence(spec, scene):
     """The prefill keeps each layer's visual states; a cached step reads them and gives the
     logits the whole sequence gives at that position."""
     torch.manual_seed(0)
-    model = OneLLM.from_config(TINY, [MOAI]).eval()
+    model = OneLLM.from_config(TINY, [spec]).eval()
     perturbed(model)
     x = model.preprocess(scene.image, "image")
     ids = prompt(model)[:1]
@@ -191,11 +199,12 @@ def test_a_cached_step_equals_the_whole_sequence(scene):
     torch.testing.assert_close(again[:, -1], whole[:, -2], rtol=1e-4, atol=1e-5)
 
 
-def test_left_padded_rows_each_equal_their_chat_alone(scene):
+@pytest.mark.parametrize("spec", BOTH)
+def test_left_padded_rows_each_equal_their_chat_alone(spec, scene):
     """A batch of prompts of different lengths (left-padded in one generate) with a trained
     mixer: padding is nobody's context, so each row says what it says alone."""
     torch.manual_seed(0)
-    model = OneLLM.from_config(TINY, [MOAI]).eval()
+    model = OneLLM.from_config(TINY, [spec]).eval()
     perturbed(model, 1.0)  # a mixer strong enough that reading padding would change words
     other = scene_qa.scene(4, "test", size=64)
     asks = [(scene, "How many circles?"), (other, "What is left of the blue square in it?")]
@@ -230,11 +239,13 @@ def test_gates_start_uniform_and_the_compressor_can_read_the_llms_states(pair):
     torch.testing.assert_close(mixer.gate_language(h).softmax(-1), torch.full((2, 5, 3), 1 / 3))
     torch.testing.assert_close(mixer.gate_visual(h).softmax(-1), torch.full((2, 5, 2), 1 / 2))
     texts = ["red ellipse, top left; blue triangle, bottom right", "green rectangle, top right"]
-    bare = mixed.moai.compress(mixed, texts)
+    bare = mixed.moai.compress(mixed, texts)[0]
     mixed.moai.aux_states = 1
     try:
-        read = mixed.moai.compress(mixed, texts)
-        swapped = mixed.moai.compress(mixed, ["blue triangle, bottom right; red ellipse, top left"])
+        read = mixed.moai.compress(mixed, texts)[0]
+        swapped = mixed.moai.compress(
+            mixed, ["blue triangle, bottom right; red ellipse, top left"]
+        )[0]
     finally:
         mixed.moai.aux_states = None
     assert read.shape == bare.shape and not torch.allclose(read, bare)

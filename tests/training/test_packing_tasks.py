@@ -92,9 +92,11 @@ def test_packed_equals_padded_loss_and_gradients(model, name):
         torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
-def test_auto_packs_and_a_moai_model_mixes_each_packed_sample_alone():
+@pytest.mark.parametrize("compressor", ["perceiver", "regions"])
+def test_auto_packs_and_a_moai_model_mixes_each_packed_sample_alone(compressor):
     torch.manual_seed(0)
-    moai = OneLLM.from_config("tiny", ["moai={layers: [1, 3], sources: [components]}"])
+    spec = f"moai={{layers: [1, 3], sources: [components], compressor: {compressor}}}"
+    moai = OneLLM.from_config("tiny", [spec])
     assert resolve("auto", None, moai) == (512, ANY)  # the tiny LLM's context
     assert resolve(True, 96, moai)[0] == 96 and resolve(False, 96, moai)[0] is None
     with torch.no_grad():  # the mixer starts at exact zeros: make it add something
