@@ -1,6 +1,7 @@
 """The MoAI study's controls for one trained row (docs/moai.md): held-out accuracy and loss
 with each scene's own auxiliary words and with another scene's (`scene_qa.other_scene`),
-and how many tokens the words add to the LLM's context.
+how many tokens the words add to the LLM's context (aux as text) and how many the mixer's
+cross-attention reads instead (MoAI).
 
     python -m bench.moai_controls RUN --task sceneqa|sceneqa_aux --out FILE.json
 
@@ -117,6 +118,16 @@ def added_tokens(model: Any, samples: int, seed: int) -> float:
     return float(np.mean(added))
 
 
+def read_tokens(model: Any, samples: int, seed: int) -> float:
+    """Mean tokens the MoAI mixer's cross-attention reads for a held-out scene (its
+    compressor's output: the perceiver's latents, or one per region its sources name)."""
+    read = []
+    for sc, _ in scenes(model, samples, seed, shuffled=False):
+        tokens, valid = model.moai.compress(model, [words(model, "sceneqa", sc.image)])
+        read.append(tokens.shape[1] if valid is None else int(valid.sum()))
+    return float(np.mean(read))
+
+
 def controls(model: Any, task: str, samples: int, loss_samples: int, seed: int = 1):
     t = time.perf_counter()
     out: dict[str, Any] = {
@@ -131,6 +142,7 @@ def controls(model: Any, task: str, samples: int, loss_samples: int, seed: int =
     else:
         with others_words(model, samples, seed):
             result = TASKS.get(task).evaluate(model, samples=samples, seed=seed)
+        out["tokens_read"] = read_tokens(model, samples, seed)
     out["shuffled"] = {k: result[k] for k in (*scene_qa.KINDS, "accuracy")}
     out["examples"] = result["examples"]
     out["seconds"] = time.perf_counter() - t

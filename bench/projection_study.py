@@ -179,8 +179,9 @@ def main() -> None:
         "tokens_added_to_context": {
             "no_aux": 0,
             "aux_text": controls["aux_text"]["tokens_added"],
-            "moai": 0,  # its words are read by cross-attention, N compressed tokens
+            "moai": 0,  # its words are read by cross-attention, not put in the context
         },
+        "tokens_read_by_cross_attention": {"moai": controls["moai"].get("tokens_read")},
         "cpu": cpu(),
         "load_average": os.getloadavg(),
     }
