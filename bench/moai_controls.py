@@ -123,8 +123,8 @@ def read_tokens(model: Any, samples: int, seed: int) -> float:
     compressor's output: the perceiver's latents, or one per region its sources name)."""
     read = []
     for sc, _ in scenes(model, samples, seed, shuffled=False):
-        tokens, valid = model.moai.compress(model, [words(model, "sceneqa", sc.image)])
-        read.append(tokens.shape[1] if valid is None else int(valid.sum()))
+        _, valid = model.moai.compress(model, [words(model, "sceneqa", sc.image)])
+        read.append(int(valid.sum()))
     return float(np.mean(read))
 
 

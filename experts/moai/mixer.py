@@ -187,18 +187,18 @@ class MoAI(nn.Module):
         """Each image's auxiliary text (every source, in order)."""
         return [run_sources(self.sources, p, model) for p in pixels]
 
-    def compress(
-        self, model: Any, texts: Sequence[str]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Auxiliary texts -> the tokens the mixer reads, (B, N, D), and which exist (None:
-        all): the perceiver's `queries` latents over the words, or one token per region."""
-        if self.compressor_kind == "regions":
-            tokens, valid = region_tokens(model, texts, self.max_aux_tokens, self.aux_states)
-            return tokens + self.aux_positions[: tokens.shape[1]].to(tokens.dtype), valid
-        tokens, valid = word_tokens(model, texts, self.max_aux_tokens, self.aux_states)
+    def compress(self, model: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Auxiliary texts -> the tokens the mixer reads, (B, N, D), and which exist (B, N):
+        the perceiver's `queries` latents over the words, or one token per region."""
+        regions = self.compressor_kind == "regions"
+        read = region_tokens if regions else word_tokens
+        tokens, valid = read(model, texts, self.max_aux_tokens, self.aux_states)
         tokens = tokens + self.aux_positions[: tokens.shape[1]].to(tokens.dtype)
+        if regions:
+            return tokens, valid
         latents = self.latents.to(tokens.dtype).expand(len(texts), -1, -1)
-        return self.compressor(tokens, latents, valid), None
+        out = self.compressor(tokens, latents, valid)
+        return out, torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
 
     @contextlib.contextmanager
     def mixing(
@@ -232,8 +232,6 @@ class MoAI(nn.Module):
         )
         is_visual = torch.isin(input_ids, placeholders)
         aux, aux_valid = self.compress(model, texts)
-        if aux_valid is None:  # the compressor's latents: every one exists
-            aux_valid = torch.ones(aux.shape[:2], dtype=torch.bool, device=aux.device)
         if position_ids is None:
             self.context = MixContext(is_visual, valid, aux, aux_valid)
         else:  # each row's samples' aux tokens side by side, each read by its own sample
