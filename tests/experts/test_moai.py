@@ -208,6 +208,7 @@ def test_left_padded_rows_each_equal_their_chat_alone(spec, scene):
     model = OneLLM.from_config(TINY, [spec]).eval()
     perturbed(model, 1.0)  # a mixer strong enough that reading padding would change words
     other = scene_qa.scene(4, "test", size=64)
+    assert len(other.shapes) != len(scene.shapes)  # rows of different region counts
     asks = [(scene, "How many circles?"), (other, "What is left of the blue square in it?")]
     pixels = model.modalities["image"].pixels
     rows = [
