@@ -118,6 +118,7 @@ def added_tokens(model: Any, samples: int, seed: int) -> float:
     return float(np.mean(added))
 
 
+@torch.no_grad()
 def read_tokens(model: Any, samples: int, seed: int) -> float:
     """Mean tokens the MoAI mixer's cross-attention reads for a held-out scene (its
     compressor's output: the perceiver's latents, or one per region its sources name)."""
