@@ -57,12 +57,13 @@ def digest(pixels: torch.Tensor) -> str:
 
 
 @contextlib.contextmanager
-def others_words(model: Any, samples: int, seed: int) -> Iterator[None]:
+def others_words(model: Any, said: list[str], seed: int) -> Iterator[None]:
     """The MoAI model's sources replaced by one that says, for held-out scene i's image,
-    what the real sources say about scene `other_scene(i)`: the shuffled-aux control."""
+    what the real sources say about scene `other_scene(i)` (`said`: each scene's own words):
+    the shuffled-aux control."""
     key, table = pixel_modality(model), {}
-    for sc, said in scenes(model, samples, seed, shuffled=True):
-        table[digest(pixels_of(model, {key: sc.image}))] = words(model, "sceneqa", said.image)
+    for i, (sc, _) in enumerate(scenes(model, len(said), seed, shuffled=False)):
+        table[digest(pixels_of(model, {key: sc.image}))] = said[scene_qa.other_scene(i, len(said))]
     kept = model.moai.sources
     model.moai.sources = [lambda pixels, model: table[digest(pixels)]]
     try:
@@ -119,14 +120,10 @@ def added_tokens(model: Any, samples: int, seed: int) -> float:
 
 
 @torch.no_grad()
-def read_tokens(model: Any, samples: int, seed: int) -> float:
-    """Mean tokens the MoAI mixer's cross-attention reads for a held-out scene (its
+def read_tokens(model: Any, said: list[str]) -> float:
+    """Mean tokens the MoAI mixer's cross-attention reads for a held-out scene's words (its
     compressor's output: the perceiver's latents, or one per region its sources name)."""
-    read = []
-    for sc, _ in scenes(model, samples, seed, shuffled=False):
-        _, valid = model.moai.compress(model, [words(model, "sceneqa", sc.image)])
-        read.append(int(valid.sum()))
-    return float(np.mean(read))
+    return float(np.mean([int(model.moai.compress(model, [w])[1].sum()) for w in said]))
 
 
 def controls(model: Any, task: str, samples: int, loss_samples: int, seed: int = 1):
@@ -141,9 +138,10 @@ def controls(model: Any, task: str, samples: int, loss_samples: int, seed: int =
         result = TASKS.get(task).evaluate(model, samples=samples, seed=seed, shuffled=True)
         out["tokens_added"] = added_tokens(model, samples, seed)
     else:
-        with others_words(model, samples, seed):
+        said = [words(model, task, sc.image) for sc, _ in scenes(model, samples, seed, False)]
+        with others_words(model, said, seed):
             result = TASKS.get(task).evaluate(model, samples=samples, seed=seed)
-        out["tokens_read"] = read_tokens(model, samples, seed)
+        out["tokens_read"] = read_tokens(model, said)
     out["shuffled"] = {k: result[k] for k in (*scene_qa.KINDS, "accuracy")}
     out["examples"] = result["examples"]
     out["seconds"] = time.perf_counter() - t

@@ -74,7 +74,7 @@ def test_the_mixer_control_hears_another_scenes_words():
     pixels = [moai.modalities["image"].pixels(s.image) for s in scenes]
     own = moai.moai.describe(moai, pixels)
     assert len(set(own)) == 4
-    with moai_controls.others_words(moai, 4, 1):
+    with moai_controls.others_words(moai, own, 1):
         said = moai.moai.describe(moai, pixels)
     assert said == [own[scene_qa.other_scene(i, 4)] for i in range(4)]
     assert moai.moai.describe(moai, pixels) == own  # the real sources are back
